@@ -1,0 +1,286 @@
+"""DiT with adaLN-Zero for average-velocity networks u(z_t, r, t | y)  (SPEC §6.1–6.2).
+
+The whole backbone lives in this file: embedders, the transformer block, the final layer, the
+``DiT`` module with its one commented ``initialize_weights`` and the size registry
+(``"DiT-B/2"`` → constructor). The call contract is the project's (``alphaflow.conventions``):
+
+    u = net(z, r, t, labels)      z: [B, C, H, W], r, t: [B], labels: [B] int64 or None → u: [B, C, H, W]
+
+Two-time conditioning (SPEC §6.2): c = emb_t(t) + emb_Δ(t − r) + emb_y(labels), two *separate*
+timestep embedders, times fed raw in [0, 1] (no ×1000, SPEC §10.12). The output is u directly.
+
+Attention is ``F.scaled_dot_product_attention``. Its fused CPU/GPU kernels have no forward-mode
+AD rule (PERF.md): wrap ``torch.func.jvp`` in ``sdpa_kernel([SDPBackend.MATH])``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from alphaflow.conventions import NULL_LABEL
+
+__all__ = ["DiT", "MODELS", "build_model", "count_parameters", "parameter_count"]
+
+
+def modulate_fp32(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """LayerNorm (no affine, eps 1e-6) then x·(1 + scale) + shift, in fp32 (SPEC §6.2/§6.3).
+
+    x: [B, N, D]; shift, scale: [B, D]. Returns [B, N, D] in x's dtype (the activation dtype).
+    "fp32" means at least fp32: a float64 model stays float64 (the JVP checks need it).
+    """
+    dtype = x.dtype
+    compute = torch.promote_types(dtype, torch.float32)
+    xf = F.layer_norm(x.to(compute), x.shape[-1:], eps=1e-6)
+    xf = xf * (1 + scale.to(compute).unsqueeze(1)) + shift.to(compute).unsqueeze(1)
+    return xf.to(dtype)
+
+
+def sincos_pos_embed_2d(dim: int, h: int, w: int) -> Tensor:
+    """Fixed 2-D sin-cos positional embedding for an h×w token grid, row-major: [h·w, dim].
+
+    The first dim/2 channels encode the row index, the last dim/2 the column index; each half is
+    [sin(pos·ω), cos(pos·ω)] with ω_k = 10000^(−k/(dim/4)). Computed in float64, returned float32.
+    """
+    if dim % 4 != 0:
+        raise ValueError(f"hidden_size must be divisible by 4 for the 2-D sin-cos embedding, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+
+    def embed_1d(pos: Tensor) -> Tensor:  # [M] -> [M, dim/2]
+        out = pos[:, None] * omega[None]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    return torch.cat([embed_1d(rows.reshape(-1)), embed_1d(cols.reshape(-1))], dim=1).float()
+
+
+class TimestepEmbedder(nn.Module):
+    """Scalar time → [B, D]: 256-d sinusoid ([cos, sin], max period 10000) → Linear → SiLU → Linear."""
+
+    def __init__(self, hidden_size: int, freq_dim: int = 256, time_scale: float = 1.0):
+        super().__init__()
+        self.freq_dim, self.time_scale = freq_dim, time_scale
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t: Tensor) -> Tensor:  # t: [B] -> [B, D]
+        half = self.freq_dim // 2
+        dtype = torch.promote_types(t.dtype, torch.float32)  # float64 stays float64 (JVP checks)
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=dtype, device=t.device) / half)
+        args = (self.time_scale * t.to(dtype))[:, None] * freqs[None]  # [B, half]
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # [B, 256]
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: qkv Linear (bias, no qk-norm) → SDPA → out projection."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: [B, N, D]
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [B, heads, N, head_dim]
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class DiTBlock(nn.Module):
+    """Transformer block with adaLN-Zero: x += gate·f(modulate(LN(x))) for f = attention, MLP."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        hidden_mlp = int(hidden_size * mlp_ratio)
+        self.attn = Attention(hidden_size, num_heads)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, hidden_mlp), nn.GELU(approximate="tanh"), nn.Linear(hidden_mlp, hidden_size)
+        )
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:  # x: [B, N, D], c: [B, D]
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_a.unsqueeze(1) * self.attn(modulate_fp32(x, shift_a, scale_a))
+        x = x + gate_m.unsqueeze(1) * self.mlp(modulate_fp32(x, shift_m, scale_m))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale) + LayerNorm + Linear(D, p²·C_out): [B, N, D] → [B, N, p²·C_out]."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate_fp32(x, shift, scale))
+
+
+class DiT(nn.Module):
+    """Diffusion Transformer for the average velocity u(z_t, r, t | y)  (SPEC §6.1–6.2).
+
+    input_size: H = W or (H, W) of z; in_channels: C (= C_out); num_classes: K (0 = unconditional),
+    the label table always has K + 1 rows, the last one the null label; time_scale multiplies t
+    before the sinusoid (1.0: raw t ∈ [0, 1], SPEC §10.12).
+    """
+
+    def __init__(
+        self,
+        *,
+        input_size: int | tuple[int, int] = 32,
+        in_channels: int = 4,
+        patch_size: int = 2,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        num_classes: int = 1000,
+        time_scale: float = 1.0,
+    ):
+        super().__init__()
+        H, W = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        if H % patch_size or W % patch_size:
+            raise ValueError(f"input_size {(H, W)} must be divisible by patch_size {patch_size}")
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        self.input_size, self.in_channels, self.out_channels = (H, W), in_channels, in_channels
+        self.patch_size, self.num_classes, self.num_heads = patch_size, num_classes, num_heads
+        self.grid = (H // patch_size, W // patch_size)
+
+        self.x_embedder = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        self.t_embedder = TimestepEmbedder(hidden_size, time_scale=time_scale)  # receives t
+        self.d_embedder = TimestepEmbedder(hidden_size, time_scale=time_scale)  # receives t − r
+        self.y_embedder = nn.Embedding(num_classes + 1, hidden_size)  # row num_classes = null label
+        # Fixed, not trained; non-persistent so checkpoints do not pin the token grid.
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(hidden_size, *self.grid)[None], persistent=False)
+        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT's init (SPEC §6.2); the zero-inits make u_θ ≡ 0 at initialisation."""
+        # Every Linear: xavier-uniform weight, zero bias (the specific layers below override this).
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        # Patch embedding as a Linear on the flattened kernel [D, C·p·p].
+        w = self.x_embedder.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.bias)
+        # Label table and both timestep MLPs: N(0, 0.02) weights (biases stay 0).
+        nn.init.normal_(self.y_embedder.weight, std=0.02)
+        for emb in (self.t_embedder, self.d_embedder):
+            nn.init.normal_(emb.mlp[0].weight, std=0.02)
+            nn.init.normal_(emb.mlp[2].weight, std=0.02)
+        # adaLN-Zero: zero every modulation output, so every gate is 0 and each block is the identity.
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        # Final layer: zero modulation and zero output projection, so u = 0 exactly.
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def unpatchify(self, x: Tensor) -> Tensor:
+        """[B, h·w, p·p·C] → [B, C, h·p, w·p]."""
+        (h, w), p, C = self.grid, self.patch_size, self.out_channels
+        x = x.reshape(x.shape[0], h, w, p, p, C)
+        return torch.einsum("bhwpqc->bchpwq", x).reshape(x.shape[0], C, h * p, w * p)
+
+    def embed_labels(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """labels [B] in [0, K) or NULL_LABEL, or None (all null) → embeddings [B, D]."""
+        if labels is None:
+            idx = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+            return self.y_embedder(idx)
+        if labels.shape != (batch,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be an integer tensor of shape [{batch}], got {labels.dtype} {tuple(labels.shape)}")
+        # Data-dependent check (one host sync); skipped inside torch.compile to keep the graph whole.
+        if not torch.compiler.is_compiling():
+            bad = (labels != NULL_LABEL) & ((labels < 0) | (labels >= self.num_classes))
+            if bad.any():
+                raise ValueError(
+                    f"labels must lie in [0, {self.num_classes}) or be NULL_LABEL ({NULL_LABEL}), "
+                    f"got e.g. {int(labels[bad][0])}"
+                )
+        idx = torch.where(labels == NULL_LABEL, torch.full_like(labels, self.num_classes), labels)
+        return self.y_embedder(idx.long())
+
+    def forward(self, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        """u(z, r, t | labels).  z: [B, C, H, W]; r, t: [B]; labels: [B] int64 or None → [B, C, H, W]."""
+        expected = (self.in_channels, *self.input_size)
+        if z.ndim != 4 or tuple(z.shape[1:]) != expected:
+            raise ValueError(f"z must have shape [B, {', '.join(map(str, expected))}], got {tuple(z.shape)}")
+        B = z.shape[0]
+        for name, val in (("r", r), ("t", t)):
+            if val.shape != (B,):
+                raise ValueError(f"{name} must have shape [{B}] (one time per sample), got {tuple(val.shape)}")
+
+        x = self.x_embedder(z).flatten(2).transpose(1, 2)  # [B, N, D], N = h·w
+        x = x + self.pos_embed.to(x.dtype)  # [B, N, D]
+        c = self.t_embedder(t) + self.d_embedder(t - r) + self.embed_labels(labels, B, z.device)  # [B, D]
+        for block in self.blocks:
+            x = block(x, c)  # [B, N, D]
+        x = self.final_layer(x, c)  # [B, N, p·p·C]
+        return self.unpatchify(x)  # [B, C, H, W]
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters (the fixed positional embedding is a buffer, not counted)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Size registry (SPEC §6.1): name → (depth, hidden_size, num_heads). T and N are CPU sizes.
+# ---------------------------------------------------------------------------------------------
+
+SIZES: dict[str, tuple[int, int, int]] = {
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "M": (16, 1024, 16),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+    "T": (4, 256, 4),  # "tiny": the default small DiT for CPU work
+    "N": (2, 64, 2),  # "nano": unit tests
+}
+PATCH_SIZES = (1, 2, 4, 8)
+ARCH_KEYS = frozenset({"patch_size", "hidden_size", "depth", "num_heads"})
+
+MODELS: dict[str, Callable[..., DiT]] = {
+    f"DiT-{size}/{p}": functools.partial(DiT, depth=d, hidden_size=w, num_heads=h, patch_size=p)
+    for size, (d, w, h) in SIZES.items()
+    for p in PATCH_SIZES
+}
+
+
+def build_model(name: str, **kwargs) -> DiT:
+    """Build a registry model, e.g. ``build_model("DiT-B/2", input_size=32, in_channels=4, num_classes=1000)``.
+
+    kwargs: input_size, in_channels, num_classes, time_scale, mlp_ratio (the name fixes the rest).
+    """
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}.{hint} Valid names: {', '.join(MODELS)}")
+    clash = ARCH_KEYS & kwargs.keys()
+    if clash:
+        raise ValueError(f"{sorted(clash)} are fixed by the model name {name!r}; build DiT(...) directly to change them")
+    return MODELS[name](**kwargs)
+
+
+def parameter_count(name: str, **kwargs) -> int:
+    """Trainable parameters of ``build_model(name, **kwargs)``, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        return count_parameters(build_model(name, **kwargs))

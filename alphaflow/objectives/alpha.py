@@ -1,0 +1,103 @@
+"""α-Flow (SPEC §3; Definition 1 and Algorithm 1 of the paper).
+
+For α ∈ (0, 1] and rows with r < t:
+
+    s    = α·r + (1 − α)·t                      so t − s = α(t − r), s − r = (1 − α)(t − r)
+    z_s  = z_t − (t − s)·ṽ                      (the paper's v1 prints "+"; "−" is right, SPEC §10.1)
+    u_tgt = clip(α·ṽ + (1 − α)·sg(u_θ(z_s, r, s)), ±clip)
+
+which is the average velocity over [r, t] made of an Euler step over [s, t] and the model's
+own jump over [s, r]. Rows with r = t regress ṽ. At α = 0 the discrete target is replaced by
+MeanFlow's JVP target (no clip). The loss is the official code's form (SPEC §3.3, §10.2):
+
+    loss_i = w_i·‖Δ_i‖² / (sg(‖Δ_i‖²) + c)^p,   w_i = α on r < t rows when α > 0, else 1
+
+so the α⁻¹ of Definition 1 is not applied separately (with p = 1, α/(‖Δ‖² + c) is the
+paper's adaptive weight). α = 1 is trajectory flow matching, α = ½ with ṽ := u_θ(z_t, s, t)
+the Shortcut model, α → 0 MeanFlow (Theorem 1).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from alphaflow.conventions import expand_time
+from alphaflow.jvp import unwrap
+from alphaflow.objectives.base import Net, Objective, Sample, Terms, regression_components
+from alphaflow.objectives.meanflow import meanflow_target
+from alphaflow.schedules import Schedule, as_schedule, check_unit_interval, sigmoid
+
+SHIFT_VELOCITIES = ("velocity", "model")
+
+
+class AlphaFlow(Objective):
+    """The α-Flow family with α = alpha(step) from a schedule (default: the paper's sigmoid 0 → 400K).
+
+    Args:
+        alpha: a number in [0, 1], a ``Schedule`` or its dict form.
+        ratio_fm: share of r = t rows (number or schedule); default 0.5 (B/2 recipe, SPEC §4.3).
+        clip: element-wise clip of discrete-branch targets (SPEC §3.3); ``None`` disables it.
+        shift: "velocity" uses ṽ for the shift z_t → z_s (the paper's choice); "model" uses
+            sg(u_θ(z_t, s, t)) in both the shift and the target (Table 5a, the Shortcut form).
+
+    Components: ``mse``, ``tfm``, ``tcc`` (2(ṽ − u_tgt)·u_θ, the finite-difference analogue of
+    L_TCC; exactly L_TCC at α = 0) and, at α = 0, ``mf``.
+    """
+
+    name = "alphaflow"
+    default_ratio_fm = 0.5
+
+    def __init__(self, alpha: float | Schedule | dict | None = None, *, clip: float | None = 4.0,
+                 shift: str = "velocity", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.alpha = sigmoid(0, 400_000) if alpha is None else as_schedule(alpha)
+        check_unit_interval(self.alpha, "alpha")
+        if clip is not None and not clip > 0:
+            raise ValueError(f"clip must be > 0 or None, got {clip}")
+        if shift not in SHIFT_VELOCITIES:
+            raise ValueError(f"shift must be one of {SHIFT_VELOCITIES}, got {shift!r}")
+        self.clip, self.shift = clip, shift
+
+    def compute(self, net: Net, x: Tensor, sample: Sample, step: int) -> Terms:
+        alpha = self.alpha(step)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha({step}) = {alpha} lies outside [0, 1]")
+        t, r, labels = sample.t, sample.r, sample.labels
+        z, v_tilde = self.guided(net, x, sample)
+        rows = r < t
+        if alpha == 0.0:
+            target = meanflow_target(net, z, r, t, labels, v_tilde, rows)
+            numerator: Tensor | float = 1.0
+        else:
+            target = self.discrete_target(net, z, r, t, labels, v_tilde, rows, alpha)
+            numerator = torch.where(rows, alpha, 1.0).to(x.dtype)
+        pred = net(z, r, t, labels)
+        parts = regression_components(pred, target, v_tilde)
+        if alpha == 0.0:
+            parts["mf"] = parts["mse"]
+        return Terms(loss=self.weighted(parts["mse"], numerator), components=parts, pred=pred,
+                     target=target, sample=sample, logs={"alpha": alpha})
+
+    @torch.no_grad()
+    def discrete_target(self, net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None,
+                        v_tilde: Tensor, rows: Tensor, alpha: float) -> Tensor:
+        """u_tgt [B, ...]: ṽ on r = t rows, the clipped α-target on ``rows`` (r < t)."""
+        target = v_tilde.detach().clone()
+        if not bool(rows.any()):
+            return target
+        module = unwrap(net)
+        z_d, r_d, t_d, v_d = z[rows], r[rows], t[rows], v_tilde[rows]
+        lab = None if labels is None else labels[rows]
+        if alpha == 1.0:
+            u_disc = v_d  # s = r: the model term has weight 0, skip its forward (SPEC §3.4)
+        else:
+            s_d = alpha * r_d + (1.0 - alpha) * t_d
+            if self.shift == "model":
+                v_d = module(z_d, s_d, t_d, lab)
+            z_s = z_d - expand_time(t_d - s_d, z_d) * v_d
+            u_disc = alpha * v_d + (1.0 - alpha) * module(z_s, r_d, s_d, lab)
+        if self.clip is not None:
+            u_disc = u_disc.clamp(-self.clip, self.clip)
+        target[rows] = u_disc.to(target.dtype)
+        return target

@@ -1,0 +1,233 @@
+"""What every objective shares: the sample, the returned terms, CFG and the adaptive weight.
+
+An objective is a small callable (EDM-style): ``terms = objective(net, x, labels, step=k)``.
+It draws (t, r, ε, labels) unless the caller passes ``sample=``, builds z_t, forms the
+stop-gradient target and returns per-sample values. It never steps an optimiser or logs.
+
+Terms carry the per-sample ``loss`` (what is optimised) and named per-sample
+``components`` (what gradient probes differentiate). The names follow SPEC §2:
+
+    mse   ‖u_θ(z_t, r, t) − sg(u_tgt)‖²          the unweighted regression of this objective
+    tfm   ‖u_θ(z_t, r, t) − ṽ‖²                   trajectory flow matching, L_TFM
+    tcc   2·(ṽ − sg(u_tgt))·u_θ(z_t, r, t)        trajectory consistency, L_TCC
+    fmb   ‖u_θ(z_t, t, t) − ṽ‖²                   border-case flow matching, L_FM′
+    mf    ‖u_θ − sg(ṽ − (t − r)·du/dt)‖²          MeanFlow, L_MF
+
+‖·‖² and the dot product are means over the elements of a sample (SPEC §1.3), so each
+component is a [B] tensor. Since ‖u − u_tgt‖² = ‖u − ṽ‖² + 2(ṽ − u_tgt)·u + (‖u_tgt‖² − ‖ṽ‖²)
+and the last bracket does not depend on θ, mse = tfm + tcc + const and ∇mse = ∇tfm + ∇tcc.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from alphaflow.conventions import NULL_LABEL, check_times, interpolate, velocity
+from alphaflow.jvp import unwrap
+from alphaflow.schedules import Schedule, as_schedule, check_unit_interval
+from alphaflow.timesteps import LogitNormal, TimeSampler, sample_time_pairs
+
+Net = Callable[..., Tensor]  # net(z [B,...], r [B], t [B], labels [B] | None) -> u [B,...]
+
+
+@dataclass
+class Sample:
+    """Everything random in one evaluation of an objective.
+
+    t, r: [B] with 0 ≤ r ≤ t ≤ 1; eps: [B, ...] like the data; labels: [B] int64 class
+    indices with ``NULL_LABEL`` for unconditional rows (after CFG label dropout), or None.
+    """
+
+    t: Tensor
+    r: Tensor
+    eps: Tensor
+    labels: Tensor | None = None
+
+    def validate(self, x: Tensor) -> None:
+        """Refuse a sample that does not fit the batch ``x`` [B, ...]; errors name the field."""
+        batch = x.shape[0]
+        check_times(self.t, self.r, batch=batch)
+        if self.eps.shape != x.shape:
+            raise ValueError(f"sample.eps must have the data's shape {tuple(x.shape)}, got {tuple(self.eps.shape)}")
+        check_labels(self.labels, batch, name="sample.labels")
+
+
+@dataclass
+class Terms:
+    """What an objective returns. ``loss.mean()`` is the training loss."""
+
+    loss: Tensor                       # [B] per-sample weighted loss, differentiable
+    components: dict[str, Tensor]      # name -> [B], differentiable (see module docstring)
+    pred: Tensor                       # [B, ...] u_θ(z_t, r, t), differentiable
+    target: Tensor                     # [B, ...] sg(u_tgt)
+    sample: Sample
+    logs: dict[str, Tensor | float] = field(default_factory=dict)  # detached scalars
+
+
+def check_labels(labels: Tensor | None, batch: int, *, name: str = "labels") -> None:
+    if labels is None:
+        return
+    if labels.shape != (batch,):
+        raise ValueError(f"{name} must have shape [{batch}] (one class index per row), got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor of class indices, got dtype {labels.dtype}")
+
+
+@dataclass(frozen=True)
+class CFG:
+    """Classifier-free guidance baked into training (SPEC §1.5).
+
+    For rows with t_min < t < t_max the velocity is replaced, without gradient, by
+        ṽ = ω·v + κ·u_θ(z_t, t, t | c) + (1 − ω − κ)·u_θ(z_t, t, t | ∅),
+    an effective guidance scale ω′ = ω/(1 − κ). Inside the window each label is dropped
+    to ∅ with probability ``label_dropout``; a dropped row is unconditional in every pass
+    of that step. The defaults (ω = 1, κ = 0) mean no guidance: ṽ = v.
+    """
+
+    omega: float = 1.0
+    kappa: float = 0.0
+    t_min: float = 0.0
+    t_max: float = 1.0
+    label_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("omega", "kappa"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"cfg.{name} must be finite, got {getattr(self, name)}")
+        if not 0.0 <= self.t_min < self.t_max <= 1.0:
+            raise ValueError(f"cfg window needs 0 <= t_min < t_max <= 1, got t_min={self.t_min}, t_max={self.t_max}")
+        if not 0.0 <= self.label_dropout <= 1.0:
+            raise ValueError(f"cfg.label_dropout must lie in [0, 1], got {self.label_dropout}")
+
+    @property
+    def guides(self) -> bool:
+        return self.omega != 1.0 or self.kappa != 0.0
+
+    def window(self, t: Tensor) -> Tensor:
+        """[B] bool: rows whose t lies strictly inside (t_min, t_max)."""
+        return (t > self.t_min) & (t < self.t_max)
+
+    def drop_labels(self, labels: Tensor | None, t: Tensor, generator: torch.Generator | None) -> Tensor | None:
+        """Replace labels by ``NULL_LABEL`` with probability ``label_dropout`` inside the window."""
+        if labels is None or self.label_dropout == 0.0:
+            return labels
+        u = torch.rand(labels.shape[0], generator=generator, device=labels.device)
+        drop = (u < self.label_dropout) & self.window(t)
+        return torch.where(drop, torch.full_like(labels, NULL_LABEL), labels)
+
+    @torch.no_grad()
+    def guided_velocity(self, net: Net, z: Tensor, t: Tensor, v: Tensor, labels: Tensor | None) -> Tensor:
+        """ṽ [B, ...] from v [B, ...]; network passes at r = t, no gradient, skipped when their weight is 0."""
+        if not self.guides:
+            return v
+        rows = self.window(t)
+        if not bool(rows.any()):
+            return v
+        z_w, t_w = z[rows], t[rows]
+        guided = self.omega * v[rows]
+        if self.kappa != 0.0:
+            lab = None if labels is None else labels[rows]
+            guided = guided + self.kappa * net(z_w, t_w, t_w, lab)
+        w_null = 1.0 - self.omega - self.kappa
+        if w_null != 0.0:
+            null = torch.full((int(rows.sum()),), NULL_LABEL, dtype=torch.long, device=z.device)
+            guided = guided + w_null * net(z_w, t_w, t_w, null)
+        out = v.clone()
+        out[rows] = guided.to(v.dtype)
+        return out
+
+
+def element_mean(x: Tensor) -> Tensor:
+    """Mean over every dimension but the first: [B, ...] -> [B]."""
+    return x.flatten(1).mean(dim=1)
+
+
+def adaptive_loss(mse: Tensor, numerator: Tensor | float, *, p: float, c: float) -> Tensor:
+    """Per-sample adaptive loss w·mse / (sg(mse) + c)^p (SPEC §1.3, §3.3). mse: [B] -> [B].
+
+    p = 1, c = 10⁻³ is the official weighting; p = 0 gives the plain (numerator-weighted) MSE.
+    """
+    if p == 0.0:
+        return numerator * mse
+    return numerator * mse / (mse.detach() + c) ** p
+
+
+def regression_components(pred: Tensor, target: Tensor, v_tilde: Tensor) -> dict[str, Tensor]:
+    """mse, tfm and tcc per sample (module docstring); pred carries grad, target and ṽ do not."""
+    target, v_tilde = target.detach(), v_tilde.detach()
+    return {
+        "mse": element_mean((pred - target) ** 2),
+        "tfm": element_mean((pred - v_tilde) ** 2),
+        "tcc": 2.0 * element_mean((v_tilde - target) * pred),
+    }
+
+
+class Objective:
+    """Base class: owns the r = t share schedule, the time sampler, CFG and the weighting.
+
+    Subclasses implement ``compute(net, x, sample, step) -> Terms``. Calling the objective
+    draws a sample (or validates the caller's) and delegates::
+
+        terms = objective(net, x, labels, step=k)               # draws (t, r, ε), drops labels
+        terms = objective(net, x, sample=Sample(t, r, eps, y))  # caller-given sample
+
+    x: [B, ...] data; labels: [B] int64 or None. ``net`` may be wrapped (DDP, compiled): the
+    prediction goes through it so gradients synchronise, the no-grad target passes use
+    ``unwrap(net)``.
+    """
+
+    name = "objective"
+    default_ratio_fm: float = 0.0
+
+    def __init__(self, *, ratio_fm: float | Schedule | dict | None = None, time_sampler: TimeSampler | None = None,
+                 cfg: CFG | None = None, adaptive_p: float = 1.0, adaptive_c: float = 1e-3) -> None:
+        self.ratio_fm = as_schedule(self.default_ratio_fm if ratio_fm is None else ratio_fm)
+        check_unit_interval(self.ratio_fm, "ratio_fm")
+        self.time_sampler = LogitNormal() if time_sampler is None else time_sampler
+        self.cfg = CFG() if cfg is None else cfg
+        if not (math.isfinite(adaptive_p) and adaptive_p >= 0):
+            raise ValueError(f"adaptive_p (power of the adaptive weight) must be >= 0, got {adaptive_p}")
+        if not (math.isfinite(adaptive_c) and adaptive_c > 0):
+            raise ValueError(f"adaptive_c (the c in 1/(‖Δ‖² + c)^p) must be > 0, got {adaptive_c}")
+        self.adaptive_p, self.adaptive_c = float(adaptive_p), float(adaptive_c)
+
+    def draw(self, x: Tensor, labels: Tensor | None = None, *, step: int = 0,
+             generator: torch.Generator | None = None) -> Sample:
+        """Draw (t, r) by the min–max rule with a ratio_fm(step) share of r = t rows, ε ~ N(0, I),
+        and apply CFG label dropout inside the guidance window."""
+        t, r = sample_time_pairs(x.shape[0], self.ratio_fm(step), self.time_sampler,
+                                 generator=generator, device=x.device, dtype=x.dtype)
+        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return Sample(t, r, eps, self.cfg.drop_labels(labels, t, generator))
+
+    def __call__(self, net: Net, x: Tensor, labels: Tensor | None = None, *, step: int = 0,
+                 sample: Sample | None = None, generator: torch.Generator | None = None) -> Terms:
+        if x.ndim < 2 or not x.dtype.is_floating_point:
+            raise ValueError(f"x must be a floating-point batch [B, ...], got shape {tuple(x.shape)} and dtype {x.dtype}")
+        if sample is None:
+            check_labels(labels, x.shape[0])
+            sample = self.draw(x, labels, step=step, generator=generator)
+        else:
+            if labels is not None:
+                raise ValueError("labels were passed both directly and in sample=; pass them only as sample.labels")
+            sample.validate(x)
+        terms = self.compute(net, x, sample, step)
+        terms.logs["ratio_fm"] = self.ratio_fm(step)
+        return terms
+
+    def compute(self, net: Net, x: Tensor, sample: Sample, step: int) -> Terms:
+        raise NotImplementedError
+
+    def guided(self, net: Net, x: Tensor, sample: Sample) -> tuple[Tensor, Tensor]:
+        """z_t and the (guided) velocity ṽ, both [B, ...]; guidance passes use the unwrapped net."""
+        z = interpolate(x, sample.eps, sample.t)
+        v = velocity(x, sample.eps)
+        return z, self.cfg.guided_velocity(unwrap(net), z, sample.t, v, sample.labels)
+
+    def weighted(self, mse: Tensor, numerator: Tensor | float = 1.0) -> Tensor:
+        return adaptive_loss(mse, numerator, p=self.adaptive_p, c=self.adaptive_c)

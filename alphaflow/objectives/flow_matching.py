@@ -1,0 +1,58 @@
+"""Flow matching and trajectory flow matching: regress the (guided) velocity ṽ (SPEC §1, §2).
+
+    L_FM  = E ‖u_θ(z_t, t, t) − ṽ_t‖²      (the border case r = t; L_FM′ in the paper)
+    L_TFM = E ‖u_θ(z_t, r, t) − ṽ_t‖²      over p(t, r); α-Flow at α = 1 (Theorem 1)
+
+Both use the adaptive weight 1/(sg(‖Δ‖²) + c)^p of the official code (p = 0: plain MSE).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from alphaflow.objectives.base import Net, Objective, Sample, Terms, regression_components
+
+
+def _regress_velocity(obj: Objective, net: Net, x: Tensor, sample: Sample, r: Tensor) -> Terms:
+    """Shared body: target ṽ, prediction u_θ(z_t, r, t)."""
+    z, v_tilde = obj.guided(net, x, sample)
+    pred = net(z, r, sample.t, sample.labels)
+    parts = regression_components(pred, v_tilde, v_tilde)  # tcc ≡ 0 here: the target is ṽ
+    return Terms(loss=obj.weighted(parts["mse"]), components=parts, pred=pred, target=v_tilde.detach(),
+                 sample=sample, logs={"alpha": 1.0})
+
+
+class FlowMatching(Objective):
+    """L_FM. The network is evaluated at r = t on every row, whatever ``sample.r`` holds, so on
+    a sample with r < t this is the border-case L_FM′ on the same (x, ε, t) (SPEC §5.2).
+
+    Components: ``mse`` and ``fmb`` (the same tensor).
+    """
+
+    name = "fm"
+    default_ratio_fm = 1.0
+
+    def __init__(self, **kwargs) -> None:
+        ratio = kwargs.get("ratio_fm", 1.0)
+        if ratio not in (None, 1, 1.0):
+            raise ValueError(f"flow matching uses r = t on every row; ratio_fm must be 1, got {ratio!r}")
+        super().__init__(**kwargs)
+
+    def compute(self, net: Net, x: Tensor, sample: Sample, step: int) -> Terms:
+        terms = _regress_velocity(self, net, x, sample, sample.t)
+        mse = terms.components["mse"]
+        terms.components = {"mse": mse, "fmb": mse}
+        return terms
+
+
+class TrajectoryFlowMatching(Objective):
+    """L_TFM over p(t, r): the network sees (t, t − r) and learns to ignore r (α-Flow phase 1).
+
+    Components: ``mse`` and ``tfm`` (the same tensor) and ``tcc`` (identically 0).
+    """
+
+    name = "tfm"
+    default_ratio_fm = 0.5
+
+    def compute(self, net: Net, x: Tensor, sample: Sample, step: int) -> Terms:
+        return _regress_velocity(self, net, x, sample, sample.r)

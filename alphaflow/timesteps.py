@@ -1,0 +1,87 @@
+"""Time samplers and the (r, t) pairing rule (SPEC §1.4).
+
+Both MeanFlow and α-Flow draw t from a logit-normal, t = σ(N(μ, σ²)) with μ = −0.4, σ = 1.
+A batch of B rows is split deterministically: the first ⌊B·ratio_fm⌋ rows get r = t (the
+flow-matching rows); each remaining row draws two independent times a, b and sets
+t = max(a, b), r = min(a, b) (the "min–max" rule).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LogitNormal:
+    """t = sigmoid(μ + σ·n), n ~ N(0, 1). Returns [n] in (0, 1)."""
+
+    mu: float = -0.4
+    sigma: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.mu) and math.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"logit-normal needs a finite mu and sigma > 0, got mu={self.mu}, sigma={self.sigma}")
+
+    def __call__(self, n: int, *, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        normal = torch.randn(n, generator=generator, device=device, dtype=dtype)
+        return torch.sigmoid(self.mu + self.sigma * normal)
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """t ~ U(low, high) with 0 ≤ low < high ≤ 1. Returns [n]."""
+
+    low: float = 0.0
+    high: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.low < self.high <= 1.0:
+            raise ValueError(f"uniform time sampler needs 0 <= low < high <= 1, got low={self.low}, high={self.high}")
+
+    def __call__(self, n: int, *, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        u = torch.rand(n, generator=generator, device=device, dtype=dtype)
+        return self.low + (self.high - self.low) * u
+
+
+TimeSampler = LogitNormal | Uniform
+
+TIME_SAMPLERS: dict[str, type] = {"logit_normal": LogitNormal, "uniform": Uniform}
+
+
+def build_time_sampler(name: str, **kwargs: float) -> TimeSampler:
+    """``build_time_sampler("logit_normal", mu=-0.4, sigma=1.0)``; unknown names are refused."""
+    if name not in TIME_SAMPLERS:
+        near = difflib.get_close_matches(name, TIME_SAMPLERS, n=2)
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        raise ValueError(f"unknown time sampler {name!r}{hint}; expected one of {sorted(TIME_SAMPLERS)}")
+    return TIME_SAMPLERS[name](**kwargs)
+
+
+def num_fm_rows(batch: int, ratio_fm: float) -> int:
+    """⌊B·ratio_fm⌋, robust to float round-off (0.29·100 gives 29, not 28)."""
+    if not 0.0 <= ratio_fm <= 1.0:
+        raise ValueError(f"ratio_fm must lie in [0, 1], got {ratio_fm}")
+    return min(batch, math.floor(batch * ratio_fm + 1e-9))
+
+
+def sample_time_pairs(batch: int, ratio_fm: float, sampler: TimeSampler, *,
+                      generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                      dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """Draw (t, r), each [B], with r = t on the first ⌊B·ratio_fm⌋ rows and min–max pairs elsewhere."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    n_fm = num_fm_rows(batch, ratio_fm)
+    n_pair = batch - n_fm
+    kw = dict(generator=generator, device=device, dtype=dtype)
+    t_fm = sampler(n_fm, **kw)
+    a, b = sampler(n_pair, **kw), sampler(n_pair, **kw)
+    t = torch.cat([t_fm, torch.maximum(a, b)])
+    r = torch.cat([t_fm, torch.minimum(a, b)])
+    return t, r
