@@ -55,6 +55,10 @@ def check_times(t: Tensor, r: Tensor | None = None, *, batch: int | None = None)
             raise ValueError(f"{name} must be a 1-D tensor of per-sample times [B], got shape {tuple(val.shape)}")
         if batch is not None and val.shape[0] != batch:
             raise ValueError(f"{name} has {val.shape[0]} rows but the batch has {batch}")
+        if name == "r" and val.shape != t.shape:
+            raise ValueError(f"r must have one time per row of t: r has shape {tuple(val.shape)}, t {tuple(t.shape)}")
+        if val.numel() == 0:
+            continue
         if not torch.isfinite(val).all():
             raise ValueError(f"{name} contains non-finite values")
         lo, hi = float(val.min()), float(val.max())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -88,6 +89,8 @@ class Schedule:
             raise ValueError(f"schedule field 'gamma' (sigmoid temperature) must be > 0, got {self.gamma}")
         if not 0.0 <= self.clamp < 0.5:
             raise ValueError(f"schedule field 'clamp' (η) must lie in [0, 0.5), got {self.clamp}")
+        if self.discrete and self.clamp == 0.0:
+            raise ValueError("schedule field 'discrete' floors values at the clamp η, so it needs clamp > 0")
 
     def raw(self, step: int) -> float:
         """The value before clamping."""
@@ -136,7 +139,7 @@ def as_schedule(value: float | Schedule | dict) -> Schedule:
         return value
     if isinstance(value, dict):
         return Schedule(**value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return constant(float(value))
     raise TypeError(f"expected a number, a Schedule or a dict of Schedule fields, got {type(value).__name__}")
 

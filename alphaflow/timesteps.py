@@ -68,6 +68,8 @@ def num_fm_rows(batch: int, ratio_fm: float) -> int:
     """⌊B·ratio_fm⌋, robust to float round-off (0.29·100 gives 29, not 28)."""
     if not 0.0 <= ratio_fm <= 1.0:
         raise ValueError(f"ratio_fm must lie in [0, 1], got {ratio_fm}")
+    if batch < 0:
+        raise ValueError(f"batch must be >= 0, got {batch}")
     return min(batch, math.floor(batch * ratio_fm + 1e-9))
 
 

@@ -1,0 +1,3 @@
+from alphaflow.cli import main
+
+raise SystemExit(main())

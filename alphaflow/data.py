@@ -1,0 +1,19 @@
+"""Datasets. For now the embedded default: scikit-learn's 8×8 digits (no download needed).
+
+Images are scaled to [−1, 1], the range the samplers' outputs are read in.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def load_digits(dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """scikit-learn's bundled digits: 1,797 images → x [1797, 1, 8, 8] in [−1, 1], labels [1797] int64 (10 classes)."""
+    from sklearn.datasets import load_digits as _load  # local import: sklearn is slow to import
+
+    bunch = _load()
+    x = torch.as_tensor(bunch.images, dtype=dtype).unsqueeze(1) / 16.0 * 2.0 - 1.0  # pixels are 0..16
+    y = torch.as_tensor(bunch.target, dtype=torch.long)
+    return x, y
