@@ -260,3 +260,40 @@ def test_bad_inputs_name_the_argument(tiny_net, batch):
         MeanFlow(adaptive_p=-1)
     with pytest.raises(ValueError, match="cfg window"):
         CFG(t_min=0.8, t_max=0.2)
+
+
+# ----------------------------------------------------------------------------- which passes run, on which rows
+
+class Recorder:
+    """Wraps a net and records the batch size and r == t status of every call."""
+
+    def __init__(self, net):
+        self.net, self.calls = net, []
+
+    def __call__(self, z, r, t, labels=None):
+        self.calls.append((z.shape[0], bool(torch.all(r == t))))
+        return self.net(z, r, t, labels)
+
+
+def test_jvp_runs_on_the_r_below_t_rows_only(tiny_net, batch):
+    x, y = batch
+    sample = make_sample(x, y)  # 4 rows r = t, 4 rows r < t
+    net = Recorder(tiny_net)
+    MeanFlow()(net, x, sample=sample)
+    assert net.calls == [(4, False), (8, False)], net.calls  # the JVP on 4 rows, then the prediction on all 8
+
+
+@pytest.mark.parametrize("omega,kappa,expected", [
+    (1.0, 0.0, 0),   # no guidance: no extra pass
+    (0.5, 0.5, 1),   # 1 − ω − κ = 0: the unconditional pass is skipped
+    (2.0, 0.0, 1),   # κ = 0: the conditional pass is skipped
+    (0.2, 0.92, 2),  # both
+])
+def test_cfg_skips_passes_whose_weight_is_zero(tiny_net, batch, omega, kappa, expected):
+    x, y = batch
+    sample = make_sample(x, y)
+    sample.r = sample.t.clone()
+    net = Recorder(tiny_net)
+    FlowMatching(cfg=CFG(omega=omega, kappa=kappa))(net, x, sample=sample)
+    guidance_calls = net.calls[:-1]
+    assert len(guidance_calls) == expected and all(r_is_t for _, r_is_t in guidance_calls), net.calls
