@@ -45,3 +45,22 @@ def save_grid_png(images: Tensor, path: str | Path, *, nrow: int | None = None, 
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
+
+
+def save_scatter_png(points: Tensor, path: str | Path, *, size: int = 256, extent: float = 4.0) -> Path:
+    """2-D points [N, 2] as a density image over [−extent, extent]², darker where denser."""
+    from PIL import Image
+
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"points must be [N, 2], got shape {tuple(points.shape)}")
+    p = points.detach().float().cpu()
+    ij = ((p + extent) / (2 * extent) * size).floor().long()
+    inside = ((ij >= 0) & (ij < size)).all(dim=1)
+    ij = ij[inside]
+    counts = torch.zeros(size * size)
+    counts.index_add_(0, (size - 1 - ij[:, 1]) * size + ij[:, 0], torch.ones(len(ij)))
+    shade = 255 * (1 - (counts / counts.max().clamp(min=1)).sqrt())  # sqrt: faint regions stay visible
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(shade.round().reshape(size, size).to(torch.uint8).numpy()).save(path)
+    return path

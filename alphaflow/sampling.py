@@ -165,8 +165,10 @@ def _gen_ode(net: Net, noise: Tensor, labels: Tensor | None, nfe: int, t_mid: fl
 
 
 def _gen_consistency(net: Net, noise: Tensor, labels: Tensor | None, nfe: int, t_mid: float, generator) -> Tensor:
+    if nfe == 1:  # both samplers start with the same one-step jump
+        return sample_one_step(net, noise, labels)
     if nfe != 2:
-        raise ValueError(f"nfe must be 2 for the 'consistency' sampler, got nfe={nfe}")
+        raise ValueError(f"nfe must be 1 or 2 for the 'consistency' sampler, got nfe={nfe}")
     return sample_two_step_consistency(net, noise, labels, t_mid, generator=generator)
 
 
@@ -190,7 +192,7 @@ def generate(
 
     "ode": nfe = 1 → ``sample_one_step``; nfe = 2 → ``sample_two_step_ode`` at ``t_mid``;
     nfe > 2 → ``sample_average_velocity`` on the uniform grid (``t_mid`` unused).
-    "consistency": nfe must be 2 → ``sample_two_step_consistency`` (ε′ from ``generator``).
+    "consistency": nfe = 1 → ``sample_one_step``; nfe = 2 → ``sample_two_step_consistency`` (ε′ from ``generator``).
     "euler": ``sample_euler`` with ``steps = nfe`` (flow-matching baseline).
     """
     if sampler not in SAMPLERS:

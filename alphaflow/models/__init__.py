@@ -1,5 +1,39 @@
-"""Backbones: the DiT (adaLN-Zero) average-velocity network and its size registry (SPEC §6)."""
+"""Backbones: the DiT (adaLN-Zero) average-velocity network and its size registry (SPEC §6), and an MLP
+for vector data. ``build_for_data`` picks the constructor arguments from a dataset's sample shape."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from typing import Callable
+
+from torch import nn
 
 from alphaflow.models.dit import MODELS, DiT, build_model, count_parameters, parameter_count
+from alphaflow.models.mlp import MLP
 
-__all__ = ["DiT", "MODELS", "build_model", "count_parameters", "parameter_count"]
+MLPS: dict[str, Callable[..., MLP]] = {
+    "MLP-S": functools.partial(MLP, hidden=128, depth=3),
+    "MLP-B": functools.partial(MLP, hidden=256, depth=4),
+    "MLP-L": functools.partial(MLP, hidden=512, depth=6),
+}
+
+
+def build_for_data(name: str, shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
+    """A registry model sized for samples of ``shape``: (C, H, W) for a DiT, (D,) for an MLP."""
+    if name not in MLPS and name not in MODELS:
+        near = difflib.get_close_matches(name, [*MODELS, *MLPS], n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        raise ValueError(f"unknown model.name {name!r}{hint}; DiTs are DiT-{{S,B,M,L,XL,T,N}}/{{1,2,4,8}}, "
+                         f"MLPs are {', '.join(MLPS)} (see `alphaflow models`)")
+    if name in MLPS:
+        if len(shape) != 1:
+            raise ValueError(f"model.name={name!r} takes vector data [D], but the data has samples of shape {shape}")
+        return MLPS[name](dim=shape[0], num_classes=num_classes, **kwargs)
+    if len(shape) != 3:
+        raise ValueError(f"model.name={name!r} takes images [C, H, W], but the data has samples of shape {shape}; "
+                         f"for vector data use one of {sorted(MLPS)}")
+    return build_model(name, input_size=(shape[1], shape[2]), in_channels=shape[0], num_classes=num_classes, **kwargs)
+
+
+__all__ = ["DiT", "MLP", "MODELS", "MLPS", "build_model", "build_for_data", "count_parameters", "parameter_count"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from alphaflow.schedules import as_schedule
 from alphaflow.objectives.base import Net, Objective, Sample, Terms, regression_components
 
 
@@ -33,8 +34,8 @@ class FlowMatching(Objective):
     default_ratio_fm = 1.0
 
     def __init__(self, **kwargs) -> None:
-        ratio = kwargs.get("ratio_fm", 1.0)
-        if ratio not in (None, 1, 1.0):
+        ratio = kwargs.get("ratio_fm")
+        if ratio is not None and as_schedule(ratio) != as_schedule(1.0):
             raise ValueError(f"flow matching uses r = t on every row; ratio_fm must be 1, got {ratio!r}")
         super().__init__(**kwargs)
 

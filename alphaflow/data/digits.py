@@ -1,4 +1,4 @@
-"""Datasets. For now the embedded default: scikit-learn's 8×8 digits (no download needed).
+"""The embedded default dataset: scikit-learn's 8×8 digits (no download needed).
 
 Images are scaled to [−1, 1], the range the samplers' outputs are read in.
 """
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from alphaflow.data.base import InMemoryData
 
 
 def load_digits(dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
@@ -17,3 +19,11 @@ def load_digits(dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     x = torch.as_tensor(bunch.images, dtype=dtype).unsqueeze(1) / 16.0 * 2.0 - 1.0  # pixels are 0..16
     y = torch.as_tensor(bunch.target, dtype=torch.long)
     return x, y
+
+
+class DigitsData(InMemoryData):
+    """The digits as a ``TrainData``: 1,797 samples of shape (1, 8, 8) in [−1, 1], 10 classes."""
+
+    def __init__(self) -> None:
+        x, y = load_digits()
+        super().__init__(x, y, num_classes=10, shape=(1, 8, 8))

@@ -1,0 +1,235 @@
+"""``train(cfg, out)``: the FM / MeanFlow / α-Flow trainer (SPEC §6), from a laptop CPU to multi-GPU DDP.
+
+The loop reads as paragraphs: sample a batch, compute the objective's terms, take an optimiser
+step, update the EMA, then maintenance (log, checkpoint, samples). Everything random flows from
+the config's seed through state that the checkpoint saves (the objective's generator, torch's
+RNGs, the batch number), so a resumed run continues bit-for-bit where it stopped on CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from alphaflow import distributed as D
+from alphaflow.batches import EpochBatches
+from alphaflow.build import objective_from_config
+from alphaflow.config import Config, to_dict
+from alphaflow.data import build_dataset
+from alphaflow.models import build_for_data
+from alphaflow.optim import EMA, build_optimizer, sanitize_and_clip, warmup_factor
+from alphaflow.progress import Progress
+from alphaflow.runfolder import RunFolder
+from alphaflow.snapshots import write_samples
+
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss stays NaN/inf for ``train.max_nonfinite`` consecutive steps."""
+
+
+@dataclass
+class TrainResult:
+    run: RunFolder
+    model: torch.nn.Module | None       # the trained (unwrapped) network; None if the run was already done
+    ema: torch.nn.Module | None         # its EMA, used for samples and evaluation
+    step: int
+    finished: bool                       # False when stopped early by ``stop_at``
+
+
+def train(cfg: Config, out: str | Path, *, stop_at: int | None = None,
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train the run in folder ``out``: start it, resume it from its newest checkpoint, or notice it is done.
+
+    ``stop_at``: stop after that step with a checkpoint and no DONE marker (a later call resumes).
+    """
+    info = D.init_distributed(cfg.train.device)
+    say = (log or print) if info.is_main else (lambda _msg: None)
+    try:
+        return _train(cfg, RunFolder(out), info, say, stop_at)
+    finally:
+        D.shutdown()
+
+
+def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], None],
+           stop_at: int | None) -> TrainResult:
+    # ---------------------------------------------------------------- set-up
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if info.is_main:
+        run.write_config(to_dict(cfg))
+    D.barrier(info)
+    if run.is_done():
+        say(f"{run.root} is already finished (DONE exists); nothing to do")
+        return TrainResult(run, None, None, cfg.train.steps, True)
+    device = info.device
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    data = build_dataset(cfg.data.name, path=cfg.data.path, resolution=cfg.data.resolution, toy=cfg.data.toy,
+                         toy_size=cfg.data.toy_size, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    net = build_for_data(cfg.model.name, data.shape, data.num_classes, time_scale=cfg.model.time_scale).to(device)
+    ema = EMA(net, cfg.ema.halflife_steps, cfg.ema.rampup_ratio)
+    objective = objective_from_config(cfg.objective, cfg.train.steps)
+    o = cfg.optim
+    opt = build_optimizer(net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + info.rank)
+    state: dict[str, Any] = {"step": 0, "images": 0, "wall": 0.0, "nonfinite": 0, "tick": _new_tick()}
+
+    resumed = run.load_checkpoint(map_location="cpu", report=say)
+    if resumed is not None:
+        ckpt, path = resumed
+        state = _restore(ckpt, net, ema, opt, data, gen, info, say)
+        say(f"resuming {run.root} from {path.name} (step {state['step']})")
+    else:
+        data.fit_stats(torch.Generator().manual_seed(cfg.seed), cfg.data.stats_samples)
+    if info.is_main:
+        run.truncate_metrics(state["step"])  # rows past the checkpoint are replayed, not duplicated
+    model = net if not info.distributed else DistributedDataParallel(
+        net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    batches = EpochBatches(data, global_batch=cfg.train.batch_size, seed=cfg.seed, rank=info.rank,
+                           world_size=info.world_size)
+    params = list(net.parameters())
+    progress = Progress(cfg.train.steps, state["step"], enabled=info.is_main, say=say)
+    t_last = time.perf_counter()
+    stop = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
+    for raw, labels in batches.iterate(state["step"], stop, cfg.data.workers):
+        step = state["step"]
+        # ------------------------------------------------------------ sample the batch
+        x = data.prepare(raw.to(device, non_blocking=True), gen)
+        y = labels.to(device) if data.num_classes > 0 else None
+        # ------------------------------------------------------------ the objective's terms
+        lr = o.lr * warmup_factor(step, o.warmup_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            terms = objective(model, x, y, step=step, generator=gen)
+        loss = terms.loss.float().mean()
+        # ------------------------------------------------------------ optimiser step
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        finite = bool(D.all_reduce_mean(torch.isfinite(loss.detach()).float().reshape(1), info) == 1.0)
+        if finite:
+            state["nonfinite"] = 0
+            grad_norm = sanitize_and_clip(params, o.grad_clip)
+            opt.step()
+            ema.update(net, step + 1)
+        else:
+            state["nonfinite"] += 1
+            grad_norm = torch.tensor(float("nan"))
+            if state["nonfinite"] >= cfg.train.max_nonfinite:
+                raise NonFiniteLossError(
+                    f"the loss was non-finite for {state['nonfinite']} consecutive steps (train.max_nonfinite="
+                    f"{cfg.train.max_nonfinite}), last at step {step + 1}; the run stopped without saving this state. "
+                    f"Checkpoints and metrics up to the last good tick are kept in {run.root}. "
+                    "Lower optim.lr, set optim.grad_clip, or check the data.")
+        state["step"] = step = step + 1
+        state["images"] += cfg.train.batch_size
+        _accumulate(state["tick"], terms, loss, grad_norm, finite)
+        progress.step()
+        now = time.perf_counter()
+        state["wall"] += now - t_last
+        t_last = now
+        # ------------------------------------------------------------ maintenance
+        last = step == cfg.train.steps
+        if step % cfg.train.log_every == 0 or last:
+            row = _log_row(state, lr, terms.logs, info, cfg.train.batch_size)
+            if info.is_main:
+                run.append_metrics(row)
+            progress.tick(step, {"loss": row["loss"], "alpha": row["alpha"]})
+        if step % cfg.train.ckpt_every == 0 or last or step == stop:
+            keep = cfg.train.keep_every > 0 and step % cfg.train.keep_every == 0
+            _save(run, cfg, state, net, ema, opt, data, gen, info, keep=keep)
+        if (cfg.train.sample_every and step % cfg.train.sample_every == 0) or last:
+            if info.is_main:
+                write_samples(run, ema.model, data, cfg, step, objective.name)
+            D.barrier(info)
+        t_last = time.perf_counter()  # maintenance time is not training time
+    progress.close()
+    if state["step"] < cfg.train.steps:
+        say(f"stopped at step {state['step']} of {cfg.train.steps}; run the same command again to resume")
+        return TrainResult(run, net, ema.model, state["step"], False)
+    if info.is_main:
+        rows = run.read_metrics()
+        run.mark_done({"step": state["step"], "images": state["images"], "wall": state["wall"],
+                       "final_loss": rows[-1]["loss"] if rows else None})
+        say(f"finished {run.root} at step {state['step']}")
+    return TrainResult(run, net, ema.model, state["step"], True)
+
+
+# -------------------------------------------------------------------- per-tick metrics
+
+def _new_tick() -> dict[str, Any]:
+    return {"steps": 0, "finite": 0, "nonfinite": 0, "sums": {}, "wall": 0.0}
+
+
+def _accumulate(tick: dict[str, Any], terms, loss: torch.Tensor, grad_norm: torch.Tensor, finite: bool) -> None:
+    """Sum the step's scalars; a log row reports their means over the tick (EDM-style)."""
+    tick["steps"] += 1
+    if not finite:
+        tick["nonfinite"] += 1
+        return
+    tick["finite"] += 1
+    values = {"loss": loss.detach(), "grad_norm": grad_norm}
+    values.update({f"loss_{name}": c.detach().float().mean() for name, c in terms.components.items()})
+    for key, value in values.items():
+        tick["sums"][key] = tick["sums"].get(key, 0.0) + float(value)
+
+
+def _log_row(state: dict[str, Any], lr: float, logs: dict, info: D.DistInfo, batch_size: int) -> dict[str, Any]:
+    tick = state["tick"]
+    keys = sorted(tick["sums"])
+    means = torch.tensor([tick["sums"][k] / max(tick["finite"], 1) for k in keys], dtype=torch.float64)
+    means = D.all_reduce_mean(means, info).tolist() if keys else []
+    seconds = state["wall"] - tick["wall"]
+    row = {"step": state["step"], "images": state["images"], "wall": round(state["wall"], 3), "lr": lr,
+           "alpha": float(logs.get("alpha", float("nan"))), "ratio_fm": float(logs.get("ratio_fm", float("nan"))),
+           **dict(zip(keys, means)), "nonfinite": tick["nonfinite"],
+           "images_per_sec": tick["steps"] * batch_size / max(seconds, 1e-9)}
+    state["tick"] = _new_tick()
+    state["tick"]["wall"] = state["wall"]
+    return row
+
+
+# -------------------------------------------------------------------- checkpoints
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    return {"generator": gen.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _save(run: RunFolder, cfg: Config, state: dict, net, ema: EMA, opt, data, gen, info: D.DistInfo, *,
+          keep: bool) -> None:
+    rngs = D.gather_objects(_rng_state(gen, info.device), info)  # every rank's RNGs, for an exact resume
+    if info.is_main:
+        run.save_checkpoint({"format": CHECKPOINT_FORMAT, "step": state["step"], "config": to_dict(cfg),
+                             "net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                             "data_stats": data.state_dict(), "state": state, "rng": rngs}, state["step"], keep=keep)
+    D.barrier(info)
+
+
+def _restore(ckpt: dict, net, ema: EMA, opt, data, gen: torch.Generator, info: D.DistInfo,
+             say: Callable[[str], None]) -> dict[str, Any]:
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint format {ckpt.get('format')!r} is not {CHECKPOINT_FORMAT}; cannot resume")
+    net.load_state_dict(ckpt["net"])
+    ema.load_state_dict(ckpt["ema"])
+    opt.load_state_dict(ckpt["opt"])
+    data.load_state_dict(ckpt["data_stats"])
+    rngs = ckpt["rng"]
+    if len(rngs) == info.world_size:
+        rng = rngs[info.rank]
+        gen.set_state(rng["generator"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and info.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], info.device)
+    else:
+        say(f"warning: the checkpoint was written by {len(rngs)} processes, this run has {info.world_size}; "
+            "random streams restart from the seed (the run continues, but not bit-for-bit)")
+    return ckpt["state"]
