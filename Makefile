@@ -24,7 +24,7 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(VENV)/bin/alphaflow demo --out runs/demo
+	$(VENV)/bin/alphaflow train --out runs/demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,10 +1,14 @@
-"""Config → objects: the objective, with the trainer's knowledge of which keys apply to which objective."""
+"""Config → objects, and the checks that need the registries (which config, the lowest layer, cannot import)."""
 
 from __future__ import annotations
 
 import difflib
 
-from alphaflow.config import ObjectiveConfig
+from pathlib import Path
+
+from alphaflow.config import Config, ObjectiveConfig
+from alphaflow.data import check_data_options
+from alphaflow.models import check_model_name
 from alphaflow.objectives import CFG, OBJECTIVES, Objective
 from alphaflow.timesteps import build_time_sampler
 
@@ -38,3 +42,13 @@ def objective_from_config(cfg: ObjectiveConfig, total_steps: int) -> Objective:
             raise ValueError(f"objective.{changed[0]} applies to objective.name=alphaflow only, "
                              f"not to {cfg.name!r}; remove it or switch the objective")
     return OBJECTIVES[cfg.name](**kwargs)
+
+
+def preflight(cfg: Config) -> None:
+    """Check what config validation cannot (registry names, the data path, the objective's options)
+    before anything runs; raises ValueError naming the key."""
+    objective_from_config(cfg.objective, cfg.train.steps)
+    check_model_name(cfg.model.name)
+    check_data_options(cfg.data.name, cfg.data.path)
+    if cfg.data.vae_path is not None and not Path(cfg.data.vae_path).expanduser().exists():
+        raise ValueError(f"data.vae_path {cfg.data.vae_path!r} does not exist (a local diffusers AutoencoderKL folder)")

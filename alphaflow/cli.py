@@ -23,20 +23,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from alphaflow.demo import run_demo
-
-    torch_threads(args.threads)
-    run_demo(args.out, steps=args.steps, batch=args.batch, model=args.model, seed=args.seed)
-    return 0
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    from alphaflow.config import ConfigError, dump_yaml, load_config
+    from alphaflow.build import preflight
+    from alphaflow.config import dump_yaml, load_config
 
     try:
         cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
+        preflight(cfg)
+    except ValueError as exc:  # ConfigError included: nothing has run yet
         print(f"alphaflow train: {exc}")
         return 2
     if args.dry_run:
@@ -57,25 +51,9 @@ def _cmd_extract_latents(args: argparse.Namespace) -> int:
     return 0
 
 
-def torch_threads(n: int | None) -> None:
-    if n:
-        import torch
-
-        torch.set_num_threads(n)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alphaflow", description="α-Flow / MeanFlow / flow matching research framework")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("demo", help="train FM, MeanFlow and α-Flow briefly on the embedded digits and sample")
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--steps", type=int, default=200, help="training steps per objective (default: 200)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--model", default="DiT-T/2", help="registry name (see `alphaflow models`)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("train", help="train a model into a run folder (resumes if the folder has checkpoints)",
                        description="Train FM / MeanFlow / α-Flow. Config: defaults in code (the embedded digits "

@@ -142,7 +142,9 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
             row = _log_row(state, lr, terms.logs, info, cfg.train.batch_size)
             if info.is_main:
                 run.append_metrics(row)
-            progress.tick(step, {"loss": row["loss"], "alpha": row["alpha"]})
+            # the adaptive weight normalises the loss to ≈ 1 per sample; the unweighted mse shows progress
+            progress.tick(step, {"loss": row.get("loss", float("nan")), "mse": row.get("loss_mse", float("nan")),
+                                 "alpha": row["alpha"]})
         if step % cfg.train.ckpt_every == 0 or last or step == stop:
             keep = cfg.train.keep_every > 0 and step % cfg.train.keep_every == 0
             _save(run, cfg, state, net, ema, opt, data, gen, info, keep=keep)

@@ -1,14 +1,10 @@
-"""The ``alphaflow`` command and the few-step demo (the main job until the trainer lands)."""
+"""The ``alphaflow`` command: help, dry runs, config errors, the model registry."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from PIL import Image
 
 from alphaflow.cli import main
-from alphaflow.demo import run_demo
 
 
 def test_help_lists_the_commands(capsys):
@@ -16,7 +12,7 @@ def test_help_lists_the_commands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("demo", "models"):
+    for command in ("train", "extract-latents", "models"):
         assert command in out
 
 
@@ -27,18 +23,26 @@ def test_models_lists_registry_with_counts(capsys):
     assert int(line.split()[-1].replace(",", "")) == pytest.approx(675e6, rel=0.01)
 
 
-def test_demo_trains_and_writes_grids(tmp_path):
-    lines: list[str] = []
-    summary = run_demo(tmp_path, steps=3, batch=8, model="DiT-N/2", num_samples=16, log=lines.append, log_every=1)
-    assert set(summary) == {"fm", "meanflow", "alphaflow"}
-    on_disk = json.loads((tmp_path / "summary.json").read_text())
-    assert on_disk.keys() == summary.keys()
-    for key, row in summary.items():
-        assert on_disk[key] == pytest.approx(row)
-        assert all(value == value and abs(value) < 1e6 for value in row.values()), row  # finite numbers
-    for key in summary:
-        for nfe in (1, 2):
-            with Image.open(tmp_path / "samples" / f"{key}_nfe{nfe}.png") as image:
-                # 16 samples in rows of 8: 2 rows of (8 + 1 pad) pixels + 1, upscaled 4×
-                assert image.size == (4 * (8 * 9 + 1), 4 * (2 * 9 + 1))
-    assert any("alphaflow" in line and "step    2" in line for line in lines)
+def test_train_dry_run_prints_the_resolved_config(capsys):
+    assert main(["train", "--out", "unused", "--dry-run", "train.steps=7", "objective.name=meanflow"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 7" in out and "name: meanflow" in out
+
+
+def test_train_refuses_a_bad_key_before_running(capsys, tmp_path):
+    assert main(["train", "--out", str(tmp_path / "run"), "train.step=7"]) == 2
+    assert "did you mean 'train.steps'" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.name=DiT-Q/2", "did you mean"),
+    ("data.name=cifar10", "needs data.path"),
+    ("objective.name=meanflw", "did you mean meanflow"),
+    ("objective.clip=2.0", "objective.clip applies to objective.name=alphaflow only"),
+])
+def test_train_preflight_names_the_bad_key(capsys, tmp_path, override, message):
+    extra = ["objective.name=meanflow"] if override.startswith("objective.clip") else []
+    assert main(["train", "--out", str(tmp_path / "run"), *extra, override]) == 2
+    assert message in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()

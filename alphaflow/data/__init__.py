@@ -55,6 +55,23 @@ NEEDS_PATH = {
 }
 
 
+def check_data_options(name: str, path: str | Path | None) -> Path | None:
+    """Refuse an unknown ``data.name`` (with close matches) or a missing ``data.path``; return the path."""
+    if name not in DATASETS:
+        close = difflib.get_close_matches(str(name), list(DATASETS), n=3)
+        hint = f". Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown dataset {name!r} (data.name); valid: {', '.join(DATASETS)}{hint}")
+    if name in NEEDS_PATH:
+        if path is None or str(path) == "":
+            raise ValueError(f"dataset {name!r} needs data.path: {NEEDS_PATH[name]}")
+        folder = Path(path).expanduser()
+        if not folder.exists():
+            raise ValueError(f"data.path {str(folder)!r} does not exist (dataset {name!r} expects "
+                             f"{NEEDS_PATH[name]})")
+        return folder
+    return None
+
+
 def build_dataset(name: str, *, path: str | Path | None = None, resolution: int = 256, toy: str = "moons",
                   toy_size: int = 8192, seed: int = 0) -> TrainData:
     """The dataset registered as ``name`` (``DATASETS``), built from the ``data.*`` options.
@@ -63,18 +80,7 @@ def build_dataset(name: str, *, path: str | Path | None = None, resolution: int 
     ``toy_size`` and ``seed`` by toy2d. Raises ValueError for an unknown name (with close matches)
     and for a missing or non-existent ``data.path``.
     """
-    if name not in DATASETS:
-        close = difflib.get_close_matches(str(name), list(DATASETS), n=3)
-        hint = f". Did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown dataset {name!r} (data.name); valid: {', '.join(DATASETS)}{hint}")
-    folder = None
-    if name in NEEDS_PATH:
-        if path is None or str(path) == "":
-            raise ValueError(f"dataset {name!r} needs data.path: {NEEDS_PATH[name]}")
-        folder = Path(path).expanduser()
-        if not folder.exists():
-            raise ValueError(f"data.path {str(folder)!r} does not exist (dataset {name!r} expects "
-                             f"{NEEDS_PATH[name]})")
+    folder = check_data_options(name, path)
     return DATASETS[name](path=folder, resolution=resolution, toy=toy, toy_size=toy_size, seed=seed)
 
 

@@ -19,13 +19,18 @@ MLPS: dict[str, Callable[..., MLP]] = {
 }
 
 
-def build_for_data(name: str, shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
-    """A registry model sized for samples of ``shape``: (C, H, W) for a DiT, (D,) for an MLP."""
+def check_model_name(name: str) -> None:
+    """Refuse a ``model.name`` that is in neither registry, with close matches."""
     if name not in MLPS and name not in MODELS:
         near = difflib.get_close_matches(name, [*MODELS, *MLPS], n=3, cutoff=0.5)
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
         raise ValueError(f"unknown model.name {name!r}{hint}; DiTs are DiT-{{S,B,M,L,XL,T,N}}/{{1,2,4,8}}, "
                          f"MLPs are {', '.join(MLPS)} (see `alphaflow models`)")
+
+
+def build_for_data(name: str, shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
+    """A registry model sized for samples of ``shape``: (C, H, W) for a DiT, (D,) for an MLP."""
+    check_model_name(name)
     if name in MLPS:
         if len(shape) != 1:
             raise ValueError(f"model.name={name!r} takes vector data [D], but the data has samples of shape {shape}")
@@ -36,4 +41,4 @@ def build_for_data(name: str, shape: tuple[int, ...], num_classes: int, **kwargs
     return build_model(name, input_size=(shape[1], shape[2]), in_channels=shape[0], num_classes=num_classes, **kwargs)
 
 
-__all__ = ["DiT", "MLP", "MODELS", "MLPS", "build_model", "build_for_data", "count_parameters", "parameter_count"]
+__all__ = ["DiT", "MLP", "MODELS", "MLPS", "build_model", "build_for_data", "check_model_name", "count_parameters", "parameter_count"]
