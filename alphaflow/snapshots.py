@@ -36,4 +36,8 @@ def write_samples(run: RunFolder, model: nn.Module, data, cfg: Config, step: int
             written.append(save_grid_png(images, path, upscale=max(1, 64 // images.shape[-1])))
         elif out.ndim == 2 and out.shape[1] == 2:
             written.append(save_scatter_png(out, path))
+        else:  # e.g. latents without data.vae_path: keep the raw samples rather than nothing
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(out.cpu(), path.with_suffix(".pt"))
+            written.append(path.with_suffix(".pt"))
     return written

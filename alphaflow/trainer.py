@@ -88,6 +88,8 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         say(f"resuming {run.root} from {path.name} (step {state['step']})")
     else:
         data.fit_stats(torch.Generator().manual_seed(cfg.seed), cfg.data.stats_samples)
+    if info.is_main and cfg.data.vae_path is not None and hasattr(data, "attach_decoder"):
+        data.attach_decoder(cfg.data.vae_path, device)  # sample grids of latent runs are decoded images
     if info.is_main:
         run.truncate_metrics(state["step"])  # rows past the checkpoint are replayed, not duplicated
     model = net if not info.distributed else DistributedDataParallel(

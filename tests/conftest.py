@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from alphaflow.conventions import NULL_LABEL
+from alphaflow.data import extract_latents
 
 
 class TinyNet(nn.Module):
@@ -43,3 +45,34 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.rand(8, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
     y = torch.randint(0, 3, (8,), generator=g)
     return x, y
+
+
+def make_image_folder(root, sizes=((20, 12), (9, 30), (16, 16))):
+    """Two class folders (cat, ant) of random RGB images of the given (w, h) sizes, plus a non-image file."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, ext in (("cat", ".PNG"), ("ant", ".png")):
+        (root / cls).mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes):
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i}{ext}")
+    (root / "ant" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="session")
+def latents(tmp_path_factory):
+    """A tiny random AutoencoderKL saved locally, and the latents it extracts from a tiny folder."""
+    from diffusers import AutoencoderKL  # a declared dev dependency: fail, do not skip, if it is missing
+
+    tmp = tmp_path_factory.mktemp("latents")
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
+                        norm_num_groups=8, sample_size=16)
+    vae.save_pretrained(tmp / "vae")
+    images = make_image_folder(tmp / "imgs", sizes=((20, 12), (9, 30), (16, 16), (33, 33)))
+    (tmp / "lat").mkdir()  # an existing empty folder is fine
+    out = extract_latents(images, tmp / "vae", tmp / "lat", resolution=16, batch_size=3)
+    return tmp, vae.eval(), out

@@ -46,3 +46,14 @@ def test_train_preflight_names_the_bad_key(capsys, tmp_path, override, message):
     assert main(["train", "--out", str(tmp_path / "run"), *extra, override]) == 2
     assert message in capsys.readouterr().out
     assert not (tmp_path / "run").exists()
+
+
+def test_extract_latents_command(capsys, tmp_path, latents):
+    vae_root, _, _ = latents
+    from conftest import make_image_folder
+
+    images = make_image_folder(tmp_path / "images", sizes=((16, 16), (24, 20)))
+    assert main(["extract-latents", str(images), "--vae", str(vae_root / "vae"), "--out", str(tmp_path / "lat"),
+                 "--resolution", "16", "--batch-size", "2"]) == 0
+    assert "latents written to" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "lat").iterdir()} >= {"meta.json", "mean.npy", "logvar.npy", "labels.npy"}

@@ -13,6 +13,7 @@ from alphaflow.conventions import NULL_LABEL
 from alphaflow.data import DATASETS, TrainData, build_dataset, extract_latents, load_digits
 from alphaflow.data.cifar10 import BATCHES
 from alphaflow.data.imagefolder import load_image
+from conftest import make_image_folder
 
 
 def _check_contract(data: TrainData, rows: int = 5, raw_shape=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,23 +117,10 @@ def test_cifar10_malformed_batch(tmp_path):
 
 # ---- image folders ---------------------------------------------------------------------------
 
-def _make_folder(root, sizes=((20, 12), (9, 30), (16, 16))):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for cls, ext in (("cat", ".PNG"), ("ant", ".png")):
-        (root / cls).mkdir(parents=True)
-        for i, (w, h) in enumerate(sizes):
-            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / cls / f"{i}{ext}")
-    (root / "ant" / "notes.txt").write_text("not an image")
-    return root
-
-
 def test_imagefolder(tmp_path):
     from PIL import Image
 
-    root = _make_folder(tmp_path / "imgs")
+    root = make_image_folder(tmp_path / "imgs")
     Image.new("RGB", (40, 25), (255, 0, 51)).save(root / "cat" / "solid.png")
     data = build_dataset("imagefolder", path=str(root), resolution=8)
     assert data.classes == ["ant", "cat"] and data.num_classes == 2 and data.shape == (3, 8, 8)
@@ -158,23 +146,6 @@ def test_imagefolder_errors(tmp_path):
 
 
 # ---- latents end to end ----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def latents(tmp_path_factory):
-    """A tiny random AutoencoderKL saved locally, and the latents it extracts from a tiny folder."""
-    # diffusers is not among the project's declared dependencies yet: skip rather than fail without it
-    AutoencoderKL = pytest.importorskip("diffusers").AutoencoderKL
-    tmp = tmp_path_factory.mktemp("latents")
-    torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
-                        norm_num_groups=8, sample_size=16)
-    vae.save_pretrained(tmp / "vae")
-    images = _make_folder(tmp / "imgs", sizes=((20, 12), (9, 30), (16, 16), (33, 33)))
-    (tmp / "lat").mkdir()  # an existing empty folder is fine
-    out = extract_latents(images, tmp / "vae", tmp / "lat", resolution=16, batch_size=3)
-    return tmp, vae.eval(), out
-
 
 def test_extract_latents_matches_vae(latents):
     tmp, vae, out = latents
