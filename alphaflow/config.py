@@ -173,14 +173,14 @@ class EMAConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 3000
-    batch_size: int = 64  # global batch, split across ranks
+    steps: int = 1500
+    batch_size: int = 48  # global batch, split across ranks
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | fp32 | bf16
     log_every: int = 50
     ckpt_every: int = 500  # rolling "latest" checkpoint
     keep_every: int = 0  # permanent checkpoints every k steps (0 = none)
-    sample_every: int = 1000  # EMA sample grids (0 = only at the end)
+    sample_every: int = 500  # EMA sample grids (0 = only at the end)
     max_nonfinite: int = 20  # stop after this many consecutive non-finite losses
     threads: int | None = None  # torch CPU threads
     compile: bool = False

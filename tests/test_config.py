@@ -37,14 +37,14 @@ def test_defaults_are_the_embedded_recipe():
     assert (cfg.data.name, cfg.model.name, cfg.objective.name) == ("digits", "DiT-T/2", "alphaflow")
     assert cfg.objective.ratio_fm is None and cfg.sample.nfe == [1, 2]
     # α: the paper's sigmoid (γ = 25, η = 5e-3) over the whole run
-    assert cfg.objective.alpha.resolve(cfg.train.steps) == Schedule("sigmoid", 1.0, 0.0, 0, 3000, 25.0, 5e-3)
+    assert cfg.objective.alpha.resolve(cfg.train.steps) == Schedule("sigmoid", 1.0, 0.0, 0, 1500, 25.0, 5e-3)
     assert Config().sample.nfe is not Config().sample.nfe, "list defaults must not be shared between instances"
 
 
 def test_partial_yaml_merges_into_defaults(tmp_path):
     path = write(tmp_path, "train:\n  steps: 100\nobjective:\n  alpha: {k_end: 0.5}\n  ratio_fm: 0.25\n")
     cfg = load_config(path)
-    assert cfg.train.steps == 100 and cfg.train.batch_size == 64
+    assert cfg.train.steps == 100 and cfg.train.batch_size == 48
     assert cfg.objective.alpha.kind == "sigmoid" and cfg.objective.alpha.k_end == 0.5, "a nested mapping merges"
     assert cfg.objective.ratio_fm == ScheduleConfig(kind="constant", start=0.25, end=0.25)
     assert load_config(write(tmp_path, "# only a comment\n", "empty.yaml")) == Config()
@@ -226,7 +226,7 @@ def test_config_hash_is_stable_and_discriminates():
 
 def test_apply_overrides_without_validation():
     cfg = apply_overrides(Config(), ["train.steps=0"])
-    assert cfg.train.steps == 0 and Config().train.steps == 3000, "overrides return a copy"
+    assert cfg.train.steps == 0 and Config().train.steps == 1500, "overrides return a copy"
 
 
 # ----------------------------------------------------------------------------- recipes
