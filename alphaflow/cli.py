@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Sequence
 
 
@@ -51,6 +52,36 @@ def _cmd_extract_latents(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from alphaflow.probe_run import probe_run
+
+    try:
+        path = probe_run(args.run_dir, batches=args.batches, batch_size=args.batch_size, checkpoints=args.checkpoints,
+                         weights=args.weights, parts=args.parts, seed=args.seed, device=args.device)
+    except ValueError as exc:
+        print(f"alphaflow probe: {exc}")
+        return 2
+    print(f"probes written to {path}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from alphaflow.sweeps import load_sweep, run_inline, run_state
+
+    try:
+        name, runs = load_sweep(args.file)
+    except ValueError as exc:
+        print(f"alphaflow sweep: {exc}")
+        return 2
+    root = args.root or f"runs/{name}"
+    if args.dry_run:
+        for r in runs:
+            print(f"{run_state(Path(root) / r.name):<11} {r.name}   {' '.join(r.overrides)}")
+        return 0
+    run_inline(runs, root)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alphaflow", description="α-Flow / MeanFlow / flow matching research framework")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -72,6 +103,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_extract_latents)
+
+    p = sub.add_parser("probe", help="gradient-conflict probes on a run's checkpoints (writes RUN_DIR/probes.jsonl)",
+                       description="The paper's protocol (SPEC §5.2): per checkpoint, N batches with r < t; mean and "
+                                   "5/95 %% percentiles of every term's loss, gradient norm and pairwise cosine.")
+    p.add_argument("run_dir")
+    p.add_argument("--batches", type=int, default=50, help="batches per checkpoint (default 50; the paper: 1000)")
+    p.add_argument("--batch-size", type=int, default=128, help="samples per batch (default 128, as the paper)")
+    p.add_argument("--checkpoints", default="all", help="all, last, or a comma list of steps")
+    p.add_argument("--weights", choices=("raw", "ema"), default="raw", help="raw training weights (default) or EMA")
+    p.add_argument("--parts", action="store_true", help="also per DiT block / embedder / final layer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_probe)
+
+    p = sub.add_parser("sweep", help="expand a sweep file into runs and train them one after another, here",
+                       description="Runs are named <description>-<config hash> under --root; finished runs are "
+                                   "skipped, incomplete ones resume.")
+    p.add_argument("file", help="sweep YAML (see sweeps/)")
+    p.add_argument("--root", default=None, help="folder of the runs (default: runs/<sweep name>)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs with their state and overrides")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("models", help="list the DiT size registry with parameter counts")
     p.add_argument("--input-size", type=int, default=32)

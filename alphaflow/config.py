@@ -198,6 +198,18 @@ class SampleConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """Online gradient probes (SPEC §5): every ``every`` steps (a multiple of train.log_every; 0 = off),
+    on the step's training batch with a fresh (t, r, ε) holding a ``ratio_fm`` share of r = t rows."""
+
+    every: int = 0
+    ratio_fm: float = 0.0
+    parts: bool = False   # also per DiT block / embedder / final layer
+    loss: bool = True     # also the training objective's own loss as a term
+    seed: int = 0
+
+
+@dataclass
 class Config:
     """The whole run. ``Config()`` is the embedded default recipe (``recipes/digits.yaml``)."""
 
@@ -209,6 +221,7 @@ class Config:
     ema: EMAConfig = field(default_factory=EMAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 # ----------------------------------------------------------------------------- typed merging
@@ -470,6 +483,10 @@ def validate(cfg: Config) -> None:
     need(all(n >= 1 for n in cfg.sample.nfe), "sample.nfe", "entries must be >= 1")
     need(cfg.sample.sampler != "consistency" or all(n <= 2 for n in cfg.sample.nfe), "sample.nfe",
          "entries must be 1 or 2 with the 'consistency' sampler")
+    need(cfg.probe.every >= 0, "probe.every", "must be >= 0")
+    need(cfg.probe.every <= 0 or cfg.probe.every % cfg.train.log_every == 0, "probe.every",
+         f"must be a multiple of train.log_every ({cfg.train.log_every}) so probes land in a metrics row")
+    need(0 <= cfg.probe.ratio_fm < 1, "probe.ratio_fm", "must lie in [0, 1) (L_TCC vanishes on r = t rows)")
     for key in ("objective.alpha", "objective.ratio_fm"):
         if get(key) is None:
             continue

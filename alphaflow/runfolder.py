@@ -8,6 +8,7 @@
         step-00010000.pt     permanent keeps (train.keep_every)
       samples/
         step-00001000-nfe1.png   EMA sample grids
+      probes.jsonl           offline gradient probes, one row per (checkpoint, probe settings)
       DONE                   written last, holds a short JSON summary
 
 Every file is written atomically (temporary name, then rename), so a crash leaves either the
@@ -28,6 +29,7 @@ from typing import Any, Callable
 import torch
 
 CONFIG, METRICS, CHECKPOINTS, SAMPLES, DONE = "config.json", "metrics.jsonl", "checkpoints", "samples", "DONE"
+PROBES = "probes.jsonl"
 _CKPT = re.compile(r"^(latest|step)-(\d{8})\.pt$")
 ROLLING_KEPT = 2
 
@@ -68,6 +70,10 @@ class RunFolder:
         return self.root / SAMPLES
 
     @property
+    def probes_path(self) -> Path:
+        return self.root / PROBES
+
+    @property
     def done_path(self) -> Path:
         return self.root / DONE
 
@@ -93,26 +99,17 @@ class RunFolder:
 
     # ------------------------------------------------------------------ metrics
     def append_metrics(self, row: dict[str, Any]) -> None:
-        if "step" not in row:
-            raise ValueError("a metrics row needs a 'step'")
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
+        append_jsonl(self.metrics_path, row)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """All complete rows; a torn or garbled line is skipped."""
-        if not self.metrics_path.exists():
-            return []
-        rows = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "step" in row:
-                rows.append(row)
-        return rows
+        return read_jsonl(self.metrics_path)
+
+    def append_probes(self, row: dict[str, Any]) -> None:
+        append_jsonl(self.probes_path, row)
+
+    def read_probes(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.probes_path)
 
     def truncate_metrics(self, step: int) -> int:
         """Keep only rows with row['step'] <= step (and no torn line); returns how many were dropped."""
@@ -178,6 +175,31 @@ class RunFolder:
 
     def mark_done(self, summary: dict[str, Any]) -> None:
         atomic_write_bytes(self.done_path, (json.dumps(summary) + "\n").encode())
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON row (it must carry a 'step') and flush."""
+    if "step" not in row:
+        raise ValueError(f"a row of {path.name} needs a 'step'")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every complete row with a 'step'; torn or garbled lines are skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
 
 
 def _flat_diff(a: Any, b: Any, prefix: str = "") -> set[str]:

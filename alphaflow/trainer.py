@@ -22,7 +22,9 @@ from alphaflow.build import objective_from_config
 from alphaflow.config import Config, to_dict
 from alphaflow.data import build_dataset
 from alphaflow.models import build_for_data
+from alphaflow.objectives import MeanFlow
 from alphaflow.optim import EMA, build_optimizer, sanitize_and_clip, warmup_factor
+from alphaflow.probes import probe_gradients
 from alphaflow.progress import Progress
 from alphaflow.runfolder import RunFolder
 from alphaflow.snapshots import write_samples
@@ -142,6 +144,8 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         last = step == cfg.train.steps
         if step % cfg.train.log_every == 0 or last:
             row = _log_row(state, lr, terms.logs, info, cfg.train.batch_size)
+            if cfg.probe.every and step % cfg.probe.every == 0:
+                row.update(_online_probe(net, x, y, objective, cfg, step, info))
             if info.is_main:
                 run.append_metrics(row)
             # the adaptive weight normalises the loss to ≈ 1 per sample; the unweighted mse shows progress
@@ -199,6 +203,19 @@ def _log_row(state: dict[str, Any], lr: float, logs: dict, info: D.DistInfo, bat
     state["tick"] = _new_tick()
     state["tick"]["wall"] = state["wall"]
     return row
+
+
+def _online_probe(net, x: torch.Tensor, y, objective, cfg: Config, step: int, info: D.DistInfo) -> dict[str, float]:
+    """Probe the terms' gradients on this step's batch with a fresh (t, r, ε) from a generator of its own
+    (so training's random streams are untouched); averaged over ranks, keys prefixed ``probe_``."""
+    gen = torch.Generator(device=x.device).manual_seed(cfg.probe.seed * 1_000_003 + step * 1_009 + info.rank)
+    drawer = MeanFlow(ratio_fm=cfg.probe.ratio_fm, time_sampler=objective.time_sampler, cfg=objective.cfg)
+    sample = drawer.draw(x, y, step=step, generator=gen)
+    values = probe_gradients(net, x, sample, cfg=objective.cfg, training=objective if cfg.probe.loss else None,
+                             step=step - 1, parts=cfg.probe.parts)  # step − 1: the update just taken
+    keys = sorted(values)
+    means = D.all_reduce_mean(torch.tensor([values[k] for k in keys], dtype=torch.float64), info).tolist()
+    return {f"probe_{k}": v for k, v in zip(keys, means)}
 
 
 # -------------------------------------------------------------------- checkpoints

@@ -148,12 +148,13 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, overrides: list[str]
 
 
 def test_two_process_ddp_keeps_ranks_identical(tmp_path):
-    overrides = [*TINY, "objective.alpha.k_end=0.5", "train.threads=1"]  # ends in the JVP phase
+    overrides = [*TINY, "objective.alpha.k_end=0.5", "train.threads=1", "probe.every=2"]  # ends in the JVP phase
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), overrides), nprocs=2, join=True)
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert_same_state(rank0, rank1)
     run = RunFolder(tmp_path)
     assert run.is_done() and [r["step"] for r in run.read_metrics()] == [2, 4, 6]
+    assert all(-1 <= r["probe_cos_tfm_tcc"] <= 1 for r in run.read_metrics())  # probes ran on both ranks
     saved = torch.load(run.checkpoints()[0][1], weights_only=False)
     assert_same_state(saved["net"], rank0)
     assert len(saved["rng"]) == 2  # both ranks' random streams, for an exact resume

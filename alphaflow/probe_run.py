@@ -1,0 +1,109 @@
+"""``alphaflow probe RUN_DIR``: the paper's gradient-analysis protocol on saved checkpoints (SPEC §5.2).
+
+For each chosen checkpoint, N fresh batches of B samples with (t, r) from the run's logit-normal
+min–max rule and r < t on every row (L_TCC vanishes at r = t); on each batch the probe of
+``alphaflow.probes``; then per quantity the mean and the 5 % / 95 % percentiles over the batches,
+one row per checkpoint in ``RUN_DIR/probes.jsonl``. Every checkpoint sees the same batches (the
+generator is reseeded), so curves over training compare like with like. Rows already present
+for the same settings are kept and skipped, so re-running after more training only adds rows.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from alphaflow.build import objective_from_config
+from alphaflow.config import from_dict
+from alphaflow.data import build_dataset
+from alphaflow.distributed import resolve_device
+from alphaflow.models import build_for_data
+from alphaflow.objectives import MeanFlow
+from alphaflow.probes import probe_gradients
+from alphaflow.runfolder import RunFolder
+
+SETTINGS = ("weights", "batches", "batch_size", "seed", "parts")
+
+
+def select_checkpoints(run: RunFolder, which: str) -> list[tuple[int, Path]]:
+    """``all`` (every saved step, oldest first), ``last``, or a comma list of steps."""
+    found: dict[int, Path] = {}
+    for step, path in run.checkpoints():  # newest first; a rolling and a permanent file may share a step
+        found.setdefault(step, path)
+    if not found:
+        raise ValueError(f"{run.root} has no checkpoints to probe (train with train.keep_every to keep them)")
+    if which == "all":
+        return sorted(found.items())
+    if which == "last":
+        step = max(found)
+        return [(step, found[step])]
+    try:
+        steps = [int(s) for s in which.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--checkpoints must be all, last or a comma list of steps, got {which!r}") from None
+    missing = [s for s in steps if s not in found]
+    if missing:
+        raise ValueError(f"--checkpoints: no checkpoint at step(s) {missing} in {run.root}; saved: {sorted(found)}")
+    return [(s, found[s]) for s in steps]
+
+
+def summarize(values: list[dict[str, float]]) -> dict[str, float]:
+    """Mean and 5 %/95 % percentiles of each key over the batches (NaN-aware)."""
+    out: dict[str, float] = {}
+    for key in values[0]:
+        v = np.array([row[key] for row in values], dtype=np.float64)
+        finite = v[np.isfinite(v)]
+        mean, p05, p95 = ((float(finite.mean()), *map(float, np.percentile(finite, [5, 95]))) if finite.size
+                          else (float("nan"),) * 3)
+        out.update({key: mean, f"{key}_p05": p05, f"{key}_p95": p95})
+    return out
+
+
+def probe_run(run_dir: str | Path, *, batches: int = 50, batch_size: int = 128, checkpoints: str = "all",
+              weights: str = "raw", parts: bool = False, seed: int = 0, device: str = "auto",
+              log: Callable[[str], None] = print) -> Path:
+    """Probe the chosen checkpoints of a run folder; returns the path of its probes.jsonl."""
+    if weights not in ("raw", "ema"):
+        raise ValueError(f"--weights must be raw or ema, got {weights!r}")
+    if batches < 1 or batch_size < 1:
+        raise ValueError(f"--batches and --batch-size must be >= 1, got {batches} and {batch_size}")
+    run = RunFolder(run_dir)
+    config = run.read_config()
+    if config is None:
+        raise ValueError(f"{run.root} is not a run folder (no config.json)")
+    cfg = from_dict(config)
+    dev = resolve_device(device)
+    data = build_dataset(cfg.data.name, path=cfg.data.path, resolution=cfg.data.resolution, toy=cfg.data.toy,
+                         toy_size=cfg.data.toy_size, seed=cfg.seed)
+    if batch_size > len(data):
+        raise ValueError(f"--batch-size {batch_size} exceeds the dataset size ({len(data)})")
+    net = build_for_data(cfg.model.name, data.shape, data.num_classes, time_scale=cfg.model.time_scale).to(dev)
+    objective = objective_from_config(cfg.objective, cfg.train.steps)
+    drawer = MeanFlow(ratio_fm=0.0, time_sampler=objective.time_sampler, cfg=objective.cfg)
+    settings = {"weights": weights, "batches": batches, "batch_size": batch_size, "seed": seed, "parts": parts}
+    done = {r["step"] for r in run.read_probes() if all(r.get(k) == v for k, v in settings.items())}
+    for step, path in select_checkpoints(run, checkpoints):
+        if step in done:
+            log(f"step {step}: already probed with these settings, skipped")
+            continue
+        start = time.perf_counter()
+        ckpt = torch.load(path, map_location=dev, weights_only=False)
+        net.load_state_dict(ckpt["net" if weights == "raw" else "ema"])
+        data.load_state_dict(ckpt["data_stats"])
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        cpu_gen = torch.Generator().manual_seed(seed)
+        rows = []
+        for _ in range(batches):
+            raw, labels = data.get(torch.randperm(len(data), generator=cpu_gen)[:batch_size])
+            x = data.prepare(raw.to(dev), gen)
+            y = labels.to(dev) if data.num_classes > 0 else None
+            sample = drawer.draw(x, y, generator=gen)
+            rows.append(probe_gradients(net, x, sample, cfg=objective.cfg, training=objective, step=step, parts=parts))
+        run.append_probes({"step": step, **settings, **summarize(rows)})
+        log(f"step {step}: cos(TFM, TCC) {np.mean([r['cos_tfm_tcc'] for r in rows]):+.3f}  "
+            f"cos(FM', TCC) {np.mean([r['cos_fmb_tcc'] for r in rows]):+.3f}  ({time.perf_counter() - start:.1f} s)")
+    return run.probes_path

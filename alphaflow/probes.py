@@ -1,0 +1,120 @@
+"""Gradient probes: how the objective's terms pull on the weights (SPEC §2, §5).
+
+On one batch, the same (t, r, ε, labels) for every term, we differentiate
+
+    tfm   L_TFM = ‖u_θ(z_t, r, t) − ṽ‖²                    trajectory flow matching
+    fmb   L_FM′ = ‖u_θ(z_t, t, t) − ṽ‖²                    the border case r = t, same (x, ε, t)
+    tcc   L_TCC = 2(t − r)·u_θ(z_t, r, t)·sg(du/dt)         trajectory consistency
+    mf    L_MF  = ‖u_θ − sg(ṽ − (t − r)·du/dt)‖²            MeanFlow (unweighted), ∇mf = ∇tfm + ∇tcc
+    loss  the training objective's own loss at this step (optional)
+
+each a batch mean of per-sample element means, and report every term's value (``loss_<term>``),
+gradient norm (``gradnorm_<term>``) and every pairwise cosine (``cos_<a>_<b>``, a before b in
+``TERMS`` order, e.g. ``cos_tfm_tcc``, ``cos_fmb_tcc``). Gradients are whole-vector over the chosen
+parameters, in float64. With ``parts=True`` the same numbers per part of the network
+(``part.<name>.cos_tfm_tcc``): every DiT block, each embedder, the final layer.
+
+A probe runs on the unwrapped module with ``torch.autograd.grad``: it never touches ``.grad``,
+the optimiser or the training random streams, so training is unchanged. It costs the forward
+passes of the terms (a MeanFlow forward with its JVP, a border-case forward, and the training
+objective's if asked) plus one backward per term.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from alphaflow.jvp import unwrap
+from alphaflow.objectives import CFG, FlowMatching, MeanFlow, Objective, Sample
+
+TERMS = ("tfm", "fmb", "tcc", "mf", "loss")
+
+
+def parameter_groups(module: nn.Module) -> dict[str, list[str]]:
+    """Parts of a network by parameter name: each top-level child, and each element of a top-level
+    ``ModuleList`` ("blocks.0", "blocks.1", …). Parameters directly on the module form "root"."""
+    groups: dict[str, list[str]] = {}
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        head, *rest = name.split(".")
+        if isinstance(getattr(module, head, None), nn.ModuleList) and rest:
+            head = f"{head}.{rest[0]}"
+        groups.setdefault(head if rest else "root", []).append(name)
+    return groups
+
+
+def term_losses(net: nn.Module, x: Tensor, sample: Sample, *, cfg: CFG | None = None,
+                training: Objective | None = None, step: int = 0) -> dict[str, Tensor]:
+    """The differentiable batch means of every term on ``sample`` (see module docstring). x: [B, ...]."""
+    mf = MeanFlow(cfg=cfg)(net, x, sample=sample)
+    fm = FlowMatching(cfg=cfg)(net, x, sample=sample)
+    terms = {"tfm": mf.components["tfm"].mean(), "fmb": fm.components["fmb"].mean(),
+             "tcc": mf.components["tcc"].mean(), "mf": mf.components["mf"].mean()}
+    if training is not None:
+        terms["loss"] = training(net, x, sample=sample, step=step).loss.mean()
+    return terms
+
+
+def gram_matrices(terms: dict[str, Tensor], params: Sequence[tuple[str, nn.Parameter]],
+                  groups: dict[str, list[str]] | None = None) -> dict[str, Tensor]:
+    """Gram matrices G[a, b] = ⟨∇a, ∇b⟩ (float64, [T, T]) over all ``params`` ("all") and per group.
+
+    One backward per term; the per-group matrices are sums over that group's parameters, so the
+    breakdown costs no extra backward.
+    """
+    names = [n for n, _ in params]
+    grads = {}
+    for i, (key, value) in enumerate(terms.items()):
+        g = torch.autograd.grad(value, [p for _, p in params], retain_graph=i < len(terms) - 1, allow_unused=True)
+        grads[key] = [torch.zeros_like(p) if gi is None else gi for gi, (_, p) in zip(g, params)]
+    per_param = {}
+    for j, name in enumerate(names):
+        stacked = torch.stack([grads[k][j].reshape(-1).double() for k in terms])  # [T, n_j]
+        per_param[name] = stacked @ stacked.T
+    out = {"all": sum(per_param.values())}
+    for group, members in (groups or {}).items():
+        present = [per_param[m] for m in members if m in per_param]
+        if present:
+            out[group] = sum(present)
+    return out
+
+
+def gram_summary(gram: Tensor, keys: Sequence[str], values: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """Norms ‖∇k‖ = sqrt(G[k, k]) and cosines G[a, b]/(‖∇a‖‖∇b‖) for a before b; ``loss_<k>`` from values."""
+    norms = gram.diagonal().clamp(min=0).sqrt()
+    out = {f"{prefix}gradnorm_{k}": float(norms[i]) for i, k in enumerate(keys)}
+    for (i, a), (j, b) in itertools.combinations(enumerate(keys), 2):
+        denom = norms[i] * norms[j]
+        out[f"{prefix}cos_{a}_{b}"] = float(gram[i, j] / denom) if denom > 0 else float("nan")
+    if not prefix:
+        out.update({f"loss_{k}": v for k, v in values.items()})
+    return out
+
+
+def probe_gradients(net: nn.Module, x: Tensor, sample: Sample, *, cfg: CFG | None = None,
+                    training: Objective | None = None, step: int = 0,
+                    params: Sequence[tuple[str, nn.Parameter]] | None = None, parts: bool = False) -> dict[str, float]:
+    """Values, gradient norms and pairwise cosines of the terms on one batch.
+
+    net: the network (unwrapped here); x: [B, ...]; sample: shared by every term; cfg: the run's
+    training-time guidance (ṽ); training: the run's objective, to add the ``loss`` term; params:
+    (name, parameter) pairs to differentiate (default: every trainable parameter).
+    Returns a flat dict of floats with the stable names of the module docstring. A cosine with a
+    zero gradient (e.g. L_TCC on a batch with r = t everywhere) is NaN.
+    """
+    module = unwrap(net)
+    params = list(params) if params is not None else [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    terms = term_losses(module, x, sample, cfg=cfg, training=training, step=step)
+    keys = [k for k in TERMS if k in terms]
+    terms = {k: terms[k] for k in keys}
+    values = {k: float(v.detach()) for k, v in terms.items()}
+    grams = gram_matrices(terms, params, parameter_groups(module) if parts else None)
+    out = gram_summary(grams.pop("all"), keys, values)
+    for group, gram in grams.items():
+        out.update(gram_summary(gram, keys, values, prefix=f"part.{group}."))
+    return out

@@ -1,0 +1,119 @@
+"""Sweep files: a base config, named variants, a grid, zipped axes and seeds, expanded into runs.
+
+    name: grad_conflict
+    recipe: digits                       # optional: start from a recipe or YAML file
+    base: {train: {steps: 1500}}         # a (partial) config mapping applied on top
+    variants:                            # named sets of dotted overrides (optional)
+      meanflow-fm0:  {objective.name: meanflow, objective.ratio_fm: 0.0}
+      meanflow-fm75: {objective.name: meanflow, objective.ratio_fm: 0.75}
+    grid: {optim.lr: [1.0e-3, 3.0e-4]}   # Cartesian product (optional)
+    zip: {a.b: [1, 2], c.d: [3, 4]}      # axes taken together (optional, equal lengths)
+    seeds: [0, 1]                        # sets the top-level seed (optional)
+
+Each run is named ``<readable-description>-<config-hash>`` (DomainBed style), so its folder is a
+pure function of its config. ``run_inline`` trains the runs one after another in this process,
+skipping finished ones and resuming incomplete ones; the submitit/SLURM launcher builds on the
+same expansion.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from alphaflow.config import Config, ConfigError, apply_overrides, config_hash, load_config, validate
+from alphaflow.runfolder import RunFolder
+
+_KEYS = {"name", "recipe", "base", "variants", "grid", "zip", "seeds"}
+
+
+@dataclass
+class SweepRun:
+    name: str
+    config: Config
+    overrides: list[str]
+
+
+def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[str]:
+    """{"train": {"steps": 5}} → ["train.steps=5"] (values written as JSON, which YAML reads back)."""
+    out = []
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            out += _flatten(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value)}")
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")
+
+
+def load_sweep(path: str | Path) -> tuple[str, list[SweepRun]]:
+    """Expand a sweep file into its runs; errors name the file and the offending entry."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"sweep file {str(path)!r} does not exist")
+    spec = yaml.safe_load(path.read_text())
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: a sweep file is a mapping with keys {sorted(_KEYS)}")
+    unknown = set(spec) - _KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown sweep keys {sorted(unknown)}; expected some of {sorted(_KEYS)}")
+    base = _flatten(spec.get("base") or {})
+    variants = spec.get("variants") or {"": {}}
+    grid = spec.get("grid") or {}
+    zipped = spec.get("zip") or {}
+    if len({len(v) for v in zipped.values()}) > 1:
+        raise ValueError(f"{path}: every 'zip' axis needs the same length, got "
+                         f"{ {k: len(v) for k, v in zipped.items()} }")
+    zip_rows = list(zip(*zipped.values())) if zipped else [()]
+    seeds = spec.get("seeds") or [None]
+    runs = []
+    for (variant, extra), combo, row, seed in itertools.product(
+            variants.items(), itertools.product(*grid.values()), zip_rows, seeds):
+        axes = {**dict(zip(grid, combo)), **dict(zip(zipped, row))}
+        overrides = base + _flatten(extra or {}) + [f"{k}={json.dumps(v)}" for k, v in axes.items()]
+        if seed is not None:
+            overrides.append(f"seed={seed}")
+        try:
+            cfg = apply_overrides(load_config(spec.get("recipe")), overrides)
+            validate(cfg)
+        except ConfigError as exc:
+            raise ValueError(f"{path}, variant {variant or '(base)'} {axes or ''}: {exc}") from None
+        desc = "-".join(_slug(p) for p in [variant, *(f"{k.split('.')[-1]}{v}" for k, v in axes.items()),
+                                            f"s{cfg.seed}"] if p)
+        runs.append(SweepRun(f"{desc}-{config_hash(cfg)}", cfg, overrides))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: two runs share a name (identical configs?): {sorted(n for n in names if names.count(n) > 1)}")
+    return spec.get("name", path.stem), runs
+
+
+def run_state(folder: Path) -> str:
+    """done (DONE marker), incomplete (a config or checkpoint but no DONE) or new."""
+    run = RunFolder(folder)
+    if run.is_done():
+        return "done"
+    return "incomplete" if run.config_path.exists() else "new"
+
+
+def run_inline(runs: list[SweepRun], root: str | Path, *, log: Callable[[str], None] = print) -> None:
+    """Train every run under ``root`` one after another in this process (finished runs are skipped)."""
+    from alphaflow.trainer import train  # the trainer is heavy; the expansion above does not need it
+
+    root = Path(root)
+    states = {r.name: run_state(root / r.name) for r in runs}
+    counts = {s: list(states.values()).count(s) for s in ("done", "incomplete", "new")}
+    log(f"{len(runs)} runs: {counts['done']} done, {counts['incomplete']} incomplete, {counts['new']} new")
+    for r in runs:
+        if states[r.name] == "done":
+            continue
+        log(f"--- {r.name} ({states[r.name]})")
+        train(r.config, root / r.name, log=log)
