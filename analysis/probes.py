@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from alphaflow.runfolder import PROBES, RunFolder
+from alphaflow.runfolder import CONFIG, PROBES, RunFolder
 
 RUN_COLUMNS = ["run", "objective", "ratio_fm", "seed", "label"]
 SETTING_COLUMNS = ["step", "weights", "batches", "batch_size", "probe_seed"]
@@ -74,17 +74,17 @@ def scan_runs(root: str | Path) -> tuple[list[tuple[RunFolder, dict]], list[str]
     root = Path(root)
     if not root.is_dir():
         return [], [f"{root} is not a folder"]
-    folders = [root] if (root / runfolder.CONFIG).exists() else sorted(
+    folders = [root] if (root / CONFIG).exists() else sorted(
         p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     runs, problems = [], []
     for path in folders:
         try:
             cfg = RunFolder(path).read_config()
         except (json.JSONDecodeError, OSError) as exc:
-            problems.append(f"{path.name}: unreadable {runfolder.CONFIG} ({type(exc).__name__}); skipped")
+            problems.append(f"{path.name}: unreadable {CONFIG} ({type(exc).__name__}); skipped")
             continue
         if not isinstance(cfg, dict):
-            problems.append(f"{path.name}: no {runfolder.CONFIG}; skipped")
+            problems.append(f"{path.name}: no {CONFIG}; skipped")
             continue
         runs.append((RunFolder(path), cfg))
     return runs, problems
