@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures are written to files; no display in CI
+
 import numpy as np
 import pytest
 import torch

@@ -1,0 +1,78 @@
+"""Sweep files expand into named, validated runs; the committed sweeps load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from alphaflow.cli import main
+from alphaflow.config import config_hash
+from alphaflow.sweeps import load_sweep, run_inline, run_state
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_variants_grid_zip_and_seeds_expand_to_their_product(tmp_path):
+    path = write(tmp_path, """
+name: demo
+base: {train: {steps: 40}}
+variants:
+  mf: {objective.name: meanflow, objective.ratio_fm: 0.25}
+  af: {objective.name: alphaflow}
+grid: {optim.lr: [0.001, 0.0003]}
+zip: {train.batch_size: [16, 32], train.log_every: [10, 20]}
+seeds: [0, 1]
+""")
+    name, runs = load_sweep(path)
+    assert name == "demo" and len(runs) == 2 * 2 * 2 * 2
+    assert len({r.name for r in runs}) == len(runs)
+    mf = [r for r in runs if r.name.startswith("mf-")]
+    assert all(r.config.objective.name == "meanflow" and r.config.objective.ratio_fm.start == 0.25 for r in mf)
+    assert {(r.config.train.batch_size, r.config.train.log_every) for r in runs} == {(16, 10), (32, 20)}
+    assert {r.config.seed for r in runs} == {0, 1} and all(r.config.train.steps == 40 for r in runs)
+    first = runs[0]
+    assert first.name.endswith(config_hash(first.config)) and "lr0.001" in first.name and "-s0-" in first.name
+
+
+@pytest.mark.parametrize("text,message", [
+    ("name: x\nvariant: {}\n", "unknown sweep keys"),
+    ("zip: {seed: [1, 2], train.steps: [5]}\n", "same length"),
+    ("variants: {bad: {train.step: 5}}\n", "variant bad"),
+    ("- a\n- b\n", "a sweep file is a mapping"),
+])
+def test_bad_sweep_files_name_the_problem(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message):
+        load_sweep(write(tmp_path, text))
+
+
+def test_committed_grad_conflict_sweep_expands():
+    _, runs = load_sweep(ROOT / "sweeps" / "grad_conflict.yaml")
+    objectives = sorted((r.config.objective.name, r.config.objective.ratio_fm.start) for r in runs)
+    assert objectives == [("alphaflow", 0.5), ("meanflow", 0.0), ("meanflow", 0.75)]
+    assert all(r.config.train.keep_every > 0 and r.config.probe.every > 0 for r in runs)
+
+
+def test_inline_runner_skips_done_runs_and_dry_run_lists_states(tmp_path, capsys):
+    path = write(tmp_path, """
+name: tiny
+base: {model: {name: DiT-N/2}, train: {steps: 2, batch_size: 8, log_every: 1, ckpt_every: 2, sample_every: 0},
+       sample: {num: 4}, data: {stats_samples: 16}}
+variants: {fm: {objective.name: fm}, mf: {objective.name: meanflow}}
+""")
+    _, runs = load_sweep(path)
+    run_inline(runs[:1], tmp_path / "root", log=lambda _: None)
+    assert run_state(tmp_path / "root" / runs[0].name) == "done" and run_state(tmp_path / "root" / runs[1].name) == "new"
+    assert main(["sweep", str(path), "--root", str(tmp_path / "root"), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("done") and out[1].startswith("new")
+    messages: list[str] = []
+    run_inline(runs, tmp_path / "root", log=messages.append)
+    assert messages[0] == "2 runs: 1 done, 0 incomplete, 1 new"
+    assert all(run_state(tmp_path / "root" / r.name) == "done" for r in runs)
