@@ -66,19 +66,39 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from alphaflow.sweeps import load_sweep, run_inline, run_state
+    from alphaflow.sweeps import load_sweep, run_inline
 
     try:
-        name, runs = load_sweep(args.file)
+        sweep = load_sweep(args.file)
+        root = Path(args.root or f"runs/{sweep.name}")
+        if args.executor == "inline":
+            if not (args.dry_run or args.status):
+                run_inline(sweep.runs, root)
+                return 0
+            kind = "local"
+        else:
+            from alphaflow import launcher
+
+            kind = launcher.resolve_executor(args.executor)
+            launcher.executor_parameters(sweep.resources)  # refuse unknown resources before anything runs
     except ValueError as exc:
         print(f"alphaflow sweep: {exc}")
         return 2
-    root = args.root or f"runs/{name}"
-    if args.dry_run:
-        for r in runs:
-            print(f"{run_state(Path(root) / r.name):<11} {r.name}   {' '.join(r.overrides)}")
+    from alphaflow import launcher
+
+    if args.dry_run or args.status:
+        state = launcher.scheduler_state(root) if args.status else None
+        print(f"{'state':<11} {'step':>7}  run")
+        for r in sweep.runs:
+            st = launcher.run_status(root, r.name, state)
+            extra = f"   [{st.detail}]" if st.detail else ("" if args.status else "   " + " ".join(r.overrides))
+            print(f"{st.state:<11} {st.step:>7}  {r.name}{extra}")
+        if args.dry_run and kind == "slurm":
+            print("\n# the batch script of the job array:\n" + launcher.sbatch_script(root, sweep.resources, sweep.name,
+                                                                                    len(sweep.runs)))
         return 0
-    run_inline(runs, root)
+    launcher.submit(sweep.runs, root, executor=kind, resources=sweep.resources, name=sweep.name,
+                    retry_failed=args.retry_failed)
     return 0
 
 
@@ -117,12 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_probe)
 
-    p = sub.add_parser("sweep", help="expand a sweep file into runs and train them one after another, here",
-                       description="Runs are named <description>-<config hash> under --root; finished runs are "
-                                   "skipped, incomplete ones resume.")
+    p = sub.add_parser("sweep", help="expand a sweep file and submit its runs as one submitit job array",
+                       description="Runs are named <description>-<config hash> under --root; finished, pending and "
+                                   "running runs are skipped, incomplete ones resume from their checkpoints.")
     p.add_argument("file", help="sweep YAML (see sweeps/)")
+    p.add_argument("--executor", choices=("auto", "local", "slurm", "inline"), default="auto",
+                   help="auto: slurm when sbatch is on PATH, else submitit's local executor; inline: train "
+                        "one after another in this process")
     p.add_argument("--root", default=None, help="folder of the runs (default: runs/<sweep name>)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs with their state and overrides")
+    p.add_argument("--dry-run", action="store_true", help="list the runs (and, for slurm, the batch script)")
+    p.add_argument("--status", action="store_true", help="each run's state from disk and the scheduler")
+    p.add_argument("--retry-failed", action="store_true", help="also resubmit runs whose last attempt failed")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("models", help="list the DiT size registry with parameter counts")

@@ -9,11 +9,13 @@
     grid: {optim.lr: [1.0e-3, 3.0e-4]}   # Cartesian product (optional)
     zip: {a.b: [1, 2], c.d: [3, 4]}      # axes taken together (optional, equal lengths)
     seeds: [0, 1]                        # sets the top-level seed (optional)
+    resources: {timeout_min: 60, gpus_per_node: 1, tasks_per_node: 1, cpus_per_task: 8, mem_gb: 32,
+                partition: learn, array_parallelism: 16, slurm: {account: my-account, qos: normal}}
 
 Each run is named ``<readable-description>-<config-hash>`` (DomainBed style), so its folder is a
-pure function of its config. ``run_inline`` trains the runs one after another in this process,
-skipping finished ones and resuming incomplete ones; the submitit/SLURM launcher builds on the
-same expansion.
+pure function of its config. ``alphaflow.launcher`` submits the runs through submitit (a job
+array, local or SLURM, with the file's ``resources``); ``run_inline`` trains them one after another
+in this process instead (for debugging and notebooks).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import yaml
 from alphaflow.config import Config, ConfigError, apply_overrides, config_hash, load_config, validate
 from alphaflow.runfolder import RunFolder
 
-_KEYS = {"name", "recipe", "base", "variants", "grid", "zip", "seeds"}
+_KEYS = {"name", "recipe", "base", "variants", "grid", "zip", "seeds", "resources"}
 
 
 @dataclass
@@ -38,6 +40,13 @@ class SweepRun:
     name: str
     config: Config
     overrides: list[str]
+
+
+@dataclass
+class Sweep:
+    name: str
+    runs: list[SweepRun]
+    resources: dict[str, Any]
 
 
 def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[str]:
@@ -55,7 +64,30 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")
 
 
-def load_sweep(path: str | Path) -> tuple[str, list[SweepRun]]:
+def _check_axes(path: Path, spec: dict) -> None:
+    """Refuse empty axes and a key set by two of base/variants/grid/zip/seeds at once."""
+    grid, zipped = spec.get("grid") or {}, spec.get("zip") or {}
+    for section, axes in (("grid", grid), ("zip", zipped)):
+        if not isinstance(axes, dict):
+            raise ValueError(f"{path}: '{section}' must map dotted keys to lists of values")
+        for key, values in axes.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{path}: {section} axis {key!r} needs a non-empty list of values, got {values!r}")
+    seeds = spec.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not seeds):
+        raise ValueError(f"{path}: 'seeds' needs a non-empty list, got {seeds!r}")
+    owners: dict[str, str] = {}
+    variant_keys = {k for extra in (spec.get("variants") or {}).values() for k in (extra or {})}
+    for section, keys in (("grid", grid), ("zip", zipped), ("variants", variant_keys),
+                          ("seeds", ["seed"] if seeds else [])):
+        for key in keys:
+            if key in owners:
+                raise ValueError(f"{path}: {key!r} is set by both '{owners[key]}' and '{section}'; "
+                                 "each key may vary along one axis only")
+            owners[key] = section
+
+
+def load_sweep(path: str | Path) -> Sweep:
     """Expand a sweep file into its runs; errors name the file and the offending entry."""
     path = Path(path)
     if not path.exists():
@@ -66,6 +98,7 @@ def load_sweep(path: str | Path) -> tuple[str, list[SweepRun]]:
     unknown = set(spec) - _KEYS
     if unknown:
         raise ValueError(f"{path}: unknown sweep keys {sorted(unknown)}; expected some of {sorted(_KEYS)}")
+    _check_axes(path, spec)
     base = _flatten(spec.get("base") or {})
     variants = spec.get("variants") or {"": {}}
     grid = spec.get("grid") or {}
@@ -93,7 +126,10 @@ def load_sweep(path: str | Path) -> tuple[str, list[SweepRun]]:
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: two runs share a name (identical configs?): {sorted(n for n in names if names.count(n) > 1)}")
-    return spec.get("name", path.stem), runs
+    resources = spec.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise ValueError(f"{path}: 'resources' must be a mapping, got {resources!r}")
+    return Sweep(spec.get("name", path.stem), runs, resources)
 
 
 def run_state(folder: Path) -> str:

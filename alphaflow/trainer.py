@@ -45,22 +45,24 @@ class TrainResult:
     finished: bool                       # False when stopped early by ``stop_at``
 
 
-def train(cfg: Config, out: str | Path, *, stop_at: int | None = None,
+def train(cfg: Config, out: str | Path, *, stop_at: int | None = None, should_stop: Callable[[], bool] | None = None,
           log: Callable[[str], None] | None = None) -> TrainResult:
     """Train the run in folder ``out``: start it, resume it from its newest checkpoint, or notice it is done.
 
     ``stop_at``: stop after that step with a checkpoint and no DONE marker (a later call resumes).
+    ``should_stop``: polled after every step (e.g. a preemption flag set by a signal handler); when any
+    rank says yes, every rank stops at that same step boundary with a checkpoint.
     """
     info = D.init_distributed(cfg.train.device)
     say = (log or print) if info.is_main else (lambda _msg: None)
     try:
-        return _train(cfg, RunFolder(out), info, say, stop_at)
+        return _train(cfg, RunFolder(out), info, say, stop_at, should_stop)
     finally:
         D.shutdown()
 
 
 def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], None],
-           stop_at: int | None) -> TrainResult:
+           stop_at: int | None, should_stop: Callable[[], bool] | None) -> TrainResult:
     # ---------------------------------------------------------------- set-up
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -118,7 +120,11 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         # ------------------------------------------------------------ optimiser step
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        finite = bool(D.all_reduce_mean(torch.isfinite(loss.detach()).float().reshape(1), info) == 1.0)
+        # one reduction per step carries both cross-rank decisions: all finite? anyone asked to stop?
+        flags = torch.stack([torch.isfinite(loss.detach()).float(),
+                             torch.tensor(float(should_stop is not None and should_stop()), device=loss.device)])
+        flags = D.all_reduce_mean(flags, info)
+        finite, stopping = bool(flags[0] == 1.0), bool(flags[1] > 0)
         if finite:
             state["nonfinite"] = 0
             grad_norm = sanitize_and_clip(params, o.grad_clip)
@@ -151,6 +157,8 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
             # the adaptive weight normalises the loss to ≈ 1 per sample; the unweighted mse shows progress
             progress.tick(step, {"loss": row.get("loss", float("nan")), "mse": row.get("loss_mse", float("nan")),
                                  "alpha": row["alpha"]})
+        if stopping and not last:
+            stop = step  # a preemption: checkpoint here and leave the loop below
         if step % cfg.train.ckpt_every == 0 or last or step == stop:
             keep = cfg.train.keep_every > 0 and step % cfg.train.keep_every == 0
             _save(run, cfg, state, net, ema, opt, data, gen, info, keep=keep)
@@ -159,6 +167,8 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
                 write_samples(run, ema.model, data, cfg, step, objective.name)
             D.barrier(info)
         t_last = time.perf_counter()  # maintenance time is not training time
+        if step == stop:
+            break
     progress.close()
     if state["step"] < cfg.train.steps:
         say(f"stopped at step {state['step']} of {cfg.train.steps}; run the same command again to resume")

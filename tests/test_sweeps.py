@@ -30,7 +30,8 @@ grid: {optim.lr: [0.001, 0.0003]}
 zip: {train.batch_size: [16, 32], train.log_every: [10, 20]}
 seeds: [0, 1]
 """)
-    name, runs = load_sweep(path)
+    sweep = load_sweep(path)
+    name, runs = sweep.name, sweep.runs
     assert name == "demo" and len(runs) == 2 * 2 * 2 * 2
     assert len({r.name for r in runs}) == len(runs)
     mf = [r for r in runs if r.name.startswith("mf-")]
@@ -46,6 +47,10 @@ seeds: [0, 1]
     ("zip: {seed: [1, 2], train.steps: [5]}\n", "same length"),
     ("variants: {bad: {train.step: 5}}\n", "variant bad"),
     ("- a\n- b\n", "a sweep file is a mapping"),
+    ("grid: {optim.lr: []}\n", "non-empty list"),
+    ("grid: {optim.lr: [0.1]}\nzip: {optim.lr: [0.2]}\n", "set by both 'grid' and 'zip'"),
+    ("variants: {a: {seed: 3}}\nseeds: [0, 1]\n", "set by both 'variants' and 'seeds'"),
+    ("resources: [1]\n", "'resources' must be a mapping"),
 ])
 def test_bad_sweep_files_name_the_problem(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
@@ -53,7 +58,7 @@ def test_bad_sweep_files_name_the_problem(tmp_path, text, message):
 
 
 def test_committed_grad_conflict_sweep_expands():
-    _, runs = load_sweep(ROOT / "sweeps" / "grad_conflict.yaml")
+    runs = load_sweep(ROOT / "sweeps" / "grad_conflict.yaml").runs
     objectives = sorted((r.config.objective.name, r.config.objective.ratio_fm.start) for r in runs)
     assert objectives == [("alphaflow", 0.5), ("meanflow", 0.0), ("meanflow", 0.75)]
     assert all(r.config.train.keep_every > 0 and r.config.probe.every > 0 for r in runs)
@@ -66,12 +71,12 @@ base: {model: {name: DiT-N/2}, train: {steps: 2, batch_size: 8, log_every: 1, ck
        sample: {num: 4}, data: {stats_samples: 16}}
 variants: {fm: {objective.name: fm}, mf: {objective.name: meanflow}}
 """)
-    _, runs = load_sweep(path)
+    runs = load_sweep(path).runs
     run_inline(runs[:1], tmp_path / "root", log=lambda _: None)
     assert run_state(tmp_path / "root" / runs[0].name) == "done" and run_state(tmp_path / "root" / runs[1].name) == "new"
-    assert main(["sweep", str(path), "--root", str(tmp_path / "root"), "--dry-run"]) == 0
+    assert main(["sweep", str(path), "--root", str(tmp_path / "root"), "--dry-run", "--executor", "local"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("done") and out[1].startswith("new")
+    assert out[1].startswith("done") and out[2].startswith("new")
     messages: list[str] = []
     run_inline(runs, tmp_path / "root", log=messages.append)
     assert messages[0] == "2 runs: 1 done, 0 incomplete, 1 new"

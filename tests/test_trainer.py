@@ -198,3 +198,21 @@ def test_bf16_autocast_trains_with_fp32_losses(tmp_path):
     rows = result.run.read_metrics()
     assert rows[-1]["alpha"] == 0.0 and all(torch.isfinite(torch.tensor(r["loss_mf"])) for r in rows if "loss_mf" in r)
     assert all(p.dtype == torch.float32 for p in result.model.parameters())
+
+
+def test_should_stop_checkpoints_at_that_step_and_resumes_exactly(tmp_path):
+    cfg = tiny()
+    straight = train(cfg, tmp_path / "straight", log=lambda _: None)
+    polls = {"n": 0}
+
+    def preempted_during_step_5() -> bool:
+        polls["n"] += 1
+        return polls["n"] >= 5
+
+    stopped = train(cfg, tmp_path / "run", should_stop=preempted_during_step_5, log=lambda _: None)
+    assert (stopped.step, stopped.finished) == (5, False)
+    assert RunFolder(tmp_path / "run").checkpoints()[0][0] == 5  # a checkpoint at the boundary, not at ckpt_every
+    resumed = train(cfg, tmp_path / "run", log=lambda _: None)
+    assert_same_state(straight.model.state_dict(), resumed.model.state_dict())
+    assert deterministic(RunFolder(tmp_path / "run").read_metrics()) == deterministic(
+        RunFolder(tmp_path / "straight").read_metrics())

@@ -1,0 +1,125 @@
+"""Sweeps through submitit's local executor: job arrays, accounting, preemption and requeue."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from alphaflow import launcher
+from alphaflow.cli import main
+from alphaflow.runfolder import RunFolder
+from alphaflow.sweeps import load_sweep, run_inline
+
+TINY_BASE = ("{model: {name: DiT-N/2}, train: {steps: STEPS, batch_size: 8, log_every: 2, ckpt_every: 4, "
+             "sample_every: 0, threads: 1}, sample: {num: 4}, data: {stats_samples: 16}}")
+
+
+def sweep_file(tmp_path: Path, steps: int, variants: str) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"name: t\nbase: {TINY_BASE.replace('STEPS', str(steps))}\nvariants: {variants}\n"
+                    "resources: {timeout_min: 5, cpus_per_task: 1}\n")
+    return path
+
+
+def test_local_sweep_end_to_end_and_resubmission_submits_nothing(tmp_path):
+    sweep = load_sweep(sweep_file(tmp_path, 4, "{fm: {objective.name: fm}, mf: {objective.name: meanflow}}"))
+    root = tmp_path / "root"
+    lines: list[str] = []
+    jobs = launcher.submit(sweep.runs, root, executor="local", resources=sweep.resources, name="t", log=lines.append)
+    assert len(jobs) == 2 and lines[0] == "2 runs: 2 new" and "one job array" in lines[-1]
+    results = [job.result() for job in jobs]
+    assert all(r["finished"] and r["step"] == 4 for r in results)
+    for r in sweep.runs:
+        run = RunFolder(root / r.name)
+        assert run.is_done() and json.loads((run.root / "job.json").read_text())["executor"] == "local"
+        assert launcher.run_status(root, r.name).state == "done"
+    lines.clear()
+    assert launcher.submit(sweep.runs, root, executor="local", resources=sweep.resources, name="t", log=lines.append) == []
+    assert lines == ["2 runs: 2 done", "nothing to submit"]
+
+
+def task_pids(pid: int) -> list[int]:
+    """Descendants of ``pid`` that run a submitit task (Linux /proc)."""
+    found = []
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in (children.read_text().split() if children.exists() else []):
+        cmd = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        found += ([int(child)] if b"submitit.core._submit" in cmd else []) + task_pids(int(child))
+    return found
+
+
+def test_preempted_job_checkpoints_at_a_step_boundary_requeues_and_resumes_exactly(tmp_path):
+    path = sweep_file(tmp_path, 300, "{mf: {objective.name: meanflow}}")
+    sweep = load_sweep(path)
+    root = tmp_path / "root"
+    (job,) = launcher.submit(sweep.runs, root, executor="local", resources=sweep.resources, name="t", log=lambda _: None)
+    run = RunFolder(root / sweep.runs[0].name)
+    deadline = time.time() + 120
+    while not run.read_metrics() or run.read_metrics()[-1]["step"] < 20:  # let it get going
+        assert time.time() < deadline and job.state == "RUNNING", job.state
+        time.sleep(0.2)
+    # The scheduler's preemption/timeout signal (SIGUSR2) to the task. submitit's local controller only
+    # sends it itself shortly before its own time limit, so deliver it by hand, as SLURM would.
+    pids = task_pids(job._process.pid)
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGUSR2)
+    assert job.result()["finished"]
+    log = Path(job.paths.stdout).read_text()
+    assert "stopped at step" in log and "resuming" in log, log[-2000:]
+    stopped = int(log.split("stopped at step ")[1].split()[0])
+    assert f"resuming {run.root} from latest-{stopped:08d}.pt" in log  # from the boundary it stopped at
+    steps = [r["step"] for r in run.read_metrics()]
+    assert steps == list(range(2, 301, 2)), "every log tick exactly once: nothing lost, nothing repeated"
+    run_inline(sweep.runs, tmp_path / "straight", log=lambda _: None)
+    straight = RunFolder(tmp_path / "straight" / sweep.runs[0].name)
+    a = torch.load(run.checkpoints()[0][1], weights_only=False)["net"]
+    b = torch.load(straight.checkpoints()[0][1], weights_only=False)["net"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "the requeued run must match an uninterrupted one"
+
+
+def test_failed_run_is_reported_and_retried_only_when_asked(tmp_path, capsys):
+    path = sweep_file(tmp_path, 4, "{bad: {data.name: cifar10, data.path: /nonexistent}}")
+    root = tmp_path / "root"
+    assert main(["sweep", str(path), "--root", str(root), "--executor", "local"]) == 0
+    sweep = load_sweep(path)
+    job_id = json.loads((root / sweep.runs[0].name / "job.json").read_text())["job_id"]
+    with pytest.raises(Exception):
+        launcher.submitit.local.local.LocalJob(root / ".submitit", job_id).result()
+    status = launcher.run_status(root, sweep.runs[0].name)
+    assert status.state == "failed" and "data.path" in status.detail
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--root", str(root), "--status"]) == 0
+    assert "failed" in capsys.readouterr().out
+    lines: list[str] = []
+    assert launcher.submit(sweep.runs, root, executor="local", resources={}, name="t", log=lines.append) == []
+    assert lines == ["1 runs: 1 failed", "nothing to submit"]
+    jobs = launcher.submit(sweep.runs, root, executor="local", resources={"timeout_min": 2}, name="t",
+                           retry_failed=True, log=lines.append)
+    assert len(jobs) == 1
+
+
+def test_dry_run_prints_the_slurm_batch_script(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: big\nvariants: {a: {seed: 1}, b: {seed: 2}}\nresources: {timeout_min: 600, gpus_per_node: 8, "
+                    "tasks_per_node: 8, cpus_per_task: 10, mem_gb: 400, partition: learn, array_parallelism: 1, "
+                    "slurm: {account: proj, qos: high, constraint: h100}}\n")
+    assert main(["sweep", str(path), "--root", str(tmp_path / "r"), "--dry-run", "--executor", "slurm"]) == 0
+    out = capsys.readouterr().out
+    for line in ("#SBATCH --array=0-1%1", "#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=8",
+                 "#SBATCH --partition=learn", "#SBATCH --account=proj", "#SBATCH --qos=high",
+                 "#SBATCH --constraint=h100", "#SBATCH --time=600", "#SBATCH --signal=USR2@"):
+        assert line in out, line
+    assert not (tmp_path / "r").exists(), "a dry run submits and writes nothing"
+
+
+def test_unknown_resources_are_refused_before_submission(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\nresources: {gpus: 8}\n")
+    assert main(["sweep", str(path), "--root", str(tmp_path / "r"), "--executor", "local"]) == 2
+    assert "unknown resources ['gpus']" in capsys.readouterr().out and not (tmp_path / "r").exists()
