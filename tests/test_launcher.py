@@ -123,3 +123,16 @@ def test_unknown_resources_are_refused_before_submission(tmp_path, capsys):
     path.write_text("name: x\nresources: {gpus: 8}\n")
     assert main(["sweep", str(path), "--root", str(tmp_path / "r"), "--executor", "local"]) == 2
     assert "unknown resources ['gpus']" in capsys.readouterr().out and not (tmp_path / "r").exists()
+
+
+def test_a_two_task_job_trains_with_ddp_from_submitits_ranks(tmp_path):
+    path = sweep_file(tmp_path, 4, "{mf: {objective.name: meanflow}}")
+    sweep = load_sweep(path)
+    root = tmp_path / "root"
+    (job,) = launcher.submit(sweep.runs, root, executor="local", resources={"timeout_min": 5, "tasks_per_node": 2,
+                                                                           "cpus_per_task": 1}, name="t", log=lambda _: None)
+    results = job.results()
+    assert len(results) == 2 and all(r["finished"] for r in results)  # one result per task (rank)
+    run = RunFolder(root / sweep.runs[0].name)
+    saved = torch.load(run.checkpoints()[0][1], weights_only=False)
+    assert run.is_done() and len(saved["rng"]) == 2, "both ranks' random streams were checkpointed"
