@@ -13,6 +13,7 @@ from torch import nn
 
 from alphaflow.conventions import NULL_LABEL
 from alphaflow.data import extract_latents
+from slurm_fixtures import slurm_cluster, slurm_env  # noqa: F401  (shared, session-scoped)
 
 
 class TinyNet(nn.Module):
