@@ -102,6 +102,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    # analysis/ sits above the library (pandas, plotting); the command line is where the two meet.
+    from analysis.report import write_report
+
+    root = Path(args.root)
+    if not root.is_dir():
+        print(f"alphaflow report: {root} is not a folder of runs")
+        return 2
+    out = write_report(root, args.out)
+    print((out / "summary.md").read_text())
+    print(f"report written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alphaflow", description="α-Flow / MeanFlow / flow matching research framework")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -149,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="store_true", help="each run's state from disk and the scheduler")
     p.add_argument("--retry-failed", action="store_true", help="also resubmit runs whose last attempt failed")
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("report", help="summary tables (CSV, markdown) and standard figures for a sweep root")
+    p.add_argument("root", help="folder of run folders (e.g. runs/<sweep name>)")
+    p.add_argument("--out", default=None, help="output folder (default: ROOT/report)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("models", help="list the DiT size registry with parameter counts")
     p.add_argument("--input-size", type=int, default=32)

@@ -4,9 +4,19 @@ The only package of the project that imports them (see STYLE.md's layers). It re
 through the run-folder format module of ``alphaflow`` and never parses logs. Load → aggregate →
 plot, on DataFrames:
 
+    runfiles.py read one run folder (statuses, torn lines, job.json, error.txt) → RunRecord
+    cache.py    the per-run Parquet cache under ROOT/.analysis-cache/
+    runs.py     load_runs → Runs: metrics, runs, probes, evals (tidy, with cfg.* columns), problems
+    summary.py  summarize_runs (final/best per run), summarize_variants (mean, 95 % t-interval over seeds)
+    report.py   write_report: runs/summary/variants.csv, summary.md, loss.png, probe figures
+    runplots.py fig_metric (a metric against step, one line per run)
     probes.py   load_probes / load_online_probes (tidy frames from a sweep root; problems in
                 ``df.attrs["problems"]``), summarize_conflict, markdown_table
     plots.py    fig2a, fig2b, fig2c, fig6 (SPEC §5.1), fig_quantity, save_figures
+
+    runs = load_runs("runs/grad-analysis")
+    print(markdown_table(summarize_variants(summarize_runs(runs), ["final_loss_mse"])))
+    write_report("runs/grad-analysis")
 
     df = load_probes("runs/grad-analysis", weights="raw")
     save_figures(df, "figures/")
@@ -15,6 +25,11 @@ plot, on DataFrames:
 
 from .plots import fig2a, fig2b, fig2c, fig6, fig_quantity, save_figures
 from .probes import load_online_probes, load_probes, markdown_table, summarize_conflict
+from .report import write_report
+from .runplots import fig_metric
+from .runs import Runs, load_runs
+from .summary import summarize_runs, summarize_variants
 
-__all__ = ["fig2a", "fig2b", "fig2c", "fig6", "fig_quantity", "load_online_probes", "load_probes",
-           "markdown_table", "save_figures", "summarize_conflict"]
+__all__ = ["Runs", "fig2a", "fig2b", "fig2c", "fig6", "fig_metric", "fig_quantity", "load_online_probes",
+           "load_probes", "load_runs", "markdown_table", "save_figures", "summarize_conflict", "summarize_runs",
+           "summarize_variants", "write_report"]

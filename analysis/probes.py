@@ -27,6 +27,8 @@ import pandas as pd
 
 from alphaflow.runfolder import CONFIG, PROBES, RunFolder
 
+from .runfiles import read_jsonl, run_folders
+
 RUN_COLUMNS = ["run", "objective", "ratio_fm", "seed", "label"]
 SETTING_COLUMNS = ["step", "weights", "batches", "batch_size", "probe_seed"]
 PAIRS = ["tfm_fmb", "tfm_tcc", "tfm_mf", "fmb_tcc", "fmb_mf", "tcc_mf"]
@@ -70,17 +72,16 @@ def run_label(cfg: dict) -> str:
 
 
 def scan_runs(root: str | Path) -> tuple[list[tuple[RunFolder, dict]], list[str]]:
-    """(run folder, config) for each run under ``root`` (or ``root`` itself if it is a run), and problems."""
-    root = Path(root)
-    if not root.is_dir():
-        return [], [f"{root} is not a folder"]
-    folders = [root] if (root / CONFIG).exists() else sorted(
-        p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    runs, problems = [], []
+    """(run folder, config) for each run under ``root`` (or ``root`` itself if it is a run), and problems.
+
+    The folders are those of ``runfiles.run_folders``; one without a readable config is skipped, with a problem.
+    """
+    folders, problems = run_folders(root)
+    runs = []
     for path in folders:
         try:
             cfg = RunFolder(path).read_config()
-        except (json.JSONDecodeError, OSError) as exc:
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError) as exc:
             problems.append(f"{path.name}: unreadable {CONFIG} ({type(exc).__name__}); skipped")
             continue
         if not isinstance(cfg, dict):
@@ -100,26 +101,6 @@ def _identity(runs: list[tuple[RunFolder, dict]]) -> pd.DataFrame:
         dup = ident["label"].duplicated(keep=False)
         ident.loc[dup, "label"] = ident.loc[dup, "label"] + f", {extra} " + ident.loc[dup, extra].astype(str)
     return ident
-
-
-def read_jsonl(path: Path) -> tuple[list[dict], int]:
-    """The dict rows holding a "step", and how many lines were torn or garbled (skipped)."""
-    if not path.exists():
-        return [], 0
-    rows, bad = [], 0
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(row, dict) and "step" in row:
-            rows.append(row)
-        else:
-            bad += 1
-    return rows, bad
 
 
 # ----------------------------------------------------------------------------- loaders

@@ -57,3 +57,16 @@ def test_extract_latents_command(capsys, tmp_path, latents):
                  "--resolution", "16", "--batch-size", "2"]) == 0
     assert "latents written to" in capsys.readouterr().out
     assert {p.name for p in (tmp_path / "lat").iterdir()} >= {"meta.json", "mean.npy", "logvar.npy", "labels.npy"}
+
+
+def test_report_writes_tables_and_figures(capsys, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    root = tmp_path / "sweep"
+    shutil.copytree(Path(__file__).parent / "golden" / "sweep", root)
+    assert main(["report", str(root)]) == 0
+    assert "report written to" in capsys.readouterr().out
+    written = {p.name for p in (root / "report").iterdir()}
+    assert {"runs.csv", "summary.csv", "variants.csv", "summary.md", "loss.png"} <= written
+    assert main(["report", str(tmp_path / "missing")]) == 2

@@ -54,3 +54,11 @@ def test_sweep_array_on_slurm_with_a_preemption(slurm_env, tmp_path):
     assert launcher.submit(sweep.runs, root, executor="slurm", resources=sweep.resources, name=sweep.name,
                            log=lines.append) == []
     assert lines == ["2 runs: 2 done", "nothing to submit"]
+    from analysis.runs import load_runs
+    from analysis.summary import summarize_runs
+
+    results = load_runs(root)
+    assert sorted(results.runs["status"]) == ["done", "done"] and not results.problems
+    assert set(results.metrics.groupby("run", observed=True)["step"].max()) == {200}
+    summary = summarize_runs(results)
+    assert set(summary["cfg.objective.name"]) == {"fm", "meanflow"} and summary["final_loss_mse"].notna().all()

@@ -1,0 +1,88 @@
+"""Aggregate a ``Runs``: one row per run (final and best values), then per variant across seeds.
+
+    summary = summarize_runs(load_runs(root), metrics=("loss", "loss_mse"))
+    variants = summarize_variants(summary, ["final_loss_mse", "best_loss_mse"])
+    print(markdown_table(variants))
+
+The interval over seeds is Student's t: mean ± t_{0.975, n−1} · sd / √n with the sample standard
+deviation (ddof = 1). It needs n ≥ 2; with a single run the sd and the interval are NaN (blank in
+tables) rather than a misleading zero width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+from scipy import stats  # installed with scikit-learn, a core dependency
+
+from .runs import Runs
+
+SUMMARY_LEAD = ["run", "variant", "status", "last_step", "steps"]
+
+
+def t_interval(values: Sequence[float] | pd.Series, level: float = 0.95) -> tuple[int, float, float, float, float]:
+    """(n, mean, sd, lo, hi) of the non-NaN ``values``: mean ± t_{(1+level)/2, n−1}·sd/√n; NaN where n < 2."""
+    x = pd.Series(values, dtype=float).dropna()
+    n = len(x)
+    mean = float(x.mean()) if n else math.nan
+    if n < 2:
+        return n, mean, math.nan, math.nan, math.nan
+    sd = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return n, mean, sd, mean - half, mean + half
+
+
+def varying(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """The ``columns`` whose values (NaN included) are not all equal across the rows of ``frame``."""
+    return [c for c in columns if frame[c].astype(str).nunique(dropna=False) > 1]
+
+
+def summarize_runs(runs: Runs, metrics: Sequence[str] = ("loss", "loss_mse")) -> pd.DataFrame:
+    """One row per run: run, variant, status, last_step, steps (``cfg.train.steps``), then for each metric
+    ``final_<m>`` (its value at the largest step where it was logged) and ``best_<m>`` (its minimum),
+    then the cfg.* columns that differ between runs. A metric a run never logged is NaN there.
+    """
+    table = runs.runs
+    out = table[["run", "variant", "status", "last_step"]].copy()
+    out["steps"] = table["cfg.train.steps"] if "cfg.train.steps" in table.columns else math.nan
+    for name in metrics:
+        final = best = pd.Series(dtype=float)
+        if name in runs.metrics.columns:
+            rows = runs.metrics[["run", "step", name]].dropna(subset=[name])
+            rows = rows.assign(run=rows["run"].astype(str)).sort_values(["run", "step"], kind="stable")
+            final = rows.groupby("run", sort=False)[name].last()
+            best = rows.groupby("run", sort=False)[name].min()
+        out[f"final_{name}"] = out["run"].map(final).astype(float)
+        out[f"best_{name}"] = out["run"].map(best).astype(float)
+    cfg = varying(table, [c for c in table.columns if c.startswith("cfg.")])
+    return pd.concat([out, table[cfg]], axis=1).reset_index(drop=True)
+
+
+def summarize_variants(run_summary: pd.DataFrame, value_cols: Sequence[str], *, by: str = "variant",
+                       level: float = 0.95) -> pd.DataFrame:
+    """Per variant (sorted): ``n`` runs, ``done`` (of them with status done, if the frame has a status),
+    then for each value column ``c``: ``c_n`` (runs with a value), ``c_mean``, ``c_sd``, and the
+    ``level`` t-interval ``c_lo``, ``c_hi`` (NaN when ``c_n`` < 2); then the cfg.* columns that are
+    constant within every variant and differ between variants (what tells the variants apart).
+    """
+    columns = [by, "n"] + (["done"] if "status" in run_summary.columns else [])
+    columns += [f"{c}_{s}" for c in value_cols for s in ("n", "mean", "sd", "lo", "hi")]
+    rows = []
+    for key, g in run_summary.groupby(by, sort=True, dropna=False):
+        row: dict = {by: key, "n": len(g)}
+        if "status" in g.columns:
+            row["done"] = int((g["status"] == "done").sum())
+        for c in value_cols:
+            n, mean, sd, lo, hi = t_interval(g[c], level)
+            row.update({f"{c}_n": n, f"{c}_mean": mean, f"{c}_sd": sd, f"{c}_lo": lo, f"{c}_hi": hi})
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=columns)
+    cfg = [c for c in run_summary.columns if c.startswith("cfg.")]
+    groups = run_summary.groupby(by, sort=True, dropna=False)
+    within = [c for c in cfg if (groups[c].agg(lambda s: s.astype(str).nunique(dropna=False)) <= 1).all()]
+    if within and len(out):
+        first = groups[within].first().reset_index(drop=True)
+        out = pd.concat([out, first[varying(first, within)]], axis=1)
+    return out

@@ -1,0 +1,259 @@
+"""analysis.runs / summary / report on the golden sweep (tests/golden/) and on folders written here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+import analysis.runfiles as runfiles  # noqa: E402
+from analysis import load_probes, load_runs, summarize_runs, summarize_variants, write_report  # noqa: E402
+from analysis.cache import CACHE_DIR  # noqa: E402
+from analysis.runfiles import variant_of  # noqa: E402
+
+GOLDEN = Path(__file__).parent / "golden"
+_spec = importlib.util.spec_from_file_location("golden_regenerate", GOLDEN / "regenerate.py")
+golden = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(golden)
+
+S0, S1, FAILED = "meanflow-fm75-s0-acd7b8be1d", "meanflow-fm75-s1-9cef05031d", "alphaflow-fm50-s0-0d11b1fd1f"
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """A copy of the golden sweep (the cache must not land in the repository)."""
+    return Path(shutil.copytree(GOLDEN / "sweep", tmp_path / "sweep"))
+
+
+# ----------------------------------------------------------------------------- the golden output
+
+def test_golden_summaries_match_exactly(sweep):
+    summary, variants = golden.expected(sweep)
+    assert golden.to_csv(summary) == golden.SUMMARY.read_text(), "regenerate: python tests/golden/regenerate.py"
+    assert golden.to_csv(variants) == golden.VARIANTS.read_text()
+
+
+def test_the_golden_sweep_is_what_regenerate_writes(tmp_path):
+    golden.write_sweep(tmp_path / "fresh")
+    committed = {p.relative_to(GOLDEN / "sweep"): p.read_bytes() for p in (GOLDEN / "sweep").rglob("*") if p.is_file()}
+    fresh = {p.relative_to(tmp_path / "fresh"): p.read_bytes() for p in (tmp_path / "fresh").rglob("*") if p.is_file()}
+    assert committed == fresh
+    assert sum(len(b) for b in committed.values()) < 100_000
+
+
+# ----------------------------------------------------------------------------- frames
+
+def test_tidy_metrics_frame(sweep):
+    runs = load_runs(sweep, cache=False)
+    m = runs.metrics
+    assert len(m) == 4 + 3 + 2, "one row per logged step; the torn line of s1 is skipped"
+    assert list(m.columns[:3]) == ["run", "variant", "step"]
+    assert {"lr", "loss", "loss_mse"} <= set(m.columns)
+    for col in ("cfg.objective.name", "cfg.objective.ratio_fm.start", "cfg.seed", "cfg.train.steps",
+                "cfg.objective.alpha.gamma", "cfg.sample.nfe"):
+        assert col in m.columns and col in runs.runs.columns, col
+    assert m.columns[-1].startswith("cfg.") and runs.cfg_columns == [c for c in m.columns if c.startswith("cfg.")]
+    by_run = m.assign(run=m["run"].astype(str)).groupby("run")
+    assert by_run["step"].apply(list).to_dict() == {S0: [50, 100, 150, 200], S1: [50, 100, 150], FAILED: [50, 100]}
+    s1 = m[m["run"] == S1]
+    assert list(s1["loss"]) == [1.0, 0.8125, 0.6875] and s1["loss_mse"].isna().tolist() == [False, False, True]
+    assert set(s1["cfg.seed"]) == {1} and set(s1["cfg.objective.ratio_fm.start"]) == {0.75}
+    assert set(s1["cfg.objective.name"]) == {"meanflow"} and set(s1["variant"]) == {"meanflow-fm75"}
+    assert m["cfg.train.steps"].dtype == np.int64 and m["loss"].dtype == np.float64
+    assert runs.evals[["run", "step", "nfe", "fid"]].astype({"run": str}).values.tolist() == [[S0, 200, 1, 12.5]]
+
+
+def test_run_table_statuses_and_failure_details(sweep):
+    (sweep / "empty-0123456789").mkdir()
+    t = load_runs(sweep, cache=False).runs.set_index("run")
+    assert t["status"].to_dict() == {FAILED: "failed", S0: "done", S1: "incomplete", "empty-0123456789": "empty"}
+    assert t.loc[S0, "last_step"] == 200 and t.loc[S1, "last_step"] == 150
+    assert math.isnan(t.loc["empty-0123456789", "last_step"])
+    assert t["variant"].to_dict() == {FAILED: "alphaflow-fm50", S0: "meanflow-fm75", S1: "meanflow-fm75",
+                                      "empty-0123456789": "empty"}
+    assert t.loc[FAILED, "error"].endswith("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert pd.isna(t.loc[S0, "error"])
+    assert t.loc[FAILED, ["job_id", "executor", "job_state"]].tolist() == ["4242", "slurm", "FAILED"]
+    assert t.loc[S0, "label"] == "meanflow, r=t 75%, seed 0"
+
+
+def test_failure_from_job_state_and_done_wins(sweep):
+    (sweep / S1 / "job.json").write_text(json.dumps({"job_id": "7", "state": "CANCELLED"}))
+    (sweep / S0 / "error.txt").write_text("an old failure, resumed since\n")
+    (sweep / "queued-s0-0123456789").mkdir()
+    (sweep / "queued-s0-0123456789" / "job.json").write_text('{"job_id": "8", "state": "PENDING"}')
+    t = load_runs(sweep, cache=False).runs.set_index("run")
+    assert t.loc[S1, "status"] == "failed" and pd.isna(t.loc[S1, "error"])
+    assert t.loc[S0, "status"] == "done" and t.loc[S0, "error"] == "an old failure, resumed since"
+    assert t.loc["queued-s0-0123456789", "status"] == "empty" and t.loc["queued-s0-0123456789", "job_id"] == "8"
+
+
+def test_variant_names():
+    assert variant_of("meanflow-fm75-s0-5502342f1a") == "meanflow-fm75"
+    assert variant_of("meanflow-fm75-lr0.001-s12-5502342f1a") == "meanflow-fm75-lr0.001"
+    assert variant_of("s3-5502342f1a") == "base"
+    assert variant_of("my-run") == "my-run"
+
+
+def test_probes_align_with_load_probes(sweep):
+    runs = load_runs(sweep)
+    expected = load_probes(sweep)
+    assert len(expected) == 2
+    pd.testing.assert_frame_equal(runs.probes[list(expected.columns)], expected)
+    assert runs.probes.columns[len(expected.columns)] == "variant" and "cfg.seed" in runs.probes.columns
+
+
+# ----------------------------------------------------------------------------- tolerance
+
+def test_problems_are_reported_never_raised(sweep):
+    (sweep / "empty-0123456789").mkdir()
+    (sweep / "report").mkdir()
+    (sweep / "report" / "notes.md").write_text("not a run")
+    bad = sweep / "broken-s0-0123456789"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"seed": 0, "objec')
+    (bad / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    renamed = sweep / "meanflow-fm75-s0-ffffffffff"
+    shutil.copytree(sweep / S0, renamed)
+    runs = load_runs(sweep)
+    p = runs.problems
+    assert any(x.startswith(f"{S1}: skipped 1 unreadable line(s) in metrics.jsonl") for x in p), p
+    assert any(x.startswith("broken-s0-0123456789: unreadable config.json") for x in p), p
+    assert any(x.startswith("meanflow-fm75-s0-ffffffffff: the name's hash") for x in p), p
+    assert not any(S0 in x or FAILED in x or "empty" in x for x in p), "DONE, failed and empty are statuses"
+    t = runs.runs.set_index("run")
+    assert "report" not in t.index, "a folder without run files is not a run"
+    assert t.loc["broken-s0-0123456789", "status"] == "incomplete"
+    assert pd.isna(t.loc["broken-s0-0123456789", "cfg.seed"])
+    assert (runs.metrics["run"] == "broken-s0-0123456789").sum() == 1
+    missing = load_runs(sweep / "missing")
+    assert missing.problems == [f"{sweep / 'missing'} is not a folder"]
+    assert missing.runs.empty and missing.metrics.empty and missing.probes.empty and missing.evals.empty
+
+
+def test_a_single_run_folder_is_a_root(sweep):
+    runs = load_runs(sweep / S0, cache=False)
+    assert list(runs.runs["run"]) == [S0] and len(runs.metrics) == 4
+
+
+def test_values_of_mixed_types_load(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    rows = [{"step": 1, "x": 1, "note": "a"}, {"step": 2, "x": 2.5, "note": 3, "hist": [1, 2]},
+            {"step": 3, "x": float("nan"), "deep": {"a": 1}}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for cache in (True, True):  # cold, then from the cache
+        m = load_runs(tmp_path, cache=cache).metrics
+        assert m["x"].tolist()[:2] == [1.0, 2.5] and math.isnan(m["x"].iloc[2])
+        assert m["note"].tolist()[:2] == ["a", "3"] and m["hist"].iloc[1] == "[1, 2]"
+        assert json.loads(m["deep"].iloc[2]) == {"a": 1}
+
+
+# ----------------------------------------------------------------------------- cache
+
+def count_reads(monkeypatch) -> list[Path]:
+    calls: list[Path] = []
+    real = runfiles.read_jsonl
+
+    def counting(path, *args, **kwargs):
+        calls.append(Path(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(runfiles, "read_jsonl", counting)
+    return calls
+
+
+def test_cache_hit_then_invalidation(sweep, monkeypatch):
+    calls = count_reads(monkeypatch)
+    cold = load_runs(sweep)
+    assert len(calls) == 3 * 3, "3 runs × (metrics, probes, eval)"
+    assert (sweep / CACHE_DIR / f"{S0}.json").exists()
+    calls.clear()
+    warm = load_runs(sweep)
+    assert calls == [], "a second load reads no JSONL"
+    for name in ("metrics", "runs", "probes", "evals"):
+        pd.testing.assert_frame_equal(getattr(warm, name), getattr(cold, name), obj=name)
+    assert warm.problems == cold.problems
+
+    with open(sweep / S0 / "metrics.jsonl", "a") as f:  # the run logs another row
+        f.write(json.dumps({"step": 250, "lr": 0.001, "loss": 0.25, "loss_mse": 0.25}) + "\n")
+    again = load_runs(sweep)
+    assert {p.parent.name for p in calls} == {S0}, "only the changed run is read again"
+    assert again.metrics[again.metrics["run"] == S0]["step"].max() == 250
+    assert again.runs.set_index("run").loc[S0, "last_step"] == 250
+
+    calls.clear()
+    (sweep / S1 / "DONE").write_text("{}\n")  # a new DONE (not a JSONL file) also invalidates
+    st = os.stat(sweep / FAILED / "metrics.jsonl")  # same size, newer mtime: invalidates too
+    os.utime(sweep / FAILED / "metrics.jsonl", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    runs = load_runs(sweep)
+    assert {p.parent.name for p in calls} == {S1, FAILED}
+    assert runs.runs.set_index("run").loc[S1, "status"] == "done"
+
+
+def test_cache_off_writes_nothing_and_stale_entries_are_pruned(sweep):
+    load_runs(sweep, cache=False)
+    assert not (sweep / CACHE_DIR).exists()
+    load_runs(sweep)
+    shutil.rmtree(sweep / S1)
+    load_runs(sweep)
+    assert not any(p.name.startswith(S1) for p in (sweep / CACHE_DIR).iterdir())
+    assert any(p.name.startswith(S0) and p.suffix == ".parquet" for p in (sweep / CACHE_DIR).iterdir())
+
+
+# ----------------------------------------------------------------------------- summaries
+
+def test_t_interval_by_hand_for_three_seeds():
+    summary = pd.DataFrame({"variant": ["a", "a", "a", "b"], "status": ["done"] * 3 + ["failed"],
+                            "x": [1.0, 2.0, 4.0, 5.0]})
+    v = summarize_variants(summary, ["x"]).set_index("variant")
+    mean, sd = 7 / 3, math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)
+    p = 0.975
+    t2 = (2 * p - 1) / math.sqrt(2 * p * (1 - p))  # Student t quantile in closed form for 2 degrees of freedom
+    assert t2 == pytest.approx(4.302652729911275, rel=1e-9)
+    a = v.loc["a"]
+    assert (a["n"], a["done"], a["x_n"]) == (3, 3, 3)
+    assert a["x_mean"] == pytest.approx(mean, rel=1e-12) and a["x_sd"] == pytest.approx(sd, rel=1e-12)
+    assert a["x_lo"] == pytest.approx(mean - t2 * sd / math.sqrt(3), rel=1e-9)
+    assert a["x_hi"] == pytest.approx(mean + t2 * sd / math.sqrt(3), rel=1e-9)
+    b = v.loc["b"]
+    assert (b["n"], b["done"], b["x_mean"]) == (1, 0, 5.0)
+    assert math.isnan(b["x_sd"]) and math.isnan(b["x_lo"]) and math.isnan(b["x_hi"]), "n = 1: no interval"
+
+
+def test_summarize_runs_final_and_best(sweep):
+    s = summarize_runs(load_runs(sweep, cache=False), metrics=("loss", "loss_mse", "never_logged")).set_index("run")
+    assert (s.loc[S0, "final_loss"], s.loc[S0, "best_loss"]) == (0.625, 0.5)
+    assert s.loc[S1, "final_loss_mse"] == 1.0, "the last step that logged it, not the last row"
+    assert s["final_never_logged"].isna().all() and s["best_never_logged"].isna().all()
+    assert [c for c in s.columns if c.startswith("cfg.")] == ["cfg.seed", "cfg.objective.name",
+                                                             "cfg.objective.ratio_fm.start",
+                                                             "cfg.objective.ratio_fm.end"]
+
+
+# ----------------------------------------------------------------------------- report
+
+def test_write_report_writes_the_files(sweep):
+    out = write_report(sweep)
+    assert out == sweep / "report"
+    names = {p.name for p in out.iterdir()}
+    assert {"runs.csv", "summary.csv", "variants.csv", "summary.md", "loss.png"} <= names
+    assert {"fig2a.png", "fig2b.png", "fig2c.png", "fig6.png"} <= names, "the golden s0 run has probe rows"
+    for png in ("loss.png", "fig2a.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "summary.md").read_text()
+    assert "## Variants" in md and "meanflow-fm75" in md and "RuntimeError: CUDA out of memory" in md
+    assert "skipped 1 unreadable line(s)" in md
+    assert len(pd.read_csv(out / "runs.csv")) == 3 and len(pd.read_csv(out / "variants.csv")) == 2
+    assert "report" not in set(load_runs(sweep).runs["run"]), "the report folder is not read as a run"
