@@ -81,3 +81,18 @@ variants: {fm: {objective.name: fm}, mf: {objective.name: meanflow}}
     run_inline(runs, tmp_path / "root", log=messages.append)
     assert messages[0] == "2 runs: 1 done, 0 incomplete, 1 new"
     assert all(run_state(tmp_path / "root" / r.name) == "done" for r in runs)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_sweep_expands(path):
+    sweep = load_sweep(path)
+    assert sweep.runs and len({r.name for r in sweep.runs}) == len(sweep.runs)
+
+
+def test_alpha_schedule_variants_are_the_papers():
+    runs = load_sweep(ROOT / "sweeps" / "alpha_schedules.yaml").runs
+    assert len(runs) == 9
+    by_variant = {r.name.rsplit("-s", 1)[0]: r.config.objective.alpha.resolve(1500) for r in runs}
+    assert by_variant["sigmoid-0-to-end"](750) == pytest.approx(0.5)
+    assert by_variant["step-at-half"](749) == 1.0 and by_variant["step-at-half"](750) == 0.0
+    assert by_variant["constant-0"](0) == 0.0
