@@ -6,9 +6,12 @@ import difflib
 
 from pathlib import Path
 
-from alphaflow.config import Config, ObjectiveConfig
-from alphaflow.data import check_data_options
-from alphaflow.models import check_model_name
+import torch
+
+from alphaflow.config import Config, ObjectiveConfig, from_dict
+from alphaflow.data import TrainData, build_dataset, check_data_options
+from alphaflow.models import build_for_data, check_model_name
+from alphaflow.runfolder import RunFolder
 from alphaflow.objectives import CFG, OBJECTIVES, Objective
 from alphaflow.timesteps import build_time_sampler
 
@@ -52,3 +55,16 @@ def preflight(cfg: Config) -> None:
     check_data_options(cfg.data.name, cfg.data.path)
     if cfg.data.vae_path is not None and not Path(cfg.data.vae_path).expanduser().exists():
         raise ValueError(f"data.vae_path {cfg.data.vae_path!r} does not exist (a local diffusers AutoencoderKL folder)")
+
+
+def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunFolder, Config, TrainData, torch.nn.Module]:
+    """A run folder's config, dataset and (freshly built, not yet loaded) network on ``device``."""
+    run = RunFolder(run_dir)
+    config = run.read_config()
+    if config is None:
+        raise ValueError(f"{run.root} is not a run folder (no config.json)")
+    cfg = from_dict(config)
+    data = build_dataset(cfg.data.name, path=cfg.data.path, resolution=cfg.data.resolution, toy=cfg.data.toy,
+                         toy_size=cfg.data.toy_size, seed=cfg.seed)
+    net = build_for_data(cfg.model.name, data.shape, data.num_classes, time_scale=cfg.model.time_scale).to(device)
+    return run, cfg, data, net

@@ -116,6 +116,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from alphaflow.evaluate import evaluate_run
+
+    try:
+        evaluate_run(args.run_dir, nfe=args.nfe, sampler=args.sampler, t_mid=args.t_mid, num_samples=args.num_samples,
+                     labels=args.labels, extractor=args.metric, seed=args.seed, checkpoint=args.checkpoint,
+                     weights=args.weights, cache_dir=args.cache, device=args.device)
+    except ValueError as exc:
+        print(f"alphaflow eval: {exc}")
+        return 2
+    return 0
+
+
+def _cmd_ref_stats(args: argparse.Namespace) -> int:
+    from alphaflow.data import build_dataset
+    from alphaflow.evaluate import extractor_for, reference_stats
+    from alphaflow.metrics.features import default_cache_dir
+
+    try:
+        cache = Path(args.cache) if args.cache else default_cache_dir()
+        data = build_dataset(args.data, path=args.data_path)
+        stats = reference_stats(data, args.data, extractor_for(args.data, args.metric, cache), cache)
+    except ValueError as exc:
+        print(f"alphaflow ref-stats: {exc}")
+        return 2
+    print(f"reference statistics of {args.data}: {stats.count} samples, {stats.dim} features, cached in {cache}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alphaflow", description="α-Flow / MeanFlow / flow matching research framework")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -168,6 +197,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", help="folder of run folders (e.g. runs/<sweep name>)")
     p.add_argument("--out", default=None, help="output folder (default: ROOT/report)")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("eval", help="Fréchet distance of EMA samples at 1 and 2 NFE (appends RUN_DIR/eval.jsonl)")
+    p.add_argument("run_dir")
+    p.add_argument("--nfe", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--sampler", choices=("auto", "ode", "consistency", "euler"), default="auto")
+    p.add_argument("--t-mid", type=float, default=0.5)
+    p.add_argument("--num-samples", type=int, default=2000)
+    p.add_argument("--labels", choices=("random", "balanced"), default="random")
+    p.add_argument("--metric", default=None, help="feature extractor (default: digits on the digits data)")
+    p.add_argument("--checkpoint", default="last", help="last or a step")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default=None, help="feature-extractor and reference-statistics cache folder")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("ref-stats", help="compute and cache the reference feature statistics of a dataset")
+    p.add_argument("--data", default="digits")
+    p.add_argument("--data-path", default=None)
+    p.add_argument("--metric", default=None)
+    p.add_argument("--cache", default=None)
+    p.set_defaults(func=_cmd_ref_stats)
 
     p = sub.add_parser("models", help="list the DiT size registry with parameter counts")
     p.add_argument("--input-size", type=int, default=32)

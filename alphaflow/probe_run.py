@@ -17,11 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from alphaflow.build import objective_from_config
-from alphaflow.config import from_dict
-from alphaflow.data import build_dataset
+from alphaflow.build import objective_from_config, open_run
 from alphaflow.distributed import resolve_device
-from alphaflow.models import build_for_data
 from alphaflow.objectives import MeanFlow
 from alphaflow.probes import probe_gradients
 from alphaflow.runfolder import RunFolder
@@ -71,17 +68,10 @@ def probe_run(run_dir: str | Path, *, batches: int = 50, batch_size: int = 128, 
         raise ValueError(f"--weights must be raw or ema, got {weights!r}")
     if batches < 1 or batch_size < 1:
         raise ValueError(f"--batches and --batch-size must be >= 1, got {batches} and {batch_size}")
-    run = RunFolder(run_dir)
-    config = run.read_config()
-    if config is None:
-        raise ValueError(f"{run.root} is not a run folder (no config.json)")
-    cfg = from_dict(config)
     dev = resolve_device(device)
-    data = build_dataset(cfg.data.name, path=cfg.data.path, resolution=cfg.data.resolution, toy=cfg.data.toy,
-                         toy_size=cfg.data.toy_size, seed=cfg.seed)
+    run, cfg, data, net = open_run(run_dir, dev)
     if batch_size > len(data):
         raise ValueError(f"--batch-size {batch_size} exceeds the dataset size ({len(data)})")
-    net = build_for_data(cfg.model.name, data.shape, data.num_classes, time_scale=cfg.model.time_scale).to(dev)
     objective = objective_from_config(cfg.objective, cfg.train.steps)
     drawer = MeanFlow(ratio_fm=0.0, time_sampler=objective.time_sampler, cfg=objective.cfg)
     settings = {"weights": weights, "batches": batches, "batch_size": batch_size, "seed": seed, "parts": parts}

@@ -12,7 +12,7 @@ def test_help_lists_the_commands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("train", "extract-latents", "models"):
+    for command in ("train", "eval", "ref-stats", "probe", "sweep", "report", "extract-latents", "models"):
         assert command in out
 
 
