@@ -123,8 +123,8 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         # one reduction per step carries both cross-rank decisions: all finite? anyone asked to stop?
         flags = torch.stack([torch.isfinite(loss.detach()).float(),
                              torch.tensor(float(should_stop is not None and should_stop()), device=loss.device)])
-        flags = D.all_reduce_mean(flags, info)
-        finite, stopping = bool(flags[0] == 1.0), bool(flags[1] > 0)
+        all_finite, any_stop = D.all_reduce_mean(flags, info).tolist()  # one host transfer for both
+        finite, stopping = all_finite == 1.0, any_stop > 0
         if finite:
             state["nonfinite"] = 0
             grad_norm = sanitize_and_clip(params, o.grad_clip)
@@ -194,10 +194,11 @@ def _accumulate(tick: dict[str, Any], terms, loss: torch.Tensor, grad_norm: torc
         tick["nonfinite"] += 1
         return
     tick["finite"] += 1
-    values = {"loss": loss.detach(), "grad_norm": grad_norm}
+    values = {"loss": loss.detach(), "grad_norm": grad_norm.to(loss.device)}
     values.update({f"loss_{name}": c.detach().float().mean() for name, c in terms.components.items()})
-    for key, value in values.items():
-        tick["sums"][key] = tick["sums"].get(key, 0.0) + float(value)
+    numbers = torch.stack([v.float() for v in values.values()]).tolist()  # one host transfer, not one per value
+    for key, value in zip(values, numbers):
+        tick["sums"][key] = tick["sums"].get(key, 0.0) + value
 
 
 def _log_row(state: dict[str, Any], lr: float, logs: dict, info: D.DistInfo, batch_size: int) -> dict[str, Any]:
