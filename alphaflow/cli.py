@@ -65,12 +65,25 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight_runs(runs: list) -> None:
+    """Refuse a sweep whose runs cannot start (a missing data path, an unknown model) before submitting any."""
+    from alphaflow.build import preflight
+
+    for r in runs:
+        try:
+            preflight(r.config)
+        except ValueError as exc:
+            raise ValueError(f"run {r.name}: {exc} (give it on the command line, e.g. data.path=/datasets/...)") from None
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from alphaflow.sweeps import load_sweep, run_inline
 
     try:
-        sweep = load_sweep(args.file)
+        sweep = load_sweep(args.file, args.overrides)
         root = Path(args.root or f"runs/{sweep.name}")
+        if not (args.dry_run or args.status):
+            _preflight_runs(sweep.runs)
         if args.executor == "inline":
             if not (args.dry_run or args.status):
                 run_inline(sweep.runs, root)
@@ -122,27 +135,42 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     try:
         evaluate_run(args.run_dir, nfe=args.nfe, sampler=args.sampler, t_mid=args.t_mid, num_samples=args.num_samples,
                      labels=args.labels, extractor=args.metric, seed=args.seed, checkpoint=args.checkpoint,
-                     weights=args.weights, cache_dir=args.cache, device=args.device)
-    except ValueError as exc:
+                     weights=args.weights, cache_dir=args.cache, device=args.device,
+                     inception_weights=args.inception_weights, dinov2=args.dinov2, ref_stats=args.ref_stats,
+                     ref_images=args.ref_images)
+    except (ValueError, ImportError) as exc:
         print(f"alphaflow eval: {exc}")
         return 2
     return 0
 
 
 def _cmd_ref_stats(args: argparse.Namespace) -> int:
-    from alphaflow.data import build_dataset
-    from alphaflow.evaluate import extractor_for, reference_stats
-    from alphaflow.metrics.features import default_cache_dir
+    from alphaflow.evaluate import compute_reference_stats
 
     try:
-        cache = Path(args.cache) if args.cache else default_cache_dir()
-        data = build_dataset(args.data, path=args.data_path)
-        stats = reference_stats(data, args.data, extractor_for(args.data, args.metric, cache), cache)
-    except ValueError as exc:
+        results = compute_reference_stats(args.data, path=args.data_path, resolution=args.resolution,
+                                          metrics=args.metric, cache_dir=args.cache, device=args.device,
+                                          inception_weights=args.inception_weights, dinov2=args.dinov2)
+    except (ValueError, ImportError) as exc:
         print(f"alphaflow ref-stats: {exc}")
         return 2
-    print(f"reference statistics of {args.data}: {stats.count} samples, {stats.dim} features, cached in {cache}")
+    for metric, stats, file in results:
+        print(f"reference statistics of {args.data} ({metric}): {stats.count} samples, {stats.dim} features, "
+              f"cached in {file}")
     return 0
+
+
+def _add_metric_args(p: argparse.ArgumentParser) -> None:
+    """--metric and the weights of the real-weight extractors, shared by eval and ref-stats."""
+    p.add_argument("--metric", action="append", default=None, metavar="METRIC",
+                   help="digits, fid or fdd; repeat or comma-separate for several (default: digits on the digits "
+                        "data, fid on image data)")
+    p.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="fid: pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: "
+                        "$ALPHAFLOW_INCEPTION_WEIGHTS)")
+    p.add_argument("--dinov2", default=None, metavar="PATH",
+                   help="fdd: local Hugging Face DINOv2 ViT-L/14 folder, e.g. facebook/dinov2-large saved with "
+                        "save_pretrained (default: $ALPHAFLOW_DINOV2)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Runs are named <description>-<config hash> under --root; finished, pending and "
                                    "running runs are skipped, incomplete ones resume from their checkpoints.")
     p.add_argument("file", help="sweep YAML (see sweeps/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="applied to every run, e.g. data.path=/datasets/imagenet-latents")
     p.add_argument("--executor", choices=("auto", "local", "slurm", "inline"), default="auto",
                    help="auto: slurm when sbatch is on PATH, else submitit's local executor; inline: train "
                         "one after another in this process")
@@ -205,7 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t-mid", type=float, default=0.5)
     p.add_argument("--num-samples", type=int, default=2000)
     p.add_argument("--labels", choices=("random", "balanced"), default="random")
-    p.add_argument("--metric", default=None, help="feature extractor (default: digits on the digits data)")
+    _add_metric_args(p)
+    p.add_argument("--ref-stats", action="append", default=None, metavar="[METRIC=]FILE.npz",
+                   help="precomputed reference statistics (mu/sigma, e.g. ADM's VIRTUAL_imagenet256_labeled.npz, "
+                        "or mean/cov from ref-stats) instead of the training data's; METRIC= when several")
+    p.add_argument("--ref-images", default=None, metavar="FOLDER",
+                   help="latent runs: the image folder the latents were encoded from (reference statistics)")
     p.add_argument("--checkpoint", default="last", help="last or a step")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema")
     p.add_argument("--seed", type=int, default=0)
@@ -216,8 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ref-stats", help="compute and cache the reference feature statistics of a dataset")
     p.add_argument("--data", default="digits")
     p.add_argument("--data-path", default=None)
-    p.add_argument("--metric", default=None)
+    p.add_argument("--resolution", type=int, default=256, help="imagefolder: centre-crop resolution")
+    _add_metric_args(p)
     p.add_argument("--cache", default=None)
+    p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_ref_stats)
 
     p = sub.add_parser("models", help="list the DiT size registry with parameter counts")

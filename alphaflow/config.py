@@ -207,6 +207,29 @@ class ProbeConfig:
     parts: bool = False   # also per DiT block / embedder / final layer
     loss: bool = True     # also the training objective's own loss as a term
     seed: int = 0
+    final: bool = False   # at the end, the offline protocol (``alphaflow probe``) on the last checkpoint
+    batches: int = 16     # ... with this many fresh batches
+    batch_size: int = 64  # ... of this size
+
+
+@dataclass
+class EvalConfig:
+    """Sample quality during and after training (SPEC §7): the Fréchet distance of EMA samples (fixed seeds,
+    ``sample.sampler`` at ``sample.t_mid``) to the training data's cached reference statistics.
+
+    Every ``every`` steps (a multiple of train.log_every; 0 = off) ``num_samples`` samples per NFE give
+    ``eval_<metric>_nfe<k>`` in that metrics.jsonl row; with ``final`` the run ends by appending
+    ``final_samples``-sample rows to eval.jsonl, as ``alphaflow eval`` does. ``metric``: the feature
+    extractor (None: the data's default, e.g. the digits classifier on the embedded default).
+    """
+
+    every: int = 0
+    num_samples: int = 500
+    final: bool = False
+    final_samples: int = 2000
+    nfe: list[int] = field(default_factory=lambda: [1, 2])
+    metric: str | None = None
+    seed: int = 0
 
 
 @dataclass
@@ -222,6 +245,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # ----------------------------------------------------------------------------- typed merging
@@ -450,7 +474,9 @@ def _check_types(cfg: Config) -> None:
 
 # Numeric rules by key: (rule, test). Optional fields may also be null.
 _AT_LEAST_ONE = ("train.steps", "train.batch_size", "train.log_every", "train.ckpt_every", "train.max_nonfinite",
-                 "train.threads", "data.resolution", "data.toy_size", "data.stats_samples", "sample.num")
+                 "train.threads", "data.resolution", "data.toy_size", "data.stats_samples", "sample.num",
+                 "probe.batches", "probe.batch_size")
+_AT_LEAST_TWO = ("eval.num_samples", "eval.final_samples")  # a covariance needs two samples
 _POSITIVE = ("optim.lr", "optim.eps", "optim.grad_clip", "ema.halflife_steps", "ema.rampup_ratio",
              "model.time_scale", "objective.adaptive_c", "objective.clip")
 _NON_NEGATIVE = ("seed", "train.keep_every", "train.sample_every", "optim.weight_decay", "optim.warmup_steps",
@@ -471,6 +497,7 @@ def validate(cfg: Config) -> None:
             problems.append(f"{key} {rule}, got {get(key)!r}")
 
     for keys, rule, test in ((_AT_LEAST_ONE, "must be >= 1", lambda v: v >= 1),
+                             (_AT_LEAST_TWO, "must be >= 2", lambda v: v >= 2),
                              (_POSITIVE, "must be > 0", lambda v: v > 0),
                              (_NON_NEGATIVE, "must be >= 0", lambda v: v >= 0)):
         for key in keys:
@@ -487,6 +514,12 @@ def validate(cfg: Config) -> None:
     need(cfg.probe.every <= 0 or cfg.probe.every % cfg.train.log_every == 0, "probe.every",
          f"must be a multiple of train.log_every ({cfg.train.log_every}) so probes land in a metrics row")
     need(0 <= cfg.probe.ratio_fm < 1, "probe.ratio_fm", "must lie in [0, 1) (L_TCC vanishes on r = t rows)")
+    need(cfg.eval.every >= 0, "eval.every", "must be >= 0")
+    need(cfg.eval.every <= 0 or cfg.eval.every % cfg.train.log_every == 0, "eval.every",
+         f"must be a multiple of train.log_every ({cfg.train.log_every}) so evaluations land in a metrics row")
+    need(len(cfg.eval.nfe) >= 1 and all(n >= 1 for n in cfg.eval.nfe), "eval.nfe", "needs entries >= 1")
+    need(cfg.sample.sampler != "consistency" or all(n <= 2 for n in cfg.eval.nfe), "eval.nfe",
+         "entries must be 1 or 2 with the 'consistency' sampler")
     for key in ("objective.alpha", "objective.ratio_fm"):
         if get(key) is None:
             continue

@@ -87,8 +87,27 @@ def _check_axes(path: Path, spec: dict) -> None:
             owners[key] = section
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Expand a sweep file into its runs; errors name the file and the offending entry."""
+def _check_overrides(path: Path, spec: dict, overrides: list[str] | tuple[str, ...]) -> None:
+    """Command-line overrides must be ``key=value`` and must not fight an axis of the file."""
+    axes = set((spec.get("grid") or {})) | set((spec.get("zip") or {}))
+    axes |= {k for extra in (spec.get("variants") or {}).values() for k in (extra or {})}
+    if spec.get("seeds"):
+        axes.add("seed")
+    for item in overrides:
+        key, eq, _ = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. data.path=/datasets/latents)")
+        if key.strip() in axes:
+            raise ValueError(f"override {item!r}: {path} varies {key.strip()!r} across its runs; edit the file instead")
+
+
+def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
+    """Expand a sweep file into its runs; errors name the file and the offending entry.
+
+    ``overrides`` (``key=value``, from the command line) apply to every run after the file's base,
+    e.g. ``data.path=/datasets/imagenet-latents`` for the ImageNet sweeps; a key the file varies
+    along an axis cannot be overridden this way.
+    """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"sweep file {str(path)!r} does not exist")
@@ -99,7 +118,8 @@ def load_sweep(path: str | Path) -> Sweep:
     if unknown:
         raise ValueError(f"{path}: unknown sweep keys {sorted(unknown)}; expected some of {sorted(_KEYS)}")
     _check_axes(path, spec)
-    base = _flatten(spec.get("base") or {})
+    _check_overrides(path, spec, overrides)
+    base = _flatten(spec.get("base") or {}) + list(overrides)
     variants = spec.get("variants") or {"": {}}
     grid = spec.get("grid") or {}
     zipped = spec.get("zip") or {}

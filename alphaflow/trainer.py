@@ -26,6 +26,7 @@ from alphaflow.objectives import MeanFlow
 from alphaflow.optim import EMA, build_optimizer, sanitize_and_clip, warmup_factor
 from alphaflow.probes import probe_gradients
 from alphaflow.progress import Progress
+from alphaflow.run_eval import OnlineEval, finish_run
 from alphaflow.runfolder import RunFolder
 from alphaflow.snapshots import write_samples
 
@@ -80,6 +81,7 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     net = build_for_data(cfg.model.name, data.shape, data.num_classes, time_scale=cfg.model.time_scale).to(device)
     ema = EMA(net, cfg.ema.halflife_steps, cfg.ema.rampup_ratio)
     objective = objective_from_config(cfg.objective, cfg.train.steps)
+    online_eval = OnlineEval(cfg, data, objective.name) if cfg.eval.every and info.is_main else None
     o = cfg.optim
     opt = build_optimizer(net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + info.rank)
@@ -152,6 +154,8 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
             row = _log_row(state, lr, terms.logs, info, cfg.train.batch_size)
             if cfg.probe.every and step % cfg.probe.every == 0:
                 row.update(_online_probe(net, x, y, objective, cfg, step, info))
+            if online_eval is not None and step % cfg.eval.every == 0:
+                row.update(online_eval(ema.model))  # main rank only: the row is written there
             if info.is_main:
                 run.append_metrics(row)
             # the adaptive weight normalises the loss to ≈ 1 per sample; the unweighted mse shows progress
@@ -173,6 +177,10 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     if state["step"] < cfg.train.steps:
         say(f"stopped at step {state['step']} of {cfg.train.steps}; run the same command again to resume")
         return TrainResult(run, net, ema.model, state["step"], False)
+    if cfg.eval.final or cfg.probe.final:  # before DONE: a crash here reruns only this part on resume
+        if info.is_main:
+            finish_run(cfg, run.root, device.type, log=say)
+        D.barrier(info)
     if info.is_main:
         rows = run.read_metrics()
         run.mark_done({"step": state["step"], "images": state["images"], "wall": state["wall"],
