@@ -3,66 +3,213 @@
 Samples come from the EMA weights of a checkpoint, from fixed seeds: the noise of sample i and its
 label are drawn from generators seeded with ``seed``, so two evaluations of the same weights give
 the same number. Labels are ``random`` (uniform, the paper's protocol) or ``balanced`` (i mod K).
-Features come from an extractor (``alphaflow.metrics.EXTRACTORS``; on the embedded default a small
-digits classifier), the reference statistics from the training data, cached as
-``<cache>/ref-<data>-<extractor>.npz``. Each (step, NFE, sampler) appends one row to
-``RUN_DIR/eval.jsonl`` with ``metric`` and ``value`` (the Fréchet distance d²).
+Metrics (``METRICS``): ``digits`` (a small digits classifier, the embedded default), ``fid``
+(Inception-v3 pool3, from ``--inception-weights`` / ``$ALPHAFLOW_INCEPTION_WEIGHTS``) and ``fdd``
+(DINOv2 CLS, from ``--dinov2`` / ``$ALPHAFLOW_DINOV2``). The samples are generated once and fed to
+every chosen extractor. Reference statistics come from the training images, cached as
+``<cache>/ref-<data tag>-<extractor>.npz``, or from a file (``--ref-stats``, e.g. ADM's
+``VIRTUAL_imagenet256_labeled.npz`` with ``mu``/``sigma``). Latent runs decode their samples with
+``data.vae_path`` and take the reference from the images the latents were made from (``--ref-images``).
+Each (step, NFE, sampler, metric) appends one row to ``RUN_DIR/eval.jsonl`` with ``metric`` and
+``value`` (the Fréchet distance d²).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from alphaflow.build import objective_from_config, open_run
+from alphaflow.config import Config
+from alphaflow.data import build_dataset
 from alphaflow.data.base import TrainData
+from alphaflow.data.imagefolder import ImageFolderData
+from alphaflow.data.latent_data import LatentData
 from alphaflow.distributed import resolve_device
-from alphaflow.metrics import EXTRACTORS, FeatureExtractor, FeatureStats, StatsAccumulator, frechet_distance
+from alphaflow.metrics import (EXTRACTORS, METRIC_NAMES, FeatureExtractor, FeatureStats, StatsAccumulator,
+                               frechet_distance)
 from alphaflow.metrics.features import default_cache_dir
 from alphaflow.probe_run import select_checkpoints
 from alphaflow.runfolder import append_jsonl
 from alphaflow.snapshots import sampler_for
 from alphaflow.sampling import generate
 
-# which extractor measures which dataset, until Inception (FID) and DINOv2 (FDD) land
-DEFAULT_EXTRACTOR = {"digits": "digits"}
+# metric name on the command line → extractor (extractor names are accepted too)
+METRICS = {"digits": "digits", "fid": "inception", "fdd": "dinov2"}
+# the metric used when none is chosen; toy2d has no images, hence no default
+DEFAULT_METRIC = {"digits": "digits", "cifar10": "fid", "imagefolder": "fid", "latents": "fid"}
+# where a real-weight extractor finds its weights: (CLI option, environment variable, what to point at)
+WEIGHTS_SOURCES = {
+    "inception": ("--inception-weights", "ALPHAFLOW_INCEPTION_WEIGHTS",
+                  "pytorch-fid's pt_inception-2015-12-05-6726825d.pth"),
+    "dinov2": ("--dinov2", "ALPHAFLOW_DINOV2", "a local Hugging Face DINOv2 folder (facebook/dinov2-large)"),
+}
+LATENT_REFERENCE = ("reference statistics of a latent dataset come from the images the latents were encoded from: "
+                    "pass --ref-images IMAGE_FOLDER, or --ref-stats FILE.npz (mu/sigma, e.g. ADM's "
+                    "VIRTUAL_imagenet256_labeled.npz, or `alphaflow ref-stats --data imagefolder`)")
 
 
-def extractor_for(data_name: str, name: str | None, cache_dir: Path) -> FeatureExtractor:
-    name = name or DEFAULT_EXTRACTOR.get(data_name)
-    if name is None or name not in EXTRACTORS:
-        raise ValueError(f"no feature extractor {name!r} for data.name={data_name!r}; available: {sorted(EXTRACTORS)} "
-                         "(Inception for FID and DINOv2 for FDD are not implemented yet)")
-    return EXTRACTORS[name](cache_dir)
+def parse_metrics(metrics: str | Sequence[str] | None, data_name: str) -> list[str]:
+    """``"fid,fdd"``, ``["fid", "fdd"]`` or None (the dataset's default) → extractor names, in order, unique."""
+    items = [metrics] if isinstance(metrics, str) else list(metrics or [])
+    names = [m.strip() for item in items for m in str(item).split(",") if m.strip()]
+    if not names:
+        if data_name not in DEFAULT_METRIC:
+            raise ValueError(f"no default metric for data.name={data_name!r} (not image data); "
+                             f"choose --metric from {', '.join(METRICS)}")
+        names = [DEFAULT_METRIC[data_name]]
+    out: list[str] = []
+    for name in names:
+        ext = METRICS.get(name, name if name in EXTRACTORS else None)
+        if ext is None:
+            raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+        if ext not in out:
+            out.append(ext)
+    return out
+
+
+def weights_path(extractor: str, given: str | Path | None) -> Path:
+    """The weights of a real-weight extractor: ``given`` (the CLI option), else its environment variable."""
+    option, env, what = WEIGHTS_SOURCES[extractor]
+    value, source = (given, option) if given else (os.environ.get(env), f"${env}")
+    if not value:
+        raise ValueError(f"the {METRIC_NAMES[extractor]} metric needs {what}: pass {option} PATH or set {env}")
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ValueError(f"{source} = {str(path)!r} does not exist (expected {what})")
+    return path
+
+
+def extractor_for(data_name: str, name: str | None, cache_dir: Path, *,
+                  weights: Mapping[str, str | Path | None] | None = None,
+                  device: str | torch.device = "cpu") -> FeatureExtractor:
+    """One extractor by metric or extractor name (None: the dataset's default metric).
+
+    ``weights`` maps "inception" / "dinov2" to a local path; a missing entry falls back to the environment.
+    """
+    names = parse_metrics(name, data_name)
+    if len(names) != 1:
+        raise ValueError(f"extractor_for takes one metric, got {name!r}")
+    ext = names[0]
+    if ext == "digits":
+        return EXTRACTORS[ext](cache_dir)
+    try:
+        return EXTRACTORS[ext](weights_path(ext, (weights or {}).get(ext)), device)
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from err
+
+
+def data_tag(name: str, path: str | Path | None = None, resolution: int | None = None) -> str:
+    """The cache name of a training set: its dataset name, plus resolution and a path hash for image folders."""
+    if name != "imagefolder":
+        return name
+    digest = hashlib.sha1(str(Path(path or "").expanduser().resolve()).encode()).hexdigest()[:8]
+    return f"imagefolder{resolution}-{digest}"
+
+
+def load_reference(path: str | Path, dim: int) -> FeatureStats:
+    """Reference statistics from ``.npz``: ``mu``/``sigma`` (ADM, EDM) or ``mean``/``cov`` (``FeatureStats.save``)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"--ref-stats file {str(file)!r} does not exist")
+    with np.load(file, allow_pickle=False) as z:  # lazy: ADM's file also holds 10k images we never read
+        keys = ("mu", "sigma") if "mu" in z.files else ("mean", "cov")
+        if not set(keys) <= set(z.files):
+            raise ValueError(f"{str(file)!r} has neither mu/sigma nor mean/cov arrays (it has {sorted(z.files)})")
+        stats = FeatureStats(z[keys[0]], z[keys[1]], int(z["count"]) if "count" in z.files else 0)
+    if stats.dim != dim:
+        raise ValueError(f"{str(file)!r} holds {stats.dim}-d statistics, the extractor gives {dim}-d features")
+    return stats
+
+
+def parse_ref_stats(items: Sequence[str] | None, extractors: Sequence[str]) -> dict[str, Path]:
+    """``["FILE"]`` (one metric) or ``["fid=FILE", "fdd=FILE2"]`` → {extractor name: file}."""
+    out: dict[str, Path] = {}
+    for item in items or []:
+        key, sep, file = item.partition("=")
+        if sep and (key in METRICS or key in EXTRACTORS):
+            ext = METRICS.get(key, key)
+        elif len(extractors) == 1:
+            ext, file = extractors[0], item
+        else:
+            raise ValueError(f"--ref-stats {item!r}: with several metrics write METRIC=FILE (e.g. fid=ref.npz)")
+        if ext not in extractors:
+            raise ValueError(f"--ref-stats given for {METRIC_NAMES[ext]}, which is not being evaluated")
+        out[ext] = Path(file).expanduser()
+    return out
+
+
+def _images(data: TrainData, raw: torch.Tensor) -> torch.Tensor:
+    """Training rows → images [b, C, H, W] in [−1, 1]; refuses data that has no images."""
+    images = data.to_images(raw)
+    if images is None:
+        raise ValueError(f"{type(data).__name__} is not image data; Fréchet distances need images")
+    return images
+
+
+def reference_stats_all(data: TrainData, tag: str, extractors: Sequence[FeatureExtractor], cache_dir: Path,
+                        *, batch: int = 512) -> list[FeatureStats]:
+    """Each extractor's feature statistics over the whole training set, in one pass over the data, cached."""
+    paths = [cache_dir / f"ref-{tag}-{e.name}.npz" for e in extractors]
+    todo = [i for i, p in enumerate(paths) if not p.exists()]
+    if todo and isinstance(data, LatentData):
+        raise ValueError(LATENT_REFERENCE)
+    accs = {i: StatsAccumulator() for i in todo}
+    for start in range(0, len(data) if todo else 0, batch):
+        raw, _ = data.get(range(start, min(start + batch, len(data))))
+        images = _images(data, raw)
+        for i in todo:
+            accs[i].update(extractors[i](images))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for i in todo:
+        tmp = paths[i].with_name(f".{paths[i].name}.tmp.npz")
+        accs[i].finalize().save(tmp)
+        tmp.replace(paths[i])
+    return [FeatureStats.load(p) for p in paths]
 
 
 def reference_stats(data: TrainData, data_name: str, extractor: FeatureExtractor, cache_dir: Path,
                     *, batch: int = 512) -> FeatureStats:
-    """Statistics of the extractor's features over the whole training set, computed once and cached."""
-    path = cache_dir / f"ref-{data_name}-{extractor.name}.npz"
-    if path.exists():
-        return FeatureStats.load(path)
-    acc = StatsAccumulator()
-    for start in range(0, len(data), batch):
-        raw, _ = data.get(range(start, min(start + batch, len(data))))
-        acc.update(extractor(data.to_images(raw)))
-    stats = acc.finalize()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    stats.save(tmp)
-    tmp.replace(path)
-    return stats
+    """Statistics of the extractor's features over the whole training set, computed once and cached.
+
+    ``data_name`` names the cache file (``data_tag`` gives it for a dataset with a path).
+    """
+    return reference_stats_all(data, data_name, [extractor], cache_dir, batch=batch)[0]
+
+
+def compute_reference_stats(data_name: str, *, path: str | None = None, resolution: int = 256,
+                            metrics: str | Sequence[str] | None = None, cache_dir: str | Path | None = None,
+                            device: str = "auto", inception_weights: str | None = None,
+                            dinov2: str | None = None) -> list[tuple[str, FeatureStats, Path]]:
+    """``alphaflow ref-stats``: (metric, statistics, cache file) per chosen metric of a training set."""
+    if data_name == "latents":
+        raise ValueError("reference statistics of latents come from the images they were encoded from: "
+                         "run ref-stats with --data imagefolder --data-path IMAGE_FOLDER --resolution R")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    dev = resolve_device(device)
+    names = parse_metrics(metrics, data_name)
+    data = build_dataset(data_name, path=path, resolution=resolution)
+    weights = {"inception": inception_weights, "dinov2": dinov2}
+    feats = [extractor_for(data_name, n, cache, weights=weights, device=dev) for n in names]
+    tag = data_tag(data_name, path, resolution)
+    stats = reference_stats_all(data, tag, feats, cache)
+    return [(METRIC_NAMES[f.name], s, cache / f"ref-{tag}-{f.name}.npz") for f, s in zip(feats, stats)]
 
 
 @torch.no_grad()
-def sample_features(net: torch.nn.Module, data: TrainData, extractor: FeatureExtractor, *, nfe: int, sampler: str,
-                    t_mid: float, num_samples: int, labels: str, seed: int, batch: int = 256) -> FeatureStats:
-    """Features of ``num_samples`` samples drawn from fixed seeds; returns their statistics."""
+def sample_stats(net: torch.nn.Module, data: TrainData, extractors: Sequence[FeatureExtractor], *, nfe: int,
+                 sampler: str, t_mid: float, num_samples: int, labels: str, seed: int,
+                 batch: int = 256) -> list[FeatureStats]:
+    """Each extractor's feature statistics of the same ``num_samples`` samples drawn from fixed seeds."""
     device = next(net.parameters()).device
     noise_gen, label_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
-    acc = StatsAccumulator()
+    accs = [StatsAccumulator() for _ in extractors]
     for start in range(0, num_samples, batch):
         n = min(batch, num_samples - start)
         noise = torch.randn(n, *data.shape, generator=noise_gen).to(device)
@@ -72,15 +219,45 @@ def sample_features(net: torch.nn.Module, data: TrainData, extractor: FeatureExt
                  else torch.randint(0, data.num_classes, (n,), generator=label_gen)).to(device)
         out = generate(net, noise, y, nfe=nfe, sampler=sampler, t_mid=t_mid,
                        generator=torch.Generator(device=device).manual_seed(seed + 2 + start))
-        acc.update(extractor(data.to_images(out).clamp(-1, 1)))
-    return acc.finalize()
+        images = data.to_images(out)
+        if images is None:
+            raise ValueError(f"samples of {type(data).__name__} cannot be turned into images")
+        for acc, extractor in zip(accs, extractors):
+            acc.update(extractor(images.clamp(-1, 1)))
+    return [acc.finalize() for acc in accs]
+
+
+def sample_features(net: torch.nn.Module, data: TrainData, extractor: FeatureExtractor, **kwargs) -> FeatureStats:
+    """``sample_stats`` for one extractor (same keyword arguments)."""
+    return sample_stats(net, data, [extractor], **kwargs)[0]
+
+
+def _references(cfg: Config, data: TrainData, feats: Sequence[FeatureExtractor], files: Mapping[str, Path],
+                ref_images: str | None, cache: Path) -> list[tuple[FeatureStats, str]]:
+    """(statistics, where from) per extractor: a --ref-stats file, else the (cached) training images."""
+    out: dict[str, tuple[FeatureStats, str]] = {f.name: (load_reference(files[f.name], f.dim), str(files[f.name]))
+                                               for f in feats if f.name in files}
+    rest = [f for f in feats if f.name not in files]
+    if rest:
+        src, tag = data, data_tag(cfg.data.name, cfg.data.path, cfg.data.resolution)
+        if ref_images is not None:  # the images the latents came from, at their resolution
+            res = int(getattr(data, "meta", {}).get("resolution", cfg.data.resolution))
+            src, tag = ImageFolderData(ref_images, resolution=res), data_tag("imagefolder", ref_images, res)
+        for f, s in zip(rest, reference_stats_all(src, tag, rest, cache)):
+            out[f.name] = (s, str(cache / f"ref-{tag}-{f.name}.npz"))
+    return [out[f.name] for f in feats]
 
 
 def evaluate_run(run_dir: str | Path, *, nfe: Sequence[int] = (1, 2), sampler: str = "auto", t_mid: float = 0.5,
-                 num_samples: int = 2000, labels: str = "random", extractor: str | None = None, seed: int = 0,
-                 checkpoint: str = "last", weights: str = "ema", cache_dir: str | Path | None = None,
-                 device: str = "auto", log: Callable[[str], None] = print) -> list[dict]:
-    """Evaluate one checkpoint of a run at each NFE; appends to and returns the eval.jsonl rows."""
+                 num_samples: int = 2000, labels: str = "random", extractor: str | Sequence[str] | None = None,
+                 seed: int = 0, checkpoint: str = "last", weights: str = "ema", cache_dir: str | Path | None = None,
+                 device: str = "auto", inception_weights: str | None = None, dinov2: str | None = None,
+                 ref_stats: Sequence[str] | None = None, ref_images: str | None = None,
+                 log: Callable[[str], None] = print) -> list[dict]:
+    """Evaluate one checkpoint of a run at each NFE and metric; appends to and returns the eval.jsonl rows.
+
+    ``extractor``: metric name(s) (digits, fid, fdd; a list or comma list), None for the dataset's default.
+    """
     if labels not in ("random", "balanced"):
         raise ValueError(f"--labels must be random or balanced, got {labels!r}")
     if weights not in ("raw", "ema"):
@@ -94,8 +271,17 @@ def evaluate_run(run_dir: str | Path, *, nfe: Sequence[int] = (1, 2), sampler: s
         raise ValueError(f"--checkpoint takes last or one step, got {checkpoint!r}")
     ((step, path),) = chosen
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    feats = extractor_for(cfg.data.name, extractor, cache)
-    ref = reference_stats(data, cfg.data.name, feats, cache)
+    names = parse_metrics(extractor, cfg.data.name)
+    files = parse_ref_stats(ref_stats, names)
+    if isinstance(data, LatentData) and ref_images is None and set(names) - set(files):
+        raise ValueError(LATENT_REFERENCE)
+    feats = [extractor_for(cfg.data.name, n, cache, weights={"inception": inception_weights, "dinov2": dinov2},
+                           device=dev) for n in names]
+    refs = _references(cfg, data, feats, files, ref_images, cache)
+    if isinstance(data, LatentData):  # samples are latents: decode them with the run's VAE
+        if cfg.data.vae_path is None:
+            raise ValueError("a latent run needs data.vae_path (the VAE folder) to decode samples for evaluation")
+        data.attach_decoder(cfg.data.vae_path, dev)
     ckpt = torch.load(path, map_location=dev, weights_only=False)
     net.load_state_dict(ckpt["ema" if weights == "ema" else "net"])
     data.load_state_dict(ckpt["data_stats"])
@@ -103,12 +289,14 @@ def evaluate_run(run_dir: str | Path, *, nfe: Sequence[int] = (1, 2), sampler: s
     chosen = sampler_for(objective_from_config(cfg.objective, cfg.train.steps).name, sampler)
     rows = []
     for k in nfe:
-        stats = sample_features(net, data, feats, nfe=k, sampler=chosen, t_mid=t_mid, num_samples=num_samples,
-                                labels=labels, seed=seed)
-        row = {"step": step, "nfe": k, "sampler": chosen, "t_mid": t_mid, "num_samples": num_samples,
-               "labels": labels, "weights": weights, "seed": seed, "metric": f"fd_{feats.name}",
-               "value": frechet_distance(stats, ref)}
-        append_jsonl(run.root / "eval.jsonl", row)
-        rows.append(row)
-        log(f"step {step}  {k}-NFE {chosen}: fd_{feats.name} = {row['value']:.3f}")
+        stats = sample_stats(net, data, feats, nfe=k, sampler=chosen, t_mid=t_mid, num_samples=num_samples,
+                             labels=labels, seed=seed)
+        for f, s, (ref, ref_source) in zip(feats, stats, refs):
+            metric = METRIC_NAMES[f.name]
+            row = {"step": step, "nfe": k, "sampler": chosen, "t_mid": t_mid, "num_samples": num_samples,
+                   "labels": labels, "weights": weights, "seed": seed, "metric": metric,
+                   "value": frechet_distance(s, ref), "ref": ref_source}
+            append_jsonl(run.root / "eval.jsonl", row)
+            rows.append(row)
+            log(f"step {step}  {k}-NFE {chosen}: {metric} = {row['value']:.3f}")
     return rows

@@ -2,7 +2,7 @@
 
 During training, every ``eval.every`` steps the EMA network draws ``eval.num_samples`` samples per
 NFE from fixed seeds and their Fréchet distance to the training data's reference statistics lands
-in that step's metrics row as ``eval_<metric>_nfe<k>`` (e.g. ``eval_fd_digits_nfe1``). The same
+in that step's metrics row as ``eval_<metric>_nfe<k>`` (``eval_fd_digits_nfe1``, ``eval_fid_nfe2``, ...). The same
 seeds are used every time, so a curve over training compares like with like. At the end of a run,
 ``eval.final`` appends full-size rows to ``eval.jsonl`` (exactly what ``alphaflow eval`` writes) and
 ``probe.final`` runs the offline gradient protocol of ``alphaflow probe`` on the last checkpoint.
@@ -18,7 +18,7 @@ from torch import nn
 from alphaflow.config import Config
 from alphaflow.data.base import TrainData
 from alphaflow.metrics import FeatureExtractor, FeatureStats, frechet_distance
-from alphaflow.metrics.features import default_cache_dir
+from alphaflow.metrics.features import METRIC_NAMES, default_cache_dir
 
 
 class OnlineEval:
@@ -46,7 +46,10 @@ class OnlineEval:
         return self._feats, self._ref
 
     def __call__(self, ema: nn.Module) -> dict[str, float]:
-        """{``eval_<metric>_nfe<k>``: d²} for each k in ``eval.nfe``, from ``eval.num_samples`` samples of ``ema``."""
+        """{``eval_<metric>_nfe<k>``: d²} for each k in ``eval.nfe``, from ``eval.num_samples`` samples of ``ema``.
+
+        Inception and DINOv2 weights come from ALPHAFLOW_INCEPTION_WEIGHTS / ALPHAFLOW_DINOV2 (``alphaflow eval``'s
+        environment variables)."""
         from alphaflow.evaluate import sample_features
 
         feats, ref = self._prepare()
@@ -58,7 +61,7 @@ class OnlineEval:
                 stats = sample_features(ema, self.data, feats, nfe=k, sampler=self.sampler,
                                         t_mid=self.cfg.sample.t_mid, num_samples=self.cfg.eval.num_samples,
                                         labels="random", seed=self.cfg.eval.seed)
-                out[f"eval_fd_{feats.name}_nfe{k}"] = frechet_distance(stats, ref)
+                out[f"eval_{METRIC_NAMES.get(feats.name, feats.name)}_nfe{k}"] = frechet_distance(stats, ref)
         finally:
             ema.train(was_training)
         return out

@@ -3,7 +3,8 @@
 An extractor maps images [B, C, H, W] in [−1, 1] to features [B, dim] (float32, no grad); the Fréchet
 distance is computed on those features elsewhere. Nothing can be downloaded here, so every extractor takes
 its weights from an explicit local file. The embedded default, ``"digits"``, is a small CNN trained once,
-deterministically, on scikit-learn's 8×8 digits and cached under ``$ALPHAFLOW_CACHE`` (or ``~/.cache/alphaflow``).
+deterministically, on scikit-learn's 8×8 digits and cached under ``$ALPHAFLOW_CACHE`` (or ``~/.cache/alphaflow``);
+``"inception"`` (FID, ``inception.py``) and ``"dinov2"`` (FDD, ``dinov2.py``) load real weights.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+
+from alphaflow.metrics.dinov2 import dinov2_extractor
+from alphaflow.metrics.inception import inception_extractor
 
 FORMAT_VERSION = 1
 FEATURE_DIM = 64
@@ -179,6 +183,9 @@ def digits_extractor(cache_dir: str | Path | None = None, *, seed: int = 0) -> F
     return DigitsFeatures(model, acc, path)
 
 
-# Extractor name → constructor. "inception" (FID) and "dinov2" (FDD) will be added later; like "digits"
-# they will load real weights from an explicit local path (nothing is downloaded) and skip in tests without it.
-EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {"digits": digits_extractor}
+# Extractor name → constructor, and the metric name its Fréchet distance is reported under. "digits" takes a
+# cache folder; "inception" and "dinov2" take an explicit local weights path (nothing is downloaded) and a device.
+EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {
+    "digits": digits_extractor, "inception": inception_extractor, "dinov2": dinov2_extractor,
+}
+METRIC_NAMES: dict[str, str] = {"digits": "fd_digits", "inception": "fid", "dinov2": "fdd"}
