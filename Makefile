@@ -1,6 +1,7 @@
 # One-command entry points. Everything installs into .venv/ at the repository root.
 #   make demo   set up, then run the main job
 #   make test   set up, then run the tests
+#   make lab    set up, then open JupyterLab on notebooks/ (ALPHAFLOW_SWEEP_ROOT picks the sweep root)
 # TORCH_INDEX_URL: where pip finds a CPU build of torch on a machine that has no local wheel
 # (PyTorch's CPU wheel index); left empty, pip uses its configured indexes.
 
@@ -9,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP_TORCH := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo lab clean
 
 setup: $(VENV)/.installed
 
@@ -23,8 +24,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 test: setup
 	$(PY) -m pytest -q
 
+# the main job: sweeps/demo.yaml through submitit's local executor, then the report (DEMO_ROOT to move it)
+DEMO_ROOT ?= runs/demo
 demo: setup
-	$(VENV)/bin/alphaflow train --out runs/demo
+	$(VENV)/bin/alphaflow sweep sweeps/demo.yaml --root $(DEMO_ROOT) --executor local --wait
+	$(VENV)/bin/alphaflow report $(DEMO_ROOT)
+
+# the notebooks read ALPHAFLOW_SWEEP_ROOT if set, else DEMO_ROOT (relative to the repository root)
+lab: setup
+	ALPHAFLOW_SWEEP_ROOT="$${ALPHAFLOW_SWEEP_ROOT:-$(DEMO_ROOT)}" $(VENV)/bin/jupyter lab notebooks/
 
 clean:
 	rm -rf $(VENV) .pytest_cache

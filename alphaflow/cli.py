@@ -110,8 +110,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             print("\n# the batch script of the job array:\n" + launcher.sbatch_script(root, sweep.resources, sweep.name,
                                                                                     len(sweep.runs)))
         return 0
-    launcher.submit(sweep.runs, root, executor=kind, resources=sweep.resources, name=sweep.name,
-                    retry_failed=args.retry_failed)
+    jobs = launcher.submit(sweep.runs, root, executor=kind, resources=sweep.resources, name=sweep.name,
+                           retry_failed=args.retry_failed)
+    if args.wait and jobs:
+        return 1 if launcher.wait(jobs, sweep.runs, root, every=args.wait_every) else 0
     return 0
 
 
@@ -124,8 +126,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"alphaflow report: {root} is not a folder of runs")
         return 2
     out = write_report(root, args.out)
-    print((out / "summary.md").read_text())
-    print(f"report written to {out}")
+    print((out / "headline.md").read_text())
+    print(f"report written to {out}: summary.md (every table), figures (*.png), tables (*.csv)")
     return 0
 
 
@@ -158,6 +160,23 @@ def _cmd_ref_stats(args: argparse.Namespace) -> int:
         print(f"reference statistics of {args.data} ({metric}): {stats.count} samples, {stats.dim} features, "
               f"cached in {file}")
     return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from alphaflow.bench import format_table, run_bench
+
+    try:
+        results = run_bench(args.model, batch=args.batch, shape=tuple(args.shape), classes=args.classes,
+                            device=args.device, precision=args.precision, rounds=args.rounds, warmup=args.warmup,
+                            threads=args.threads, seed=args.seed,
+                            **({} if args.peak_flops is None else {"peak_flops": args.peak_flops}))
+    except ValueError as exc:
+        print(f"alphaflow bench: {exc}")
+        return 2
+    print(json.dumps(results) if args.json else format_table(results))
+    return 0  # the targets are information, not a verdict on the exit code
 
 
 def _add_metric_args(p: argparse.ArgumentParser) -> None:
@@ -221,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the runs (and, for slurm, the batch script)")
     p.add_argument("--status", action="store_true", help="each run's state from disk and the scheduler")
     p.add_argument("--retry-failed", action="store_true", help="also resubmit runs whose last attempt failed")
+    p.add_argument("--wait", action="store_true", help="stay until every submitted job has ended, showing progress; "
+                                                         "exit 1 if any run did not finish")
+    p.add_argument("--wait-every", type=float, default=30.0, help="seconds between progress lines with --wait")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("report", help="summary tables (CSV, markdown) and standard figures for a sweep root")
@@ -262,6 +284,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-channels", type=int, default=4)
     p.add_argument("--num-classes", type=int, default=1000)
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("bench", help="time one training step of FM, α-Flow, MeanFlow, the official pattern and a probe",
+                       description="Round-robin timing (median ms and median per-round ratio to flow matching), "
+                                   "FLOPs and peak memory of one step (forward + backward, no optimiser step) "
+                                   "per variant; see alphaflow/bench.py. Default: the digits recipe's DiT-T/2.")
+    p.add_argument("--model", default="DiT-T/2", help="a registry model (see `alphaflow models`)")
+    p.add_argument("--batch", type=int, default=48)
+    p.add_argument("--shape", type=int, nargs="+", default=[1, 8, 8], metavar="N",
+                   help="sample shape: C H W for a DiT (default 1 8 8, the digits; e.g. 4 32 32 for latents), D for an MLP")
+    p.add_argument("--classes", type=int, default=10, help="number of classes (0: unconditional)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 autocast on cuda, fp32 on cpu")
+    p.add_argument("--rounds", type=int, default=10, help="timed rounds over all variants")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s for the MFU (default: 989e12, H100 bf16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

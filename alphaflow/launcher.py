@@ -178,3 +178,33 @@ def submit(runs: list[SweepRun], root: str | Path, *, executor: str, resources: 
                            json.dumps({"job_id": job.job_id, "executor": kind, "submitted": stamp}).encode())
     log(f"submitted {len(jobs)} run(s) to {kind} as one job array: {jobs[0].job_id.split('_')[0]}")
     return jobs
+
+
+def wait(jobs: list[Any], runs: list[SweepRun], root: str | Path, *, every: float = 30.0,
+         log: Callable[[str], None] = print) -> int:
+    """Block until every job has ended, logging one progress line per ``every`` seconds (steps done out
+    of the total over all runs, and each run's step); returns the number of runs that did not finish."""
+    root, start = Path(root), time.monotonic()
+    total = sum(r.config.train.steps for r in runs)
+
+    def line() -> str:
+        steps = {r.name: _last_step(RunFolder(root / r.name)) for r in runs}
+        done = sum(RunFolder(root / r.name).is_done() for r in runs)
+        elapsed = time.monotonic() - start
+        per_run = " ".join(f"{r.name.rsplit('-', 1)[0]}:{steps[r.name]}" for r in runs)
+        return (f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] {done}/{len(runs)} runs done, "
+                f"{100 * sum(steps.values()) / max(total, 1):.0f}% of steps | {per_run}")
+
+    while not all(job.done() for job in jobs):
+        log(line())
+        deadline = time.monotonic() + every
+        while time.monotonic() < deadline and not all(job.done() for job in jobs):
+            time.sleep(min(1.0, every))
+    log(line())
+    failed = [r.name for r in runs if not RunFolder(root / r.name).is_done()]
+    for name in failed:
+        err = root / name / "error.txt"
+        tail = err.read_text().strip().splitlines()[-1:] if err.exists() else ["no error.txt"]
+        log(f"run {name} did not finish: {tail[0] if tail else ''}")
+    return len(failed)
+

@@ -1,12 +1,16 @@
 """The standard report of a sweep root: tables, a markdown summary and figures in one folder.
 
-    write_report("runs/grad_conflict")        # → runs/grad_conflict/report/
+    write_report("runs/demo")        # → runs/demo/report/
 
-writes runs.csv (``Runs.runs``), summary.csv (``summarize_runs``), variants.csv
-(``summarize_variants`` of every final_*/best_* column), summary.md (both tables, failed runs and
-problems), loss.png (training loss_mse against step, one line per run; ``loss`` if no run logs
-loss_mse) and, where runs hold gradient probes, fig2a/2b/2c/6.png (``plots.save_figures``): from
-probes.jsonl (raw weights where present), else from the online ``probe_*`` keys of metrics.jsonl.
+writes runs.csv (``Runs.runs``), summary.csv (``summarize_runs``), variants.csv (``summarize_variants``
+of every final_*/best_* column), quality.csv (``tables.quality_table``: 1-/2-NFE Fréchet distances per
+variant with 95 % intervals over seeds, from eval.jsonl), conflict.csv (``tables.conflict_by_variant``),
+summary.md (those tables, failed runs and problems), headline.md (just the quality and conflict
+tables, what the command line prints) and figures: loss.png, schedules.png (α and ratio_fm as logged),
+samples.png (the last 1- and 2-NFE grids per variant) and, where runs hold gradient probes,
+fig2a/2b/2c/6.png (``plots.save_figures``). The figures' curves come from probes.jsonl where some run
+was probed at two or more checkpoints, else from the online ``probe_*`` keys of metrics.jsonl; the
+conflict table prefers probes.jsonl (the paper's protocol) whenever it exists.
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ from .probes import markdown_table
 from .runfiles import STATUSES
 from .runplots import fig_metric
 from .runs import Runs, load_runs
+from .samples import fig_sample_grids
+from .schedules import fig_schedules
 from .summary import summarize_runs, summarize_variants
+from .tables import conflict_by_variant, interval_table, quality_table
 
 LOSS = ("loss_mse", "loss")  # the first one any run logs is plotted
 
@@ -37,17 +44,34 @@ def online_probes(runs: Runs, prefix: str = "probe_") -> pd.DataFrame:
     return rows.merge(labels, on="run", how="left")[["run", "label", "step", *[c[len(prefix):] for c in cols]]]
 
 
-def _interval_table(variants: pd.DataFrame, value_cols: list[str]) -> pd.DataFrame:
-    """variants.csv for reading: per value column one cell "mean [lo, hi]" (4 significant digits)."""
-    def fmt(v: float) -> str:
-        return "" if pd.isna(v) else f"{v:.4g}"
+def probe_frames(runs: Runs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(curves, table): the probe frame the figures draw and the one the conflict table summarises.
 
-    keep = [c for c in variants.columns if not any(c.startswith(f"{v}_") for v in value_cols)]
-    out = variants[[c for c in keep if not c.startswith("cfg.")]].copy()
-    for c in value_cols:
-        out[c] = [f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]" if pd.notna(lo) else fmt(m)
-                  for m, lo, hi in zip(variants[f"{c}_mean"], variants[f"{c}_lo"], variants[f"{c}_hi"])]
-    return pd.concat([out, variants[[c for c in keep if c.startswith("cfg.")]]], axis=1)
+    Offline probes (probes.jsonl; raw weights where present) draw the curves when some run has two or more
+    checkpoints, else the online ``probe_*`` values do; the table uses offline probes whenever there are any.
+    """
+    offline = runs.probes
+    if not offline.empty and "weights" in offline.columns and (offline["weights"] == "raw").any():
+        offline = offline[offline["weights"] == "raw"]
+    online = online_probes(runs)
+    points = int(offline.groupby("run")["step"].nunique().max()) if not offline.empty else 0
+    curves = offline if (points >= 2 or online.empty) else online
+    return curves, (offline if not offline.empty else online)
+
+
+def headline(root: Path, quality: pd.DataFrame, conflict: pd.DataFrame, conflict_source: str) -> str:
+    """The two tables a reader wants first: few-step quality and gradient conflict per variant."""
+    parts = [f"# {root}: the headline\n"]
+    if quality.empty:
+        parts.append("No eval.jsonl rows: run `alphaflow eval RUN_DIR` (or train with eval.final=true).\n")
+    else:
+        parts += ["Few-step quality per variant: Fréchet distance (lower is better) of EMA samples at 1 and 2 NFE, "
+                  "mean over seeds [95 % t-interval].\n", markdown_table(interval_table(quality), floatfmt=".4g")]
+    if not conflict.empty:
+        parts += [f"Gradient conflict per variant ({conflict_source}): mean cos(∇L_TFM, ∇L_TCC) and cos(∇L_FM′, ∇L_TCC), "
+                  "the share of probes with cos(∇L_TFM, ∇L_TCC) < −0.4 and with FM′ above TFM, mean over seeds "
+                  "[95 % t-interval].\n", markdown_table(interval_table(conflict), floatfmt=".3g")]
+    return "\n".join(parts)
 
 
 def _markdown(root: Path, runs: Runs, summary: pd.DataFrame, variants: pd.DataFrame, value_cols: list[str],
@@ -59,7 +83,7 @@ def _markdown(root: Path, runs: Runs, summary: pd.DataFrame, variants: pd.DataFr
              "config keys that differ between runs.\n", markdown_table(summary, floatfmt=".4g"),
              "## Variants\n", "Mean over the seeds of each variant with a 95 % Student-t interval "
              "(mean ± t₀.₉₇₅,ₙ₋₁·sd/√n); a variant with one run has no interval.\n",
-             markdown_table(_interval_table(variants, value_cols), floatfmt=".4g")]
+             markdown_table(interval_table(variants, value_cols), floatfmt=".4g")]
     failed = runs.runs[runs.runs["status"] == "failed"]
     if len(failed):
         parts.append("## Failed runs\n")
@@ -73,7 +97,7 @@ def _markdown(root: Path, runs: Runs, summary: pd.DataFrame, variants: pd.DataFr
 
 
 def write_report(root: str | Path, out: str | Path | None = None) -> Path:
-    """Load ``root`` (cached), write the tables, summary.md and figures into ``out`` (default
+    """Load ``root`` (cached), write the tables, summary.md, headline.md and figures into ``out`` (default
     ``root/report``); returns ``out``."""
     root = Path(root)
     out = Path(out) if out is not None else root / "report"
@@ -81,20 +105,23 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     summary = summarize_runs(runs)
     value_cols = [c for c in summary.columns if c.startswith(("final_", "best_"))]
     variants = summarize_variants(summary, value_cols)
+    quality = quality_table(runs.evals)
+    curves, probes = probe_frames(runs)
+    conflict = conflict_by_variant(probes)
     out.mkdir(parents=True, exist_ok=True)
-    runs.runs.to_csv(out / "runs.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
-    variants.to_csv(out / "variants.csv", index=False)
+    for name, frame in (("runs", runs.runs), ("summary", summary), ("variants", variants), ("quality", quality),
+                        ("conflict", conflict)):
+        frame.to_csv(out / f"{name}.csv", index=False)
 
     loss = next((c for c in LOSS if c in runs.metrics.columns), LOSS[0])
     fig_metric(runs.metrics, loss, path=out / "loss.png", title=f"training {loss}")
-    figures = ["loss.png"]
-    probes = runs.probes
-    if not probes.empty and "weights" in probes.columns and (probes["weights"] == "raw").any():
-        probes = probes[probes["weights"] == "raw"]
-    if probes.empty:
-        probes = online_probes(runs)
-    if not probes.empty:
-        figures += [p.name for p in save_figures(probes, out).values()]
-    (out / "summary.md").write_text(_markdown(root, runs, summary, variants, value_cols, figures))
+    fig_schedules(runs.metrics, path=out / "schedules.png")
+    fig_sample_grids(root, evals=runs.evals, path=out / "samples.png")
+    figures = ["loss.png", "schedules.png", "samples.png"]
+    if not curves.empty:
+        figures += [p.name for p in save_figures(curves, out).values()]
+    source = "offline probes, probes.jsonl" if not runs.probes.empty else "online probes over training"
+    top = headline(root, quality, conflict, source)
+    (out / "headline.md").write_text(top)
+    (out / "summary.md").write_text(top + "\n" + _markdown(root, runs, summary, variants, value_cols, figures))
     return out

@@ -27,7 +27,7 @@ _spec = importlib.util.spec_from_file_location("golden_regenerate", GOLDEN / "re
 golden = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(golden)
 
-S0, S1, FAILED = "meanflow-fm75-s0-acd7b8be1d", "meanflow-fm75-s1-9cef05031d", "alphaflow-fm50-s0-0d11b1fd1f"
+S0, S1, FAILED = "meanflow-fm75-s0-7b4bc44a35", "meanflow-fm75-s1-ead189f4df", "alphaflow-fm50-s0-7288642955"
 
 
 @pytest.fixture
@@ -257,3 +257,8 @@ def test_write_report_writes_the_files(sweep):
     assert "skipped 1 unreadable line(s)" in md
     assert len(pd.read_csv(out / "runs.csv")) == 3 and len(pd.read_csv(out / "variants.csv")) == 2
     assert "report" not in set(load_runs(sweep).runs["run"]), "the report folder is not read as a run"
+    assert {"quality.csv", "conflict.csv", "headline.md", "schedules.png", "samples.png"} <= names
+    head = (out / "headline.md").read_text()
+    assert "No eval.jsonl rows" in head, "the golden eval row predates the metric/value format"
+    assert "Gradient conflict per variant (offline probes, probes.jsonl)" in head and "meanflow-fm75" in head
+    assert head in md, "summary.md opens with the headline"

@@ -44,6 +44,16 @@ def test_local_sweep_end_to_end_and_resubmission_submits_nothing(tmp_path):
     assert lines == ["2 runs: 2 done", "nothing to submit"]
 
 
+def test_wait_shows_progress_until_the_array_ends_and_reports_success(tmp_path, capsys):
+    path = sweep_file(tmp_path, 4, "{fm: {objective.name: fm}, mf: {objective.name: meanflow}}")
+    rc = main(["sweep", str(path), "--executor", "local", "--root", str(tmp_path / "root"), "--wait",
+               "--wait-every", "0.5"])
+    out = capsys.readouterr().out
+    progress = [line for line in out.splitlines() if line.startswith("[")]
+    assert rc == 0 and progress, out
+    assert "2/2 runs done, 100% of steps" in progress[-1] and "fm-s0:4" in progress[-1] and "mf-s0:4" in progress[-1]
+
+
 def task_pids(pid: int) -> list[int]:
     """Descendants of ``pid`` that run a submitit task (Linux /proc)."""
     found = []

@@ -96,3 +96,17 @@ def test_alpha_schedule_variants_are_the_papers():
     assert by_variant["sigmoid-0-to-end"](750) == pytest.approx(0.5)
     assert by_variant["step-at-half"](749) == 1.0 and by_variant["step-at-half"](750) == 0.0
     assert by_variant["constant-0"](0) == 0.0
+
+
+def test_demo_sweep_is_three_objectives_by_three_seeds_with_probes_and_evaluation():
+    sweep = load_sweep(ROOT / "sweeps" / "demo.yaml")
+    assert len(sweep.runs) == 9
+    objectives = {r.name.rsplit("-s", 1)[0]: r.config.objective.name for r in sweep.runs}
+    assert objectives == {"fm": "fm", "meanflow": "meanflow", "alphaflow": "alphaflow"}
+    assert sorted({r.config.seed for r in sweep.runs}) == [0, 1, 2]
+    for r in sweep.runs:
+        c = r.config
+        assert c.data.name == "digits" and c.train.threads == 1 and c.probe.every > 0
+        assert c.probe.final and c.eval.final and c.sample.nfe == [1, 2]
+    assert "sweeps/demo.yaml" in (ROOT / "Makefile").read_text()
+
