@@ -27,6 +27,7 @@ test: setup
 # the main job: sweeps/demo.yaml through submitit's local executor, then the report (DEMO_ROOT to move it)
 DEMO_ROOT ?= runs/demo
 demo: setup
+	$(VENV)/bin/alphaflow ref-stats --data digits   # train and cache the feature classifier once, not in 9 jobs
 	$(VENV)/bin/alphaflow sweep sweeps/demo.yaml --root $(DEMO_ROOT) --executor local --wait
 	$(VENV)/bin/alphaflow report $(DEMO_ROOT)
 
