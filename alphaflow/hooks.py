@@ -10,8 +10,10 @@ for gradients y is ∂loss/∂output, one record per gradient that reaches it (e
 ``autograd.grad`` call). ``summary`` averages the per-call values.
 
 Which forwards count. An objective runs several forwards per step: no-grad target passes (CFG,
-α-Flow's second forward) and the MeanFlow JVP (``alphaflow.jvp``: ``torch.func.jvp`` under
-no-grad), then ONE forward with grad, the prediction. Only ordinary autograd forwards are recorded
+α-Flow's second forward) and, for a network without a tangent mode, the MeanFlow JVP
+(``alphaflow.jvp``: ``torch.func.jvp`` under no-grad), then ONE forward with grad, the prediction.
+(The DiT's tangent mode computes the JVP inside that prediction forward by hand, through no
+module call, so the hooks see only the prediction.) Only ordinary autograd forwards are recorded
 by default, so the statistics describe the prediction alone. ``record_no_grad=True`` also records
 no-grad forwards and forwards inside ``torch.func`` transforms (activations only: their gradients
 belong to the transform, not to ``backward``).

@@ -108,11 +108,12 @@ def test_no_grad_forward_and_jvp_are_silent_unless_asked():
         assert value == pytest.approx(plain.records[key][0], rel=1e-5)
 
 
-@pytest.mark.parametrize("objective", [MeanFlow(ratio_fm=0.0, cfg=CFG(omega=1.5, kappa=0.3)),
-                                       AlphaFlow(alpha=0.5, ratio_fm=0.0, cfg=CFG(omega=1.5, kappa=0.3))],
+@pytest.mark.parametrize("objective, passes", [(MeanFlow(ratio_fm=0.0, cfg=CFG(omega=1.5, kappa=0.3)), 3),
+                                               (AlphaFlow(alpha=0.5, ratio_fm=0.0, cfg=CFG(omega=1.5, kappa=0.3)), 4)],
                          ids=["meanflow", "alphaflow"])
-def test_objective_records_only_the_prediction_forward(objective):
-    """Per step: two CFG passes, then the JVP (MeanFlow) or the second forward (α-Flow), then the prediction."""
+def test_objective_records_only_the_prediction_forward(objective, passes):
+    """Per step: two CFG passes, then (α-Flow) the second forward, then the prediction; MeanFlow's JVP rides
+    on the prediction's forward (the DiT's tangent mode), which the hooks see once."""
     net, (x, _, _, y) = random_dit(), inputs()
     with LayerStats(net) as stats:
         objective(net, x, y, generator=torch.Generator().manual_seed(2)).loss.mean().backward()
@@ -120,7 +121,7 @@ def test_objective_records_only_the_prediction_forward(objective):
     assert len(stats.records) == 2 * len(linear_names(net))
     with LayerStats(net, record_no_grad=True, gradients=False) as everything:
         objective(net, x, y, generator=torch.Generator().manual_seed(2))
-    assert {len(v) for v in everything.records.values()} == {4}  # the target passes did reach the hooks
+    assert {len(v) for v in everything.records.values()} == {passes}  # the target passes did reach the hooks
 
 
 def test_every_hook_is_removed_on_exit_and_on_an_exception():

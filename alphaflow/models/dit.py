@@ -11,6 +11,16 @@ timestep embedders, times fed raw in [0, 1] (no ×1000, SPEC §10.12). The outpu
 
 Attention is ``F.scaled_dot_product_attention``. Its fused CPU/GPU kernels have no forward-mode
 AD rule (PERF.md): wrap ``torch.func.jvp`` in ``sdpa_kernel([SDPBackend.MATH])``.
+
+Tangent mode (``alphaflow.models.tangent``) computes the prediction and a JVP in one pass:
+
+    u, du = net(z, r, t, labels, tangent=(rows, dz, dr, dt))
+
+u: [B, C, H, W] exactly the ordinary forward's (same ops, same autograd graph); du: [P, C, H, W], the
+no-grad directional derivative of u along (dz, dr, dt) on the P rows ``rows`` ([P] int64 row
+indices, a slice of the batch, or None for all rows); dz: [P, C, H, W]; dr, dt: [P]. Each module below takes an optional
+``tangent`` and then returns (primal, tangent). Hooks fire on every module the primal calls, except the
+``nn.Sequential`` containers of the MLP and the timestep embedder, whose layers are called one by one.
 """
 
 from __future__ import annotations
@@ -18,13 +28,15 @@ from __future__ import annotations
 import difflib
 import functools
 import math
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alphaflow.conventions import NULL_LABEL
+from alphaflow.models.tangent import (Linear, Rows, attention_jvp, conv_patch_jvp, gated_residual_jvp, linear_jvp,
+                                      mlp_jvp, modulate_jvp, silu_jvp, sinusoid_jvp, split_heads, take)
 
 __all__ = ["DiT", "MODELS", "build_model", "count_parameters", "parameter_count"]
 
@@ -66,15 +78,27 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size: int, freq_dim: int = 256, time_scale: float = 1.0):
         super().__init__()
         self.freq_dim, self.time_scale = freq_dim, time_scale
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(Linear(freq_dim, hidden_size), nn.SiLU(), Linear(hidden_size, hidden_size))
 
-    def forward(self, t: Tensor) -> Tensor:  # t: [B] -> [B, D]
+    def phases(self, t: Tensor) -> Tensor:
+        """a = time_scale·t·ω_k, ω_k = 10000^(−k/half): [B] → [B, half], in at least fp32. Linear in t."""
         half = self.freq_dim // 2
         dtype = torch.promote_types(t.dtype, torch.float32)  # float64 stays float64 (JVP checks)
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=dtype, device=t.device) / half)
-        args = (self.time_scale * t.to(dtype))[:, None] * freqs[None]  # [B, half]
+        return (self.time_scale * t.to(dtype))[:, None] * freqs[None]
+
+    def forward(self, t: Tensor, tangent: tuple[Rows, Tensor] | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """t: [B] → [B, D]; with tangent = (rows, dt [P]) also the tangent [P, D] (SiLU′ from the rows' hidden)."""
+        args = self.phases(t)  # [B, half]
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # [B, 256]
-        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+        lin1, _, lin2 = self.mlp
+        if tangent is None:
+            return self.mlp(emb.to(lin1.weight.dtype))
+        rows, dt = tangent
+        hidden = lin1(emb.to(lin1.weight.dtype))
+        out = lin2(self.mlp[1](hidden))
+        demb = sinusoid_jvp(take(args, rows), self.phases(dt))  # phases is linear: d phases(t) = phases(dt)
+        return out, linear_jvp(silu_jvp(take(hidden, rows), linear_jvp(demb, lin1.weight)), lin2.weight)
 
 
 class Attention(nn.Module):
@@ -83,14 +107,24 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.proj = Linear(dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:  # x: [B, N, D]
+    def forward(self, x: Tensor, tangent: tuple[Rows, Tensor] | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """x: [B, N, D] → [B, N, D]; with tangent = (rows, dx [P, N, D]) also the tangent [P, N, D]."""
         B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [B, heads, N, head_dim]
-        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+        lin = self.qkv(x)  # [B, N, 3D]
+        qkv = lin.reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [B, heads, N, head_dim]
+        out = self.proj(o.transpose(1, 2).reshape(B, N, D))
+        if tangent is None:
+            return out
+        rows, dx = tangent
+        P = dx.shape[0]
+        q, k, v = split_heads(lin, self.num_heads, rows)  # [P·heads, N, head_dim] each
+        dq, dk, dv = split_heads(linear_jvp(dx, self.qkv.weight), self.num_heads)
+        do = attention_jvp(q, k, v, dq, dk, dv)  # fused SDPA has no forward rule: math form on the rows
+        return out, linear_jvp(do.view(P, self.num_heads, N, -1).transpose(1, 2).reshape(P, N, D), self.proj.weight)
 
 
 class DiTBlock(nn.Module):
@@ -101,15 +135,33 @@ class DiTBlock(nn.Module):
         hidden_mlp = int(hidden_size * mlp_ratio)
         self.attn = Attention(hidden_size, num_heads)
         self.mlp = nn.Sequential(
-            nn.Linear(hidden_size, hidden_mlp), nn.GELU(approximate="tanh"), nn.Linear(hidden_mlp, hidden_size)
+            Linear(hidden_size, hidden_mlp), nn.GELU(approximate="tanh"), Linear(hidden_mlp, hidden_size)
         )
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(hidden_size, 6 * hidden_size))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:  # x: [B, N, D], c: [B, D]
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_a.unsqueeze(1) * self.attn(modulate_fp32(x, shift_a, scale_a))
-        x = x + gate_m.unsqueeze(1) * self.mlp(modulate_fp32(x, shift_m, scale_m))
-        return x
+    def forward(self, x: Tensor, c: Tensor, tangent: tuple[Rows, Tensor, Tensor] | None = None
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        """x: [B, N, D], c: [B, D] → [B, N, D]; with tangent = (rows, dx [P, N, D], dc [P, D]) also [P, N, D]."""
+        mod = self.adaLN_modulation(c)  # [B, 6D]
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod.chunk(6, dim=1)
+        if tangent is None:
+            x = x + gate_a.unsqueeze(1) * self.attn(modulate_fp32(x, shift_a, scale_a))
+            x = x + gate_m.unsqueeze(1) * self.mlp(modulate_fp32(x, shift_m, scale_m))
+            return x
+        # The same primal as above, with the tangent of each step beside it (rules in models/tangent.py).
+        rows, dx, dc = tangent
+        _, s_scale_a, s_gate_a, _, s_scale_m, s_gate_m = take(mod, rows).chunk(6, dim=1)
+        d = linear_jvp(silu_jvp(take(c, rows), dc), self.adaLN_modulation[1].weight).chunk(6, dim=1)
+        dh = modulate_jvp(take(x, rows), s_scale_a, dx, d[0], d[1])
+        a, da = self.attn(modulate_fp32(x, shift_a, scale_a), (rows, dh))
+        dx = gated_residual_jvp(dx, s_gate_a, take(a, rows), d[2], da)
+        x = x + gate_a.unsqueeze(1) * a
+        dh = modulate_jvp(take(x, rows), s_scale_m, dx, d[3], d[4])
+        fc1, act, fc2 = self.mlp
+        pre = fc1(modulate_fp32(x, shift_m, scale_m))  # [B, N, 4D]
+        m = fc2(act(pre))
+        dx = gated_residual_jvp(dx, s_gate_m, take(m, rows), d[5], mlp_jvp(fc1, fc2, take(pre, rows), dh))
+        return x + gate_m.unsqueeze(1) * m, dx
 
 
 class FinalLayer(nn.Module):
@@ -117,12 +169,21 @@ class FinalLayer(nn.Module):
 
     def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
         super().__init__()
-        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        self.linear = Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(hidden_size, 2 * hidden_size))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate_fp32(x, shift, scale))
+    def forward(self, x: Tensor, c: Tensor, tangent: tuple[Rows, Tensor, Tensor] | None = None
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        """x: [B, N, D], c: [B, D] → [B, N, p²C]; with tangent = (rows, dx, dc) also the tangent [P, N, p²C]."""
+        mod = self.adaLN_modulation(c)  # [B, 2D]
+        shift, scale = mod.chunk(2, dim=1)
+        out = self.linear(modulate_fp32(x, shift, scale))
+        if tangent is None:
+            return out
+        rows, dx, dc = tangent
+        dshift, dscale = linear_jvp(silu_jvp(take(c, rows), dc), self.adaLN_modulation[1].weight).chunk(2, dim=1)
+        dh = modulate_jvp(take(x, rows), take(scale, rows), dx, dshift, dscale)
+        return out, linear_jvp(dh, self.linear.weight)
 
 
 class DiT(nn.Module):
@@ -132,6 +193,8 @@ class DiT(nn.Module):
     the label table always has K + 1 rows, the last one the null label; time_scale multiplies t
     before the sinusoid (1.0: raw t ∈ [0, 1], SPEC §10.12).
     """
+
+    supports_tangent: ClassVar[bool] = True  # forward(..., tangent=...) exists (module docstring)
 
     def __init__(
         self,
@@ -218,8 +281,13 @@ class DiT(nn.Module):
         idx = torch.where(labels == NULL_LABEL, torch.full_like(labels, self.num_classes), labels)
         return self.y_embedder(idx.long())
 
-    def forward(self, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
-        """u(z, r, t | labels).  z: [B, C, H, W]; r, t: [B]; labels: [B] int64 or None → [B, C, H, W]."""
+    def forward(self, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None = None,
+                tangent: tuple[Rows, Tensor, Tensor, Tensor] | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """u(z, r, t | labels).  z: [B, C, H, W]; r, t: [B]; labels: [B] int64 or None → [B, C, H, W].
+
+        With tangent = (rows, dz, dr, dt) returns (u, du): du [P, C, H, W] is the no-grad JVP of u along
+        (dz [P, C, H, W], dr [P], dt [P]) on ``rows`` ([P] int64 indices, a slice, or None: all rows).
+        """
         expected = (self.in_channels, *self.input_size)
         if z.ndim != 4 or tuple(z.shape[1:]) != expected:
             raise ValueError(f"z must have shape [B, {', '.join(map(str, expected))}], got {tuple(z.shape)}")
@@ -227,14 +295,56 @@ class DiT(nn.Module):
         for name, val in (("r", r), ("t", t)):
             if val.shape != (B,):
                 raise ValueError(f"{name} must have shape [{B}] (one time per sample), got {tuple(val.shape)}")
+        if tangent is not None:
+            return self._forward_with_tangent(z, r, t, labels, *self._check_tangent(tangent, B))
 
-        x = self.x_embedder(z).flatten(2).transpose(1, 2)  # [B, N, D], N = h·w
+        # Token-major memory from here on: every LayerNorm and Linear would otherwise copy x first.
+        x = self.x_embedder(z).flatten(2).transpose(1, 2).contiguous()  # [B, N, D], N = h·w
         x = x + self.pos_embed.to(x.dtype)  # [B, N, D]
         c = self.t_embedder(t) + self.d_embedder(t - r) + self.embed_labels(labels, B, z.device)  # [B, D]
         for block in self.blocks:
             x = block(x, c)  # [B, N, D]
         x = self.final_layer(x, c)  # [B, N, p·p·C]
         return self.unpatchify(x)  # [B, C, H, W]
+
+    def _check_tangent(self, tangent: tuple, batch: int) -> tuple[Rows, Tensor, Tensor, Tensor]:
+        """Refuse a malformed (rows, dz, dr, dt); errors name the offending part."""
+        if not isinstance(tangent, (tuple, list)) or len(tangent) != 4:
+            raise ValueError(f"tangent must be a tuple (rows, dz, dr, dt), got {type(tangent).__name__}")
+        rows, dz, dr, dt = tangent
+        if isinstance(rows, slice):
+            P = len(range(*rows.indices(batch)))
+        elif rows is None or (isinstance(rows, Tensor) and rows.ndim == 1 and rows.dtype == torch.long):
+            P = batch if rows is None else rows.shape[0]
+        else:
+            got = f"{rows.dtype} {tuple(rows.shape)}" if isinstance(rows, Tensor) else type(rows).__name__
+            raise ValueError(f"tangent rows must be None, a slice or a [P] int64 index tensor, got {got}")
+        expected = (P, self.in_channels, *self.input_size)
+        if tuple(dz.shape) != expected:
+            raise ValueError(f"tangent dz must have shape {list(expected)} (one per tangent row), got {tuple(dz.shape)}")
+        for name, val in (("dr", dr), ("dt", dt)):
+            if val.shape != (P,):
+                raise ValueError(f"tangent {name} must have shape [{P}] (one per row), got {tuple(val.shape)}")
+        return rows, dz, dr, dt
+
+    def _forward_with_tangent(self, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None, rows: Rows,
+                              dz: Tensor, dr: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+        """The ordinary forward's primal, op for op, with its tangent on ``rows`` beside it (see ``forward``)."""
+        dtype = torch.promote_types(self.x_embedder.weight.dtype, torch.float32)  # tangents in at least fp32
+        if dz.shape[0] == 0:  # no tangent rows: the ordinary forward and an empty tangent
+            return self.forward(z, r, t, labels), dz.new_zeros(dz.shape, dtype=dtype)
+        dz, dr, dt = dz.to(dtype), dr.to(dtype), dt.to(dtype)
+        x = self.x_embedder(z).flatten(2).transpose(1, 2).contiguous()  # [B, N, D]
+        dx = conv_patch_jvp(self.x_embedder, dz)  # [P, N, D]; the fixed positional embedding has no tangent
+        x = x + self.pos_embed.to(x.dtype)
+        c_t, dc_t = self.t_embedder(t, (rows, dt))
+        c_d, dc_d = self.d_embedder(t - r, (rows, dt - dr))  # Δ = t − r, dΔ = dt − dr
+        c = c_t + c_d + self.embed_labels(labels, z.shape[0], z.device)  # [B, D]; labels carry no tangent
+        dc = dc_t + dc_d  # [P, D]
+        for block in self.blocks:
+            x, dx = block(x, c, (rows, dx, dc))
+        x, dx = self.final_layer(x, c, (rows, dx, dc))
+        return self.unpatchify(x), self.unpatchify(dx)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -2,7 +2,8 @@
 
 Conditioning mirrors the DiT (SPEC §6.2): sinusoidal embeddings of t and t − r plus a label table
 with a null row (index num_classes; NULL_LABEL maps there). The output layer is zero-initialised,
-so u ≡ 0 at initialisation, like the DiT.
+so u ≡ 0 at initialisation, like the DiT. Its Linear layers skip the zero weight tangent under
+``torch.func.jvp`` (``alphaflow.models.tangent.Linear``); it has no tangent mode of its own.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 
 from alphaflow.conventions import NULL_LABEL
 from alphaflow.models.dit import TimestepEmbedder
+from alphaflow.models.tangent import Linear
 
 
 class MLP(nn.Module):
@@ -24,9 +26,9 @@ class MLP(nn.Module):
         self.t_embedder = TimestepEmbedder(hidden, time_scale=time_scale)
         self.d_embedder = TimestepEmbedder(hidden, time_scale=time_scale)
         self.y_embedder = nn.Embedding(num_classes + 1, hidden)
-        self.inp = nn.Linear(dim, hidden)
-        self.layers = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(depth)])
-        self.out = nn.Linear(hidden, dim)
+        self.inp = Linear(dim, hidden)
+        self.layers = nn.ModuleList([Linear(hidden, hidden) for _ in range(depth)])
+        self.out = Linear(hidden, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from alphaflow.conventions import expand_time
 from alphaflow.jvp import unwrap
 from alphaflow.objectives.base import Net, Objective, Sample, Terms, regression_components
-from alphaflow.objectives.meanflow import meanflow_target
+from alphaflow.objectives.meanflow import meanflow_prediction
 from alphaflow.schedules import Schedule, as_schedule, check_unit_interval, sigmoid
 
 SHIFT_VELOCITIES = ("velocity", "model")
@@ -66,13 +66,13 @@ class AlphaFlow(Objective):
         t, r, labels = sample.t, sample.r, sample.labels
         z, v_tilde = self.guided(net, x, sample)
         rows = r < t
-        if alpha == 0.0:
-            target = meanflow_target(net, z, r, t, labels, v_tilde, rows)
+        if alpha == 0.0:  # MeanFlow: the prediction and du/dt in one pass where the model allows it
+            pred, target = meanflow_prediction(net, z, r, t, labels, v_tilde)
             numerator: Tensor | float = 1.0
         else:
             target = self.discrete_target(net, z, r, t, labels, v_tilde, rows, alpha)
             numerator = torch.where(rows, alpha, 1.0).to(x.dtype)
-        pred = net(z, r, t, labels)
+            pred = net(z, r, t, labels)
         parts = regression_components(pred, target, v_tilde)
         if alpha == 0.0:
             parts["mf"] = parts["mse"]

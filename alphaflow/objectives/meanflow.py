@@ -3,28 +3,59 @@
     u_tgt = ṽ − (t − r)·sg(du/dt),   du/dt = ∂_z u·ṽ + ∂_t u   (JVP along (ṽ, 0, 1))
     L_MF  = E ‖u_θ(z_t, r, t) − u_tgt‖²,   weighted per sample by 1/(sg(‖Δ‖²) + c)^p
 
-On r = t rows u_tgt = ṽ (flow matching); the JVP runs only on the r < t rows, under no-grad,
-on the unwrapped module (``alphaflow.jvp``), then one ordinary forward with grad.
+On r = t rows u_tgt = ṽ (flow matching); du/dt is needed only on the r < t rows. The prediction
+and du/dt come from ``alphaflow.jvp.prediction_and_dudt``: one forward with the JVP riding along
+where the model has a tangent mode (the DiT), else a no-grad JVP then an ordinary forward.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from alphaflow.jvp import average_velocity_jvp
 from alphaflow.conventions import expand_time
+from alphaflow.jvp import average_velocity_jvp, prediction_and_dudt
 from alphaflow.objectives.base import Net, Objective, Sample, Terms, regression_components
+
+
+def target_from_dudt(v_tilde: Tensor, r: Tensor, t: Tensor, rows: Tensor, dudt: Tensor) -> Tensor:
+    """u_tgt [B, ...]: ṽ everywhere, ṽ − (t − r)·du/dt on ``rows`` ([P] int64), with dudt [P, ...].
+
+    Computed in at least fp32 (dudt's dtype), stored in ṽ's dtype; detached.
+    """
+    target = v_tilde.detach().clone()
+    if rows.shape[0]:
+        gap = (t - r).index_select(0, rows).to(dudt.dtype)
+        rows_v = v_tilde.detach().index_select(0, rows).to(dudt.dtype)
+        target.index_copy_(0, rows, (rows_v - expand_time(gap, dudt) * dudt).to(target.dtype))
+    return target
+
+
+def meanflow_prediction(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None,
+                        v_tilde: Tensor) -> tuple[Tensor, Tensor]:
+    """(u_θ(z, r, t) with grad, sg(u_tgt)), both [B, ...]; du/dt runs on the r < t rows only.
+
+    One host sync (the row indices). The prediction goes through ``net`` (DDP sees one forward).
+    """
+    rows = (r < t).nonzero().squeeze(1)  # [P]
+    pred, dudt = prediction_and_dudt(net, z, r, t, labels, v_tilde.detach().index_select(0, rows), rows)
+    return pred, target_from_dudt(v_tilde, r, t, rows, dudt)
 
 
 def meanflow_target(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None, v_tilde: Tensor,
                     rows: Tensor) -> Tensor:
-    """u_tgt [B, ...]: ṽ everywhere, ṽ − (t − r)·du/dt on ``rows`` ([B] bool, the r < t rows)."""
-    target = v_tilde.detach().clone()
-    if bool(rows.any()):
-        lab = None if labels is None else labels[rows]
-        _, dudt = average_velocity_jvp(net, z[rows], r[rows], t[rows], lab, v_tilde[rows])
-        target[rows] = v_tilde[rows] - expand_time(t[rows] - r[rows], dudt) * dudt
-    return target
+    """u_tgt [B, ...] alone, by the no-grad ``torch.func.jvp`` on ``rows`` ([B] bool, the r < t rows).
+
+    For callers that need the target without a prediction (and the reference the fast path is
+    tested against); training uses ``meanflow_prediction``.
+    """
+    index = rows.nonzero().squeeze(1)
+    if index.shape[0] == 0:
+        return v_tilde.detach().clone()
+    pick = lambda a: a.index_select(0, index)  # noqa: E731
+    lab = None if labels is None else pick(labels)
+    _, dudt = average_velocity_jvp(net, pick(z), pick(r), pick(t), lab, pick(v_tilde))
+    return target_from_dudt(v_tilde, r, t, index, dudt.to(torch.promote_types(dudt.dtype, torch.float32)))
 
 
 class MeanFlow(Objective):
@@ -39,8 +70,7 @@ class MeanFlow(Objective):
 
     def compute(self, net: Net, x: Tensor, sample: Sample, step: int) -> Terms:
         z, v_tilde = self.guided(net, x, sample)
-        target = meanflow_target(net, z, sample.r, sample.t, sample.labels, v_tilde, sample.r < sample.t)
-        pred = net(z, sample.r, sample.t, sample.labels)
+        pred, target = meanflow_prediction(net, z, sample.r, sample.t, sample.labels, v_tilde)
         parts = regression_components(pred, target, v_tilde)
         parts["mf"] = parts["mse"]
         return Terms(loss=self.weighted(parts["mse"]), components=parts, pred=pred, target=target,
