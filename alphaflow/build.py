@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from alphaflow.config import Config, ObjectiveConfig, from_dict
+from alphaflow.config import Config, ConfigError, ObjectiveConfig, from_dict
 from alphaflow.data import TrainData, build_dataset, check_data_options
 from alphaflow.models import build_for_data, check_model_name
 from alphaflow.runfolder import RunFolder
@@ -55,6 +55,29 @@ def preflight(cfg: Config) -> None:
     check_data_options(cfg.data.name, cfg.data.path)
     if cfg.data.vae_path is not None and not Path(cfg.data.vae_path).expanduser().exists():
         raise ValueError(f"data.vae_path {cfg.data.vae_path!r} does not exist (a local diffusers AutoencoderKL folder)")
+    check_compile(cfg)
+
+
+def check_compile(cfg: Config) -> None:
+    """``train.compile=true`` needs TorchDynamo on this Python and, on the CPU, the C++ compiler that
+    inductor calls (g++ or $CXX); refuse it before anything runs rather than at the first step.
+    Every objective compiles: only the prediction pass is compiled (see the trainer)."""
+    if not cfg.train.compile:
+        return
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        raise ConfigError("train.compile=true: torch.compile is not supported by this Python or platform; "
+                          "set train.compile=false")
+    if cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available()):
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()
+        except Exception as exc:  # inductor's own search: InvalidCxxCompiler, or a broken install
+            raise ConfigError("train.compile=true on the CPU needs the C++ compiler that torch.compile's inductor "
+                              f"calls (g++, or the one named by $CXX), and found none ({type(exc).__name__}); "
+                              "install g++ or set train.compile=false") from None
 
 
 def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunFolder, Config, TrainData, torch.nn.Module]:

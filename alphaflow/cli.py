@@ -285,14 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=1000)
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("bench", help="time one training step of FM, α-Flow, MeanFlow, the official pattern and a probe",
+    p = sub.add_parser("bench", help="time one training step of FM, α-Flow, MeanFlow, the official code, a probe",
                        description="Round-robin timing (median ms and median per-round ratio to flow matching), "
                                    "FLOPs and peak memory of one step (forward + backward, no optimiser step) "
                                    "per variant; see alphaflow/bench.py. Default: the digits recipe's DiT-T/2.")
     p.add_argument("--model", default="DiT-T/2", help="a registry model (see `alphaflow models`)")
     p.add_argument("--batch", type=int, default=48)
     p.add_argument("--shape", type=int, nargs="+", default=[1, 8, 8], metavar="N",
-                   help="sample shape: C H W for a DiT (default 1 8 8, the digits; e.g. 4 32 32 for latents), D for an MLP")
+                   help="sample shape: C H W for a DiT (default 1 8 8, the digits; 4 32 32 for latents), D for an MLP")
     p.add_argument("--classes", type=int, default=10, help="number of classes (0: unconditional)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=10, help="timed rounds over all variants")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s for the MFU (default: 989e12, H100 bf16)")
+    p.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s for the MFU (default 989e12: H100 bf16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=_cmd_bench)

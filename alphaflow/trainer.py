@@ -100,6 +100,16 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         run.truncate_metrics(state["step"])  # rows past the checkpoint are replayed, not duplicated
     model = net if not info.distributed else DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        # Calls through ``model`` run compiled: the prediction's forward and backward (with the DiT's
+        # tangent-mode JVP riding along it). Passes on unwrap(model) (no-grad targets, torch.func.jvp) stay
+        # eager, as do the EMA, samples, probes and checkpoints, which use ``net``. α and ratio_fm never
+        # enter the compiled region, so a schedule that changes every step does not recompile. Graphs of an
+        # earlier run in this process (an inline sweep) are dropped first: they share DiT.forward's cache,
+        # whose recompile limit they would use up, and torch 2.13 fails to re-check a tangent-mode graph
+        # against an r = t call (flow matching after MeanFlow). The on-disk cache still serves them.
+        torch.compiler.reset()
+        model = torch.compile(model)
 
     batches = EpochBatches(data, global_batch=cfg.train.batch_size, seed=cfg.seed, rank=info.rank,
                            world_size=info.world_size)

@@ -1,0 +1,299 @@
+"""``alphaflow bench``: the cost of one training step of each objective against flow matching (issue 7).
+
+A step here is the objective's forward (with its target passes: α-Flow's extra forward, MeanFlow's
+JVP) plus ``loss.mean().backward()``; the optimiser step is NOT included (it costs the same for every
+objective, and PERF.md's cost model counts forwards and backwards only). Gradients are set to None
+before every step. Variants (``VARIANTS``):
+
+    fm             flow matching, r = t on every row                       PERF.md: 1.00
+    alpha_mid      α-Flow at constant α = 0.5, its default ratio_fm 0.5     1 + p/3 ≈ 1.17
+    mf_p100        MeanFlow, the JVP on every row (ratio_fm = 0)            ≈ 1.35 ideal
+    mf_p25         MeanFlow, the JVP on 25 % of rows (ratio_fm = 0.75)      ≈ 1.09 ideal
+    official_p100  the official code's pattern at p = 1 (``official_step``)  ≈ 2.0 in stock eager PyTorch
+    probe          MeanFlow forward at p = 1, the gradients of L_TFM and L_TCC, their cosine (the
+                   training gradient is their sum, so this is a MeanFlow step plus one backward)
+
+Measurements, each after ``warmup`` untimed rounds, on one fixed random batch (x ~ N(0, I), random
+labels; the values do not change the cost) and a model nudged off DiT's zero init:
+- time: round-robin over the variants in one process (the order rotates every round), wall clock on
+  the CPU, CUDA events on the GPU; ``ms`` is the median, ``ratio`` the median of per-round ratios to fm;
+- ``flops``: ``torch.utils.flop_counter.FlopCounterMode`` over one step (matrix products and attention,
+  2 FLOPs per multiply-add; elementwise work is not counted);
+- ``peak_mem_bytes``: the peak of memory allocated during one step above what was allocated when it
+  began (activations, saved tensors, temporaries, the gradients); the parameters and the batch are
+  excluded. CUDA: ``max_memory_allocated`` after ``reset_peak_memory_stats`` (``peak_mem_total_bytes``
+  also counts what was allocated before). CPU: the torch profiler with ``profile_memory=True`` records
+  every allocation and free of the CPU allocator; the peak of their running sum in time order.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from alphaflow.conventions import expand_time, interpolate, velocity
+from alphaflow.models import build_for_data
+from alphaflow.objectives import AlphaFlow, FlowMatching, MeanFlow
+from alphaflow.objectives.base import adaptive_loss, element_mean
+from alphaflow.probes import gram_matrices, gram_summary
+
+VARIANTS = ("fm", "alpha_mid", "mf_p100", "mf_p25", "official_p100", "probe")
+H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM (PERF.md)
+# Issue 7's CPU targets: (what, variant, measure, bound); measure "ratio" is the time ratio to fm.
+TARGETS = (("mf_p100 time", "mf_p100", "ratio", 1.4), ("mf_p25 time", "mf_p25", "ratio", 1.15),
+           ("mf_p100 peak memory", "mf_p100", "mem", 1.1), ("mf_p25 peak memory", "mf_p25", "mem", 1.1))
+
+Step = Callable[[], None]
+
+
+def official_step(net: nn.Module, x: Tensor, labels: Tensor | None, drawer: MeanFlow,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """One step of the official code's MeanFlow pattern (SPEC §10.9, PERF.md); returns the loss.
+
+    du/dt by ``torch.autograd.functional.jvp`` (the double-backward trick: no forward-mode rules, two
+    extra backward-like passes, no graph kept) with attention on the MATH backend, then an ordinary
+    forward and backward. Same time sampling and target as ``MeanFlow``: u_tgt = ṽ − (t − r)·du/dt,
+    min–max (r, t) pairs, the adaptive weight. x: [B, ...]; labels: [B] or None.
+    """
+    s = drawer.draw(x, labels, generator=generator)
+    z, v = interpolate(x, s.eps, s.t), velocity(x, s.eps)
+    with sdpa_kernel([SDPBackend.MATH]):
+        _, dudt = torch.autograd.functional.jvp(lambda z_, r_, t_: net(z_, r_, t_, s.labels), (z, s.r, s.t),
+                                                (v, torch.zeros_like(s.r), torch.ones_like(s.t)))
+    target = (v - expand_time(s.t - s.r, dudt) * dudt).detach()
+    pred = net(z, s.r, s.t, s.labels)
+    loss = adaptive_loss(element_mean((pred.float() - target.float()) ** 2), 1.0, p=drawer.adaptive_p,
+                         c=drawer.adaptive_c).mean()
+    loss.backward()
+    return loss
+
+
+def make_steps(net: nn.Module, x: Tensor, labels: Tensor | None, *, bf16: bool = False,
+               generator: torch.Generator | None = None) -> dict[str, Step]:
+    """The variants' steps, each a no-argument callable that accumulates into ``.grad``."""
+    autocast = functools.partial(torch.autocast, x.device.type, dtype=torch.bfloat16, enabled=bf16)
+    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+
+    def objective_step(objective) -> Step:
+        def step() -> None:
+            with autocast():
+                terms = objective(net, x, labels, generator=generator)
+            terms.loss.float().mean().backward()
+        return step
+
+    def official() -> None:
+        with autocast():
+            official_step(net, x, labels, MeanFlow(ratio_fm=0.0), generator)
+
+    def probe() -> None:  # the trainer's online probe, two terms (alphaflow.probes)
+        with autocast():
+            mf = MeanFlow(ratio_fm=0.0)(net, x, labels, generator=generator)
+        terms = {"tfm": mf.components["tfm"].float().mean(), "tcc": mf.components["tcc"].float().mean()}
+        gram = gram_matrices(terms, params)["all"]
+        gram_summary(gram, list(terms), {k: float(v.detach()) for k, v in terms.items()})
+
+    return {"fm": objective_step(FlowMatching()), "alpha_mid": objective_step(AlphaFlow(alpha=0.5)),
+            "mf_p100": objective_step(MeanFlow(ratio_fm=0.0)), "mf_p25": objective_step(MeanFlow(ratio_fm=0.75)),
+            "official_p100": official, "probe": probe}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(step: Step, device: torch.device) -> float:
+    """Milliseconds of one call: CUDA events on the GPU, ``perf_counter`` on the CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        _sync(device)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    step()
+    return (time.perf_counter() - t0) * 1e3
+
+
+class _TotalOnly:
+    """Stands in for ``FlopCounterMode``'s per-module tracker: we need the total only, and the
+    tracker's gradient hooks make ``autograd.grad`` over a leaf fail (the double-backward JVP)."""
+
+    parents = ("Global",)
+
+    def __enter__(self) -> "_TotalOnly":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def count_flops(step: Step) -> int:
+    """FLOPs of one call (``FlopCounterMode``: matrix products, convolutions, attention)."""
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _TotalOnly()
+    with counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def peak_memory(step: Step, device: torch.device) -> tuple[int, int]:
+    """(peak above the start, peak in total) in bytes over one call; see the module docstring.
+
+    On the CPU the total is not known (the allocator keeps no statistics) and is returned as -1.
+    """
+    if device.type == "cuda":
+        _sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        _sync(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        return peak - base, peak
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    # the raw allocator records (bytes > 0 allocated, < 0 freed), in time order
+    records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in records:
+        live += nbytes
+        peak = max(peak, live)
+    return peak, -1
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" → cuda when available, else cpu; cuda without CUDA is a ValueError."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but CUDA is not available to this torch "
+                         f"({torch.__version__}); use --device cpu")
+    return torch.device(device)
+
+
+def run_bench(model: str = "DiT-T/2", *, batch: int = 48, shape: tuple[int, ...] = (1, 8, 8), classes: int = 10,
+              device: str = "auto", precision: str = "auto", rounds: int = 10, warmup: int = 2,
+              threads: int | None = None, peak_flops: float = H100_BF16_PEAK, seed: int = 0,
+              variants: tuple[str, ...] = VARIANTS) -> dict:
+    """Bench ``variants`` of one step (module docstring); raises ValueError on bad inputs.
+
+    Defaults: the embedded recipe (DiT-T/2 on the digits' 1×8×8 with 10 classes, batch 48).
+    Returns {variant: {ms, ratio, flops, flops_ratio, peak_mem_bytes, images_per_s, [mfu,
+    peak_mem_total_bytes on cuda]}, "meta": {...}}; fm must be among ``variants`` (the reference).
+    """
+    _check_inputs(batch=batch, rounds=rounds, warmup=warmup, threads=threads, classes=classes, shape=shape,
+                  peak_flops=peak_flops, precision=precision, variants=variants)
+    dev = resolve_device(device)
+    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _bench(model, batch, tuple(shape), classes, dev, bf16, rounds, warmup, peak_flops, seed, variants)
+    finally:
+        torch.set_num_threads(previous_threads)  # a library call leaves the process as it found it
+
+
+def _check_inputs(*, batch: int, rounds: int, warmup: int, threads: int | None, classes: int,
+                  shape: tuple[int, ...], peak_flops: float, precision: str, variants: tuple[str, ...]) -> None:
+    for name, value, low in (("--batch", batch, 1), ("--rounds", rounds, 1), ("--warmup", warmup, 0),
+                             ("--threads", 1 if threads is None else threads, 1), ("--classes", classes, 0)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if not peak_flops > 0:
+        raise ValueError(f"--peak-flops must be > 0, got {peak_flops}")
+    if any(n < 1 for n in shape):
+        raise ValueError(f"--shape entries must be >= 1, got {list(shape)}")
+    if any(v not in VARIANTS for v in variants) or "fm" not in variants:
+        raise ValueError(f"variants must include fm and come from {list(VARIANTS)}, got {list(variants)}")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+
+
+def _bench(model: str, batch: int, shape: tuple[int, ...], classes: int, dev: torch.device, bf16: bool,
+           rounds: int, warmup: int, peak_flops: float, seed: int, variants: tuple[str, ...]) -> dict:
+    torch.manual_seed(seed)
+    net = build_for_data(model, shape, classes).to(dev)  # ValueError with close matches
+    with torch.no_grad():  # off the zero init, so every term and gradient is non-zero
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    x = torch.randn(batch, *shape, generator=gen, device=dev)
+    labels = torch.randint(0, classes, (batch,), generator=gen, device=dev) if classes else None
+    steps = {k: v for k, v in make_steps(net, x, labels, bf16=bf16, generator=gen).items() if k in variants}
+
+    def measure(how: Callable, name: str):  # grads to None first, outside the measurement
+        net.zero_grad(set_to_none=True)
+        return how(steps[name])
+
+    for _ in range(warmup):
+        for name in steps:
+            measure(lambda step: step(), name)
+    names, times = list(steps), {name: [] for name in steps}
+    for i in range(rounds):  # round-robin, the order rotating every round
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            times[name].append(measure(lambda step: time_step(step, dev), name))
+    out: dict = {}
+    for name in steps:
+        flops = measure(count_flops, name)
+        peak, total = measure(lambda step: peak_memory(step, dev), name)
+        ms = statistics.median(times[name])
+        out[name] = {"ms": ms, "ratio": statistics.median(t / f for t, f in zip(times[name], times["fm"])),
+                     "flops": flops, "peak_mem_bytes": peak, "images_per_s": batch / (ms / 1e3)}
+        if dev.type == "cuda":
+            out[name].update(peak_mem_total_bytes=total, mfu=flops / (ms / 1e3) / peak_flops)
+    for row in out.values():
+        row["flops_ratio"] = row["flops"] / out["fm"]["flops"]
+    out["meta"] = {"model": model, "batch": batch, "shape": list(shape), "classes": classes, "device": str(dev),
+                   "precision": "bf16" if bf16 else "fp32", "threads": torch.get_num_threads(), "rounds": rounds,
+                   "warmup": warmup, "optimizer_step": False, "peak_flops": peak_flops, "torch": torch.__version__,
+                   "targets": check_targets(out)}
+    return out
+
+
+def check_targets(results: dict) -> list[dict]:
+    """Issue 7's CPU targets (``TARGETS``) on the variants present: value, bound and pass/fail."""
+    checks = []
+    for what, name, measure, bound in TARGETS:
+        if name not in results:
+            continue
+        value = (results[name]["ratio"] if measure == "ratio"
+                 else results[name]["peak_mem_bytes"] / max(results["fm"]["peak_mem_bytes"], 1))
+        checks.append({"target": what, "value": value, "bound": bound, "ok": value <= bound})
+    return checks
+
+
+def format_table(results: dict) -> str:
+    """The human output: one line of conditions, an aligned table, one line of target checks."""
+    meta = results["meta"]
+    cuda = meta["device"].startswith("cuda")
+    lines = [f"threads {meta['threads']}, device {meta['device']} ({meta['precision']}), model {meta['model']}, "
+             f"batch {meta['batch']} of {'x'.join(map(str, meta['shape']))}, {meta['rounds']} rounds after "
+             f"{meta['warmup']} warm-up; a step = objective forward + loss.mean().backward(), no optimiser step"]
+    head = f"{'variant':<14} {'ms':>9} {'ratio':>6} {'GFLOP':>9} {'flops×':>6} {'peak MiB':>9} {'img/s':>9}"
+    lines += [head + (f" {'MFU':>6}" if cuda else ""), "-" * (len(head) + (7 if cuda else 0))]
+    for name, r in results.items():
+        if name == "meta":
+            continue
+        line = (f"{name:<14} {r['ms']:>9.2f} {r['ratio']:>6.2f} {r['flops'] / 1e9:>9.3f} {r['flops_ratio']:>6.2f} "
+                f"{r['peak_mem_bytes'] / 2**20:>9.2f} {r['images_per_s']:>9.0f}")
+        lines.append(line + (f" {r['mfu']:>6.1%}" if cuda else ""))
+    checks = meta["targets"]
+    if checks:
+        verdict = "PASS" if all(c["ok"] for c in checks) else "FAIL"
+        parts = [f"{c['target']} {c['value']:.2f} ≤ {c['bound']:.2f} {'ok' if c['ok'] else 'FAIL'}" for c in checks]
+        lines.append(f"issue 7 CPU targets: {verdict} ({'; '.join(parts)})")
+    return "\n".join(lines)
