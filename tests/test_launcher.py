@@ -93,8 +93,16 @@ def test_preempted_job_checkpoints_at_a_step_boundary_requeues_and_resumes_exact
     assert all(torch.equal(a[k], b[k]) for k in a), "the requeued run must match an uninterrupted one"
 
 
-def test_failed_run_is_reported_and_retried_only_when_asked(tmp_path, capsys):
+def test_a_run_that_cannot_start_is_refused_before_submission(tmp_path, capsys):
     path = sweep_file(tmp_path, 4, "{bad: {data.name: cifar10, data.path: /nonexistent}}")
+    assert main(["sweep", str(path), "--root", str(tmp_path / "root"), "--executor", "local"]) == 2
+    assert "data.path '/nonexistent' does not exist" in capsys.readouterr().out
+    assert not (tmp_path / "root").exists()
+
+
+def test_failed_run_is_reported_and_retried_only_when_asked(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()  # exists, so preflight passes; the job fails when it reads the batches
+    path = sweep_file(tmp_path, 4, f"{{bad: {{data.name: cifar10, data.path: {tmp_path / 'empty'}}}}}")
     root = tmp_path / "root"
     assert main(["sweep", str(path), "--root", str(root), "--executor", "local"]) == 0
     sweep = load_sweep(path)
@@ -102,7 +110,7 @@ def test_failed_run_is_reported_and_retried_only_when_asked(tmp_path, capsys):
     with pytest.raises(Exception):
         launcher.submitit.local.local.LocalJob(root / ".submitit", job_id).result()
     status = launcher.run_status(root, sweep.runs[0].name)
-    assert status.state == "failed" and "data.path" in status.detail
+    assert status.state == "failed" and "lacks data_batch_1" in status.detail
     capsys.readouterr()
     assert main(["sweep", str(path), "--root", str(root), "--status"]) == 0
     assert "failed" in capsys.readouterr().out
