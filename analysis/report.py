@@ -23,6 +23,7 @@ from .plots import save_figures
 from .probes import markdown_table
 from .runfiles import STATUSES
 from .runplots import fig_metric
+from .runfiles import variant_of
 from .runs import Runs, load_runs
 from .samples import fig_sample_grids
 from .schedules import fig_schedules
@@ -48,15 +49,39 @@ def probe_frames(runs: Runs) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(curves, table): the probe frame the figures draw and the one the conflict table summarises.
 
     Offline probes (probes.jsonl; raw weights where present) draw the curves when some run has two or more
-    checkpoints, else the online ``probe_*`` values do; the table uses offline probes whenever there are any.
+    checkpoints, else the online ``probe_*`` values do, pooled over seeds (``pool_seeds``); the table uses
+    offline probes whenever there are any.
     """
     offline = runs.probes
     if not offline.empty and "weights" in offline.columns and (offline["weights"] == "raw").any():
         offline = offline[offline["weights"] == "raw"]
     online = online_probes(runs)
     points = int(offline.groupby("run")["step"].nunique().max()) if not offline.empty else 0
-    curves = offline if (points >= 2 or online.empty) else online
+    curves = offline if (points >= 2 or online.empty) else pool_seeds(online)
     return curves, (offline if not offline.empty else online)
+
+
+def pool_seeds(df: pd.DataFrame) -> pd.DataFrame:
+    """Online probe curves pooled over the seeds of each variant: per (variant, step) the mean of every
+    quantity, with the seeds' min and max as the ``_p05``/``_p95`` band the figures shade.
+
+    One batch per online probe makes single-run curves noisy; with several seeds per variant one line
+    with its seed range reads better. ``label`` becomes "<variant> (n seeds, band: seed range)".
+    A frame whose variants each have one run, or that already has bands, is returned unchanged.
+    """
+    if df.empty or any(c.endswith("_p05") for c in df.columns):
+        return df
+    df = df.assign(variant=[variant_of(str(r)) for r in df["run"]])
+    seeds = df.groupby("variant")["run"].nunique()
+    if seeds.max() < 2:
+        return df.drop(columns="variant")
+    values = [c for c in df.columns if c not in ("run", "label", "step", "variant", "weights")
+              and pd.api.types.is_numeric_dtype(df[c])]
+    grouped = df.groupby(["variant", "step"])[values]
+    out = grouped.mean()
+    out = out.join(grouped.min().add_suffix("_p05")).join(grouped.max().add_suffix("_p95")).reset_index()
+    out["label"] = [f"{v} ({seeds[v]} seeds, band: seed range)" if seeds[v] > 1 else v for v in out["variant"]]
+    return out.rename(columns={"variant": "run"})
 
 
 def headline(root: Path, quality: pd.DataFrame, conflict: pd.DataFrame, conflict_source: str) -> str:

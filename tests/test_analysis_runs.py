@@ -262,3 +262,18 @@ def test_write_report_writes_the_files(sweep):
     assert "No eval.jsonl rows" in head, "the golden eval row predates the metric/value format"
     assert "Gradient conflict per variant (offline probes, probes.jsonl)" in head and "meanflow-fm75" in head
     assert head in md, "summary.md opens with the headline"
+
+
+def test_pool_seeds_averages_online_probes_per_variant_with_the_seed_range_as_band():
+    from analysis.report import pool_seeds
+
+    df = pd.DataFrame({"run": ["mf-s0-0123456789", "mf-s1-abcdef0123", "mf-s0-0123456789", "fm-s0-9876543210"],
+                       "label": ["a", "b", "a", "c"], "step": [50, 50, 100, 50],
+                       "cos_tfm_tcc": [-0.5, -0.75, -1.0, 0.25]})
+    out = pool_seeds(df).set_index(["run", "step"])
+    assert out.loc[("mf", 50), "cos_tfm_tcc"] == -0.625
+    assert (out.loc[("mf", 50), "cos_tfm_tcc_p05"], out.loc[("mf", 50), "cos_tfm_tcc_p95"]) == (-0.75, -0.5)
+    assert out.loc[("mf", 100), "cos_tfm_tcc"] == -1.0 and out.loc[("fm", 50), "cos_tfm_tcc"] == 0.25
+    assert out.loc[("mf", 50), "label"] == "mf (2 seeds, band: seed range)" and out.loc[("fm", 50), "label"] == "fm"
+    single = df[df["run"] != "mf-s1-abcdef0123"]
+    assert pool_seeds(single).equals(single), "one run per variant: nothing to pool"
