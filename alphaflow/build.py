@@ -56,6 +56,26 @@ def preflight(cfg: Config) -> None:
     if cfg.data.vae_path is not None and not Path(cfg.data.vae_path).expanduser().exists():
         raise ValueError(f"data.vae_path {cfg.data.vae_path!r} does not exist (a local diffusers AutoencoderKL folder)")
     check_compile(cfg)
+    check_eval(cfg)
+
+
+def check_eval(cfg: Config) -> None:
+    """``eval.every`` / ``eval.final`` need their extractor's weights up front, and a reference the trainer can
+    compute: latent runs take theirs from the original images, which only ``alphaflow eval --ref-images`` has."""
+    if not (cfg.eval.every or cfg.eval.final):
+        return
+    from alphaflow.evaluate import WEIGHTS_SOURCES, parse_metrics, weights_path  # evaluate imports this module
+
+    if cfg.data.name == "latents":
+        raise ConfigError("eval.every / eval.final: a latent run's reference statistics come from the images the "
+                          "latents were encoded from; evaluate it with `alphaflow eval RUN --ref-images FOLDER` "
+                          "(or --ref-stats FILE.npz) and leave eval.every=0, eval.final=false")
+    for ext in parse_metrics(cfg.eval.metric, cfg.data.name):
+        if ext in WEIGHTS_SOURCES:
+            try:
+                weights_path(ext, None)
+            except ValueError as exc:
+                raise ConfigError(f"eval.metric: {exc}") from None
 
 
 def check_compile(cfg: Config) -> None:

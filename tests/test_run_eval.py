@@ -70,3 +70,16 @@ def test_a_finished_run_is_not_evaluated_twice(evaluated_run):
 def test_bad_eval_settings_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, SMALL + [override])
+
+
+def test_in_run_evaluation_that_cannot_work_is_refused_before_training(monkeypatch, tmp_path):
+    from alphaflow.build import preflight
+
+    monkeypatch.delenv("ALPHAFLOW_INCEPTION_WEIGHTS", raising=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="eval.metric: .*ALPHAFLOW_INCEPTION_WEIGHTS"):
+        preflight(load_config(None, SMALL + ["eval.final=true", "eval.metric=fid"]))
+    with pytest.raises(ConfigError, match="--ref-images"):
+        preflight(load_config(None, ["data.name=latents", f"data.path={tmp_path / 'empty'}", "eval.every=50"]))
+    preflight(load_config(None, SMALL + ["eval.final=true"]))  # digits: nothing to fetch, accepted
+
