@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .probes import load_online_probes, load_probes
+from .probes import checkpoints_per_run, load_online_probes, load_probes, offline_makes_curves
 from .runs import Runs
 from .samples import sample_index
 
@@ -104,8 +104,8 @@ def pick_probes(root: str | Path, *, weights: str = "raw", source: str = "auto")
     if not offline.empty and "weights" in offline.columns and (offline["weights"] == weights).any():
         offline = offline[offline["weights"] == weights].reset_index(drop=True)
     online = load_online_probes(root) if source != "offline" else pd.DataFrame()
-    points = int(offline.groupby("run")["step"].nunique().max()) if not offline.empty else 0
-    if source == "offline" or (source == "auto" and not offline.empty and (points >= 2 or online.empty)):
+    points = checkpoints_per_run(offline)
+    if source == "offline" or (source == "auto" and offline_makes_curves(offline, online)):
         if offline.empty:
             print(f"no probes.jsonl under {root}: run `alphaflow probe RUN_DIR` on each run")
         else:

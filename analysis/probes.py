@@ -162,6 +162,18 @@ def load_online_probes(root: str | Path, *, prefix: str = "probe_") -> pd.DataFr
     return df
 
 
+def checkpoints_per_run(probes: pd.DataFrame) -> int:
+    """The most probed checkpoints any run has in ``probes`` (0 when empty)."""
+    return int(probes.groupby("run")["step"].nunique().max()) if not probes.empty else 0
+
+
+def offline_makes_curves(offline: pd.DataFrame, online: pd.DataFrame) -> bool:
+    """Whether figures over training should draw the offline probes: yes where some run was probed at two or
+    more checkpoints (a curve), or where there are no online probes to draw instead; a run probed only at its
+    end (``probe.final``) is one point, and the online ``probe_*`` values make the better curve."""
+    return not offline.empty and (checkpoints_per_run(offline) >= 2 or online.empty)
+
+
 def latest_per_step(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (run, weights, step): the last one written (a re-probe replaces an earlier record)."""
     keys = [c for c in ("run", "weights", "step") if c in df.columns]

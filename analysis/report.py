@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from .plots import save_figures
-from .probes import markdown_table
+from .probes import markdown_table, offline_makes_curves
 from .runfiles import STATUSES
 from .runplots import fig_metric
 from .runfiles import variant_of
@@ -56,8 +56,7 @@ def probe_frames(runs: Runs) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not offline.empty and "weights" in offline.columns and (offline["weights"] == "raw").any():
         offline = offline[offline["weights"] == "raw"]
     online = online_probes(runs)
-    points = int(offline.groupby("run")["step"].nunique().max()) if not offline.empty else 0
-    curves = offline if (points >= 2 or online.empty) else pool_seeds(online)
+    curves = offline if offline_makes_curves(offline, online) else pool_seeds(online)
     return curves, (offline if not offline.empty else online)
 
 
