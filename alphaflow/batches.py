@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 class EpochBatches:
     """Batch number → (raw [b, ...], labels [b]) for one rank. Picklable (DataLoader workers)."""
 
-    def __init__(self, data, *, global_batch: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, data, *, global_batch: int, seed: int, rank: int = 0, world_size: int = 1,
+                 pin_memory: bool = False) -> None:
         if global_batch % world_size:
             raise ValueError(f"train.batch_size={global_batch} must be divisible by the number of processes ({world_size})")
         if global_batch > len(data):
@@ -27,6 +28,7 @@ class EpochBatches:
         self.data, self.global_batch, self.seed = data, global_batch, seed
         self.rank, self.per_rank = rank, global_batch // world_size
         self.per_epoch = len(data) // global_batch
+        self.pin_memory = pin_memory  # page-locked host batches: the copy to the GPU can overlap the step
         self._perm: tuple[int, Tensor] | None = None
 
     def indices(self, batch_no: int) -> Tensor:
@@ -41,9 +43,12 @@ class EpochBatches:
         return self.data.get(self.indices(batch_no))
 
     def iterate(self, start: int, stop: int, workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """Batches start, start + 1, …, stop − 1, prefetched by ``workers`` processes when > 0."""
+        """Batches start, start + 1, …, stop − 1, prefetched by ``workers`` processes when > 0
+        (pinned when ``pin_memory``, so ``.to(device, non_blocking=True)`` does not block the host)."""
         if workers <= 0:
-            return (self[j] for j in range(start, stop))
+            if not self.pin_memory:
+                return (self[j] for j in range(start, stop))
+            return (tuple(t.pin_memory() for t in self[j]) for j in range(start, stop))
         loader = DataLoader(self, batch_size=None, sampler=range(start, stop), num_workers=workers,
-                            persistent_workers=False, prefetch_factor=2)
+                            persistent_workers=False, prefetch_factor=2, pin_memory=self.pin_memory)
         return iter(loader)

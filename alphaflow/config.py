@@ -184,6 +184,8 @@ class TrainConfig:
     max_nonfinite: int = 20  # stop after this many consecutive non-finite losses
     threads: int | None = None  # torch CPU threads
     compile: bool = False
+    tf32: bool = True  # CUDA: TF32 tensor cores for the fp32 matmuls and convolutions (sampling, probes, tangents)
+    dist_timeout_min: float = 60.0  # process-group timeout; rank 0's in-run evaluation must fit inside it
 
 
 @dataclass
@@ -210,6 +212,7 @@ class ProbeConfig:
     final: bool = False   # at the end, the offline protocol (``alphaflow probe``) on the last checkpoint
     batches: int = 16     # ... with this many fresh batches
     batch_size: int = 64  # ... of this size
+    chunk_size: int = 0   # rows per forward/backward chunk of a probe (0: the whole batch); same numbers, less memory
 
 
 @dataclass
@@ -230,6 +233,8 @@ class EvalConfig:
     nfe: list[int] = field(default_factory=lambda: [1, 2])
     metric: str | None = None
     seed: int = 0
+    batch_size: int = 256  # samples generated per batch
+    decode_batch_size: int = 32  # latent runs: samples decoded by the VAE at once
 
 
 @dataclass
@@ -475,11 +480,11 @@ def _check_types(cfg: Config) -> None:
 # Numeric rules by key: (rule, test). Optional fields may also be null.
 _AT_LEAST_ONE = ("train.steps", "train.batch_size", "train.log_every", "train.ckpt_every", "train.max_nonfinite",
                  "train.threads", "data.resolution", "data.toy_size", "data.stats_samples", "sample.num",
-                 "probe.batches", "probe.batch_size")
+                 "probe.batches", "probe.batch_size", "eval.batch_size", "eval.decode_batch_size")
 _AT_LEAST_TWO = ("eval.num_samples", "eval.final_samples")  # a covariance needs two samples
-_POSITIVE = ("optim.lr", "optim.eps", "optim.grad_clip", "ema.halflife_steps", "ema.rampup_ratio",
+_POSITIVE = ("train.dist_timeout_min", "optim.lr", "optim.eps", "optim.grad_clip", "ema.halflife_steps", "ema.rampup_ratio",
              "model.time_scale", "objective.adaptive_c", "objective.clip")
-_NON_NEGATIVE = ("seed", "train.keep_every", "train.sample_every", "optim.weight_decay", "optim.warmup_steps",
+_NON_NEGATIVE = ("seed", "probe.chunk_size", "train.keep_every", "train.sample_every", "optim.weight_decay", "optim.warmup_steps",
                  "data.workers", "objective.adaptive_p")
 _CHOICES = {"train.device": DEVICES, "train.precision": PRECISIONS, "sample.sampler": SAMPLERS}
 

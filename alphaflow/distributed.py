@@ -8,12 +8,22 @@ Rank information comes from the environment, in this order:
     MASTER_PORT must then be set by the job script);
   * otherwise a single process.
 The backend is NCCL on CUDA and gloo on CPU.
+
+Every collective of the package goes through this module (a test keeps it that way), and each one
+refuses a tensor that is not on the run's device: a process group initialised with NCCL accepts
+only CUDA tensors ("No backend type associated with device type cpu"), while gloo on a CPU run
+takes anything, so a CPU-built tensor on a logging path would pass every CPU test and crash the
+first multi-GPU run at its first log tick. The check runs in one process too, where it is cheap
+(a device comparison), so CPU tests see the same rule. Scalars are reduced with ``mean_over_ranks``,
+which builds its tensor on the run's device itself.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -59,18 +69,28 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
-def init_distributed(device_preference: str = "auto") -> DistInfo:
-    """Join the process group described by the environment (or none) and pick the device."""
+def init_distributed(device_preference: str = "auto", timeout_min: float = 60.0) -> tuple[DistInfo, bool]:
+    """Join the process group described by the environment (or none) and pick the device.
+
+    Returns the rank information and whether this call created the process group (then the caller
+    destroys it at the end; a group the caller made before, e.g. a test or a notebook, is left alone).
+    ``timeout_min`` bounds every collective: NCCL's default of 10 minutes is shorter than rank 0's
+    in-run evaluation or a checkpoint of a large model on a slow file system, while the other ranks
+    wait in a barrier.
+    """
     rank, world, local = _env_ranks()
     device = resolve_device(device_preference, local)
+    created = False
     if world > 1 and not dist.is_initialized():
         os.environ.setdefault("RANK", str(rank))
         os.environ.setdefault("WORLD_SIZE", str(world))
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
-                                rank=rank, world_size=world)
-    return DistInfo(rank, world, local, device)
+                                rank=rank, world_size=world, timeout=datetime.timedelta(minutes=timeout_min),
+                                device_id=device if device.type == "cuda" else None)
+        created = True
+    return DistInfo(rank, world, local, device), created
 
 
 def shutdown() -> None:
@@ -78,13 +98,42 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def set_tf32(enabled: bool, device: torch.device) -> None:
+    """On CUDA, let fp32 matrix products and convolutions use TF32 tensor cores (``train.tf32``).
+
+    Training's matmuls run in bf16 under autocast and are unaffected; what runs in fp32 is sampling, the
+    probes, evaluation and the DiT's attention tangent, which TF32 makes several times faster at a relative
+    error of about 1e-3 per product. Off gives IEEE fp32 everywhere. A no-op on the CPU.
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+def check_device(values: torch.Tensor, info: DistInfo, what: str = "a collective") -> None:
+    """Refuse a tensor that is not on the run's device (NCCL takes CUDA tensors only; see the module docstring)."""
+    if values.device != info.device:
+        raise RuntimeError(f"{what} got a tensor on {values.device}, but this run's device is {info.device}: "
+                           "build it on the run's device (NCCL accepts only CUDA tensors)")
+
+
 def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Mean over ranks (identity in one process)."""
+    """Mean over ranks (identity in one process). ``values`` must live on ``info.device``."""
+    check_device(values, info, "all_reduce_mean")
     if info.distributed:
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         values /= info.world_size
     return values
+
+
+def mean_over_ranks(values: Sequence[float], info: DistInfo) -> list[float]:
+    """Host numbers → their means over ranks, as host numbers: one float64 tensor on the run's device,
+    one all-reduce, one device-to-host transfer. The identity in one process."""
+    if not info.distributed or not values:
+        return [float(v) for v in values]
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=info.device)
+    return all_reduce_mean(tensor, info).tolist()
 
 
 def gather_objects(obj: object, info: DistInfo) -> list[object]:
@@ -98,4 +147,5 @@ def gather_objects(obj: object, info: DistInfo) -> list[object]:
 
 def barrier(info: DistInfo) -> None:
     if info.distributed:
-        dist.barrier()
+        # NCCL: name the device, or the barrier guesses one from the rank and can hang on a mismatch
+        dist.barrier(device_ids=[info.device.index] if info.device.type == "cuda" else None)

@@ -31,11 +31,11 @@ from alphaflow.data import build_dataset
 from alphaflow.data.base import TrainData
 from alphaflow.data.imagefolder import ImageFolderData
 from alphaflow.data.latent_data import LatentData
-from alphaflow.distributed import resolve_device
+from alphaflow.distributed import resolve_device, set_tf32
 from alphaflow.metrics import (EXTRACTORS, METRIC_NAMES, FeatureExtractor, FeatureStats, StatsAccumulator,
                                frechet_distance)
 from alphaflow.metrics.features import default_cache_dir
-from alphaflow.probe_run import select_checkpoints
+from alphaflow.probe_run import load_weights, select_checkpoints
 from alphaflow.runfolder import append_jsonl
 from alphaflow.snapshots import sampler_for
 from alphaflow.sampling import generate
@@ -206,7 +206,12 @@ def compute_reference_stats(data_name: str, *, path: str | None = None, resoluti
 def sample_stats(net: torch.nn.Module, data: TrainData, extractors: Sequence[FeatureExtractor], *, nfe: int,
                  sampler: str, t_mid: float, num_samples: int, labels: str, seed: int,
                  batch: int = 256) -> list[FeatureStats]:
-    """Each extractor's feature statistics of the same ``num_samples`` samples drawn from fixed seeds."""
+    """Each extractor's feature statistics of the same ``num_samples`` samples drawn from fixed seeds.
+
+    ``batch`` samples are generated at a time (a latent dataset decodes them ``decode_batch_size`` at a
+    time). The noise is drawn batch by batch, so the samples depend on ``batch``: keep it fixed (``eval.batch_size``)
+    when comparing numbers.
+    """
     device = next(net.parameters()).device
     noise_gen, label_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     accs = [StatsAccumulator() for _ in extractors]
@@ -253,10 +258,13 @@ def evaluate_run(run_dir: str | Path, *, nfe: Sequence[int] = (1, 2), sampler: s
                  seed: int = 0, checkpoint: str = "last", weights: str = "ema", cache_dir: str | Path | None = None,
                  device: str = "auto", inception_weights: str | None = None, dinov2: str | None = None,
                  ref_stats: Sequence[str] | None = None, ref_images: str | None = None,
+                 batch_size: int | None = None, decode_batch_size: int | None = None,
                  log: Callable[[str], None] = print) -> list[dict]:
     """Evaluate one checkpoint of a run at each NFE and metric; appends to and returns the eval.jsonl rows.
 
     ``extractor``: metric name(s) (digits, fid, fdd; a list or comma list), None for the dataset's default.
+    ``batch_size`` / ``decode_batch_size``: samples generated / decoded by the VAE at once (None: the run's
+    ``eval.batch_size`` / ``eval.decode_batch_size``).
     """
     if labels not in ("random", "balanced"):
         raise ValueError(f"--labels must be random or balanced, got {labels!r}")
@@ -266,6 +274,11 @@ def evaluate_run(run_dir: str | Path, *, nfe: Sequence[int] = (1, 2), sampler: s
         raise ValueError(f"--num-samples must be >= 2, got {num_samples}")
     dev = resolve_device(device)
     run, cfg, data, net = open_run(run_dir, dev)
+    set_tf32(cfg.train.tf32, dev)
+    batch_size = cfg.eval.batch_size if batch_size is None else batch_size
+    decode_batch_size = cfg.eval.decode_batch_size if decode_batch_size is None else decode_batch_size
+    if batch_size < 1 or decode_batch_size < 1:
+        raise ValueError(f"--batch-size and --decode-batch-size must be >= 1, got {batch_size} and {decode_batch_size}")
     chosen = select_checkpoints(run, str(checkpoint))
     if len(chosen) != 1:
         raise ValueError(f"--checkpoint takes last or one step, got {checkpoint!r}")
@@ -281,16 +294,17 @@ def evaluate_run(run_dir: str | Path, *, nfe: Sequence[int] = (1, 2), sampler: s
     if isinstance(data, LatentData):  # samples are latents: decode them with the run's VAE
         if cfg.data.vae_path is None:
             raise ValueError("a latent run needs data.vae_path (the VAE folder) to decode samples for evaluation")
-        data.attach_decoder(cfg.data.vae_path, dev)
-    ckpt = torch.load(path, map_location=dev, weights_only=False)
-    net.load_state_dict(ckpt["ema" if weights == "ema" else "net"])
-    data.load_state_dict(ckpt["data_stats"])
+        data.attach_decoder(cfg.data.vae_path, dev, batch_size=decode_batch_size)
+    state, stats = load_weights(path, "ema" if weights == "ema" else "net")  # read on the CPU, one state dict kept
+    net.load_state_dict(state)
+    data.load_state_dict(stats)
+    del state
     net.eval()
     chosen = sampler_for(objective_from_config(cfg.objective, cfg.train.steps).name, sampler)
     rows = []
     for k in nfe:
         stats = sample_stats(net, data, feats, nfe=k, sampler=chosen, t_mid=t_mid, num_samples=num_samples,
-                             labels=labels, seed=seed)
+                             labels=labels, seed=seed, batch=batch_size)
         for f, s, (ref, ref_source) in zip(feats, stats, refs):
             metric = METRIC_NAMES[f.name]
             row = {"step": step, "nfe": k, "sampler": chosen, "t_mid": t_mid, "num_samples": num_samples,

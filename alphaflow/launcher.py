@@ -16,6 +16,7 @@ Bookkeeping on disk, next to the runs:
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import time
@@ -25,8 +26,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import submitit
+import torch
 
-from alphaflow.config import from_dict, to_dict
+from alphaflow.config import Config, from_dict, to_dict
+from alphaflow.models import build_for_data
 from alphaflow.runfolder import RunFolder, atomic_write_bytes
 from alphaflow.sweeps import SweepRun
 
@@ -35,6 +38,7 @@ RESOURCES = {
     "timeout_min": "timeout_min", "nodes": "nodes", "gpus_per_node": "gpus_per_node",
     "tasks_per_node": "tasks_per_node", "cpus_per_task": "cpus_per_task", "mem_gb": "mem_gb",
     "partition": "slurm_partition", "array_parallelism": "slurm_array_parallelism",
+    "signal_delay_s": "slurm_signal_delay_s",  # SIGUSR2 this many seconds before the time limit
     "slurm": "slurm_additional_parameters",  # free-form: account, qos, constraint, ...
 }
 DEFAULT_RESOURCES = {"timeout_min": 60, "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 2}
@@ -48,7 +52,8 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # several tasks: DDP ranks from submitit's view of the job
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            # overwrite: the submitting shell may have exported MASTER_ADDR/PORT of its own (export refuses then)
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         stop = {"requested": False}
         requeue = signal.getsignal(signal.SIGUSR2)
         signal.signal(signal.SIGUSR2, lambda *_: stop.update(requested=True))
@@ -85,6 +90,42 @@ def executor_parameters(resources: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown resources {sorted(unknown)}; expected some of {sorted(RESOURCES)}")
     merged = {**DEFAULT_RESOURCES, **resources}
     return {RESOURCES[k]: v for k, v in merged.items() if v is not None}
+
+
+# Write speed assumed for a checkpoint on a slow shared file system, and the floor of the signal delay.
+CHECKPOINT_WRITE_BYTES_PER_S = 100e6
+MIN_SIGNAL_DELAY_S = 120
+
+
+def checkpoint_bytes(cfg: Config) -> int:
+    """Size of one training checkpoint of ``cfg``: fp32 weights, EMA and Adam's two moments (16 bytes per
+    parameter), from the model built on the meta device (nothing allocated). Latent data is taken as ImageNet's
+    (4 × res/8 × res/8, 1000 classes), images as RGB at their resolution; the embedded default is 1 × 8 × 8."""
+    shapes = {"latents": ((4, cfg.data.resolution // 8, cfg.data.resolution // 8), 1000),
+              "imagefolder": ((3, cfg.data.resolution, cfg.data.resolution), 1000),
+              "cifar10": ((3, 32, 32), 10), "digits": ((1, 8, 8), 10), "toy2d": ((2,), 0)}
+    shape, classes = shapes.get(cfg.data.name, ((3, 32, 32), 10))
+    with torch.device("meta"):
+        net = build_for_data(cfg.model.name, shape, classes)
+    return 16 * sum(p.numel() for p in net.parameters())
+
+
+def signal_delay_s(runs: list[SweepRun]) -> int:
+    """The default ``resources.signal_delay_s``: time to finish the step, then write the largest checkpoint of the
+    sweep twice over at ``CHECKPOINT_WRITE_BYTES_PER_S`` (submitit's own default of 90 s is less than an XL/2
+    checkpoint of 10.8 GB needs on a 100 MB/s file system), and never less than ``MIN_SIGNAL_DELAY_S``."""
+    largest = max((checkpoint_bytes(r.config) for r in runs), default=0)
+    return max(MIN_SIGNAL_DELAY_S, 60 + math.ceil(2 * largest / CHECKPOINT_WRITE_BYTES_PER_S))
+
+
+def with_defaults(resources: dict[str, Any], runs: list[SweepRun]) -> dict[str, Any]:
+    """The sweep file's resources with ``signal_delay_s`` filled in from the runs when the file leaves it out."""
+    given = resources.get("signal_delay_s")
+    if given is not None:
+        if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+            raise ValueError(f"resources.signal_delay_s must be a whole number of seconds >= 1, got {given!r}")
+        return dict(resources)
+    return {**resources, "signal_delay_s": signal_delay_s(runs)}
 
 
 def make_executor(kind: str, root: Path, resources: dict[str, Any], name: str) -> submitit.AutoExecutor:

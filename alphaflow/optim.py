@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
@@ -21,13 +20,34 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
 
 
 @torch.no_grad()
-def sanitize_and_clip(params: list[nn.Parameter], max_norm: float | None) -> torch.Tensor:
-    """Replace NaN by 0 and ±inf by ±1e5 in every gradient (the official ``grad_nan_to_num``), then clip
-    the global norm to ``max_norm`` (None: no clipping). Returns the norm before clipping."""
+def gradient_norm(params: list[nn.Parameter]) -> torch.Tensor:
+    """‖g‖₂ over every gradient as one vector: a 0-d tensor on the gradients' device, fused kernels, no host sync."""
     grads = [p.grad for p in params if p.grad is not None]
-    for g in grads:
-        torch.nan_to_num_(g, nan=0.0, posinf=1e5, neginf=-1e5)
-    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else math.inf)
+    if not grads:
+        return torch.zeros((), device=params[0].device if params else None)
+    return torch.nn.utils.get_total_norm(grads)
+
+
+@torch.no_grad()
+def sanitize_and_clip(params: list[nn.Parameter], max_norm: float | None, *, norm: torch.Tensor | None = None,
+                      finite: bool | None = None) -> torch.Tensor:
+    """Replace NaN by 0 and ±inf by ±1e5 in every gradient (the official ``grad_nan_to_num``), then clip
+    the global norm to ``max_norm`` (None: no clipping). Returns the norm before clipping.
+
+    The trainer passes ``norm`` (``gradient_norm``, computed before its one per-step host sync) and
+    ``finite`` (whether that norm was finite on every rank): finite gradients need no replacement, so
+    the per-tensor ``nan_to_num`` pass (one kernel per parameter: there is no fused form) runs only on
+    the rare step that needs it, and clipping reuses the norm. Without them, both are computed here.
+    The result is the same either way: ``nan_to_num`` leaves finite values unchanged.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if norm is None or not finite:
+        for g in grads:
+            torch.nan_to_num_(g, nan=0.0, posinf=1e5, neginf=-1e5)
+        norm = gradient_norm(params)
+    if max_norm is not None and grads:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
 
 
 class EMA:
@@ -50,8 +70,8 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         beta = self.beta(step)
-        for dst, src in zip(self.model.parameters(), model.parameters()):
-            dst.lerp_(src.detach(), 1.0 - beta)
+        # one fused lerp over all parameters (a kernel per tensor on the CPU, a few on CUDA); same arithmetic
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1.0 - beta)
         for dst, src in zip(self.model.buffers(), model.buffers()):
             if dst.dtype.is_floating_point:
                 dst.lerp_(src, 1.0 - beta)

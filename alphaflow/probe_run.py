@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from alphaflow.build import objective_from_config, open_run
-from alphaflow.distributed import resolve_device
+from alphaflow.distributed import resolve_device, set_tf32
 from alphaflow.objectives import MeanFlow
 from alphaflow.probes import probe_gradients
 from alphaflow.runfolder import RunFolder
 
-SETTINGS = ("weights", "batches", "batch_size", "seed", "parts")
+SETTINGS = ("weights", "batches", "batch_size", "seed", "parts")  # chunk_size is not one: it changes no number
 
 
 def select_checkpoints(run: RunFolder, which: str) -> list[tuple[int, Path]]:
@@ -60,16 +60,31 @@ def summarize(values: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def load_weights(path: Path, key: str) -> tuple[dict, dict]:
+    """(state dict ``key``, data statistics) of a checkpoint, read on the CPU; the rest (the other weights,
+    Adam's moments: two thirds of an XL/2 checkpoint's 10.8 GB) is dropped before anything reaches the GPU."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return ckpt[key], ckpt["data_stats"]
+
+
 def probe_run(run_dir: str | Path, *, batches: int = 50, batch_size: int = 128, checkpoints: str = "all",
-              weights: str = "raw", parts: bool = False, seed: int = 0, device: str = "auto",
+              weights: str = "raw", parts: bool = False, seed: int = 0, device: str = "auto", chunk_size: int | None = None,
               log: Callable[[str], None] = print) -> Path:
-    """Probe the chosen checkpoints of a run folder; returns the path of its probes.jsonl."""
+    """Probe the chosen checkpoints of a run folder; returns the path of its probes.jsonl.
+
+    ``chunk_size``: rows per forward/backward chunk of each probe batch (0: whole batches; None: the run's
+    ``probe.chunk_size``); the numbers do not depend on it, only the memory does.
+    """
     if weights not in ("raw", "ema"):
         raise ValueError(f"--weights must be raw or ema, got {weights!r}")
     if batches < 1 or batch_size < 1:
         raise ValueError(f"--batches and --batch-size must be >= 1, got {batches} and {batch_size}")
+    if chunk_size is not None and chunk_size < 0:
+        raise ValueError(f"--chunk-size must be >= 0 (0: whole batches), got {chunk_size}")
     dev = resolve_device(device)
     run, cfg, data, net = open_run(run_dir, dev)
+    set_tf32(cfg.train.tf32, dev)
+    chunk_size = cfg.probe.chunk_size if chunk_size is None else chunk_size
     if batch_size > len(data):
         raise ValueError(f"--batch-size {batch_size} exceeds the dataset size ({len(data)})")
     objective = objective_from_config(cfg.objective, cfg.train.steps)
@@ -81,9 +96,10 @@ def probe_run(run_dir: str | Path, *, batches: int = 50, batch_size: int = 128, 
             log(f"step {step}: already probed with these settings, skipped")
             continue
         start = time.perf_counter()
-        ckpt = torch.load(path, map_location=dev, weights_only=False)
-        net.load_state_dict(ckpt["net" if weights == "raw" else "ema"])
-        data.load_state_dict(ckpt["data_stats"])
+        state, stats = load_weights(path, "net" if weights == "raw" else "ema")
+        net.load_state_dict(state)  # copies onto the device; the host copy is freed below
+        data.load_state_dict(stats)
+        del state
         gen = torch.Generator(device=dev).manual_seed(seed)
         cpu_gen = torch.Generator().manual_seed(seed)
         rows = []
@@ -92,7 +108,8 @@ def probe_run(run_dir: str | Path, *, batches: int = 50, batch_size: int = 128, 
             x = data.prepare(raw.to(dev), gen)
             y = labels.to(dev) if data.num_classes > 0 else None
             sample = drawer.draw(x, y, generator=gen)
-            rows.append(probe_gradients(net, x, sample, cfg=objective.cfg, training=objective, step=step, parts=parts))
+            rows.append(probe_gradients(net, x, sample, cfg=objective.cfg, training=objective, step=step, parts=parts,
+                                        chunk_size=chunk_size))
         run.append_probes({"step": step, **settings, **summarize(rows)})
         log(f"step {step}: cos(TFM, TCC) {np.mean([r['cos_tfm_tcc'] for r in rows]):+.3f}  "
             f"cos(FM', TCC) {np.mean([r['cos_fmb_tcc'] for r in rows]):+.3f}  ({time.perf_counter() - start:.1f} s)")

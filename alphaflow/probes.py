@@ -18,10 +18,17 @@ A probe runs on the unwrapped module with ``torch.autograd.grad``: it never touc
 the optimiser or the training random streams, so training is unchanged. It costs the forward
 passes of the terms (a MeanFlow forward with its JVP, a border-case forward, and the training
 objective's if asked) plus one backward per term.
+
+``chunk_size=k`` runs the terms on k rows at a time and sums the chunks' gradients weighted by their
+share of the batch: every term is a batch mean of per-sample values and the network treats rows
+independently, so the gradients (and hence the norms and cosines) are those of the whole batch, up to
+float round-off, while only one chunk's graphs are alive at a time. At DiT-XL/2 the fp32 graphs of all
+terms hold ≈ 1.9 GiB per sample, so a 64-row probe needs chunks to fit an 80 GB GPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Sequence
 
@@ -60,18 +67,23 @@ def term_losses(net: nn.Module, x: Tensor, sample: Sample, *, cfg: CFG | None = 
     return terms
 
 
-def gram_matrices(terms: dict[str, Tensor], params: Sequence[tuple[str, nn.Parameter]],
-                  groups: dict[str, list[str]] | None = None) -> dict[str, Tensor]:
-    """Gram matrices G[a, b] = ⟨∇a, ∇b⟩ (float64, [T, T]) over all ``params`` ("all") and per group.
-
-    One backward per term; the per-group matrices are sums over that group's parameters, so the
-    breakdown costs no extra backward.
-    """
-    names = [n for n, _ in params]
+def term_gradients(terms: dict[str, Tensor], params: Sequence[tuple[str, nn.Parameter]]) -> dict[str, list[Tensor]]:
+    """∇term for every term, as one tensor per parameter (zeros where a term does not reach it); one backward each."""
     grads = {}
     for i, (key, value) in enumerate(terms.items()):
         g = torch.autograd.grad(value, [p for _, p in params], retain_graph=i < len(terms) - 1, allow_unused=True)
         grads[key] = [torch.zeros_like(p) if gi is None else gi for gi, (_, p) in zip(g, params)]
+    return grads
+
+
+def gram_from_gradients(grads: dict[str, list[Tensor]], params: Sequence[tuple[str, nn.Parameter]],
+                        groups: dict[str, list[str]] | None = None) -> dict[str, Tensor]:
+    """Gram matrices G[a, b] = ⟨∇a, ∇b⟩ (float64, [T, T]) over all ``params`` ("all") and per group.
+
+    The per-group matrices are sums over that group's parameters, so the breakdown costs no extra backward.
+    """
+    names = [n for n, _ in params]
+    terms = list(grads)
     per_param = {}
     for j, name in enumerate(names):
         stacked = torch.stack([grads[k][j].reshape(-1).double() for k in terms])  # [T, n_j]
@@ -82,6 +94,57 @@ def gram_matrices(terms: dict[str, Tensor], params: Sequence[tuple[str, nn.Param
         if present:
             out[group] = sum(present)
     return out
+
+
+def gram_matrices(terms: dict[str, Tensor], params: Sequence[tuple[str, nn.Parameter]],
+                  groups: dict[str, list[str]] | None = None) -> dict[str, Tensor]:
+    """``gram_from_gradients`` of ``term_gradients``: one backward per term, then the Gram matrices."""
+    return gram_from_gradients(term_gradients(terms, params), params, groups)
+
+
+def sample_rows(sample: Sample, rows: slice) -> Sample:
+    """The rows ``rows`` (a slice of the batch) of a sample: every [B, ...] tensor sliced, and a count of
+    leading r = t rows (``num_fm``, where the sample carries one) shifted and clamped to the slice."""
+    changes = {}
+    for f in dataclasses.fields(sample):
+        value = getattr(sample, f.name)
+        if isinstance(value, Tensor):
+            changes[f.name] = value[rows]
+        elif f.name == "num_fm" and value is not None:
+            start, stop, _ = rows.indices(sample.t.shape[0])
+            changes[f.name] = min(max(value - start, 0), stop - start)
+    return dataclasses.replace(sample, **changes)
+
+
+def chunked_term_gradients(module: nn.Module, x: Tensor, sample: Sample, params: Sequence[tuple[str, nn.Parameter]],
+                           chunk_size: int, **term_kwargs) -> tuple[dict[str, float], dict[str, list[Tensor]]]:
+    """(term values, term gradients) of the whole batch x [B, ...], computed ``chunk_size`` rows at a time.
+
+    Chunk c of n_c rows adds (n_c/B)·∇mean_c(term) to each gradient and (n_c/B)·mean_c(term) to each value,
+    so the sums are the batch means' values and gradients. With one chunk nothing is rescaled (bit-identical
+    to the unchunked probe).
+    """
+    batch = x.shape[0]
+    size = batch if chunk_size <= 0 else min(chunk_size, batch)
+    values: dict[str, float] = {}
+    grads: dict[str, list[Tensor]] = {}
+    for start in range(0, batch, size):
+        rows = slice(start, min(start + size, batch))
+        terms = term_losses(module, x[rows], sample_rows(sample, rows), **term_kwargs)
+        terms = {k: terms[k] for k in TERMS if k in terms}
+        share = (rows.stop - rows.start) / batch
+        chunk_grads = term_gradients(terms, params)
+        if size == batch:
+            return {k: float(v.detach()) for k, v in terms.items()}, chunk_grads
+        for key, value in terms.items():
+            values[key] = values.get(key, 0.0) + share * float(value.detach())
+            if key not in grads:
+                grads[key] = [g.mul_(share) for g in chunk_grads[key]]
+            else:
+                for acc, g in zip(grads[key], chunk_grads[key]):
+                    acc.add_(g, alpha=share)
+        del terms, chunk_grads  # this chunk's graphs are freed before the next one is built
+    return values, grads
 
 
 def gram_summary(gram: Tensor, keys: Sequence[str], values: dict[str, float], prefix: str = "") -> dict[str, float]:
@@ -98,22 +161,25 @@ def gram_summary(gram: Tensor, keys: Sequence[str], values: dict[str, float], pr
 
 def probe_gradients(net: nn.Module, x: Tensor, sample: Sample, *, cfg: CFG | None = None,
                     training: Objective | None = None, step: int = 0,
-                    params: Sequence[tuple[str, nn.Parameter]] | None = None, parts: bool = False) -> dict[str, float]:
+                    params: Sequence[tuple[str, nn.Parameter]] | None = None, parts: bool = False,
+                    chunk_size: int = 0) -> dict[str, float]:
     """Values, gradient norms and pairwise cosines of the terms on one batch.
 
     net: the network (unwrapped here); x: [B, ...]; sample: shared by every term; cfg: the run's
     training-time guidance (ṽ); training: the run's objective, to add the ``loss`` term; params:
-    (name, parameter) pairs to differentiate (default: every trainable parameter).
+    (name, parameter) pairs to differentiate (default: every trainable parameter); chunk_size: rows per
+    forward/backward chunk (0: the whole batch at once; see the module docstring).
     Returns a flat dict of floats with the stable names of the module docstring. A cosine with a
     zero gradient (e.g. L_TCC on a batch with r = t everywhere) is NaN.
     """
     module = unwrap(net)
     params = list(params) if params is not None else [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    terms = term_losses(module, x, sample, cfg=cfg, training=training, step=step)
-    keys = [k for k in TERMS if k in terms]
-    terms = {k: terms[k] for k in keys}
-    values = {k: float(v.detach()) for k, v in terms.items()}
-    grams = gram_matrices(terms, params, parameter_groups(module) if parts else None)
+    if chunk_size < 0:
+        raise ValueError(f"chunk_size must be >= 0 (0: the whole batch), got {chunk_size}")
+    values, grads = chunked_term_gradients(module, x, sample, params, chunk_size, cfg=cfg, training=training,
+                                           step=step)
+    keys = list(values)
+    grams = gram_from_gradients(grads, params, parameter_groups(module) if parts else None)
     out = gram_summary(grams.pop("all"), keys, values)
     for group, gram in grams.items():
         out.update(gram_summary(gram, keys, values, prefix=f"part.{group}."))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 
 from alphaflow.config import Config
@@ -28,10 +29,12 @@ class OnlineEval:
     statistics are cached on disk, so that is seconds on the embedded default).
     """
 
-    def __init__(self, cfg: Config, data: TrainData, objective_name: str, cache_dir: str | Path | None = None):
+    def __init__(self, cfg: Config, data: TrainData, objective_name: str, cache_dir: str | Path | None = None,
+                 device: str | torch.device = "cpu"):
         from alphaflow.snapshots import sampler_for
 
         self.cfg, self.data = cfg, data
+        self.device = torch.device(device)  # the training device: the extractor runs beside the EMA network
         self.sampler = sampler_for(objective_name, cfg.sample.sampler)
         self.cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._feats: FeatureExtractor | None = None
@@ -41,7 +44,7 @@ class OnlineEval:
         from alphaflow.evaluate import extractor_for, reference_stats
 
         if self._feats is None or self._ref is None:
-            self._feats = extractor_for(self.cfg.data.name, self.cfg.eval.metric, self.cache)
+            self._feats = extractor_for(self.cfg.data.name, self.cfg.eval.metric, self.cache, device=self.device)
             self._ref = reference_stats(self.data, self.cfg.data.name, self._feats, self.cache)
         return self._feats, self._ref
 
@@ -60,7 +63,7 @@ class OnlineEval:
             for k in self.cfg.eval.nfe:
                 stats = sample_features(ema, self.data, feats, nfe=k, sampler=self.sampler,
                                         t_mid=self.cfg.sample.t_mid, num_samples=self.cfg.eval.num_samples,
-                                        labels="random", seed=self.cfg.eval.seed)
+                                        labels="random", seed=self.cfg.eval.seed, batch=self.cfg.eval.batch_size)
                 out[f"eval_{METRIC_NAMES.get(feats.name, feats.name)}_nfe{k}"] = frechet_distance(stats, ref)
         finally:
             ema.train(was_training)
@@ -75,9 +78,10 @@ def finish_run(cfg: Config, run_dir: str | Path, device: str, log: Callable[[str
 
         evaluate_run(run_dir, nfe=cfg.eval.nfe, sampler=cfg.sample.sampler, t_mid=cfg.sample.t_mid,
                      num_samples=cfg.eval.final_samples, extractor=cfg.eval.metric, seed=cfg.eval.seed,
-                     device=device, log=log)
+                     device=device, batch_size=cfg.eval.batch_size, decode_batch_size=cfg.eval.decode_batch_size,
+                     log=log)
     if cfg.probe.final:
         from alphaflow.probe_run import probe_run
 
         probe_run(run_dir, batches=cfg.probe.batches, batch_size=cfg.probe.batch_size, checkpoints="last",
-                  parts=cfg.probe.parts, seed=cfg.probe.seed, device=device, log=log)
+                  parts=cfg.probe.parts, seed=cfg.probe.seed, device=device, chunk_size=cfg.probe.chunk_size, log=log)

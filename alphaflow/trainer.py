@@ -23,7 +23,7 @@ from alphaflow.config import Config, to_dict
 from alphaflow.data import build_dataset
 from alphaflow.models import build_for_data
 from alphaflow.objectives import MeanFlow
-from alphaflow.optim import EMA, build_optimizer, sanitize_and_clip, warmup_factor
+from alphaflow.optim import EMA, build_optimizer, gradient_norm, sanitize_and_clip, warmup_factor
 from alphaflow.probes import probe_gradients
 from alphaflow.progress import Progress
 from alphaflow.run_eval import OnlineEval, finish_run
@@ -54,12 +54,13 @@ def train(cfg: Config, out: str | Path, *, stop_at: int | None = None, should_st
     ``should_stop``: polled after every step (e.g. a preemption flag set by a signal handler); when any
     rank says yes, every rank stops at that same step boundary with a checkpoint.
     """
-    info = D.init_distributed(cfg.train.device)
+    info, created = D.init_distributed(cfg.train.device, cfg.train.dist_timeout_min)
     say = (log or print) if info.is_main else (lambda _msg: None)
     try:
         return _train(cfg, RunFolder(out), info, say, stop_at, should_stop)
     finally:
-        D.shutdown()
+        if created:  # a process group the caller made stays theirs
+            D.shutdown()
 
 
 def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], None],
@@ -74,6 +75,7 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         say(f"{run.root} is already finished (DONE exists); nothing to do")
         return TrainResult(run, None, None, cfg.train.steps, True)
     device = info.device
+    D.set_tf32(cfg.train.tf32, device)
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
     data = build_dataset(cfg.data.name, path=cfg.data.path, resolution=cfg.data.resolution, toy=cfg.data.toy,
                          toy_size=cfg.data.toy_size, seed=cfg.seed)
@@ -81,7 +83,7 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     net = build_for_data(cfg.model.name, data.shape, data.num_classes, time_scale=cfg.model.time_scale).to(device)
     ema = EMA(net, cfg.ema.halflife_steps, cfg.ema.rampup_ratio)
     objective = objective_from_config(cfg.objective, cfg.train.steps)
-    online_eval = OnlineEval(cfg, data, objective.name) if cfg.eval.every and info.is_main else None
+    online_eval = OnlineEval(cfg, data, objective.name, device=device) if cfg.eval.every and info.is_main else None
     o = cfg.optim
     opt = build_optimizer(net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + info.rank)
@@ -91,15 +93,20 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     if resumed is not None:
         ckpt, path = resumed
         state = _restore(ckpt, net, ema, opt, data, gen, info, say)
+        del ckpt, resumed  # its tensors were copied into the model, EMA and Adam: free the host copy
         say(f"resuming {run.root} from {path.name} (step {state['step']})")
     else:
         data.fit_stats(torch.Generator().manual_seed(cfg.seed), cfg.data.stats_samples)
     if info.is_main and cfg.data.vae_path is not None and hasattr(data, "attach_decoder"):
-        data.attach_decoder(cfg.data.vae_path, device)  # sample grids of latent runs are decoded images
+        data.attach_decoder(cfg.data.vae_path, device, batch_size=cfg.eval.decode_batch_size)  # sample grids of latent runs are decoded images
     if info.is_main:
         run.truncate_metrics(state["step"])  # rows past the checkpoint are replayed, not duplicated
+    # broadcast_buffers=False: the only buffer is the fixed positional embedding, identical on every rank, so
+    # broadcasting it every step is wasted traffic; gradient_as_bucket_view: the gradients are views into DDP's
+    # all-reduce buckets instead of a second copy (one parameter-sized buffer less per rank).
     model = net if not info.distributed else DistributedDataParallel(
-        net, device_ids=[device.index] if device.type == "cuda" else None)
+        net, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+        gradient_as_bucket_view=True)
     if cfg.train.compile:
         # Calls through ``model`` run compiled: the prediction's forward and backward (with the DiT's
         # tangent-mode JVP riding along it). Passes on unwrap(model) (no-grad targets, torch.func.jvp) stay
@@ -112,7 +119,7 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         model = torch.compile(model)
 
     batches = EpochBatches(data, global_batch=cfg.train.batch_size, seed=cfg.seed, rank=info.rank,
-                           world_size=info.world_size)
+                           world_size=info.world_size, pin_memory=device.type == "cuda")
     params = list(net.parameters())
     progress = Progress(cfg.train.steps, state["step"], enabled=info.is_main, say=say)
     t_last = time.perf_counter()
@@ -121,7 +128,7 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         step = state["step"]
         # ------------------------------------------------------------ sample the batch
         x = data.prepare(raw.to(device, non_blocking=True), gen)
-        y = labels.to(device) if data.num_classes > 0 else None
+        y = labels.to(device, non_blocking=True) if data.num_classes > 0 else None
         # ------------------------------------------------------------ the objective's terms
         lr = o.lr * warmup_factor(step, o.warmup_steps)
         for group in opt.param_groups:
@@ -132,19 +139,22 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         # ------------------------------------------------------------ optimiser step
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        # one reduction per step carries both cross-rank decisions: all finite? anyone asked to stop?
-        flags = torch.stack([torch.isfinite(loss.detach()).float(),
-                             torch.tensor(float(should_stop is not None and should_stop()), device=loss.device)])
-        all_finite, any_stop = D.all_reduce_mean(flags, info).tolist()  # one host transfer for both
+        # One reduction per step carries the cross-rank decisions (loss finite? gradients finite? anyone asked
+        # to stop?) and its host transfer is the step's only device sync. new_full is a fill on the device, not
+        # a copy. The gradient norm is the same on every rank: DDP has averaged the gradients in backward.
+        norm = gradient_norm(params)
+        flags = torch.stack([torch.isfinite(loss.detach()).float(), torch.isfinite(norm).float(),
+                             loss.new_full((), float(should_stop is not None and should_stop()))])
+        all_finite, grads_finite, any_stop = D.all_reduce_mean(flags, info).tolist()
         finite, stopping = all_finite == 1.0, any_stop > 0
         if finite:
             state["nonfinite"] = 0
-            grad_norm = sanitize_and_clip(params, o.grad_clip)
+            grad_norm = sanitize_and_clip(params, o.grad_clip, norm=norm, finite=grads_finite == 1.0)
             opt.step()
             ema.update(net, step + 1)
         else:
             state["nonfinite"] += 1
-            grad_norm = torch.tensor(float("nan"))
+            grad_norm = loss.new_full((), float("nan"))
             if state["nonfinite"] >= cfg.train.max_nonfinite:
                 raise NonFiniteLossError(
                     f"the loss was non-finite for {state['nonfinite']} consecutive steps (train.max_nonfinite="
@@ -188,6 +198,9 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         say(f"stopped at step {state['step']} of {cfg.train.steps}; run the same command again to resume")
         return TrainResult(run, net, ema.model, state["step"], False)
     if cfg.eval.final or cfg.probe.final:  # before DONE: a crash here reruns only this part on resume
+        opt.state.clear()  # Adam's moments (2× the weights) are saved: free them for the evaluation's network
+        for p in params:
+            p.grad = None
         if info.is_main:
             finish_run(cfg, run.root, device.type, log=say)
         D.barrier(info)
@@ -206,24 +219,27 @@ def _new_tick() -> dict[str, Any]:
 
 
 def _accumulate(tick: dict[str, Any], terms, loss: torch.Tensor, grad_norm: torch.Tensor, finite: bool) -> None:
-    """Sum the step's scalars; a log row reports their means over the tick (EDM-style)."""
+    """Sum the step's scalars on the device (no host transfer); a log row reports their means over the tick
+    (EDM-style). The sums are float64, so a long tick loses nothing to round-off."""
     tick["steps"] += 1
     if not finite:
         tick["nonfinite"] += 1
         return
     tick["finite"] += 1
-    values = {"loss": loss.detach(), "grad_norm": grad_norm.to(loss.device)}
+    values = {"loss": loss.detach(), "grad_norm": grad_norm}
     values.update({f"loss_{name}": c.detach().float().mean() for name, c in terms.components.items()})
-    numbers = torch.stack([v.float() for v in values.values()]).tolist()  # one host transfer, not one per value
-    for key, value in zip(values, numbers):
-        tick["sums"][key] = tick["sums"].get(key, 0.0) + value
+    for key, value in values.items():
+        value = value.detach().to(torch.float64)
+        tick["sums"][key] = tick["sums"][key] + value if key in tick["sums"] else value
 
 
 def _log_row(state: dict[str, Any], lr: float, logs: dict, info: D.DistInfo, batch_size: int) -> dict[str, Any]:
     tick = state["tick"]
     keys = sorted(tick["sums"])
-    means = torch.tensor([tick["sums"][k] / max(tick["finite"], 1) for k in keys], dtype=torch.float64)
-    means = D.all_reduce_mean(means, info).tolist() if keys else []
+    means: list[float] = []
+    if keys:  # one tensor on the run's device, one all-reduce, one host transfer per log tick
+        sums = torch.stack([tick["sums"][k].to(info.device) for k in keys])
+        means = D.all_reduce_mean(sums / max(tick["finite"], 1), info).tolist()
     seconds = state["wall"] - tick["wall"]
     row = {"step": state["step"], "images": state["images"], "wall": round(state["wall"], 3), "lr": lr,
            "alpha": float(logs.get("alpha", float("nan"))), "ratio_fm": float(logs.get("ratio_fm", float("nan"))),
@@ -241,13 +257,19 @@ def _online_probe(net, x: torch.Tensor, y, objective, cfg: Config, step: int, in
     drawer = MeanFlow(ratio_fm=cfg.probe.ratio_fm, time_sampler=objective.time_sampler, cfg=objective.cfg)
     sample = drawer.draw(x, y, step=step, generator=gen)
     values = probe_gradients(net, x, sample, cfg=objective.cfg, training=objective if cfg.probe.loss else None,
-                             step=step - 1, parts=cfg.probe.parts)  # step − 1: the update just taken
+                             step=step - 1, parts=cfg.probe.parts,  # step − 1: the update just taken
+                             chunk_size=cfg.probe.chunk_size)
     keys = sorted(values)
-    means = D.all_reduce_mean(torch.tensor([values[k] for k in keys], dtype=torch.float64), info).tolist()
-    return {f"probe_{k}": v for k, v in zip(keys, means)}
+    return {f"probe_{k}": v for k, v in zip(keys, D.mean_over_ranks([values[k] for k in keys], info))}
 
 
 # -------------------------------------------------------------------- checkpoints
+
+def _host_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The loop state with the tick's device sums as host floats (exact: float64 to float), for the checkpoint."""
+    tick = state["tick"]
+    return {**state, "tick": {**tick, "sums": {k: float(v) for k, v in tick["sums"].items()}}}
+
 
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
     return {"generator": gen.get_state(), "torch": torch.get_rng_state(),
@@ -260,7 +282,8 @@ def _save(run: RunFolder, cfg: Config, state: dict, net, ema: EMA, opt, data, ge
     if info.is_main:
         run.save_checkpoint({"format": CHECKPOINT_FORMAT, "step": state["step"], "config": to_dict(cfg),
                              "net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                             "data_stats": data.state_dict(), "state": state, "rng": rngs}, state["step"], keep=keep)
+                             "data_stats": data.state_dict(), "state": _host_state(state), "rng": rngs},
+                            state["step"], keep=keep)
     D.barrier(info)
 
 

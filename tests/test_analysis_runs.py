@@ -27,7 +27,7 @@ _spec = importlib.util.spec_from_file_location("golden_regenerate", GOLDEN / "re
 golden = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(golden)
 
-S0, S1, FAILED = "meanflow-fm75-s0-7b4bc44a35", "meanflow-fm75-s1-ead189f4df", "alphaflow-fm50-s0-7288642955"
+S0, S1, FAILED = "meanflow-fm75-s0-54bedef3d5", "meanflow-fm75-s1-555ab02762", "alphaflow-fm50-s0-099aa57693"
 
 
 @pytest.fixture

@@ -143,7 +143,11 @@ def test_unknown_resources_are_refused_before_submission(tmp_path, capsys):
     assert "unknown resources ['gpus']" in capsys.readouterr().out and not (tmp_path / "r").exists()
 
 
-def test_a_two_task_job_trains_with_ddp_from_submitits_ranks(tmp_path):
+def test_a_two_task_job_trains_with_ddp_from_submitits_ranks(tmp_path, monkeypatch):
+    # A submitting shell that exported a rendezvous of its own (a stale port here): submitit's export() refuses to
+    # replace it unless told to, which would fail every multi-task job submitted from such a shell.
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
     path = sweep_file(tmp_path, 4, "{mf: {objective.name: meanflow}}")
     sweep = load_sweep(path)
     root = tmp_path / "root"
