@@ -1,6 +1,7 @@
 # One-command entry points. Everything installs into .venv/ at the repository root.
 #   make demo   set up, then run the main job
 #   make test   set up, then run the tests
+#   make test-fast   the unit tier only (identities, no training), under a minute
 #   make lab    set up, then open JupyterLab on notebooks/ (ALPHAFLOW_SWEEP_ROOT picks the sweep root)
 # TORCH_INDEX_URL: where pip finds a CPU build of torch on a machine that has no local wheel
 # (PyTorch's CPU wheel index); left empty, pip uses its configured indexes.
@@ -10,7 +11,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP_TORCH := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 
-.PHONY: setup test demo lab clean
+.PHONY: setup test test-fast demo lab clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +24,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 # the main job: sweeps/demo.yaml through submitit's local executor, then the report (DEMO_ROOT to move it)
 DEMO_ROOT ?= runs/demo

@@ -57,7 +57,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
     try:
         path = probe_run(args.run_dir, batches=args.batches, batch_size=args.batch_size, checkpoints=args.checkpoints,
-                         weights=args.weights, parts=args.parts, seed=args.seed, device=args.device)
+                         weights=args.weights, parts=args.parts, seed=args.seed, device=args.device,
+                         chunk_size=args.chunk_size)
     except ValueError as exc:
         print(f"alphaflow probe: {exc}")
         return 2
@@ -94,6 +95,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
             kind = launcher.resolve_executor(args.executor)
             launcher.executor_parameters(sweep.resources)  # refuse unknown resources before anything runs
+            sweep.resources = launcher.with_defaults(sweep.resources, sweep.runs)
     except ValueError as exc:
         print(f"alphaflow sweep: {exc}")
         return 2
@@ -139,7 +141,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                      labels=args.labels, extractor=args.metric, seed=args.seed, checkpoint=args.checkpoint,
                      weights=args.weights, cache_dir=args.cache, device=args.device,
                      inception_weights=args.inception_weights, dinov2=args.dinov2, ref_stats=args.ref_stats,
-                     ref_images=args.ref_images)
+                     ref_images=args.ref_images, batch_size=args.batch_size,
+                     decode_batch_size=args.decode_batch_size)
     except (ValueError, ImportError) as exc:
         print(f"alphaflow eval: {exc}")
         return 2
@@ -223,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", default="all", help="all, last, or a comma list of steps")
     p.add_argument("--weights", choices=("raw", "ema"), default="raw", help="raw training weights (default) or EMA")
     p.add_argument("--parts", action="store_true", help="also per DiT block / embedder / final layer")
+    p.add_argument("--chunk-size", type=int, default=None, metavar="ROWS",
+                   help="rows per forward/backward chunk (same numbers, less memory; default: the run's probe.chunk_size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_probe)
@@ -264,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref-images", default=None, metavar="FOLDER",
                    help="latent runs: the image folder the latents were encoded from (reference statistics)")
     p.add_argument("--checkpoint", default="last", help="last or a step")
+    p.add_argument("--batch-size", type=int, default=None, help="samples generated at once (default: eval.batch_size)")
+    p.add_argument("--decode-batch-size", type=int, default=None,
+                   help="latent runs: samples decoded by the VAE at once (default: eval.decode_batch_size)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=None, help="feature-extractor and reference-statistics cache folder")
@@ -304,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=_cmd_bench)
+
+    from alphaflow.gpucheck import add_parser as add_doctor_parser  # stdlib-only at import; options live there
+
+    add_doctor_parser(sub)
     return parser
 
 

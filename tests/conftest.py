@@ -81,3 +81,17 @@ def latents(tmp_path_factory):
     (tmp / "lat").mkdir()  # an existing empty folder is fine
     out = extract_latents(images, tmp / "vae", tmp / "lat", resolution=16, batch_size=3)
     return tmp, vae.eval(), out
+
+
+# ----------------------------------------------------------------------------- tiers
+# `make test-fast` runs `pytest -m "not slow"`: the identities and unit tests, under a minute. Modules that
+# train, submit jobs, start SLURM, execute notebooks, compile or run the GPU-check rehearsal are the slow tier.
+SLOW_MODULES = {"test_trainer", "test_launcher", "test_launcher_slurm", "test_slurm_cluster", "test_notebooks",
+                "test_compile", "test_evaluate", "test_run_eval", "test_gpucheck", "test_readme", "test_sweeps",
+                "test_memplan", "test_bench", "test_metrics_digits", "test_features"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
