@@ -36,10 +36,39 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 2
     if args.dry_run:
         print(dump_yaml(cfg), end="")
+        print("# peak GPU memory per rank of this config: alphaflow plan with the same --config and overrides "
+              "(--world-size N)")
         return 0
     from alphaflow.trainer import train
 
     train(cfg, args.out)
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    import json
+    import warnings
+
+    from alphaflow.build import objective_from_config
+    from alphaflow.config import load_config
+    from alphaflow.memplan import plan_memory
+    from alphaflow.models import check_model_name
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        objective_from_config(cfg.objective, cfg.train.steps)  # the plan needs no data: paths are not checked
+        check_model_name(cfg.model.name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fake tensors make diffusers' VAE warn about data pointers
+            plan = plan_memory(cfg, world_size=args.world_size, device=args.device)
+    except ValueError as exc:
+        print(f"alphaflow plan: {exc}")
+        return 2
+    print(json.dumps(plan.to_dict(), indent=1) if args.json else plan.table(args.limit_gb))
+    if not plan.fits(args.limit_gb * 1e9):
+        print(f"does not fit {args.limit_gb:g} GB: lower probe.chunk_size, eval.batch_size or eval.decode_batch_size, "
+              "or use more ranks")
+        return 1
     return 0
 
 
@@ -207,6 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.steps=500")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("plan", help="peak GPU memory per rank of a config's training step, probes and evaluation",
+                       description="Runs each phase on fake tensors (nothing is allocated) and prints the peak per "
+                                   "rank, plus fragmentation and the CUDA context; exit 1 if a phase does not fit.")
+    p.add_argument("--config", default=None, help="YAML file or recipe name (as for train)")
+    p.add_argument("--world-size", type=int, default=1, help="ranks sharing train.batch_size (default 1)")
+    p.add_argument("--limit-gb", type=float, default=80.0, help="GPU memory to fit in, in GB (default 80)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="what precision=auto means (bf16 on cuda)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. probe.chunk_size=8")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("extract-latents", help="encode an image folder with a local SD-VAE into a latents folder")
     p.add_argument("images", help="image folder in ImageNet layout (one sub-folder per class)")

@@ -29,6 +29,7 @@ import submitit
 import torch
 
 from alphaflow.config import Config, from_dict, to_dict
+from alphaflow.memplan import data_shape
 from alphaflow.models import build_for_data
 from alphaflow.runfolder import RunFolder, atomic_write_bytes
 from alphaflow.sweeps import SweepRun
@@ -99,12 +100,9 @@ MIN_SIGNAL_DELAY_S = 120
 
 def checkpoint_bytes(cfg: Config) -> int:
     """Size of one training checkpoint of ``cfg``: fp32 weights, EMA and Adam's two moments (16 bytes per
-    parameter), from the model built on the meta device (nothing allocated). Latent data is taken as ImageNet's
-    (4 × res/8 × res/8, 1000 classes), images as RGB at their resolution; the embedded default is 1 × 8 × 8."""
-    shapes = {"latents": ((4, cfg.data.resolution // 8, cfg.data.resolution // 8), 1000),
-              "imagefolder": ((3, cfg.data.resolution, cfg.data.resolution), 1000),
-              "cifar10": ((3, 32, 32), 10), "digits": ((1, 8, 8), 10), "toy2d": ((2,), 0)}
-    shape, classes = shapes.get(cfg.data.name, ((3, 32, 32), 10))
+    parameter), from the model built on the meta device (nothing allocated) for the data's planned shape
+    (``alphaflow.memplan.data_shape``: latents as ImageNet's)."""
+    shape, classes = data_shape(cfg)
     with torch.device("meta"):
         net = build_for_data(cfg.model.name, shape, classes)
     return 16 * sum(p.numel() for p in net.parameters())
