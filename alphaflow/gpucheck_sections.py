@@ -588,6 +588,7 @@ def memory(s: Settings, out: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, [f"model.name={s.model}", "data.name=latents",
                                  f"data.path={write_latents(Path(tmp) / 'latents', s)}", "data.stats_samples=64",
+                                 f"data.resolution={8 * s.shape[-1]}",  # the plan's latent grid is resolution/8
                                  f"train.batch_size={s.memory_batch}", f"probe.batch_size={s.memory_batch}",
                                  f"train.device={s.device}", "train.steps=1000", "probe.every=100",
                                  "train.log_every=100"])
