@@ -27,6 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from alphaflow.amp import target_pass
+
 Net = Callable[..., Tensor]
 
 
@@ -41,28 +43,30 @@ def unwrap(net: Net) -> Net:
             return net
 
 
-@torch.no_grad()
 def average_velocity_jvp(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None,
                          tangent: Tensor) -> tuple[Tensor, Tensor]:
     """(u, du/dt) at (z, r, t) along (tangent, 0, 1).
 
     z, tangent: [B, ...]; r, t: [B]; labels: [B] or None. Returns two detached [B, ...]
-    tensors. ``net`` is unwrapped here, so callers may pass the DDP-wrapped module.
+    tensors. ``net`` is unwrapped here, so callers may pass the DDP-wrapped module. Runs under
+    ``target_pass`` (no grad, and autocast without its weight cache: ``alphaflow.amp``).
     """
     module = unwrap(net)
 
     def u_of(z_: Tensor, t_: Tensor) -> Tensor:
         return module(z_, r, t_, labels)
 
-    with sdpa_kernel([SDPBackend.MATH]):
+    with target_pass(), sdpa_kernel([SDPBackend.MATH]):
         u, dudt = torch.func.jvp(u_of, (z, t), (tangent.to(z.dtype), torch.ones_like(t)))
     return u, dudt
 
 
 def row_selection(rows: Tensor, batch: int) -> Tensor | slice | None:
-    """Strictly increasing indices [P] → None when they cover the batch, a slice when they are one block
-    (drawn samples put the r < t rows last), else the indices: the model then takes views, not copies.
-    One host read of two numbers (free after the ``nonzero`` that made ``rows``)."""
+    """Strictly increasing indices [P] → None when they cover the batch, a slice when they are one block,
+    else the indices: the model then takes views, not copies.
+
+    One host read of two numbers, so the objectives no longer call it: a drawn sample gives its r < t rows
+    as a slice directly (``Sample.num_fm``), and caller-given indices go to the model as they are."""
     P = rows.shape[0]
     if P == batch:
         return None
@@ -73,25 +77,34 @@ def row_selection(rows: Tensor, batch: int) -> Tensor | slice | None:
 
 
 def prediction_and_dudt(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None, tangent_z: Tensor,
-                        rows: Tensor) -> tuple[Tensor, Tensor]:
+                        rows: Tensor | slice) -> tuple[Tensor, Tensor]:
     """(u_θ(z, r, t) with grad, du/dt on ``rows`` without grad), du/dt along (tangent_z, 0, 1).
 
     z: [B, ...]; r, t: [B]; labels: [B] or None; rows: [P] int64 strictly increasing row indices (as
-    ``mask.nonzero()`` gives); tangent_z: [P, ...] the z tangent of those rows. Returns pred [B, ...]
-    (through ``net``, so DDP sees one forward) and dudt [P, ...] in at least fp32.
+    ``mask.nonzero()`` gives) or a slice of the batch (a drawn sample's r < t rows, no host sync);
+    tangent_z: [P, ...] the z tangent of those rows. Returns pred [B, ...] (through ``net``, so DDP sees
+    one forward) and dudt [P, ...] in at least fp32. Nothing here reads device values on the host.
     """
-    P = rows.shape[0]
+    B = z.shape[0]
+    if isinstance(rows, slice):
+        start, stop, step = rows.indices(B)
+        if step != 1:
+            raise ValueError(f"rows must be a contiguous slice of the batch, got step {step}")
+        P = max(stop - start, 0)
+    else:
+        P = rows.shape[0]
     if tuple(tangent_z.shape) != (P, *z.shape[1:]):
         raise ValueError(f"tangent_z must have shape {[P, *z.shape[1:]]} (one row per index in rows), "
                          f"got {tuple(tangent_z.shape)}")
     if getattr(unwrap(net), "supports_tangent", False):
         dr, dt = torch.zeros(P, dtype=t.dtype, device=t.device), torch.ones(P, dtype=t.dtype, device=t.device)
-        return net(z, r, t, labels, tangent=(row_selection(rows, z.shape[0]), tangent_z, dr, dt))
+        selection = None if P == B else rows  # every row (strictly increasing indices: P = B means all)
+        return net(z, r, t, labels, tangent=(selection, tangent_z, dr, dt))
     dtype = torch.promote_types(tangent_z.dtype, torch.float32)
     if P == 0:
         dudt = tangent_z.new_zeros(tangent_z.shape, dtype=dtype)
     else:
-        lab = None if labels is None else labels.index_select(0, rows)
-        pick = lambda a: a.index_select(0, rows)  # noqa: E731
+        pick = (lambda a: a[rows]) if isinstance(rows, slice) else (lambda a: a.index_select(0, rows))  # noqa: E731
+        lab = None if labels is None else pick(labels)
         dudt = average_velocity_jvp(net, pick(z), pick(r), pick(t), lab, tangent_z)[1].to(dtype)
     return net(z, r, t, labels), dudt

@@ -178,3 +178,52 @@ def test_tf32_is_a_noop_on_the_cpu():
     before = torch.backends.cuda.matmul.allow_tf32
     D.set_tf32(not before, torch.device("cpu"))
     assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+# ----------------------------------------------------------------------------- host syncs per training step
+
+def _syncs_of_run(tmp_path, monkeypatch, steps: int, objective: list[str]) -> list[str]:
+    """Host syncs of a whole run, less what reads host memory on a GPU run too: the batch loading (indices and
+    labels live on the host) and Adam's step counters (``.item()`` of its per-parameter ``step``, which torch
+    keeps on the CPU unless ``capturable``). On the CPU the counter cannot tell host tensors from device ones."""
+    from alphaflow.batches import EpochBatches
+    from alphaflow.config import load_config
+    from alphaflow.syncs import count_host_syncs
+
+    cfg = load_config(None, ["model.name=DiT-N/2", f"train.steps={steps}", "train.batch_size=8",
+                             "train.log_every=1000", "train.ckpt_every=1000", "train.sample_every=0", "sample.num=4",
+                             "data.stats_samples=16", *objective])
+    load = EpochBatches.__getitem__
+    with count_host_syncs() as record:
+        def host_side(self, j):
+            start = len(record.events)
+            out = load(self, j)
+            del record.events[start:]
+            return out
+
+        monkeypatch.setattr(EpochBatches, "__getitem__", host_side)
+        step = torch.optim.Adam.step
+
+        def adam_step(self, *args, **kwargs):
+            start = len(record.events)
+            out = step(self, *args, **kwargs)
+            del record.events[start:]
+            return out
+
+        monkeypatch.setattr(torch.optim.Adam, "step", adam_step)
+        trainer_module.train(cfg, tmp_path / f"run{steps}", log=lambda _: None)
+    monkeypatch.undo()
+    return record.events
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", [["objective.name=meanflow"], ["objective.alpha=0.5"], ["objective.alpha=0.0"],
+                                       ["objective.alpha=1.0"]])
+def test_one_host_sync_per_training_step(tmp_path, monkeypatch, objective):
+    """MeanFlow and α-Flow without guidance: the step's one reduction (loss finite, gradients finite, stop) is its
+    only host sync. Two runs that differ only in length do the same set-up and the same last-step maintenance,
+    so their difference is the steps' syncs."""
+    short = _syncs_of_run(tmp_path, monkeypatch, 3, objective)
+    long = _syncs_of_run(tmp_path, monkeypatch, 7, objective)
+    per_step = (len(long) - len(short)) / 4
+    assert per_step <= 1, f"{per_step} syncs per step; the longer run's extra events: {long[len(short):][:12]}"

@@ -270,14 +270,17 @@ class DiT(nn.Module):
             return self.y_embedder(idx)
         if labels.shape != (batch,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"labels must be an integer tensor of shape [{batch}], got {labels.dtype} {tuple(labels.shape)}")
-        # Data-dependent check (one host sync); skipped inside torch.compile to keep the graph whole.
+        # Checked on the device, no host sync (``if bad.any():`` would stall every forward). On the CPU
+        # _assert_async raises at once (re-raised as ValueError, with an example: a failing call may sync);
+        # on CUDA it is a device-side assert with this message, reported at the next sync, fatal to the
+        # CUDA context (bad labels are a caller's bug). Skipped inside torch.compile to keep the graph whole.
         if not torch.compiler.is_compiling():
-            bad = (labels != NULL_LABEL) & ((labels < 0) | (labels >= self.num_classes))
-            if bad.any():
-                raise ValueError(
-                    f"labels must lie in [0, {self.num_classes}) or be NULL_LABEL ({NULL_LABEL}), "
-                    f"got e.g. {int(labels[bad][0])}"
-                )
+            valid = (labels == NULL_LABEL) | ((labels >= 0) & (labels < self.num_classes))
+            message = f"labels must lie in [0, {self.num_classes}) or be NULL_LABEL ({NULL_LABEL})"
+            try:
+                torch._assert_async(valid.all(), message)
+            except RuntimeError as err:
+                raise ValueError(f"{message}, got e.g. {int(labels[~valid][0])}") from err
         idx = torch.where(labels == NULL_LABEL, torch.full_like(labels, self.num_classes), labels)
         return self.y_embedder(idx.long())
 

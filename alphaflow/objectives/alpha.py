@@ -22,9 +22,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from alphaflow.amp import target_pass
 from alphaflow.conventions import expand_time
 from alphaflow.jvp import unwrap
-from alphaflow.objectives.base import Net, Objective, Sample, Terms, regression_components
+from alphaflow.objectives.base import (Net, Objective, Rows, Sample, Terms, keep_equal_time_rows, pair_rows, put_rows,
+                                       regression_components, row_count, take_rows)
 from alphaflow.objectives.meanflow import meanflow_prediction
 from alphaflow.schedules import Schedule, as_schedule, check_unit_interval, sigmoid
 
@@ -65,13 +67,13 @@ class AlphaFlow(Objective):
             raise ValueError(f"alpha({step}) = {alpha} lies outside [0, 1]")
         t, r, labels = sample.t, sample.r, sample.labels
         z, v_tilde = self.guided(net, x, sample)
-        rows = r < t
+        rows = pair_rows(sample)  # a slice for a drawn sample: no host sync
         if alpha == 0.0:  # MeanFlow: the prediction and du/dt in one pass where the model allows it
-            pred, target = meanflow_prediction(net, z, r, t, labels, v_tilde)
+            pred, target = meanflow_prediction(net, z, r, t, labels, v_tilde, rows)
             numerator: Tensor | float = 1.0
         else:
             target = self.discrete_target(net, z, r, t, labels, v_tilde, rows, alpha)
-            numerator = torch.where(rows, alpha, 1.0).to(x.dtype)
+            numerator = torch.where(r < t, alpha, 1.0).to(x.dtype)  # the weight α on r < t rows, a device select
             pred = net(z, r, t, labels)
         parts = regression_components(pred, target, v_tilde)
         if alpha == 0.0:
@@ -79,25 +81,32 @@ class AlphaFlow(Objective):
         return Terms(loss=self.weighted(parts["mse"], numerator), components=parts, pred=pred,
                      target=target, sample=sample, logs={"alpha": alpha})
 
-    @torch.no_grad()
     def discrete_target(self, net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None,
-                        v_tilde: Tensor, rows: Tensor, alpha: float) -> Tensor:
-        """u_tgt [B, ...]: ṽ on r = t rows, the clipped α-target on ``rows`` (r < t)."""
+                        v_tilde: Tensor, rows: Rows, alpha: float) -> Tensor:
+        """u_tgt [B, ...]: ṽ on r = t rows, the clipped α-target on ``rows`` (the r < t rows as ``pair_rows``
+        gives them: a slice or [P] int64 indices; a tied row among them keeps ṽ).
+
+        No host sync: the rows are a slice or indices, never a mask. The model passes run under
+        ``target_pass`` (no grad, autocast without its weight cache: ``alphaflow.amp``).
+        """
         target = v_tilde.detach().clone()
-        if not bool(rows.any()):
+        if row_count(rows, target.shape[0]) == 0:
             return target
-        module = unwrap(net)
-        z_d, r_d, t_d, v_d = z[rows], r[rows], t[rows], v_tilde[rows]
-        lab = None if labels is None else labels[rows]
-        if alpha == 1.0:
-            u_disc = v_d  # s = r: the model term has weight 0, skip its forward (SPEC §3.4)
-        else:
-            s_d = alpha * r_d + (1.0 - alpha) * t_d
-            if self.shift == "model":
-                v_d = module(z_d, s_d, t_d, lab)
-            z_s = z_d - expand_time(t_d - s_d, z_d) * v_d
-            u_disc = alpha * v_d + (1.0 - alpha) * module(z_s, r_d, s_d, lab)
-        if self.clip is not None:
-            u_disc = u_disc.clamp(-self.clip, self.clip)
-        target[rows] = u_disc.to(target.dtype)
-        return target
+        with target_pass():
+            module = unwrap(net)
+            z_d, r_d, t_d, v_d = (take_rows(a, rows) for a in (z, r, t, v_tilde.detach()))
+            lab = None if labels is None else take_rows(labels, rows)
+            shift_v = v_d
+            if alpha == 1.0:
+                u_disc = v_d  # s = r: the model term has weight 0, skip its forward (SPEC §3.4)
+            else:
+                s_d = alpha * r_d + (1.0 - alpha) * t_d
+                # Model outputs (bf16 under autocast) are combined in ṽ's dtype, not rounded to bf16 first.
+                if self.shift == "model":
+                    shift_v = module(z_d, s_d, t_d, lab).to(v_d.dtype)
+                z_s = z_d - expand_time(t_d - s_d, z_d) * shift_v
+                u_disc = alpha * shift_v + (1.0 - alpha) * module(z_s, r_d, s_d, lab).to(v_d.dtype)
+            if self.clip is not None:
+                u_disc = u_disc.clamp(-self.clip, self.clip)
+            # A min–max tie (r = t) among the rows keeps ṽ, as the r = t rows do (see pair_rows).
+            return put_rows(target, rows, keep_equal_time_rows(r_d, t_d, u_disc.to(target.dtype), v_d))

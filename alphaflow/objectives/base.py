@@ -27,10 +27,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from alphaflow.amp import target_pass
 from alphaflow.conventions import NULL_LABEL, check_times, interpolate, velocity
 from alphaflow.jvp import unwrap
 from alphaflow.schedules import Schedule, as_schedule, check_unit_interval
-from alphaflow.timesteps import LogitNormal, TimeSampler, sample_time_pairs
+from alphaflow.timesteps import LogitNormal, TimeSampler, num_fm_rows, sample_time_pairs
 
 Net = Callable[..., Tensor]  # net(z [B,...], r [B], t [B], labels [B] | None) -> u [B,...]
 
@@ -41,12 +42,18 @@ class Sample:
 
     t, r: [B] with 0 ≤ r ≤ t ≤ 1; eps: [B, ...] like the data; labels: [B] int64 class
     indices with ``NULL_LABEL`` for unconditional rows (after CFG label dropout), or None.
+
+    num_fm: the sample's structure, where known: its first ``num_fm`` rows were drawn with r = t and
+    the rest by the min–max rule (``Objective.draw`` sets it; None for a caller-given sample). With
+    it the objectives pick the r < t rows as the slice ``num_fm:``, read on the host without
+    looking at r and t, so a training step needs no host sync (``pair_rows``).
     """
 
     t: Tensor
     r: Tensor
     eps: Tensor
     labels: Tensor | None = None
+    num_fm: int | None = None
 
     def validate(self, x: Tensor) -> None:
         """Refuse a sample that does not fit the batch ``x`` [B, ...]; errors name the field."""
@@ -55,6 +62,61 @@ class Sample:
         if self.eps.shape != x.shape:
             raise ValueError(f"sample.eps must have the data's shape {tuple(x.shape)}, got {tuple(self.eps.shape)}")
         check_labels(self.labels, batch, name="sample.labels")
+        if self.num_fm is not None:
+            if not 0 <= self.num_fm <= batch:
+                raise ValueError(f"sample.num_fm (leading r = t rows) must lie in [0, {batch}], got {self.num_fm}")
+            if not torch.equal(self.r[: self.num_fm], self.t[: self.num_fm]):
+                raise ValueError(f"sample.num_fm = {self.num_fm} says the first {self.num_fm} rows have r = t, "
+                                 "but some of them have r < t; set num_fm=None when r was changed")
+
+
+Rows = Tensor | slice  # [P] int64 strictly increasing row indices, or a slice of the batch
+
+
+def pair_rows(sample: Sample) -> Rows:
+    """The rows that take an objective's r < t branch: ``slice(num_fm, B)`` when the sample knows its
+    structure (no host sync), else the indices of r < t ([P] int64: one ``nonzero``, one host sync).
+
+    A min–max row can tie (a = b, so r = t) with tiny probability; the slice then hands it to the
+    r < t branch. Each objective keeps such a row on its r = t value (``torch.where(r < t, ...)`` on
+    the branch rows, no sync), so the values are those of the mask r < t (up to round-off: the target
+    passes then see one row more). The where is
+    needed: Δ = t − r = 0 makes MeanFlow's target ṽ − 0·du/dt = ṽ exactly, but α-Flow's discrete
+    target would be α·ṽ + (1 − α)·sg(u_θ(z_t, t, t)) (the r → t limit of Definition 1, not ṽ; s is
+    also t only up to round-off) and Shortcut's (u₁ + u₂)/2 = sg(u_θ(z_t, t, t)), a zero-gradient row.
+    """
+    if sample.num_fm is not None:
+        return slice(sample.num_fm, sample.t.shape[0])
+    return (sample.r < sample.t).nonzero().squeeze(1)
+
+
+def row_count(rows: Rows, batch: int) -> int:
+    """P, the number of rows in ``rows``, read on the host (no sync)."""
+    return len(range(*rows.indices(batch))) if isinstance(rows, slice) else rows.shape[0]
+
+
+def take_rows(a: Tensor, rows: Rows) -> Tensor:
+    """a[rows] along the batch dimension: [B, ...] → [P, ...]; a view for a slice, no mask gather."""
+    return a[rows] if isinstance(rows, slice) else a.index_select(0, rows)
+
+
+def put_rows(out: Tensor, rows: Rows, values: Tensor) -> Tensor:
+    """out[rows] = values in place ([P, ...] into [B, ...], cast to out's dtype); returns out."""
+    values = values.to(out.dtype)
+    if isinstance(rows, slice):
+        out[rows] = values
+    else:
+        out.index_copy_(0, rows, values)
+    return out
+
+
+def keep_equal_time_rows(r: Tensor, t: Tensor, branch: Tensor, fallback: Tensor) -> Tensor:
+    """``branch`` where r < t, ``fallback`` where r = t (ties among the branch rows, see ``pair_rows``).
+
+    r, t: [P]; branch, fallback: [P, ...] → [P, ...] in the promoted dtype. A device-side select, no sync.
+    """
+    below = (r < t).reshape(r.shape[0], *([1] * (branch.ndim - 1)))
+    return torch.where(below, branch, fallback)
 
 
 @dataclass
@@ -120,26 +182,30 @@ class CFG:
         drop = (u < self.label_dropout) & self.window(t)
         return torch.where(drop, torch.full_like(labels, NULL_LABEL), labels)
 
-    @torch.no_grad()
     def guided_velocity(self, net: Net, z: Tensor, t: Tensor, v: Tensor, labels: Tensor | None) -> Tensor:
-        """ṽ [B, ...] from v [B, ...]; network passes at r = t, no gradient, skipped when their weight is 0."""
+        """ṽ [B, ...] from v [B, ...]; network passes at r = t, no gradient, skipped when their weight is 0.
+
+        The window rows depend on the values of t, so they are found by one ``nonzero`` (the step's one
+        host sync when guiding); the rest is index_select / index_copy. The passes run under
+        ``target_pass`` (no grad, autocast without its weight cache: ``alphaflow.amp``).
+        """
         if not self.guides:
             return v
-        rows = self.window(t)
-        if not bool(rows.any()):
+        rows = self.window(t).nonzero().squeeze(1)  # [P]
+        P = rows.shape[0]
+        if P == 0:
             return v
-        z_w, t_w = z[rows], t[rows]
-        guided = self.omega * v[rows]
-        if self.kappa != 0.0:
-            lab = None if labels is None else labels[rows]
-            guided = guided + self.kappa * net(z_w, t_w, t_w, lab)
-        w_null = 1.0 - self.omega - self.kappa
-        if w_null != 0.0:
-            null = torch.full((int(rows.sum()),), NULL_LABEL, dtype=torch.long, device=z.device)
-            guided = guided + w_null * net(z_w, t_w, t_w, null)
-        out = v.clone()
-        out[rows] = guided.to(v.dtype)
-        return out
+        with target_pass():
+            z_w, t_w = z.index_select(0, rows), t.index_select(0, rows)
+            guided = self.omega * v.index_select(0, rows)
+            if self.kappa != 0.0:
+                lab = None if labels is None else labels.index_select(0, rows)
+                guided = guided + self.kappa * net(z_w, t_w, t_w, lab)
+            w_null = 1.0 - self.omega - self.kappa
+            if w_null != 0.0:
+                null = torch.full((P,), NULL_LABEL, dtype=torch.long, device=z.device)
+                guided = guided + w_null * net(z_w, t_w, t_w, null)
+            return v.index_copy(0, rows, guided.to(v.dtype))
 
 
 def element_mean(x: Tensor) -> Tensor:
@@ -178,7 +244,8 @@ class Objective:
 
     x: [B, ...] data; labels: [B] int64 or None. ``net`` may be wrapped (DDP, compiled): the
     prediction goes through it so gradients synchronise, the no-grad target passes use
-    ``unwrap(net)``.
+    ``unwrap(net)`` under ``alphaflow.amp.target_pass``. A drawn sample carries ``num_fm``, so a
+    step reads nothing back from the device (one ``nonzero`` when CFG guides: ``CFG.guided_velocity``).
     """
 
     name = "objective"
@@ -200,10 +267,12 @@ class Objective:
              generator: torch.Generator | None = None) -> Sample:
         """Draw (t, r) by the min–max rule with a ratio_fm(step) share of r = t rows, ε ~ N(0, I),
         and apply CFG label dropout inside the guidance window."""
-        t, r = sample_time_pairs(x.shape[0], self.ratio_fm(step), self.time_sampler,
+        ratio = self.ratio_fm(step)
+        t, r = sample_time_pairs(x.shape[0], ratio, self.time_sampler,
                                  generator=generator, device=x.device, dtype=x.dtype)
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return Sample(t, r, eps, self.cfg.drop_labels(labels, t, generator))
+        # sample_time_pairs puts the ⌊B·ratio_fm⌋ r = t rows first: the sample records how many.
+        return Sample(t, r, eps, self.cfg.drop_labels(labels, t, generator), num_fm=num_fm_rows(x.shape[0], ratio))
 
     def __call__(self, net: Net, x: Tensor, labels: Tensor | None = None, *, step: int = 0,
                  sample: Sample | None = None, generator: torch.Generator | None = None) -> Terms:

@@ -15,30 +15,36 @@ from torch import Tensor
 
 from alphaflow.conventions import expand_time
 from alphaflow.jvp import average_velocity_jvp, prediction_and_dudt
-from alphaflow.objectives.base import Net, Objective, Sample, Terms, regression_components
+from alphaflow.objectives.base import (Net, Objective, Rows, Sample, Terms, keep_equal_time_rows, pair_rows, put_rows,
+                                       regression_components, take_rows)
 
 
-def target_from_dudt(v_tilde: Tensor, r: Tensor, t: Tensor, rows: Tensor, dudt: Tensor) -> Tensor:
-    """u_tgt [B, ...]: ṽ everywhere, ṽ − (t − r)·du/dt on ``rows`` ([P] int64), with dudt [P, ...].
+def target_from_dudt(v_tilde: Tensor, r: Tensor, t: Tensor, rows: Rows, dudt: Tensor) -> Tensor:
+    """u_tgt [B, ...]: ṽ everywhere, ṽ − (t − r)·du/dt on ``rows`` ([P] int64 or a slice), with dudt [P, ...].
 
-    Computed in at least fp32 (dudt's dtype), stored in ṽ's dtype; detached.
+    Computed in at least fp32 (dudt's dtype), stored in ṽ's dtype; detached. A row of ``rows`` with r = t
+    (a min–max tie, see ``pair_rows``) has gap 0, so its target is ṽ − 0·du/dt = ṽ already; the select
+    keeps it exactly ṽ even if that row's du/dt overflowed (0·inf = nan).
     """
     target = v_tilde.detach().clone()
-    if rows.shape[0]:
-        gap = (t - r).index_select(0, rows).to(dudt.dtype)
-        rows_v = v_tilde.detach().index_select(0, rows).to(dudt.dtype)
-        target.index_copy_(0, rows, (rows_v - expand_time(gap, dudt) * dudt).to(target.dtype))
+    if dudt.shape[0]:
+        r_p, t_p = take_rows(r, rows), take_rows(t, rows)
+        gap = (t_p - r_p).to(dudt.dtype)
+        rows_v = take_rows(v_tilde.detach(), rows).to(dudt.dtype)
+        put_rows(target, rows, keep_equal_time_rows(r_p, t_p, rows_v - expand_time(gap, dudt) * dudt, rows_v))
     return target
 
 
 def meanflow_prediction(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None,
-                        v_tilde: Tensor) -> tuple[Tensor, Tensor]:
+                        v_tilde: Tensor, rows: Rows | None = None) -> tuple[Tensor, Tensor]:
     """(u_θ(z, r, t) with grad, sg(u_tgt)), both [B, ...]; du/dt runs on the r < t rows only.
 
-    One host sync (the row indices). The prediction goes through ``net`` (DDP sees one forward).
+    rows: the r < t rows as ``pair_rows`` gives them (a slice for a drawn sample: no host sync); None
+    finds them by one ``nonzero`` (one host sync). The prediction goes through ``net`` (DDP sees one forward).
     """
-    rows = (r < t).nonzero().squeeze(1)  # [P]
-    pred, dudt = prediction_and_dudt(net, z, r, t, labels, v_tilde.detach().index_select(0, rows), rows)
+    if rows is None:
+        rows = (r < t).nonzero().squeeze(1)  # [P]
+    pred, dudt = prediction_and_dudt(net, z, r, t, labels, take_rows(v_tilde.detach(), rows), rows)
     return pred, target_from_dudt(v_tilde, r, t, rows, dudt)
 
 
@@ -70,7 +76,7 @@ class MeanFlow(Objective):
 
     def compute(self, net: Net, x: Tensor, sample: Sample, step: int) -> Terms:
         z, v_tilde = self.guided(net, x, sample)
-        pred, target = meanflow_prediction(net, z, sample.r, sample.t, sample.labels, v_tilde)
+        pred, target = meanflow_prediction(net, z, sample.r, sample.t, sample.labels, v_tilde, pair_rows(sample))
         parts = regression_components(pred, target, v_tilde)
         parts["mf"] = parts["mse"]
         return Terms(loss=self.weighted(parts["mse"]), components=parts, pred=pred, target=target,

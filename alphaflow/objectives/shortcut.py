@@ -12,12 +12,13 @@ Plain MSE by default (adaptive_p = 0), as in the Shortcut paper; 75 % r = t rows
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
+from alphaflow.amp import target_pass
 from alphaflow.conventions import expand_time
 from alphaflow.jvp import unwrap
-from alphaflow.objectives.base import Net, Objective, Sample, Terms, regression_components
+from alphaflow.objectives.base import (Net, Objective, Sample, Terms, keep_equal_time_rows, pair_rows, put_rows,
+                                       regression_components, row_count, take_rows)
 
 
 class Shortcut(Objective):
@@ -34,21 +35,31 @@ class Shortcut(Objective):
         t, r, labels = sample.t, sample.r, sample.labels
         z, v_tilde = self.guided(net, x, sample)
         target = v_tilde.detach().clone()
-        rows = r < t
-        if bool(rows.any()):
-            target[rows] = self.two_half_jumps(net, z[rows], r[rows], t[rows], None if labels is None else labels[rows])
+        rows = pair_rows(sample)  # a slice for a drawn sample: no host sync, no mask gather
+        if row_count(rows, x.shape[0]):
+            r_d, t_d = take_rows(r, rows), take_rows(t, rows)
+            jumps = self.two_half_jumps(net, take_rows(z, rows), r_d, t_d,
+                                        None if labels is None else take_rows(labels, rows))
+            # A min–max tie (r = t) among the rows keeps ṽ, as the r = t rows do (see pair_rows).
+            put_rows(target, rows, keep_equal_time_rows(r_d, t_d, jumps.to(target.dtype), take_rows(target, rows)))
         pred = net(z, r, t, labels)
         parts = regression_components(pred, target, v_tilde)
         return Terms(loss=self.weighted(parts["mse"]), components=parts, pred=pred, target=target,
                      sample=sample, logs={"alpha": 0.5})
 
     @staticmethod
-    @torch.no_grad()
     def two_half_jumps(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
-        """(u₁ + u₂)/2 for rows with r < t; z: [n, ...], r, t: [n]."""
-        module = unwrap(net)
-        s = (t + r) / 2
-        u1 = module(z, s, t, labels)
-        z_s = z - expand_time(t - s, z) * u1
-        u2 = module(z_s, r, s, labels)
-        return (u1 + u2) / 2
+        """(u₁ + u₂)/2 for rows with r < t; z: [n, ...], r, t: [n] → [n, ...] in z's dtype.
+
+        Under autocast the network returns bf16; u₁, u₂ are taken to z's dtype (the fp32 activations)
+        before the shift and the mean, so the target is not rounded to bf16 and it can be written into
+        the fp32 target (an index put refuses mismatched dtypes). The passes run under ``target_pass``
+        (no grad, autocast without its weight cache: ``alphaflow.amp``).
+        """
+        with target_pass():
+            module = unwrap(net)
+            s = (t + r) / 2
+            u1 = module(z, s, t, labels).to(z.dtype)
+            z_s = z - expand_time(t - s, z) * u1
+            u2 = module(z_s, r, s, labels).to(z.dtype)
+            return (u1 + u2) / 2
