@@ -107,18 +107,16 @@ def test_the_plan_command_prints_a_table(capsys):
     assert "memory plan per rank: 2 rank(s), 8 samples per rank" in out and "offline_probe" in out
 
 
-def test_every_imagenet_recipe_and_sweep_fits_an_80gb_gpu():
-    """Each distinct memory configuration of the committed ImageNet recipes and sweeps (benchmarks/memory_plans.py
-    groups them), at the world size of its resources, fits 80 GB in every phase."""
+def test_the_xl2_recipe_fits_an_80gb_gpu_in_every_phase():
+    """The largest committed configuration (imagenet-xl2-cfg, the Table 1 XL/2 sweep's recipe) at 8 ranks fits 80 GB
+    in every phase. Planning every ImageNet recipe and sweep takes minutes on 2 cores, so that check is
+    ``python benchmarks/memory_plans.py`` (exit 1 if anything does not fit); here its grouping is checked."""
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from memory_plans import memory_key, targets
 
-    seen = {}
-    for label, cfg, world in targets():
-        seen.setdefault(memory_key(cfg, world), (label, cfg, world))
-    assert len(seen) >= 4  # B/2 with and without guidance, flow matching, XL/2
-    for label, cfg, world in seen.values():
-        plan = plan_memory(cfg, world_size=world)
-        assert plan.fits(80e9), f"{label}:\n{plan.table()}"
+    groups = {memory_key(cfg, world) for _, cfg, world in targets()}
+    assert len(groups) >= 4  # B/2 with and without guidance, flow matching, XL/2
+    plan = plan_memory(load_config("imagenet-xl2-cfg"), world_size=8)
+    assert plan.fits(80e9), plan.table()
