@@ -15,8 +15,17 @@ def build_optimizer(params, *, lr: float, betas: tuple[float, float], eps: float
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
-    """Linear warm-up of the learning rate: min(1, (step + 1)/warmup_steps); 1 without warm-up."""
-    return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+    """The learning-rate factor at ``step`` (from 0) of a linear warm-up over W = ``warmup_steps``:
+
+        f(k) = s + (1 − s)·min(k, W)/W,   s = 1/W
+
+    so the first step runs at lr/W and step W on at lr (the official scheduler: ``torch.optim.lr_scheduler.LinearLR``
+    with ``start_factor=1/W`` over W steps, then constant). W = 0: no warm-up, f = 1.
+    """
+    if warmup_steps <= 0:
+        return 1.0
+    start = 1.0 / warmup_steps
+    return start + (1.0 - start) * min(step, warmup_steps) / warmup_steps
 
 
 @torch.no_grad()

@@ -8,7 +8,8 @@ with progress p = (k − k_start)/(k_end − k_start) ∈ [0, 1]:
     step         start for k < k_start, end from k_start on (requires k_start == k_end)
     linear       start + (end − start)·p
     cosine       start + (end − start)·(1 − cos πp)/2
-    exponential  start·(end/start)^p                      (geometric; start, end > 0)
+    exponential  start·(end/start)^(p^γ)                  (geometric in p^γ; start, end > 0)
+    log          start + (end − start)·log₁₀(1 + 9p)
     sigmoid      start + (end − start)·σ(γ·(k − k_mid)/(k_end − k_start)),   k_mid = (k_start + k_end)/2
 
 The paper's curriculum (SPEC §4.1, Alg. 2) is ``sigmoid`` from start = 1 to end = 0 with
@@ -46,7 +47,9 @@ SHAPES: dict[str, _Shape] = {
     "step": lambda s, p, m: s.end,  # only reached at k == k_start == k_end; see __call__
     "linear": lambda s, p, m: s.start + (s.end - s.start) * p,
     "cosine": lambda s, p, m: s.start + (s.end - s.start) * (1.0 - math.cos(math.pi * p)) / 2.0,
-    "exponential": lambda s, p, m: s.start * (s.end / s.start) ** p,
+    # The official code raises the progress to γ before interpolating geometrically (γ = 1: plain geometric).
+    "exponential": lambda s, p, m: s.start * (s.end / s.start) ** (p ** s.gamma),
+    "log": lambda s, p, m: s.start + (s.end - s.start) * math.log10(1.0 + 9.0 * p),
     "sigmoid": lambda s, p, m: s.start + (s.end - s.start) * _logistic(s.gamma * m),
 }
 
@@ -81,12 +84,13 @@ class Schedule:
             raise ValueError(f"schedule needs 0 <= k_start <= k_end, got k_start={self.k_start}, k_end={self.k_end}")
         if self.kind == "step" and self.k_start != self.k_end:
             raise ValueError(f"a 'step' schedule switches at one step: set k_start == k_end (got {self.k_start}, {self.k_end})")
-        if self.kind in ("linear", "cosine", "exponential", "sigmoid") and self.k_end == self.k_start:
+        if self.kind in ("linear", "cosine", "exponential", "log", "sigmoid") and self.k_end == self.k_start:
             raise ValueError(f"a {self.kind!r} schedule needs k_end > k_start (got both {self.k_start}); use kind='step' for a jump")
         if self.kind == "exponential" and (self.start <= 0 or self.end <= 0):
             raise ValueError(f"an 'exponential' schedule interpolates geometrically: start and end must be > 0, got {self.start}, {self.end}")
-        if self.kind == "sigmoid" and self.gamma <= 0:
-            raise ValueError(f"schedule field 'gamma' (sigmoid temperature) must be > 0, got {self.gamma}")
+        if self.kind in ("sigmoid", "exponential") and self.gamma <= 0:
+            raise ValueError(f"schedule field 'gamma' (the {self.kind} schedule's {'temperature' if self.kind == 'sigmoid' else 'progress exponent'}) "
+                             f"must be > 0, got {self.gamma}")
         if not 0.0 <= self.clamp < 0.5:
             raise ValueError(f"schedule field 'clamp' (η) must lie in [0, 0.5), got {self.clamp}")
         if self.discrete and self.clamp == 0.0:

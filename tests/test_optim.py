@@ -34,8 +34,15 @@ def test_ema_halves_the_gap_after_one_halflife():
 
 
 def test_warmup_is_linear_then_flat():
-    assert [warmup_factor(k, 4) for k in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert [warmup_factor(k, 4) for k in range(6)] == [0.25, 0.4375, 0.625, 0.8125, 1.0, 1.0]
     assert warmup_factor(0, 0) == 1.0
+    # the official scheduler: LinearLR from lr/W over W steps, then constant
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / 10, end_factor=1.0, total_iters=10)
+    for k in range(14):
+        assert warmup_factor(k, 10) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-15), f"step {k}"
+        opt.step()
+        sched.step()
 
 
 def test_sanitize_replaces_nan_and_inf_then_clips():

@@ -93,7 +93,9 @@ def test_the_spec_half_width_constant():
     Schedule(kind="linear", start=1.0, end=0.0, k_start=100, k_end=900),
     Schedule(kind="cosine", start=1.0, end=0.0, k_start=100, k_end=900),
     Schedule(kind="exponential", start=1.0, end=1e-3, k_start=100, k_end=900),
-], ids=["sig-400K", "sig-600K-1M", "sig-noclamp", "linear", "cosine", "exponential"])
+    Schedule(kind="exponential", start=1.0, end=1e-3, k_start=100, k_end=900, gamma=1.0),
+    Schedule(kind="log", start=1.0, end=0.0, k_start=100, k_end=900),
+], ids=["sig-400K", "sig-600K-1M", "sig-noclamp", "linear", "cosine", "exponential", "exponential-g1", "log"])
 def test_decreasing_schedules_are_monotone(s):
     values = [s(k) for k in grid(s.k_start, s.k_end)]
     bad = [i for i in range(1, len(values)) if values[i] > values[i - 1]]
@@ -145,13 +147,36 @@ def test_cosine_endpoints_midpoint_and_symmetry():
         assert s(d) + s(1000 - d) == pytest.approx(1.0, abs=1e-15), f"cosine must be symmetric (d = {d})"
 
 
-def test_exponential_is_geometric():
-    s = Schedule(kind="exponential", start=0.1, end=1e-3, k_start=0, k_end=100)
+def test_exponential_is_geometric_at_gamma_one():
+    s = Schedule(kind="exponential", start=0.1, end=1e-3, k_start=0, k_end=100, gamma=1.0)
     assert s(50) == pytest.approx(math.sqrt(0.1 * 1e-3), rel=1e-12), f"value at p = ½ must be sqrt(start·end)"
     assert s(0) == 0.1 and s(100) == pytest.approx(1e-3, rel=1e-12), "exponential endpoints"
     ratios = [s(k + 1) / s(k) for k in range(0, 100, 7)]
     assert max(ratios) == pytest.approx(min(ratios), rel=1e-10), "consecutive steps must have a constant ratio"
     assert ratios[0] == pytest.approx(0.01 ** (1 / 100), rel=1e-10), "step ratio must be (end/start)^(1/span)"
+
+
+def test_exponential_raises_the_progress_to_gamma():
+    # start·(end/start)^(p^γ): at γ = 2 the log-value at p is p² of the way, so p = ½ sits a quarter of the way.
+    s = Schedule(kind="exponential", start=0.1, end=1e-3, k_start=0, k_end=100, gamma=2.0)
+    for k in (0, 10, 50, 73, 100):
+        p = k / 100
+        assert s(k) == pytest.approx(0.1 * 0.01 ** (p ** 2), rel=1e-12), f"exponential at γ = 2, step {k}"
+    assert math.log(s(50) / 0.1) / math.log(0.01) == pytest.approx(0.25, rel=1e-12), "p = ½ → a quarter of the way"
+    assert s(50) != Schedule(kind="exponential", start=0.1, end=1e-3, k_start=0, k_end=100, gamma=1.0)(50)
+    with pytest.raises(ValueError, match="'gamma'.*exponential"):
+        Schedule(kind="exponential", start=1.0, end=0.5, k_end=10, gamma=0.0)
+
+
+def test_log_schedule_values():
+    # start + (end − start)·log₁₀(1 + 9p): 0 at p = 0, 1 at p = 1, log₁₀(5.5) of the way at p = ½.
+    s = Schedule(kind="log", start=0.75, end=0.25, k_start=100, k_end=300)
+    for k, p in [(100, 0.0), (150, 0.25), (200, 0.5), (300, 1.0)]:
+        assert s(k) == pytest.approx(0.75 - 0.5 * math.log10(1 + 9 * p), abs=1e-15), f"log schedule at step {k}"
+    assert s(0) == 0.75 and s(10**6) == 0.25, "log: start before k_start, end after k_end"
+    assert s(200) < 0.5, "log front-loads the change: past the midpoint value at p = ½"
+    with pytest.raises(ValueError, match="'log'.*k_end > k_start"):
+        Schedule(kind="log", k_start=5, k_end=5)
 
 
 def test_sigmoid_between_arbitrary_start_and_end():
