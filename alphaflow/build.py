@@ -2,55 +2,21 @@
 
 from __future__ import annotations
 
-import difflib
-
 from pathlib import Path
 
 import torch
 
-from alphaflow.config import Config, ConfigError, ObjectiveConfig, from_dict
+from alphaflow.config import Config, ConfigError, from_dict
 from alphaflow.data import TrainData, build_dataset, check_data_options
 from alphaflow.models import build_for_data, check_model_name
 from alphaflow.runfolder import RunFolder
-from alphaflow.objectives import CFG, OBJECTIVES, Objective
+from alphaflow.objectives import objective_from_options
 from alphaflow.timesteps import build_time_sampler
-
-_ALPHAFLOW_ONLY = ("alpha", "clip", "shift")
-
-
-def objective_from_config(cfg: ObjectiveConfig, total_steps: int) -> Objective:
-    """Build ``cfg.name`` with its schedules resolved against ``total_steps``.
-
-    alpha, clip and shift belong to α-Flow; set to anything but their defaults for another
-    objective they are refused rather than ignored.
-    """
-    if cfg.name not in OBJECTIVES:
-        near = difflib.get_close_matches(cfg.name, OBJECTIVES, n=2)
-        hint = f" (did you mean {', '.join(near)}?)" if near else ""
-        raise ValueError(f"objective.name={cfg.name!r} is not an objective{hint}; expected one of {sorted(OBJECTIVES)}")
-    time = cfg.time
-    sampler = (build_time_sampler("logit_normal", mu=time.mu, sigma=time.sigma) if time.name == "logit_normal"
-               else build_time_sampler(time.name, low=time.low, high=time.high))
-    kwargs = dict(time_sampler=sampler, adaptive_p=cfg.adaptive_p, adaptive_c=cfg.adaptive_c,
-                  cfg=CFG(omega=cfg.cfg.omega, kappa=cfg.cfg.kappa, t_min=cfg.cfg.t_min, t_max=cfg.cfg.t_max,
-                          label_dropout=cfg.cfg.label_dropout))
-    if cfg.ratio_fm is not None:
-        kwargs["ratio_fm"] = cfg.ratio_fm.resolve(total_steps)
-    if cfg.name == "alphaflow":
-        kwargs.update(alpha=cfg.alpha.resolve(total_steps), clip=cfg.clip, shift=cfg.shift)
-    else:
-        default = ObjectiveConfig()
-        changed = [k for k in _ALPHAFLOW_ONLY if getattr(cfg, k) != getattr(default, k)]
-        if changed:
-            raise ValueError(f"objective.{changed[0]} applies to objective.name=alphaflow only, "
-                             f"not to {cfg.name!r}; remove it or switch the objective")
-    return OBJECTIVES[cfg.name](**kwargs)
-
 
 def preflight(cfg: Config) -> None:
     """Check what config validation cannot (registry names, the data path, the objective's options)
     before anything runs; raises ValueError naming the key."""
-    objective_from_config(cfg.objective, cfg.train.steps)
+    objective_from_options(cfg.objective, cfg.train.steps)
     check_model_name(cfg.model.name)
     check_data_options(cfg.data.name, cfg.data.path)
     if cfg.data.vae_path is not None and not Path(cfg.data.vae_path).expanduser().exists():

@@ -49,14 +49,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     import json
     import warnings
 
-    from alphaflow.build import objective_from_config
+    from alphaflow.objectives import objective_from_options
     from alphaflow.config import load_config
     from alphaflow.memplan import plan_memory
     from alphaflow.models import check_model_name
 
     try:
         cfg = load_config(args.config, args.overrides)
-        objective_from_config(cfg.objective, cfg.train.steps)  # the plan needs no data: paths are not checked
+        objective_from_options(cfg.objective, cfg.train.steps)  # the plan needs no data: paths are not checked
         check_model_name(cfg.model.name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # fake tensors make diffusers' VAE warn about data pointers

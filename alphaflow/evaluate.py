@@ -25,7 +25,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from alphaflow.build import objective_from_config, open_run
+from alphaflow.build import open_run
+from alphaflow.objectives import objective_from_options
 from alphaflow.config import Config
 from alphaflow.data import build_dataset
 from alphaflow.data.base import TrainData
@@ -300,7 +301,7 @@ def evaluate_run(run_dir: str | Path, *, nfe: Sequence[int] = (1, 2), sampler: s
     data.load_state_dict(stats)
     del state
     net.eval()
-    chosen = sampler_for(objective_from_config(cfg.objective, cfg.train.steps).name, sampler)
+    chosen = sampler_for(objective_from_options(cfg.objective, cfg.train.steps).name, sampler)
     rows = []
     for k in nfe:
         stats = sample_stats(net, data, feats, nfe=k, sampler=chosen, t_mid=t_mid, num_samples=num_samples,

@@ -28,13 +28,12 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from alphaflow.bench import H100_BF16_PEAK, peak_memory, run_bench, time_step
-from alphaflow.build import objective_from_config
+from alphaflow.objectives import objective_from_options
 from alphaflow.config import load_config
 from alphaflow.gpucheck import Settings, Skip
 from alphaflow.models import build_for_data
-from alphaflow.objectives import MeanFlow
 from alphaflow.optim import build_optimizer, sanitize_and_clip
-from alphaflow.probes import probe_gradients
+from alphaflow.probes import probe_gradients, probe_sample
 
 MFU_GOAL, MEANFLOW_RATIO_GOAL = 0.40, 1.45  # a DiT-B/2 FM step at ≥ 40 % of bf16 peak; MeanFlow ≤ 1.45× FM
 # Objective runs of ``train`` and ``compile``: config overrides, so the objectives are built as a run builds them.
@@ -124,7 +123,7 @@ def check_finite(what: str, values: dict[str, Any]) -> None:
 
 def objective_for(overrides: list[str], steps: int):
     """An objective exactly as a run with these ``objective.*`` overrides builds it."""
-    return objective_from_config(load_config(None, [*overrides, f"train.steps={steps}"]).objective, steps)
+    return objective_from_options(load_config(None, [*overrides, f"train.steps={steps}"]).objective, steps)
 
 
 def first_line(exc: BaseException) -> str:
@@ -416,12 +415,11 @@ def probe(s: Settings, out: dict) -> None:
     g = torch.Generator(device=dev).manual_seed(0)
     x, y = batch(s, dev, s.probe_batch, g)
     objective = objective_for([], 1000)
-    drawer = MeanFlow(ratio_fm=0.0, time_sampler=objective.time_sampler, cfg=objective.cfg)
-    sample = drawer.draw(x, y, generator=g)
+    sample = probe_sample(x, y, objective, generator=g)
     values: dict[str, float] = {}
 
     def call() -> None:
-        values.update(probe_gradients(net, x, sample, cfg=objective.cfg, training=objective, step=0))
+        values.update(probe_gradients(net, x, sample, guidance=objective.guidance, training=objective, step=0))
 
     with tf32(True):
         call()  # warm-up: kernel selection, allocator growth
@@ -544,7 +542,7 @@ def _train_phase(cfg, dev: torch.device, steps: int = 2) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     net = build_for_data(cfg.model.name, data.shape, data.num_classes, time_scale=cfg.model.time_scale).to(dev)
     ema = EMA(net, cfg.ema.halflife_steps, cfg.ema.rampup_ratio)
-    objective = objective_from_config(cfg.objective, cfg.train.steps)
+    objective = objective_from_options(cfg.objective, cfg.train.steps)
     o = cfg.optim
     opt = build_optimizer(net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
@@ -567,9 +565,8 @@ def _train_phase(cfg, dev: torch.device, steps: int = 2) -> dict[str, Any]:
 
 def _probe_call(cfg, state: dict[str, Any], x: Tensor, y: Tensor, step: int) -> dict[str, float]:
     objective = state["objective"]
-    drawer = MeanFlow(ratio_fm=0.0, time_sampler=objective.time_sampler, cfg=objective.cfg)
-    sample = drawer.draw(x, y, generator=torch.Generator(device=x.device).manual_seed(0))
-    return probe_gradients(state["net"], x, sample, cfg=objective.cfg, training=objective if cfg.probe.loss else None,
+    sample = probe_sample(x, y, objective, generator=torch.Generator(device=x.device).manual_seed(0))
+    return probe_gradients(state["net"], x, sample, guidance=objective.guidance, training=objective if cfg.probe.loss else None,
                            step=step, parts=cfg.probe.parts)
 
 

@@ -35,13 +35,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from alphaflow.build import objective_from_config
+from alphaflow.objectives import objective_from_options
 from alphaflow.config import Config
 from alphaflow.memtrack import FakeRun
 from alphaflow.models import build_for_data
-from alphaflow.objectives import AlphaFlow, MeanFlow, Objective, Sample
+from alphaflow.objectives import AlphaFlow, Objective, Sample
 from alphaflow.optim import EMA, gradient_norm, sanitize_and_clip
-from alphaflow.probes import probe_gradients
+from alphaflow.probes import probe_gradients, probe_sample
 from alphaflow.sampling import generate
 from alphaflow.schedules import as_schedule
 
@@ -136,13 +136,16 @@ def _fake_sample(run: FakeRun, sample: Sample) -> Sample:
     return dataclasses.replace(sample, **changes)
 
 
-def _draw(objective: Objective, batch: int, shape: tuple[int, ...], seed: int = 0) -> Sample:
+def _draw(objective: Objective, batch: int, shape: tuple[int, ...], seed: int = 0,
+          probe_ratio_fm: float | None = None) -> Sample:
     """A real sample for ``batch`` rows, drawn outside the fake mode (its tensors become fake ones later).
 
     Without labels: the network then embeds the null label, which costs the same memory as a class label and
     skips the label range check (a value check that fake tensors cannot answer)."""
-    gen = torch.Generator().manual_seed(seed)
-    return objective.draw(torch.zeros(batch, *shape), None, generator=gen)
+    gen, x = torch.Generator().manual_seed(seed), torch.zeros(batch, *shape)
+    if probe_ratio_fm is not None:  # a probe's sample
+        return probe_sample(x, None, objective, ratio_fm=probe_ratio_fm, generator=gen)
+    return objective.draw(x, None, generator=gen)
 
 
 def _state_bytes(module: torch.nn.Module) -> int:
@@ -166,7 +169,7 @@ def _variants(objective: Objective) -> list[Objective]:
 def _train_phase(cfg: Config, bf16: bool, world_size: int, shape, classes, probe: bool) -> tuple[PhasePlan, PhasePlan]:
     """The training step (after a first one, so Adam's moments exist) and, right after it, the online probe."""
     batch = cfg.train.batch_size // world_size
-    objective = objective_from_config(cfg.objective, cfg.train.steps)
+    objective = objective_from_options(cfg.objective, cfg.train.steps)
     run = FakeRun()
     with run:
         net = build_for_data(cfg.model.name, shape, classes, time_scale=cfg.model.time_scale)
@@ -197,8 +200,8 @@ def _train_phase(cfg: Config, bf16: bool, world_size: int, shape, classes, probe
         parts = {"weights": weights, "grads": weights, "adam": 2 * weights, "ema": weights, "ddp_buckets": buckets}
         train = PhasePlan("train", peak + buckets, parts)
         run.reset_peak()
-        drawer = MeanFlow(ratio_fm=cfg.probe.ratio_fm, time_sampler=objective.time_sampler, cfg=objective.cfg)
-        probe_gradients(net, x, _fake_sample(run, _draw(drawer, batch, shape)), cfg=objective.cfg,
+        probe_gradients(net, x, _fake_sample(run, _draw(objective, batch, shape, probe_ratio_fm=cfg.probe.ratio_fm)),
+                        guidance=objective.guidance,
                         training=objective if cfg.probe.loss else None, parts=cfg.probe.parts,
                         chunk_size=cfg.probe.chunk_size)
         online = PhasePlan("online_probe", run.peak + buckets, parts, used=probe)
@@ -206,14 +209,13 @@ def _train_phase(cfg: Config, bf16: bool, world_size: int, shape, classes, probe
 
 
 def _offline_probe_phase(cfg: Config, shape, classes) -> PhasePlan:
-    objective = objective_from_config(cfg.objective, cfg.train.steps)
+    objective = objective_from_options(cfg.objective, cfg.train.steps)
     batch = cfg.probe.batch_size
     run = FakeRun()
     with run:
         net = build_for_data(cfg.model.name, shape, classes, time_scale=cfg.model.time_scale)
-        drawer = MeanFlow(ratio_fm=0.0, time_sampler=objective.time_sampler, cfg=objective.cfg)
-        sample = _fake_sample(run, _draw(drawer, batch, shape))
-        probe_gradients(net, run.fake((batch, *shape)), sample, cfg=objective.cfg, training=objective,
+        sample = _fake_sample(run, _draw(objective, batch, shape, probe_ratio_fm=0.0))
+        probe_gradients(net, run.fake((batch, *shape)), sample, guidance=objective.guidance, training=objective,
                         parts=cfg.probe.parts, chunk_size=cfg.probe.chunk_size)
         return PhasePlan("offline_probe", run.peak, {"weights": _state_bytes(net)})
 
@@ -222,7 +224,7 @@ def _eval_phase(cfg: Config, shape, classes) -> PhasePlan:
     from alphaflow.metrics.inception import FIDInceptionV3, InceptionFeatures
     from alphaflow.snapshots import sampler_for
 
-    objective = objective_from_config(cfg.objective, cfg.train.steps)
+    objective = objective_from_options(cfg.objective, cfg.train.steps)
     sampler = sampler_for(objective.name, cfg.sample.sampler)
     batch = cfg.eval.batch_size
     run = FakeRun()

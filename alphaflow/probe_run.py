@@ -17,10 +17,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from alphaflow.build import objective_from_config, open_run
+from alphaflow.build import open_run
+from alphaflow.objectives import objective_from_options
 from alphaflow.distributed import resolve_device, set_tf32
-from alphaflow.objectives import MeanFlow
-from alphaflow.probes import probe_gradients
+from alphaflow.probes import probe_gradients, probe_sample
 from alphaflow.runfolder import RunFolder
 
 SETTINGS = ("weights", "batches", "batch_size", "seed", "parts")  # chunk_size is not one: it changes no number
@@ -87,8 +87,7 @@ def probe_run(run_dir: str | Path, *, batches: int = 50, batch_size: int = 128, 
     chunk_size = cfg.probe.chunk_size if chunk_size is None else chunk_size
     if batch_size > len(data):
         raise ValueError(f"--batch-size {batch_size} exceeds the dataset size ({len(data)})")
-    objective = objective_from_config(cfg.objective, cfg.train.steps)
-    drawer = MeanFlow(ratio_fm=0.0, time_sampler=objective.time_sampler, cfg=objective.cfg)
+    objective = objective_from_options(cfg.objective, cfg.train.steps)
     settings = {"weights": weights, "batches": batches, "batch_size": batch_size, "seed": seed, "parts": parts}
     done = {r["step"] for r in run.read_probes() if all(r.get(k) == v for k, v in settings.items())}
     for step, path in select_checkpoints(run, checkpoints):
@@ -107,8 +106,8 @@ def probe_run(run_dir: str | Path, *, batches: int = 50, batch_size: int = 128, 
             raw, labels = data.get(torch.randperm(len(data), generator=cpu_gen)[:batch_size])
             x = data.prepare(raw.to(dev), gen)
             y = labels.to(dev) if data.num_classes > 0 else None
-            sample = drawer.draw(x, y, generator=gen)
-            rows.append(probe_gradients(net, x, sample, cfg=objective.cfg, training=objective, step=step, parts=parts,
+            sample = probe_sample(x, y, objective, generator=gen)
+            rows.append(probe_gradients(net, x, sample, guidance=objective.guidance, training=objective, step=step, parts=parts,
                                         chunk_size=chunk_size))
         run.append_probes({"step": step, **settings, **summarize(rows)})
         log(f"step {step}: cos(TFM, TCC) {np.mean([r['cos_tfm_tcc'] for r in rows]):+.3f}  "

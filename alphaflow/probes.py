@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from alphaflow.jvp import unwrap
-from alphaflow.objectives import CFG, FlowMatching, MeanFlow, Objective, Sample
+from alphaflow.objectives import FlowMatching, Guidance, MeanFlow, Objective, Sample, draw_sample
 
 TERMS = ("tfm", "fmb", "tcc", "mf", "loss")
 
@@ -55,11 +55,19 @@ def parameter_groups(module: nn.Module) -> dict[str, list[str]]:
     return groups
 
 
-def term_losses(net: nn.Module, x: Tensor, sample: Sample, *, cfg: CFG | None = None,
+def probe_sample(x: Tensor, labels: Tensor | None, objective: Objective, *, ratio_fm: float = 0.0,
+                 generator: torch.Generator | None = None) -> Sample:
+    """The probe's (t, r, ε) for the batch x [B, ...]: the training objective's time sampler and guidance,
+    the first ⌊B·ratio_fm⌋ rows at r = t (0: r < t on every row, so L_TCC is defined everywhere)."""
+    return draw_sample(x, labels, ratio_fm=ratio_fm, time_sampler=objective.time_sampler,
+                       guidance=objective.guidance, generator=generator)
+
+
+def term_losses(net: nn.Module, x: Tensor, sample: Sample, *, guidance: Guidance | None = None,
                 training: Objective | None = None, step: int = 0) -> dict[str, Tensor]:
     """The differentiable batch means of every term on ``sample`` (see module docstring). x: [B, ...]."""
-    mf = MeanFlow(cfg=cfg)(net, x, sample=sample)
-    fm = FlowMatching(cfg=cfg)(net, x, sample=sample)
+    mf = MeanFlow(guidance=guidance)(net, x, sample=sample)
+    fm = FlowMatching(guidance=guidance)(net, x, sample=sample)
     terms = {"tfm": mf.components["tfm"].mean(), "fmb": fm.components["fmb"].mean(),
              "tcc": mf.components["tcc"].mean(), "mf": mf.components["mf"].mean()}
     if training is not None:
@@ -159,13 +167,13 @@ def gram_summary(gram: Tensor, keys: Sequence[str], values: dict[str, float], pr
     return out
 
 
-def probe_gradients(net: nn.Module, x: Tensor, sample: Sample, *, cfg: CFG | None = None,
+def probe_gradients(net: nn.Module, x: Tensor, sample: Sample, *, guidance: Guidance | None = None,
                     training: Objective | None = None, step: int = 0,
                     params: Sequence[tuple[str, nn.Parameter]] | None = None, parts: bool = False,
                     chunk_size: int = 0) -> dict[str, float]:
     """Values, gradient norms and pairwise cosines of the terms on one batch.
 
-    net: the network (unwrapped here); x: [B, ...]; sample: shared by every term; cfg: the run's
+    net: the network (unwrapped here); x: [B, ...]; sample: shared by every term; guidance: the run's
     training-time guidance (ṽ); training: the run's objective, to add the ``loss`` term; params:
     (name, parameter) pairs to differentiate (default: every trainable parameter); chunk_size: rows per
     forward/backward chunk (0: the whole batch at once; see the module docstring).
@@ -176,7 +184,7 @@ def probe_gradients(net: nn.Module, x: Tensor, sample: Sample, *, cfg: CFG | Non
     params = list(params) if params is not None else [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     if chunk_size < 0:
         raise ValueError(f"chunk_size must be >= 0 (0: the whole batch), got {chunk_size}")
-    values, grads = chunked_term_gradients(module, x, sample, params, chunk_size, cfg=cfg, training=training,
+    values, grads = chunked_term_gradients(module, x, sample, params, chunk_size, guidance=guidance, training=training,
                                            step=step)
     keys = list(values)
     grams = gram_from_gradients(grads, params, parameter_groups(module) if parts else None)

@@ -29,6 +29,8 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+UNITS = ("step", "fraction")  # how a ScheduleConfig counts k_start and k_end
+
 # Shape of the transition, as a function of progress p ∈ [0, 1] and of the step offset
 # from the midpoint measured in window lengths (used by the sigmoid only).
 _Shape = Callable[["Schedule", float, float], float]
@@ -157,3 +159,44 @@ def check_unit_interval(schedule: Schedule, name: str) -> None:
         v = getattr(schedule, field)
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{name} must stay in [0, 1]; its schedule has {field}={v}")
+
+
+@dataclass
+class ScheduleConfig:
+    """A ``Schedule`` as a config section: its window may be given as fractions of the run.
+
+    unit "step": k_start/k_end are steps; "fraction": they are fractions of ``train.steps``.
+    In a config a plain number where a schedule is expected means a constant: ``ratio_fm: 0.75``.
+    """
+
+    kind: str = "constant"
+    start: float = 1.0
+    end: float = 0.0
+    k_start: float = 0.0
+    k_end: float = 0.0
+    unit: str = "step"
+    gamma: float = 25.0
+    clamp: float = 0.0
+    discrete: bool = False
+
+    @classmethod
+    def constant(cls, value: float) -> "ScheduleConfig":
+        return cls(kind="constant", start=value, end=value)
+
+    def resolve(self, total_steps: int) -> Schedule:
+        """The ``Schedule`` for a run of ``total_steps``: k_* become whole steps (nearest).
+
+        Raises ``ValueError`` (from ``Schedule`` or for a bad unit) naming the field.
+        """
+        if self.unit not in UNITS:
+            near = difflib.get_close_matches(str(self.unit), UNITS, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ValueError(f"unknown schedule unit {self.unit!r}{hint}; expected one of {list(UNITS)}")
+        scale = total_steps if self.unit == "fraction" else 1
+        k_start, k_end = self.k_start * scale, self.k_end * scale
+        if self.unit == "step" and not (float(k_start).is_integer() and float(k_end).is_integer()):
+            raise ValueError(f"with unit 'step' k_start and k_end count whole steps, got {self.k_start}, {self.k_end}"
+                             " (use unit 'fraction' for fractions of train.steps)")
+        return Schedule(kind=self.kind, start=float(self.start), end=float(self.end), k_start=round(k_start),
+                        k_end=round(k_end), gamma=float(self.gamma), clamp=float(self.clamp),
+                        discrete=self.discrete)

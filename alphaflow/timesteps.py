@@ -64,6 +64,23 @@ def build_time_sampler(name: str, **kwargs: float) -> TimeSampler:
     return TIME_SAMPLERS[name](**kwargs)
 
 
+@dataclass
+class TimeConfig:
+    """The time sampler as a config section: logit-normal(mu, sigma), or uniform(low, high)."""
+
+    name: str = "logit_normal"
+    mu: float = -0.4
+    sigma: float = 1.0
+    low: float = 0.0
+    high: float = 1.0
+
+    def build(self) -> TimeSampler:
+        """The sampler this section names; an unknown name or bad parameters raise ``ValueError``."""
+        if self.name == "logit_normal":
+            return build_time_sampler(self.name, mu=self.mu, sigma=self.sigma)
+        return build_time_sampler(self.name, low=self.low, high=self.high)
+
+
 def num_fm_rows(batch: int, ratio_fm: float) -> int:
     """⌊B·ratio_fm⌋, robust to float round-off (0.29·100 gives 29, not 28)."""
     if not 0.0 <= ratio_fm <= 1.0:

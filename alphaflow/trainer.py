@@ -18,13 +18,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from alphaflow import distributed as D
 from alphaflow.batches import EpochBatches
-from alphaflow.build import objective_from_config
+from alphaflow.objectives import objective_from_options
 from alphaflow.config import Config, to_dict
 from alphaflow.data import build_dataset
 from alphaflow.models import build_for_data
-from alphaflow.objectives import MeanFlow
 from alphaflow.optim import EMA, build_optimizer, gradient_norm, sanitize_and_clip, warmup_factor
-from alphaflow.probes import probe_gradients
+from alphaflow.probes import probe_gradients, probe_sample
 from alphaflow.progress import Progress
 from alphaflow.run_eval import OnlineEval, finish_run
 from alphaflow.runfolder import RunFolder
@@ -82,7 +81,7 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     net = build_for_data(cfg.model.name, data.shape, data.num_classes, time_scale=cfg.model.time_scale).to(device)
     ema = EMA(net, cfg.ema.halflife_steps, cfg.ema.rampup_ratio)
-    objective = objective_from_config(cfg.objective, cfg.train.steps)
+    objective = objective_from_options(cfg.objective, cfg.train.steps)
     online_eval = OnlineEval(cfg, data, objective.name, device=device) if cfg.eval.every and info.is_main else None
     o = cfg.optim
     opt = build_optimizer(net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
@@ -254,9 +253,8 @@ def _online_probe(net, x: torch.Tensor, y, objective, cfg: Config, step: int, in
     """Probe the terms' gradients on this step's batch with a fresh (t, r, ε) from a generator of its own
     (so training's random streams are untouched); averaged over ranks, keys prefixed ``probe_``."""
     gen = torch.Generator(device=x.device).manual_seed(cfg.probe.seed * 1_000_003 + step * 1_009 + info.rank)
-    drawer = MeanFlow(ratio_fm=cfg.probe.ratio_fm, time_sampler=objective.time_sampler, cfg=objective.cfg)
-    sample = drawer.draw(x, y, step=step, generator=gen)
-    values = probe_gradients(net, x, sample, cfg=objective.cfg, training=objective if cfg.probe.loss else None,
+    sample = probe_sample(x, y, objective, ratio_fm=cfg.probe.ratio_fm, generator=gen)
+    values = probe_gradients(net, x, sample, guidance=objective.guidance, training=objective if cfg.probe.loss else None,
                              step=step - 1, parts=cfg.probe.parts,  # step − 1: the update just taken
                              chunk_size=cfg.probe.chunk_size)
     keys = sorted(values)

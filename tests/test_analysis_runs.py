@@ -27,7 +27,7 @@ _spec = importlib.util.spec_from_file_location("golden_regenerate", GOLDEN / "re
 golden = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(golden)
 
-S0, S1, FAILED = "meanflow-fm75-s0-54bedef3d5", "meanflow-fm75-s1-555ab02762", "alphaflow-fm50-s0-099aa57693"
+S0, S1, FAILED = "meanflow-fm75-s0-8ae0788347", "meanflow-fm75-s1-e39128b80b", "alphaflow-fm50-s0-1d6138c0c8"
 
 
 @pytest.fixture
@@ -237,9 +237,13 @@ def test_summarize_runs_final_and_best(sweep):
     assert (s.loc[S0, "final_loss"], s.loc[S0, "best_loss"]) == (0.625, 0.5)
     assert s.loc[S1, "final_loss_mse"] == 1.0, "the last step that logged it, not the last row"
     assert s["final_never_logged"].isna().all() and s["best_never_logged"].isna().all()
+    # ratio_fm differs between the variants; α-Flow's own options exist for its run only (NaN for MeanFlow's)
+    alpha_only = ["cfg.objective.alpha." + k for k in ("kind", "start", "end", "k_start", "k_end", "unit", "gamma",
+                                                         "clamp", "discrete")] + ["cfg.objective.clip", "cfg.objective.shift"]
     assert [c for c in s.columns if c.startswith("cfg.")] == ["cfg.seed", "cfg.objective.name",
                                                              "cfg.objective.ratio_fm.start",
-                                                             "cfg.objective.ratio_fm.end"]
+                                                             "cfg.objective.ratio_fm.end", *alpha_only]
+    assert s.loc[S0, alpha_only].isna().all() and s.loc[FAILED, "cfg.objective.alpha.kind"] == "sigmoid"
 
 
 # ----------------------------------------------------------------------------- report

@@ -19,7 +19,7 @@ from torch import nn
 from alphaflow.amp import target_pass
 from alphaflow.models import build_model
 from alphaflow.models.mlp import MLP
-from alphaflow.objectives import CFG, build_objective
+from alphaflow.objectives import Guidance, build_objective
 
 OBJECTIVES = {
     "fm": ("fm", {}),
@@ -32,7 +32,7 @@ OBJECTIVES = {
     "alpha0.5-model-shift": ("alphaflow", {"alpha": 0.5, "shift": "model"}),
 }
 # kappa != 0 and 1 − omega − kappa != 0: both guidance passes run; labels dropped inside the window.
-GUIDANCE = {"plain": None, "cfg": CFG(omega=1.5, kappa=0.3, label_dropout=0.25)}
+GUIDANCE = {"plain": None, "guided": Guidance(omega=1.5, kappa=0.3, label_dropout=0.25)}
 
 
 def random_dit() -> nn.Module:
@@ -62,8 +62,8 @@ def data(net: nn.Module, batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
 
 def make(key: str, guidance: str):
     name, kwargs = OBJECTIVES[key]
-    cfg = GUIDANCE[guidance]
-    return build_objective(name, **kwargs) if cfg is None else build_objective(name, cfg=cfg, **kwargs)
+    chosen = GUIDANCE[guidance]
+    return build_objective(name, **kwargs) if chosen is None else build_objective(name, guidance=chosen, **kwargs)
 
 
 def bf16_step(net: nn.Module, objective, step: int = 3):
@@ -92,7 +92,7 @@ def test_bf16_step_gives_every_parameter_a_gradient(key, guidance):
 def test_bf16_step_on_a_network_without_tangent_mode(key):
     """The MLP takes MeanFlow's no-grad torch.func.jvp path under autocast."""
     net = random_mlp()
-    _, loss = bf16_step(net, make(key, "cfg"))
+    _, loss = bf16_step(net, make(key, "guided"))
     assert torch.isfinite(loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
                for p in net.parameters())
@@ -114,7 +114,7 @@ class Spy(nn.Module):
 
 # (objective, guidance, tangent mode): every case has at least one no-grad pass.
 CACHE_CASES = [
-    *[(key, "cfg", True) for key in OBJECTIVES],
+    *[(key, "guided", True) for key in OBJECTIVES],
     ("shortcut", "plain", True), ("alpha0.5", "plain", True), ("alpha0.5-model-shift", "plain", True),
     ("meanflow", "plain", False), ("alpha0", "plain", False),  # the no-grad torch.func.jvp
 ]

@@ -38,8 +38,8 @@ def test_train_refuses_a_bad_key_before_running(capsys, tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("model.name=DiT-Q/2", "did you mean"),
     ("data.name=cifar10", "needs data.path"),
-    ("objective.name=meanflw", "did you mean meanflow"),
-    ("objective.clip=2.0", "objective.clip applies to objective.name=alphaflow only"),
+    ("objective.name=meanflw", "did you mean 'meanflow'"),
+    ("objective.clip=2.0", "'objective.clip' applies to objective.name=alphaflow, not to 'meanflow'"),
 ])
 def test_train_preflight_names_the_bad_key(capsys, tmp_path, override, message):
     extra = ["objective.name=meanflow"] if override.startswith("objective.clip") else []

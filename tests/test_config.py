@@ -35,7 +35,7 @@ def test_defaults_are_the_embedded_recipe():
     cfg = load_config()
     assert cfg == Config()
     assert (cfg.data.name, cfg.model.name, cfg.objective.name) == ("digits", "DiT-T/2", "alphaflow")
-    assert cfg.objective.ratio_fm is None and cfg.sample.nfe == [1, 2]
+    assert cfg.objective.ratio_fm == ScheduleConfig.constant(0.5) and cfg.sample.nfe == [1, 2]
     # α: the paper's sigmoid (γ = 25, η = 5e-3) over the whole run
     assert cfg.objective.alpha.resolve(cfg.train.steps) == Schedule("sigmoid", 1.0, 0.0, 0, 1500, 25.0, 5e-3)
     assert Config().sample.nfe is not Config().sample.nfe, "list defaults must not be shared between instances"
@@ -56,20 +56,20 @@ def test_overrides_of_every_type():
     cfg = load_config(overrides=[
         "train.steps=200", "optim.lr=1e-4", "optim.beta1=0", "train.compile=true", "model.name=DiT-N/2",
         "data.path=/data/x", "optim.grad_clip=null", "train.threads=2", "sample.nfe=[1, 2, 4]",
-        "objective.clip=null", "objective.cfg.kappa=0.5", "ema.halflife_steps=6931",
+        "objective.clip=null", "objective.guidance.kappa=0.5", "ema.halflife_steps=6931",
     ])
     assert cfg.train.steps == 200 and type(cfg.train.steps) is int
     assert cfg.optim.lr == 1e-4 and type(cfg.optim.lr) is float, "YAML 1.1 leaves '1e-4' a string: still a float"
     assert cfg.optim.beta1 == 0.0 and type(cfg.optim.beta1) is float, "an int is a float where a float is expected"
     assert cfg.train.compile is True and cfg.model.name == "DiT-N/2" and cfg.data.path == "/data/x"
     assert cfg.optim.grad_clip is None and cfg.objective.clip is None and cfg.train.threads == 2
-    assert cfg.sample.nfe == [1, 2, 4] and cfg.objective.cfg.kappa == 0.5 and cfg.ema.halflife_steps == 6931.0
+    assert cfg.sample.nfe == [1, 2, 4] and cfg.objective.guidance.kappa == 0.5 and cfg.ema.halflife_steps == 6931.0
 
 
 def test_override_order_and_whole_sections():
-    cfg = load_config(overrides=["train.steps=10", "train.steps=20", "objective.cfg={omega: 0.2, kappa: 0.92}"])
+    cfg = load_config(overrides=["train.steps=10", "train.steps=20", "objective.guidance={omega: 0.2, kappa: 0.92}"])
     assert cfg.train.steps == 20
-    assert (cfg.objective.cfg.omega, cfg.objective.cfg.kappa, cfg.objective.cfg.t_max) == (0.2, 0.92, 1.0)
+    assert (cfg.objective.guidance.omega, cfg.objective.guidance.kappa, cfg.objective.guidance.t_max) == (0.2, 0.92, 1.0)
 
 
 def test_integral_float_is_an_int():
@@ -87,7 +87,8 @@ def test_key_under_a_null_optional_section_instantiates_its_defaults():
     cfg = load_config(overrides=["objective.ratio_fm.kind=linear", "objective.ratio_fm.start=0.75",
                                  "objective.ratio_fm.end=0.25", "objective.ratio_fm.k_end=100"])
     assert cfg.objective.ratio_fm == ScheduleConfig(kind="linear", start=0.75, end=0.25, k_end=100.0)
-    assert load_config(overrides=["objective.ratio_fm=0.5", "objective.ratio_fm=null"]).objective.ratio_fm is None
+    with pytest.raises(ConfigError, match="'objective.ratio_fm' expects a schedule"):
+        load_config(overrides=["objective.ratio_fm=null"])  # every objective has its own default, shown in the config
 
 
 def test_fraction_unit_resolves_to_steps():
@@ -257,14 +258,14 @@ def test_imagenet_recipes_follow_the_spec():
     assert b2.objective.ratio_fm.start == 0.5 and b2.ema.halflife_steps == 6931 and b2.optim.grad_clip == 16
     assert alpha(115_000) == 1.0 and alpha(200_000) == pytest.approx(0.5) and alpha(285_000) == 0.0  # SPEC §4.1
     cfg = load_config("imagenet-b2-cfg").objective
-    assert (cfg.cfg.omega, cfg.cfg.kappa, cfg.cfg.label_dropout, cfg.ratio_fm.start) == (1.0, 0.5, 0.1, 0.25)
+    assert (cfg.guidance.omega, cfg.guidance.kappa, cfg.guidance.label_dropout, cfg.ratio_fm.start) == (1.0, 0.5, 0.1, 0.25)
     xl = load_config("imagenet-xl2-cfg")
     a = xl.objective.alpha.resolve(xl.train.steps)
-    assert (xl.model.name, a.k_start, a.k_end, xl.objective.cfg.t_max) == ("DiT-XL/2", 600_000, 1_000_000, 0.75)
+    assert (xl.model.name, a.k_start, a.k_end, xl.objective.guidance.t_max) == ("DiT-XL/2", 600_000, 1_000_000, 0.75)
     assert (xl.sample.sampler, xl.sample.t_mid) == ("consistency", 0.55)
     mf, fm = load_config("imagenet-meanflow-b2"), load_config("imagenet-fm-b2")
     assert (mf.objective.name, mf.objective.ratio_fm.start) == ("meanflow", 0.75)
-    assert (fm.objective.name, fm.objective.ratio_fm) == ("fm", None)
+    assert (fm.objective.name, fm.objective.ratio_fm) == ("fm", ScheduleConfig.constant(1.0))
     assert (fm.sample.sampler, fm.sample.nfe) == ("euler", [1, 2, 80])
 
 
@@ -280,13 +281,17 @@ def test_sampler_names_match_the_sampling_registry():
 
 
 def test_config_imports_nothing_above_it():
+    """The config sits above the objectives (its objective section is their options) and below everything
+    that runs: no models, data, training, evaluation or launching."""
     import ast
 
-    tree = ast.parse(Path(sys.modules["alphaflow.config"].__file__).read_text())
-    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    project = {m for m in imported if m.split(".")[0] == "alphaflow"}
-    assert project <= {"alphaflow.schedules"}, project
+    imported: set[str] = set()
+    for path in Path(sys.modules["alphaflow.config"].__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    project = {m.split(".")[1] for m in imported if m.split(".")[0] == "alphaflow" and "." in m}
+    assert project <= {"config", "objectives", "schedules", "timesteps"}, project
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -299,5 +304,6 @@ def test_every_recipe_names_registered_parts_and_builds_its_objective(name):
     data = pytest.importorskip("alphaflow.data")
     if hasattr(data, "DATASETS"):
         assert cfg.data.name in data.DATASETS
-    build = pytest.importorskip("alphaflow.build")
-    build.objective_from_config(cfg.objective, cfg.train.steps)
+    from alphaflow.objectives import objective_from_options
+
+    objective_from_options(cfg.objective, cfg.train.steps)

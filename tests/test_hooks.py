@@ -12,7 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from alphaflow.hooks import LayerStats
 from alphaflow.jvp import average_velocity_jvp
 from alphaflow.models import build_model
-from alphaflow.objectives import CFG, AlphaFlow, MeanFlow
+from alphaflow.objectives import Guidance, AlphaFlow, MeanFlow
 
 
 def random_dit() -> nn.Module:
@@ -108,11 +108,11 @@ def test_no_grad_forward_and_jvp_are_silent_unless_asked():
         assert value == pytest.approx(plain.records[key][0], rel=1e-5)
 
 
-@pytest.mark.parametrize("objective, passes", [(MeanFlow(ratio_fm=0.0, cfg=CFG(omega=1.5, kappa=0.3)), 3),
-                                               (AlphaFlow(alpha=0.5, ratio_fm=0.0, cfg=CFG(omega=1.5, kappa=0.3)), 4)],
+@pytest.mark.parametrize("objective, passes", [(MeanFlow(ratio_fm=0.0, guidance=Guidance(omega=1.5, kappa=0.3)), 3),
+                                               (AlphaFlow(alpha=0.5, ratio_fm=0.0, guidance=Guidance(omega=1.5, kappa=0.3)), 4)],
                          ids=["meanflow", "alphaflow"])
 def test_objective_records_only_the_prediction_forward(objective, passes):
-    """Per step: two CFG passes, then (α-Flow) the second forward, then the prediction; MeanFlow's JVP rides
+    """Per step: two Guidance passes, then (α-Flow) the second forward, then the prediction; MeanFlow's JVP rides
     on the prediction's forward (the DiT's tangent mode), which the hooks see once."""
     net, (x, _, _, y) = random_dit(), inputs()
     with LayerStats(net) as stats:

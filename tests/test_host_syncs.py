@@ -14,7 +14,7 @@ import torch
 
 from alphaflow.models import build_model
 from alphaflow.models.mlp import MLP
-from alphaflow.objectives import CFG, build_objective
+from alphaflow.objectives import Guidance, build_objective
 from alphaflow.syncs import count_host_syncs
 
 # ----------------------------------------------------------------------------- the counter
@@ -93,12 +93,12 @@ OBJECTIVES = {
     "alpha0": ("alphaflow", {"alpha": 0.0}),
     "alpha0.5-model-shift": ("alphaflow", {"alpha": 0.5, "shift": "model"}),
 }
-GUIDE = CFG(omega=1.5, kappa=0.3, label_dropout=0.25)  # both guidance passes
+GUIDE = Guidance(omega=1.5, kappa=0.3, label_dropout=0.25)  # both guidance passes
 
 
 def make(key: str, guided: bool):
     name, kwargs = OBJECTIVES[key]
-    return build_objective(name, cfg=GUIDE, **kwargs) if guided else build_objective(name, **kwargs)
+    return build_objective(name, guidance=GUIDE, **kwargs) if guided else build_objective(name, **kwargs)
 
 
 def dit():
@@ -116,7 +116,7 @@ def batch(shape=(8, 1, 8, 8)):
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("guided", [False, True], ids=["plain", "cfg"])
+@pytest.mark.parametrize("guided", [False, True], ids=["plain", "guided"])
 @pytest.mark.parametrize("key", list(OBJECTIVES))
 def test_a_training_step_makes_no_host_sync(key, guided, bf16):
     net, (x, y), objective = dit(), batch(), make(key, guided)

@@ -1,22 +1,25 @@
 """The notebooks run on a real (tiny) sweep root and on roots with missing pieces; committed copies hold no outputs.
 
-The fixture trains fm / meanflow / α-Flow (2 seeds, DiT-N/2, 30 steps, online probes) through the sweep
-API, probes and evaluates every run through the CLI, then executes all of notebooks/ in parallel kernels.
+Each notebook is a jupytext pair (notebooks/jupytext.toml): NAME.py in percent format is the source, NAME.ipynb the
+copy JupyterLab opens, committed without outputs; the checks of the committed files read both through jupytext and
+execute nothing. The fixture trains fm / meanflow / α-Flow (2 seeds, DiT-N/2, 30 steps, online probes) through the
+sweep API, probes and evaluates every run through the CLI, then executes all of notebooks/ in parallel kernels.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
-import importlib.util
 import math
 import os
 import shutil
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pandas as pd
 import pytest
+from jupytext.config import find_jupytext_configuration_file, load_jupytext_configuration_file
 from nbclient import NotebookClient
 
 from alphaflow.cli import main
@@ -103,17 +106,46 @@ def _text(cell) -> str:
 
 # ----------------------------------------------------------------------------- committed files
 
-def test_the_three_notebooks_are_committed_without_outputs_and_name_their_sweep():
+SYNC = "jupytext --sync notebooks/*.py"
+CLEAR = "jupyter nbconvert --clear-output --inplace notebooks/*.ipynb"
+
+
+def _cells(path: Path) -> list[tuple]:
+    """(type, source, tags) of each cell, as jupytext reads the file (.py or .ipynb)."""
+    return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in jupytext.read(path).cells]
+
+
+def test_the_notebooks_are_jupytext_pairs_of_a_py_and_an_ipynb():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("0*.py")) == NAMES
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == NAMES
+    config = find_jupytext_configuration_file(str(NOTEBOOKS))
+    assert config is not None and Path(config) == NOTEBOOKS / "jupytext.toml"
+    assert load_jupytext_configuration_file(config).formats == ["ipynb,py:percent"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_py_and_its_ipynb_hold_the_same_cells(name):
+    py, ipynb = _cells(NOTEBOOKS / f"{name}.py"), _cells(NOTEBOOKS / f"{name}.ipynb")
+    assert len(py) == len(ipynb), f"{name}: {len(py)} cells in the .py, {len(ipynb)} in the .ipynb: run `{SYNC}`"
+    for i, (a, b) in enumerate(zip(py, ipynb)):
+        assert a == b, f"{name}: cell {i} differs between the .py and the .ipynb: run `{SYNC}`"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_committed_ipynb_has_no_outputs_and_no_execution_counts(name):
+    nb = _notebook(name)
+    nbformat.validate(nb)
+    dirty = [i for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    assert not dirty, f"{name}.ipynb: cells {dirty} hold outputs or execution counts: run `{CLEAR}`"
+
+
+def test_the_three_notebooks_state_their_question_and_sweep_and_take_the_root():
     for name in NAMES:
         nb = _notebook(name)
-        nbformat.validate(nb)
         first = nb.cells[0]
         assert first.cell_type == "markdown" and "**Question.**" in first.source, name
         assert "alphaflow sweep sweeps/" in first.source and ".yaml" in first.source, name
-        for cell in nb.cells:
-            if cell.cell_type == "code":
-                assert cell.outputs == [] and cell.execution_count is None, (name, cell.source)
         params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(params) == 1 and params[0].cell_type == "code", name
         assert 'os.environ.get("ALPHAFLOW_SWEEP_ROOT", "runs/demo")' in params[0].source, name
@@ -130,16 +162,6 @@ def test_notebook_cells_import_only_analysis():
                 mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
                         else [node.module] if isinstance(node, ast.ImportFrom) else [])
                 assert all(m == "os" or m == "analysis" or m.startswith("analysis.") for m in mods), (name, mods)
-
-
-def test_the_notebooks_are_what_make_notebooks_writes():
-    spec = importlib.util.spec_from_file_location("make_notebooks", NOTEBOOKS / "make_notebooks.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
-    for name, cells in gen.NOTEBOOKS.items():
-        text = nbformat.writes(gen.build(cells))
-        assert (NOTEBOOKS / f"{name}.ipynb").read_text() == (text if text.endswith("\n") else text + "\n"), \
-            f"{name}.ipynb differs from its cells in make_notebooks.py: run `python notebooks/make_notebooks.py`"
 
 
 def test_a_relative_root_resolves_against_the_repository(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import torch
 
 from alphaflow.conventions import NULL_LABEL, interpolate, velocity
 from alphaflow.jvp import average_velocity_jvp
-from alphaflow.objectives import (CFG, AlphaFlow, FlowMatching, MeanFlow, Sample, Shortcut, TrajectoryFlowMatching,
+from alphaflow.objectives import (Guidance, AlphaFlow, FlowMatching, MeanFlow, Sample, Shortcut, TrajectoryFlowMatching,
                                   build_objective)
 from alphaflow.schedules import sigmoid
 
@@ -30,12 +30,12 @@ def grad_of(net, scalar) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- unification (Theorem 1)
 
-@pytest.mark.parametrize("cfg", [None, CFG(omega=1.0, kappa=0.5)])
-def test_alpha_one_is_trajectory_flow_matching(tiny_net, batch, cfg):
+@pytest.mark.parametrize("guidance", [None, Guidance(omega=1.0, kappa=0.5)])
+def test_alpha_one_is_trajectory_flow_matching(tiny_net, batch, guidance):
     x, y = batch
     sample = make_sample(x, y)
-    a1 = AlphaFlow(alpha=1.0, clip=None, cfg=cfg)(tiny_net, x, sample=sample)
-    tfm = TrajectoryFlowMatching(cfg=cfg)(tiny_net, x, sample=sample)
+    a1 = AlphaFlow(alpha=1.0, clip=None, guidance=guidance)(tiny_net, x, sample=sample)
+    tfm = TrajectoryFlowMatching(guidance=guidance)(tiny_net, x, sample=sample)
     torch.testing.assert_close(a1.loss, tfm.loss, rtol=0, atol=1e-14)
     torch.testing.assert_close(grad_of(tiny_net, a1.loss.mean()), grad_of(tiny_net, tfm.loss.mean()), rtol=0, atol=1e-14)
     torch.testing.assert_close(a1.components["tfm"], a1.components["mse"])
@@ -186,14 +186,14 @@ def test_adaptive_weight_value_and_gradient(tiny_net, batch):
     torch.testing.assert_close(grad_of(tiny_net, terms.loss.sum()), grad_of(tiny_net, (w * mse).sum()))
 
 
-# ----------------------------------------------------------------------------- CFG and sampling
+# ----------------------------------------------------------------------------- Guidance and sampling
 
-def test_cfg_guided_velocity_formula(tiny_net, batch):
+def test_guided_velocity_formula(tiny_net, batch):
     x, y = batch
     sample = make_sample(x, y)
     sample.r = sample.t.clone()  # FM rows: the target is ṽ itself
-    cfg = CFG(omega=0.2, kappa=0.92, t_min=0.0, t_max=0.6)
-    terms = FlowMatching(cfg=cfg)(tiny_net, x, sample=sample)
+    guidance = Guidance(omega=0.2, kappa=0.92, t_min=0.0, t_max=0.6)
+    terms = FlowMatching(guidance=guidance)(tiny_net, x, sample=sample)
     t = sample.t
     z, v = interpolate(x, sample.eps, t), velocity(x, sample.eps)
     null = torch.full_like(y, NULL_LABEL)
@@ -207,7 +207,7 @@ def test_cfg_guided_velocity_formula(tiny_net, batch):
 
 def test_label_dropout_only_inside_window(batch):
     x, y = batch
-    obj = MeanFlow(cfg=CFG(t_min=0.0, t_max=0.5, label_dropout=1.0))
+    obj = MeanFlow(guidance=Guidance(t_min=0.0, t_max=0.5, label_dropout=1.0))
     sample = obj.draw(x, y, generator=torch.Generator().manual_seed(0))
     inside = sample.t < 0.5
     assert (sample.labels[inside] == NULL_LABEL).all()
@@ -258,8 +258,8 @@ def test_bad_inputs_name_the_argument(tiny_net, batch):
         AlphaFlow(alpha=0.5, shift="ema")
     with pytest.raises(ValueError, match="adaptive_p"):
         MeanFlow(adaptive_p=-1)
-    with pytest.raises(ValueError, match="cfg window"):
-        CFG(t_min=0.8, t_max=0.2)
+    with pytest.raises(ValueError, match="guidance window"):
+        Guidance(t_min=0.8, t_max=0.2)
 
 
 # ----------------------------------------------------------------------------- which passes run, on which rows
@@ -294,6 +294,6 @@ def test_cfg_skips_passes_whose_weight_is_zero(tiny_net, batch, omega, kappa, ex
     sample = make_sample(x, y)
     sample.r = sample.t.clone()
     net = Recorder(tiny_net)
-    FlowMatching(cfg=CFG(omega=omega, kappa=kappa))(net, x, sample=sample)
+    FlowMatching(guidance=Guidance(omega=omega, kappa=kappa))(net, x, sample=sample)
     guidance_calls = net.calls[:-1]
     assert len(guidance_calls) == expected and all(r_is_t for _, r_is_t in guidance_calls), net.calls

@@ -42,7 +42,7 @@ def test_table2a_schedules_on_b2_without_cfg():
     for cfg in cfgs.values():
         assert cfg.model.name == "DiT-B/2" and cfg.data.name == "latents" and cfg.objective.name == "alphaflow"
         assert cfg.train.steps == 400_000 and cfg.train.batch_size == 256
-        assert cfg.objective.ratio_fm.start == 0.25 and not (cfg.objective.cfg.omega != 1.0 or cfg.objective.cfg.kappa)
+        assert cfg.objective.ratio_fm.start == 0.25 and not (cfg.objective.guidance.omega != 1.0 or cfg.objective.guidance.kappa)
     assert is_alpha_zero(cfgs["constant-0"])
     windows = {k: sigmoid_window(c) for k, c in cfgs.items() if k.startswith("sigmoid")}
     assert windows == {"sigmoid-0k-100k": (0, 100_000), "sigmoid-50k-150k": (50_000, 150_000),
@@ -84,7 +84,7 @@ def test_table1_cfg_runs(file, model, omega, kappa, t_max, af_ratio, af_window):
     af = next(v[0] for k, v in runs.items() if k.startswith("alphaflow"))
     mf = next(v[0] for k, v in runs.items() if k.startswith("meanflow"))
     for cfg in (af, mf):
-        c = cfg.objective.cfg
+        c = cfg.objective.guidance
         assert cfg.model.name == model and cfg.train.steps == 1_200_000 and cfg.train.batch_size == 256
         assert (c.omega, c.kappa, c.t_min, c.t_max, c.label_dropout) == (omega, kappa, 0.0, t_max, 0.1)
     assert sigmoid_window(af) == af_window and af.objective.ratio_fm.start == af_ratio
@@ -105,7 +105,7 @@ def test_digits_counterparts_are_small_and_evaluate_themselves():
             assert run.config.data.name == "digits" and run.config.train.steps <= 1500
             assert run.config.eval.final, f"{name}: runs should end with their Fréchet distances"
     cfg_runs = by_variant(ROOT / "sweeps" / "cfg.yaml")
-    assert all(c.objective.cfg.kappa == 0.5 and c.objective.cfg.label_dropout == 0.1
+    assert all(c.objective.guidance.kappa == 0.5 and c.objective.guidance.label_dropout == 0.1
                for v in cfg_runs.values() for c in v)
 
 

@@ -19,6 +19,8 @@ the Shortcut model, α → 0 MeanFlow (Theorem 1).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor
 
@@ -28,9 +30,27 @@ from alphaflow.jvp import unwrap
 from alphaflow.objectives.base import (Net, Objective, Rows, Sample, Terms, keep_equal_time_rows, pair_rows, put_rows,
                                        regression_components, row_count, take_rows)
 from alphaflow.objectives.meanflow import meanflow_prediction
-from alphaflow.schedules import Schedule, as_schedule, check_unit_interval, sigmoid
+from alphaflow.objectives.options import ObjectiveOptions
+from alphaflow.schedules import Schedule, ScheduleConfig, as_schedule, check_unit_interval, sigmoid
 
 SHIFT_VELOCITIES = ("velocity", "model")
+
+
+def _paper_curriculum() -> ScheduleConfig:
+    # The paper's curriculum over the whole run (arXiv 2510.20771 Alg. 2): α = 1 → 0, γ = 25, η = 5·10⁻³.
+    return ScheduleConfig(kind="sigmoid", start=1.0, end=0.0, k_start=0.0, k_end=1.0, unit="fraction",
+                          gamma=25.0, clamp=5e-3)
+
+
+@dataclass
+class AlphaFlowOptions(ObjectiveOptions):
+    """α-Flow: the α schedule, the target clip (None: off) and the shift velocity ("velocity" | "model")."""
+
+    name: str = "alphaflow"
+    ratio_fm: ScheduleConfig = field(default_factory=lambda: ScheduleConfig.constant(0.5))
+    alpha: ScheduleConfig = field(default_factory=_paper_curriculum)
+    clip: float | None = 4.0
+    shift: str = "velocity"
 
 
 class AlphaFlow(Objective):
@@ -48,7 +68,7 @@ class AlphaFlow(Objective):
     """
 
     name = "alphaflow"
-    default_ratio_fm = 0.5
+    Options = AlphaFlowOptions
 
     def __init__(self, alpha: float | Schedule | dict | None = None, *, clip: float | None = 4.0,
                  shift: str = "velocity", **kwargs) -> None:

@@ -1,4 +1,4 @@
-"""What every objective shares: the sample, the returned terms, CFG and the adaptive weight.
+"""What every objective shares: the sample, the returned terms, the rows and the adaptive weight.
 
 An objective is a small callable (EDM-style): ``terms = objective(net, x, labels, step=k)``.
 It draws (t, r, ε, labels) unless the caller passes ``sample=``, builds z_t, forms the
@@ -27,11 +27,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from alphaflow.amp import target_pass
-from alphaflow.conventions import NULL_LABEL, check_times, interpolate, velocity
+from alphaflow.conventions import check_times, interpolate, velocity
 from alphaflow.jvp import unwrap
+from alphaflow.objectives.guidance import Guidance
+from alphaflow.objectives.options import ObjectiveOptions
 from alphaflow.schedules import Schedule, as_schedule, check_unit_interval
-from alphaflow.timesteps import LogitNormal, TimeSampler, num_fm_rows, sample_time_pairs
+from alphaflow.timesteps import TimeSampler, num_fm_rows, sample_time_pairs
 
 Net = Callable[..., Tensor]  # net(z [B,...], r [B], t [B], labels [B] | None) -> u [B,...]
 
@@ -41,7 +42,7 @@ class Sample:
     """Everything random in one evaluation of an objective.
 
     t, r: [B] with 0 ≤ r ≤ t ≤ 1; eps: [B, ...] like the data; labels: [B] int64 class
-    indices with ``NULL_LABEL`` for unconditional rows (after CFG label dropout), or None.
+    indices with ``NULL_LABEL`` for unconditional rows (after guidance label dropout), or None.
 
     num_fm: the sample's structure, where known: its first ``num_fm`` rows were drawn with r = t and
     the rest by the min–max rule (``Objective.draw`` sets it; None for a caller-given sample). With
@@ -140,74 +141,6 @@ def check_labels(labels: Tensor | None, batch: int, *, name: str = "labels") -> 
         raise ValueError(f"{name} must be an integer tensor of class indices, got dtype {labels.dtype}")
 
 
-@dataclass(frozen=True)
-class CFG:
-    """Classifier-free guidance baked into training (SPEC §1.5).
-
-    For rows with t_min < t < t_max the velocity is replaced, without gradient, by
-        ṽ = ω·v + κ·u_θ(z_t, t, t | c) + (1 − ω − κ)·u_θ(z_t, t, t | ∅),
-    an effective guidance scale ω′ = ω/(1 − κ). Inside the window each label is dropped
-    to ∅ with probability ``label_dropout``; a dropped row is unconditional in every pass
-    of that step. The defaults (ω = 1, κ = 0) mean no guidance: ṽ = v.
-    """
-
-    omega: float = 1.0
-    kappa: float = 0.0
-    t_min: float = 0.0
-    t_max: float = 1.0
-    label_dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("omega", "kappa"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"cfg.{name} must be finite, got {getattr(self, name)}")
-        if not 0.0 <= self.t_min < self.t_max <= 1.0:
-            raise ValueError(f"cfg window needs 0 <= t_min < t_max <= 1, got t_min={self.t_min}, t_max={self.t_max}")
-        if not 0.0 <= self.label_dropout <= 1.0:
-            raise ValueError(f"cfg.label_dropout must lie in [0, 1], got {self.label_dropout}")
-
-    @property
-    def guides(self) -> bool:
-        return self.omega != 1.0 or self.kappa != 0.0
-
-    def window(self, t: Tensor) -> Tensor:
-        """[B] bool: rows whose t lies strictly inside (t_min, t_max)."""
-        return (t > self.t_min) & (t < self.t_max)
-
-    def drop_labels(self, labels: Tensor | None, t: Tensor, generator: torch.Generator | None) -> Tensor | None:
-        """Replace labels by ``NULL_LABEL`` with probability ``label_dropout`` inside the window."""
-        if labels is None or self.label_dropout == 0.0:
-            return labels
-        u = torch.rand(labels.shape[0], generator=generator, device=labels.device)
-        drop = (u < self.label_dropout) & self.window(t)
-        return torch.where(drop, torch.full_like(labels, NULL_LABEL), labels)
-
-    def guided_velocity(self, net: Net, z: Tensor, t: Tensor, v: Tensor, labels: Tensor | None) -> Tensor:
-        """ṽ [B, ...] from v [B, ...]; network passes at r = t, no gradient, skipped when their weight is 0.
-
-        The window rows depend on the values of t, so they are found by one ``nonzero`` (the step's one
-        host sync when guiding); the rest is index_select / index_copy. The passes run under
-        ``target_pass`` (no grad, autocast without its weight cache: ``alphaflow.amp``).
-        """
-        if not self.guides:
-            return v
-        rows = self.window(t).nonzero().squeeze(1)  # [P]
-        P = rows.shape[0]
-        if P == 0:
-            return v
-        with target_pass():
-            z_w, t_w = z.index_select(0, rows), t.index_select(0, rows)
-            guided = self.omega * v.index_select(0, rows)
-            if self.kappa != 0.0:
-                lab = None if labels is None else labels.index_select(0, rows)
-                guided = guided + self.kappa * net(z_w, t_w, t_w, lab)
-            w_null = 1.0 - self.omega - self.kappa
-            if w_null != 0.0:
-                null = torch.full((P,), NULL_LABEL, dtype=torch.long, device=z.device)
-                guided = guided + w_null * net(z_w, t_w, t_w, null)
-            return v.index_copy(0, rows, guided.to(v.dtype))
-
-
 def element_mean(x: Tensor) -> Tensor:
     """Mean over every dimension but the first: [B, ...] -> [B]."""
     return x.flatten(1).mean(dim=1)
@@ -233,11 +166,28 @@ def regression_components(pred: Tensor, target: Tensor, v_tilde: Tensor) -> dict
     }
 
 
-class Objective:
-    """Base class: owns the r = t share schedule, the time sampler, CFG and the weighting.
+def draw_sample(x: Tensor, labels: Tensor | None, *, ratio_fm: float, time_sampler: TimeSampler,
+                guidance: Guidance | None = None, generator: torch.Generator | None = None) -> Sample:
+    """Draw everything random in one objective evaluation for the batch x [B, ...].
 
-    Subclasses implement ``compute(net, x, sample, step) -> Terms``. Calling the objective
-    draws a sample (or validates the caller's) and delegates::
+    (t, r) [B] by the min–max rule with the first ⌊B·ratio_fm⌋ rows at r = t (``sample_time_pairs``),
+    ε ~ N(0, I) like x, and, with ``guidance``, its label dropout inside the guidance window. The
+    sample records ``num_fm`` so the objectives select the r < t rows without a host sync.
+    """
+    t, r = sample_time_pairs(x.shape[0], ratio_fm, time_sampler, generator=generator, device=x.device, dtype=x.dtype)
+    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if guidance is not None:
+        labels = guidance.drop_labels(labels, t, generator)
+    return Sample(t, r, eps, labels, num_fm=num_fm_rows(x.shape[0], ratio_fm))
+
+
+class Objective:
+    """Base class: owns the r = t share schedule, the time sampler, guidance and the weighting.
+
+    Subclasses set ``name`` and ``Options`` (their config section, ``alphaflow.objectives.options``;
+    its field defaults are the constructor's defaults) and implement
+    ``compute(net, x, sample, step) -> Terms``. Calling the objective draws a sample (or validates
+    the caller's) and delegates::
 
         terms = objective(net, x, labels, step=k)               # draws (t, r, ε), drops labels
         terms = objective(net, x, sample=Sample(t, r, eps, y))  # caller-given sample
@@ -245,18 +195,22 @@ class Objective:
     x: [B, ...] data; labels: [B] int64 or None. ``net`` may be wrapped (DDP, compiled): the
     prediction goes through it so gradients synchronise, the no-grad target passes use
     ``unwrap(net)`` under ``alphaflow.amp.target_pass``. A drawn sample carries ``num_fm``, so a
-    step reads nothing back from the device (one ``nonzero`` when CFG guides: ``CFG.guided_velocity``).
+    step reads nothing back from the device (one ``nonzero`` when guiding: ``Guidance.guided_velocity``).
     """
 
     name = "objective"
-    default_ratio_fm: float = 0.0
+    Options: type[ObjectiveOptions] = ObjectiveOptions
 
     def __init__(self, *, ratio_fm: float | Schedule | dict | None = None, time_sampler: TimeSampler | None = None,
-                 cfg: CFG | None = None, adaptive_p: float = 1.0, adaptive_c: float = 1e-3) -> None:
-        self.ratio_fm = as_schedule(self.default_ratio_fm if ratio_fm is None else ratio_fm)
+                 guidance: Guidance | dict | None = None, adaptive_p: float | None = None,
+                 adaptive_c: float | None = None) -> None:
+        defaults = self.Options()
+        self.ratio_fm = defaults.ratio_fm.resolve(1) if ratio_fm is None else as_schedule(ratio_fm)
         check_unit_interval(self.ratio_fm, "ratio_fm")
-        self.time_sampler = LogitNormal() if time_sampler is None else time_sampler
-        self.cfg = CFG() if cfg is None else cfg
+        self.time_sampler = defaults.time.build() if time_sampler is None else time_sampler
+        self.guidance = Guidance(**guidance) if isinstance(guidance, dict) else (guidance or defaults.guidance)
+        adaptive_p = defaults.adaptive_p if adaptive_p is None else adaptive_p
+        adaptive_c = defaults.adaptive_c if adaptive_c is None else adaptive_c
         if not (math.isfinite(adaptive_p) and adaptive_p >= 0):
             raise ValueError(f"adaptive_p (power of the adaptive weight) must be >= 0, got {adaptive_p}")
         if not (math.isfinite(adaptive_c) and adaptive_c > 0):
@@ -265,14 +219,9 @@ class Objective:
 
     def draw(self, x: Tensor, labels: Tensor | None = None, *, step: int = 0,
              generator: torch.Generator | None = None) -> Sample:
-        """Draw (t, r) by the min–max rule with a ratio_fm(step) share of r = t rows, ε ~ N(0, I),
-        and apply CFG label dropout inside the guidance window."""
-        ratio = self.ratio_fm(step)
-        t, r = sample_time_pairs(x.shape[0], ratio, self.time_sampler,
-                                 generator=generator, device=x.device, dtype=x.dtype)
-        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        # sample_time_pairs puts the ⌊B·ratio_fm⌋ r = t rows first: the sample records how many.
-        return Sample(t, r, eps, self.cfg.drop_labels(labels, t, generator), num_fm=num_fm_rows(x.shape[0], ratio))
+        """``draw_sample`` with this objective's ratio_fm(step), time sampler and guidance."""
+        return draw_sample(x, labels, ratio_fm=self.ratio_fm(step), time_sampler=self.time_sampler,
+                           guidance=self.guidance, generator=generator)
 
     def __call__(self, net: Net, x: Tensor, labels: Tensor | None = None, *, step: int = 0,
                  sample: Sample | None = None, generator: torch.Generator | None = None) -> Terms:
@@ -296,7 +245,7 @@ class Objective:
         """z_t and the (guided) velocity ṽ, both [B, ...]; guidance passes use the unwrapped net."""
         z = interpolate(x, sample.eps, sample.t)
         v = velocity(x, sample.eps)
-        return z, self.cfg.guided_velocity(unwrap(net), z, sample.t, v, sample.labels)
+        return z, self.guidance.guided_velocity(unwrap(net), z, sample.t, v, sample.labels)
 
     def weighted(self, mse: Tensor, numerator: Tensor | float = 1.0) -> Tensor:
         return adaptive_loss(mse, numerator, p=self.adaptive_p, c=self.adaptive_c)

@@ -8,10 +8,13 @@ Both use the adaptive weight 1/(sg(‖Δ‖²) + c)^p of the official code (p = 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from torch import Tensor
 
-from alphaflow.schedules import as_schedule
 from alphaflow.objectives.base import Net, Objective, Sample, Terms, regression_components
+from alphaflow.objectives.options import ObjectiveOptions
+from alphaflow.schedules import ScheduleConfig, as_schedule
 
 
 def _regress_velocity(obj: Objective, net: Net, x: Tensor, sample: Sample, r: Tensor) -> Terms:
@@ -23,6 +26,22 @@ def _regress_velocity(obj: Objective, net: Net, x: Tensor, sample: Sample, r: Te
                  sample=sample, logs={"alpha": 1.0})
 
 
+@dataclass
+class FlowMatchingOptions(ObjectiveOptions):
+    """Flow matching: every row at r = t (ratio_fm must stay 1)."""
+
+    name: str = "fm"
+    ratio_fm: ScheduleConfig = field(default_factory=lambda: ScheduleConfig.constant(1.0))
+
+
+@dataclass
+class TrajectoryFlowMatchingOptions(ObjectiveOptions):
+    """Trajectory flow matching: half the rows at r = t by default."""
+
+    name: str = "tfm"
+    ratio_fm: ScheduleConfig = field(default_factory=lambda: ScheduleConfig.constant(0.5))
+
+
 class FlowMatching(Objective):
     """L_FM. The network is evaluated at r = t on every row, whatever ``sample.r`` holds, so on
     a sample with r < t this is the border-case L_FM′ on the same (x, ε, t) (SPEC §5.2).
@@ -31,7 +50,7 @@ class FlowMatching(Objective):
     """
 
     name = "fm"
-    default_ratio_fm = 1.0
+    Options = FlowMatchingOptions
 
     def __init__(self, **kwargs) -> None:
         ratio = kwargs.get("ratio_fm")
@@ -53,7 +72,7 @@ class TrajectoryFlowMatching(Objective):
     """
 
     name = "tfm"
-    default_ratio_fm = 0.5
+    Options = TrajectoryFlowMatchingOptions
 
     def compute(self, net: Net, x: Tensor, sample: Sample, step: int) -> Terms:
         return _regress_velocity(self, net, x, sample, sample.r)

@@ -10,6 +10,8 @@ where the model has a tangent mode (the DiT), else a no-grad JVP then an ordinar
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor
 
@@ -17,6 +19,8 @@ from alphaflow.conventions import expand_time
 from alphaflow.jvp import average_velocity_jvp, prediction_and_dudt
 from alphaflow.objectives.base import (Net, Objective, Rows, Sample, Terms, keep_equal_time_rows, pair_rows, put_rows,
                                        regression_components, take_rows)
+from alphaflow.objectives.options import ObjectiveOptions
+from alphaflow.schedules import ScheduleConfig
 
 
 def target_from_dudt(v_tilde: Tensor, r: Tensor, t: Tensor, rows: Rows, dudt: Tensor) -> Tensor:
@@ -64,6 +68,14 @@ def meanflow_target(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | 
     return target_from_dudt(v_tilde, r, t, index, dudt.to(torch.promote_types(dudt.dtype, torch.float32)))
 
 
+@dataclass
+class MeanFlowOptions(ObjectiveOptions):
+    """MeanFlow's defaults (arXiv 2505.13447): 75 % of rows at r = t."""
+
+    name: str = "meanflow"
+    ratio_fm: ScheduleConfig = field(default_factory=lambda: ScheduleConfig.constant(0.75))
+
+
 class MeanFlow(Objective):
     """L_MF with MeanFlow's defaults: 75 % of rows with r = t, logit-normal(−0.4, 1) times.
 
@@ -72,7 +84,7 @@ class MeanFlow(Objective):
     """
 
     name = "meanflow"
-    default_ratio_fm = 0.75
+    Options = MeanFlowOptions
 
     def compute(self, net: Net, x: Tensor, sample: Sample, step: int) -> Terms:
         z, v_tilde = self.guided(net, x, sample)

@@ -12,6 +12,8 @@ Plain MSE by default (adaptive_p = 0), as in the Shortcut paper; 75 % r = t rows
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from torch import Tensor
 
 from alphaflow.amp import target_pass
@@ -19,17 +21,24 @@ from alphaflow.conventions import expand_time
 from alphaflow.jvp import unwrap
 from alphaflow.objectives.base import (Net, Objective, Sample, Terms, keep_equal_time_rows, pair_rows, put_rows,
                                        regression_components, row_count, take_rows)
+from alphaflow.objectives.options import ObjectiveOptions
+from alphaflow.schedules import ScheduleConfig
+
+
+@dataclass
+class ShortcutOptions(ObjectiveOptions):
+    """The Shortcut model's defaults (arXiv 2410.12557): 75 % of rows at r = t, the plain MSE (p = 0)."""
+
+    name: str = "shortcut"
+    ratio_fm: ScheduleConfig = field(default_factory=lambda: ScheduleConfig.constant(0.75))
+    adaptive_p: float = 0.0
 
 
 class Shortcut(Objective):
     """Self-consistency over halved jumps. Components: ``mse``, ``tfm``, ``tcc``."""
 
     name = "shortcut"
-    default_ratio_fm = 0.75
-
-    def __init__(self, **kwargs) -> None:
-        kwargs.setdefault("adaptive_p", 0.0)
-        super().__init__(**kwargs)
+    Options = ShortcutOptions
 
     def compute(self, net: Net, x: Tensor, sample: Sample, step: int) -> Terms:
         t, r, labels = sample.t, sample.r, sample.labels
