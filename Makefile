@@ -36,6 +36,7 @@ demo: setup
 	$(VENV)/bin/alphaflow report $(DEMO_ROOT)
 
 # the notebooks read ALPHAFLOW_SWEEP_ROOT if set, else DEMO_ROOT (relative to the repository root)
+# jupytext in JupyterLab saves each notebook as both NAME.ipynb and NAME.py (notebooks/jupytext.toml)
 lab: setup
 	ALPHAFLOW_SWEEP_ROOT="$${ALPHAFLOW_SWEEP_ROOT:-$(DEMO_ROOT)}" $(VENV)/bin/jupyter lab notebooks/
 

@@ -94,5 +94,6 @@ SLOW_MODULES = {"test_trainer", "test_launcher", "test_launcher_slurm", "test_sl
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+        in_slow_module = item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES
+        if in_slow_module and item.get_closest_marker("fast") is None:  # @pytest.mark.fast: a file check in a slow module
             item.add_marker(pytest.mark.slow)

@@ -115,6 +115,7 @@ def _cells(path: Path) -> list[tuple]:
     return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in jupytext.read(path).cells]
 
 
+@pytest.mark.fast
 def test_the_notebooks_are_jupytext_pairs_of_a_py_and_an_ipynb():
     assert sorted(p.stem for p in NOTEBOOKS.glob("0*.py")) == NAMES
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == NAMES
@@ -123,6 +124,7 @@ def test_the_notebooks_are_jupytext_pairs_of_a_py_and_an_ipynb():
     assert load_jupytext_configuration_file(config).formats == ["ipynb,py:percent"]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name", NAMES)
 def test_each_py_and_its_ipynb_hold_the_same_cells(name):
     py, ipynb = _cells(NOTEBOOKS / f"{name}.py"), _cells(NOTEBOOKS / f"{name}.ipynb")
@@ -131,6 +133,7 @@ def test_each_py_and_its_ipynb_hold_the_same_cells(name):
         assert a == b, f"{name}: cell {i} differs between the .py and the .ipynb: run `{SYNC}`"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name", NAMES)
 def test_each_committed_ipynb_has_no_outputs_and_no_execution_counts(name):
     nb = _notebook(name)
@@ -140,6 +143,7 @@ def test_each_committed_ipynb_has_no_outputs_and_no_execution_counts(name):
     assert not dirty, f"{name}.ipynb: cells {dirty} hold outputs or execution counts: run `{CLEAR}`"
 
 
+@pytest.mark.fast
 def test_the_three_notebooks_state_their_question_and_sweep_and_take_the_root():
     for name in NAMES:
         nb = _notebook(name)
@@ -151,6 +155,7 @@ def test_the_three_notebooks_state_their_question_and_sweep_and_take_the_root():
         assert 'os.environ.get("ALPHAFLOW_SWEEP_ROOT", "runs/demo")' in params[0].source, name
 
 
+@pytest.mark.fast
 def test_notebook_cells_import_only_analysis():
     """STYLE.md's layers: notebooks → analysis (and nothing heavier than os besides)."""
     for name in NAMES:
