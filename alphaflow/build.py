@@ -10,8 +10,8 @@ from alphaflow.config import Config, ConfigError, from_dict
 from alphaflow.data import TrainData, build_dataset, check_data_options
 from alphaflow.models import build_for_data, check_model_name
 from alphaflow.runfolder import RunFolder
+from alphaflow.metrics.choice import WEIGHTS_SOURCES, parse_metrics, weights_path
 from alphaflow.objectives import objective_from_options
-from alphaflow.timesteps import build_time_sampler
 
 def preflight(cfg: Config) -> None:
     """Check what config validation cannot (registry names, the data path, the objective's options)
@@ -30,8 +30,6 @@ def check_eval(cfg: Config) -> None:
     compute: latent runs take theirs from the original images, which only ``alphaflow eval --ref-images`` has."""
     if not (cfg.eval.every or cfg.eval.final):
         return
-    from alphaflow.evaluate import WEIGHTS_SOURCES, parse_metrics, weights_path  # evaluate imports this module
-
     if cfg.data.name == "latents":
         raise ConfigError("eval.every / eval.final: a latent run's reference statistics come from the images the "
                           "latents were encoded from; evaluate it with `alphaflow eval RUN --ref-images FOLDER` "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Sequence
 
@@ -39,7 +40,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print("# peak GPU memory per rank of this config: alphaflow plan with the same --config and overrides "
               "(--world-size N)")
         return 0
-    from alphaflow.trainer import train
+    from alphaflow.evaluate.callbacks import train_with_evaluation as train
 
     train(cfg, args.out)
     return 0
@@ -51,7 +52,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     from alphaflow.objectives import objective_from_options
     from alphaflow.config import load_config
-    from alphaflow.memplan import plan_memory
+    from alphaflow.perf.memplan import plan_memory
     from alphaflow.models import check_model_name
 
     try:
@@ -82,7 +83,7 @@ def _cmd_extract_latents(args: argparse.Namespace) -> int:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from alphaflow.probe_run import probe_run
+    from alphaflow.evaluate.offline_probe import probe_run
 
     try:
         path = probe_run(args.run_dir, batches=args.batches, batch_size=args.batch_size, checkpoints=args.checkpoints,
@@ -107,7 +108,7 @@ def _preflight_runs(runs: list) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from alphaflow.sweeps import load_sweep, run_inline
+    from alphaflow.launch.sweeps import load_sweep, run_inline
 
     try:
         sweep = load_sweep(args.file, args.overrides)
@@ -120,7 +121,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                 return 0
             kind = "local"
         else:
-            from alphaflow import launcher
+            from alphaflow.launch import executors as launcher
 
             kind = launcher.resolve_executor(args.executor)
             launcher.executor_parameters(sweep.resources)  # refuse unknown resources before anything runs
@@ -128,7 +129,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"alphaflow sweep: {exc}")
         return 2
-    from alphaflow import launcher
+    from alphaflow.launch import executors as launcher
 
     if args.dry_run or args.status:
         state = launcher.scheduler_state(root) if args.status else None
@@ -148,22 +149,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    # analysis/ sits above the library (pandas, plotting); the command line is where the two meet.
-    from analysis.report import write_report
-
-    root = Path(args.root)
-    if not root.is_dir():
-        print(f"alphaflow report: {root} is not a folder of runs")
-        return 2
-    out = write_report(root, args.out)
-    print((out / "headline.md").read_text())
-    print(f"report written to {out}: summary.md (every table), figures (*.png), tables (*.csv)")
-    return 0
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from alphaflow.evaluate import evaluate_run
+    from alphaflow.evaluate.quality import evaluate_run
 
     try:
         evaluate_run(args.run_dir, nfe=args.nfe, sampler=args.sampler, t_mid=args.t_mid, num_samples=args.num_samples,
@@ -179,7 +166,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_ref_stats(args: argparse.Namespace) -> int:
-    from alphaflow.evaluate import compute_reference_stats
+    from alphaflow.evaluate.quality import compute_reference_stats
 
     try:
         results = compute_reference_stats(args.data, path=args.data_path, resolution=args.resolution,
@@ -197,7 +184,7 @@ def _cmd_ref_stats(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from alphaflow.bench import format_table, run_bench
+    from alphaflow.perf.bench import format_table, run_bench
 
     try:
         results = run_bench(args.model, batch=args.batch, shape=tuple(args.shape), classes=args.classes,
@@ -290,11 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-every", type=float, default=30.0, help="seconds between progress lines with --wait")
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("report", help="summary tables (CSV, markdown) and standard figures for a sweep root")
-    p.add_argument("root", help="folder of run folders (e.g. runs/<sweep name>)")
-    p.add_argument("--out", default=None, help="output folder (default: ROOT/report)")
-    p.set_defaults(func=_cmd_report)
-
     p = sub.add_parser("eval", help="Fréchet distance of EMA samples at 1 and 2 NFE (appends RUN_DIR/eval.jsonl)")
     p.add_argument("run_dir")
     p.add_argument("--nfe", type=int, nargs="+", default=[1, 2])
@@ -336,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time one training step of FM, α-Flow, MeanFlow, the official code, a probe",
                        description="Round-robin timing (median ms and median per-round ratio to flow matching), "
                                    "FLOPs and peak memory of one step (forward + backward, no optimiser step) "
-                                   "per variant; see alphaflow/bench.py. Default: the digits recipe's DiT-T/2.")
+                                   "per variant; see alphaflow/perf/bench.py. Default: the digits recipe's DiT-T/2.")
     p.add_argument("--model", default="DiT-T/2", help="a registry model (see `alphaflow models`)")
     p.add_argument("--batch", type=int, default=48)
     p.add_argument("--shape", type=int, nargs="+", default=[1, 8, 8], metavar="N",
@@ -353,10 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=_cmd_bench)
 
-    from alphaflow.gpucheck import add_parser as add_doctor_parser  # stdlib-only at import; options live there
+    from alphaflow.perf.gpucheck import add_parser as add_doctor_parser  # stdlib-only at import; options live there
 
     add_doctor_parser(sub)
+    add_plugin_commands(sub)
     return parser
+
+
+def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands other installed packages register under the entry-point group ``alphaflow.commands``: each
+    entry is a function ``(subparsers) -> None`` that adds its parser. ``analysis`` adds ``alphaflow report``
+    this way (pyproject.toml), so the library never imports the analysis layer."""
+    for entry in sorted(entry_points(group="alphaflow.commands"), key=lambda e: e.name):
+        entry.load()(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -209,3 +209,32 @@ def _flat_diff(a: Any, b: Any, prefix: str = "") -> set[str]:
             out |= _flat_diff(a.get(key), b.get(key), f"{prefix}{key}.")
         return out
     return set() if a == b else {prefix.rstrip(".")}
+
+
+def select_checkpoints(run: RunFolder, which: str) -> list[tuple[int, Path]]:
+    """``all`` (every saved step, oldest first), ``last``, or a comma list of steps."""
+    found: dict[int, Path] = {}
+    for step, path in run.checkpoints():  # newest first; a rolling and a permanent file may share a step
+        found.setdefault(step, path)
+    if not found:
+        raise ValueError(f"{run.root} has no checkpoints to probe (train with train.keep_every to keep them)")
+    if which == "all":
+        return sorted(found.items())
+    if which == "last":
+        step = max(found)
+        return [(step, found[step])]
+    try:
+        steps = [int(s) for s in which.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--checkpoints must be all, last or a comma list of steps, got {which!r}") from None
+    missing = [s for s in steps if s not in found]
+    if missing:
+        raise ValueError(f"--checkpoints: no checkpoint at step(s) {missing} in {run.root}; saved: {sorted(found)}")
+    return [(s, found[s]) for s in steps]
+
+
+def load_weights(path: Path, key: str) -> tuple[dict, dict]:
+    """(state dict ``key``, data statistics) of a checkpoint, read on the CPU; the rest (the other weights,
+    Adam's moments: two thirds of an XL/2 checkpoint's 10.8 GB) is dropped before anything reaches the GPU."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return ckpt[key], ckpt["data_stats"]

@@ -36,7 +36,7 @@ SOURCES = (CONFIG, METRICS, PROBES, EVAL, DONE, ERROR, JOB)  # every file a reco
 STATUSES = ("done", "incomplete", "failed", "empty")
 FAILED_STATES = {"FAILED", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "ERROR"}
 ERROR_TAIL_LINES = 10
-_HASH = re.compile(r"-([0-9a-f]{10})$")  # alphaflow.sweeps names runs <desc>-<config_hash(cfg)>
+_HASH = re.compile(r"-([0-9a-f]{10})$")  # alphaflow.launch.sweeps names runs <desc>-<config_hash(cfg)>
 _SEED = re.compile(r"(?:^|-)s\d+$")  # ... and ends <desc> with s<seed>
 
 

@@ -1,4 +1,4 @@
-"""The memory plan (alphaflow.memplan) of every committed ImageNet recipe and of every run of the sweeps in
+"""The memory plan (alphaflow.perf.memplan) of every committed ImageNet recipe and of every run of the sweeps in
 sweeps/imagenet/, at the world size their resources give (nodes × tasks_per_node). Not a test.
 
     python benchmarks/memory_plans.py [--limit-gb 80]
@@ -16,8 +16,8 @@ import warnings
 from pathlib import Path
 
 from alphaflow.config import load_config
-from alphaflow.memplan import plan_memory
-from alphaflow.sweeps import load_sweep
+from alphaflow.perf.memplan import plan_memory
+from alphaflow.launch.sweeps import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

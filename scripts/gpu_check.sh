@@ -2,7 +2,7 @@
 # One unattended check of the whole CUDA path: scripts/gpu_check.sh [OUT.json]   (default gpu_check.json)
 #
 # Runs `python -m alphaflow doctor --gpu --only SECTION --out OUT.json` once per section (see
-# alphaflow/gpucheck.py), each in its own process under `timeout`: a hung kernel, or a CUDA context
+# alphaflow/perf/gpucheck.py), each in its own process under `timeout`: a hung kernel, or a CUDA context
 # killed by an illegal access, then costs that one section and the others still run. Every process
 # merges its entry into OUT.json; a section killed by the timeout, or a process that died without
 # writing, is recorded as "fail" with the reason. The whole run stays inside BUDGET seconds (default
@@ -21,7 +21,7 @@ PY=${PYTHON:-$(command -v python || command -v python3)}
 BUDGET=${GPU_CHECK_BUDGET_S:-470}
 
 # section:limit in seconds. The limits cover a cold start (torch import, CUDA context, first kernels)
-# plus the work sized in alphaflow/gpucheck.py's GPU settings; compile pays inductor's cold compile of
+# plus the work sized in alphaflow/perf/gpucheck.py's GPU settings; compile pays inductor's cold compile of
 # DiT-B/2. ddp is immediate on one GPU (it skips), and takes what is left on a machine with two.
 SECTIONS=${GPU_CHECK_SECTIONS:-"environment:30 bench:100 train:70 attention:35 probe:30 compile:140 memory:40 ddp:150"}
 

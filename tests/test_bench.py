@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from alphaflow.bench import VARIANTS, count_flops, format_table, peak_memory, run_bench
+from alphaflow.perf.bench import VARIANTS, count_flops, format_table, peak_memory, run_bench
 from alphaflow.cli import main
 from alphaflow.models import build_for_data
 

@@ -24,7 +24,7 @@ from torch._dynamo.utils import counters
 
 from alphaflow.build import preflight
 from alphaflow.config import ConfigError, load_config
-from alphaflow.trainer import train
+from alphaflow.train.loop import train
 
 if not torch._dynamo.is_dynamo_supported():  # e.g. a Python that TorchDynamo does not support yet
     pytest.skip("torch.compile is unavailable on this Python", allow_module_level=True)

@@ -8,11 +8,11 @@ import torch
 from alphaflow.cli import main
 from alphaflow.config import load_config
 from alphaflow.data import build_dataset
-from alphaflow.evaluate import evaluate_run, extractor_for, reference_stats, sample_features
+from alphaflow.evaluate.quality import evaluate_run, extractor_for, reference_stats, sample_features
 from alphaflow.metrics import frechet_distance
 from alphaflow.models import build_for_data
 from alphaflow.runfolder import read_jsonl
-from alphaflow.trainer import train
+from alphaflow.train.loop import train
 
 
 @pytest.fixture(scope="module")

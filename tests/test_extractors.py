@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from alphaflow.cli import main
-from alphaflow.evaluate import extractor_for, load_reference, parse_metrics, parse_ref_stats
+from alphaflow.evaluate.quality import extractor_for, load_reference, parse_metrics, parse_ref_stats
 from alphaflow.metrics import EXTRACTORS, METRIC_NAMES, FeatureExtractor, FeatureStats
 from alphaflow.metrics.inception import FIDInceptionV3, InceptionFeatures, inception_extractor
 from alphaflow.metrics.preprocess import dinov2_input, inception_input, quantize_8bit, to_uint8_levels
@@ -285,7 +285,7 @@ def test_eval_command_with_fid_and_fdd(tmp_path: Path, inception_file: Path, din
     299-pixel Inception would take minutes on CPU)."""
     from alphaflow.config import load_config
     from alphaflow.runfolder import read_jsonl
-    from alphaflow.trainer import train
+    from alphaflow.train.loop import train
 
     cfg = load_config(None, ["model.name=DiT-N/2", "train.steps=2", "train.batch_size=8", "train.sample_every=0",
                              "train.log_every=1", "objective.name=meanflow"])

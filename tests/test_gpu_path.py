@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import alphaflow.distributed as D
-import alphaflow.trainer as trainer_module
+import alphaflow.train.distributed as D
+import alphaflow.train.loop as trainer_module
 from alphaflow.data.latent_data import LatentData
 from alphaflow.models import build_model
 from alphaflow.objectives import MeanFlow
-from alphaflow.probes import probe_gradients
+from alphaflow.instrument.probes import probe_gradients
 
 ROOT = Path(__file__).resolve().parents[1]
 META = torch.device("meta")
@@ -145,7 +145,7 @@ def test_latents_are_decoded_in_chunks_with_the_same_images(latents):
 
 
 def test_commands_load_one_state_dict_on_the_cpu(tmp_path):
-    from alphaflow.probe_run import load_weights
+    from alphaflow.runfolder import load_weights
 
     path = tmp_path / "c.pt"
     torch.save({"net": {"w": torch.ones(2)}, "ema": {"w": torch.zeros(2)}, "opt": {"m": torch.ones(3)},
@@ -157,9 +157,9 @@ def test_commands_load_one_state_dict_on_the_cpu(tmp_path):
 # ----------------------------------------------------------------------------- the preemption window
 
 def test_the_signal_delay_leaves_time_to_write_the_largest_checkpoint():
-    from alphaflow import launcher
+    from alphaflow.launch import executors as launcher
     from alphaflow.config import load_config
-    from alphaflow.sweeps import SweepRun
+    from alphaflow.launch.sweeps import SweepRun
 
     xl = SweepRun("xl", load_config("imagenet-xl2-cfg"), [])
     tiny = SweepRun("t", load_config(None), [])
@@ -186,9 +186,9 @@ def _syncs_of_run(tmp_path, monkeypatch, steps: int, objective: list[str]) -> li
     """Host syncs of a whole run, less what reads host memory on a GPU run too: the batch loading (indices and
     labels live on the host) and Adam's step counters (``.item()`` of its per-parameter ``step``, which torch
     keeps on the CPU unless ``capturable``). On the CPU the counter cannot tell host tensors from device ones."""
-    from alphaflow.batches import EpochBatches
+    from alphaflow.train.batches import EpochBatches
     from alphaflow.config import load_config
-    from alphaflow.syncs import count_host_syncs
+    from alphaflow.perf.syncs import count_host_syncs
 
     cfg = load_config(None, ["model.name=DiT-N/2", f"train.steps={steps}", "train.batch_size=8",
                              "train.log_every=1000", "train.ckpt_every=1000", "train.sample_every=0", "sample.num=4",

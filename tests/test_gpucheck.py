@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from alphaflow import gpucheck_sections
+from alphaflow.perf.gpucheck import helpers, memory, sections
 from alphaflow.cli import main
-from alphaflow.gpucheck import CPU_REHEARSAL, SECTIONS, jsonable, run_doctor
+from alphaflow.perf.gpucheck import CPU_REHEARSAL, SECTIONS, jsonable, run_doctor
 
 ROOT = Path(__file__).resolve().parents[1]
 NON_FINITE = ("NaN", "Infinity", "-Infinity")
@@ -68,12 +68,12 @@ def test_cpu_rehearsal_measures_what_each_section_promises(rehearsal):
     variants = r["bench"][model]["variants"]
     assert variants["fm"]["images_per_s"] > 0 and variants["fm"]["ratio"] == 1.0
     assert {g["bound"] for g in r["bench"]["goals"]} == {0.40, 1.45}
-    for run in gpucheck_sections.TRAIN_RUNS:
+    for run in helpers.TRAIN_RUNS:
         row = r["train"][run]
         assert len(row["bf16"]["losses_at_step"]) >= 2 and row["max_rel_diff_mse"] >= 0
         assert row["bf16"]["grads_finite"] and row["fp32"]["params_missing_grad"] == 0
     backends = r["attention"]["backends"]
-    assert set(backends) == set(gpucheck_sections.FUSED_BACKENDS)
+    assert set(backends) == set(helpers.FUSED_BACKENDS)
     for name, row in backends.items():  # the CPU has a flash kernel; the CUDA-only ones skip with torch's reason
         assert row["status"] == "ok" or (row["status"] == "skipped" and row["reason"]), name
     assert backends["efficient"]["status"] == backends["cudnn"]["status"] == "skipped"
@@ -88,16 +88,16 @@ def test_a_failing_section_is_reported_and_the_others_still_run(tmp_path, monkey
         out["measured_before_failing"] = 1.5
         raise RuntimeError("the kernel fell over")
 
-    monkeypatch.setitem(gpucheck_sections.SECTION_FUNCTIONS, "train", broken)
+    monkeypatch.setitem(sections.SECTION_FUNCTIONS, "train", broken)
     out = tmp_path / "report.json"
     rc = main(["doctor", "--cpu-rehearsal", "--only", "environment,train", "--only", "probe", "--out", str(out)])
-    sections = json.loads(out.read_text())["sections"]
-    assert rc == 1 and list(sections) == ["environment", "train", "probe"]
-    assert sections["train"]["status"] == "fail"
-    assert sections["train"]["error"] == "RuntimeError: the kernel fell over"
-    assert "broken" in sections["train"]["traceback"]
-    assert sections["train"]["results"] == {"measured_before_failing": 1.5}  # what it measured is kept
-    assert sections["environment"]["status"] == sections["probe"]["status"] == "ok"
+    report = json.loads(out.read_text())["sections"]
+    assert rc == 1 and list(report) == ["environment", "train", "probe"]
+    assert report["train"]["status"] == "fail"
+    assert report["train"]["error"] == "RuntimeError: the kernel fell over"
+    assert "broken" in report["train"]["traceback"]
+    assert report["train"]["results"] == {"measured_before_failing": 1.5}  # what it measured is kept
+    assert report["environment"]["status"] == report["probe"]["status"] == "ok"
 
 
 def test_memory_section_compares_a_plan_with_measured_peaks(tmp_path, monkeypatch):
@@ -110,10 +110,10 @@ def test_memory_section_compares_a_plan_with_measured_peaks(tmp_path, monkeypatc
     class Plan:
         phases: dict
 
-    fake = types.ModuleType("alphaflow.memplan")
+    fake = types.ModuleType("alphaflow.perf.memplan")
     fake.plan_memory = lambda cfg, *, world_size, device="cuda": Plan(
         {k: Phase(123_456_789) for k in ("train", "online_probe", "offline_probe", "eval")})
-    monkeypatch.setitem(sys.modules, "alphaflow.memplan", fake)
+    monkeypatch.setitem(sys.modules, "alphaflow.perf.memplan", fake)
     report = run_doctor(CPU_REHEARSAL, tmp_path / "report.json", only=["memory"], log=lambda _m: None)
     entry = report["sections"]["memory"]
     assert entry["status"] == "ok", entry["error"]
@@ -126,7 +126,7 @@ def test_memory_section_compares_a_plan_with_measured_peaks(tmp_path, monkeypatc
 
 def test_ddp_launch_runs_the_trainer_on_two_gloo_ranks(tmp_path):
     """The ddp section's launcher (spawned ranks, torchrun variables, the trainer) with gloo instead of NCCL."""
-    result = gpucheck_sections.run_ddp(tmp_path / "run", device="cpu", model_name="DiT-N/2", steps=4, batch_size=8,
+    result = memory.run_ddp(tmp_path / "run", device="cpu", model_name="DiT-N/2", steps=4, batch_size=8,
                                        extra=("train.threads=1",))
     assert result["done"] and [row["step"] for row in result["rows"]] == [2, 4]
     assert all(math.isfinite(row["probe_cos_tfm_tcc"]) for row in result["rows"])

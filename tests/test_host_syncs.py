@@ -15,7 +15,7 @@ import torch
 from alphaflow.models import build_model
 from alphaflow.models.mlp import MLP
 from alphaflow.objectives import Guidance, build_objective
-from alphaflow.syncs import count_host_syncs
+from alphaflow.perf.syncs import count_host_syncs
 
 # ----------------------------------------------------------------------------- the counter
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from alphaflow import launcher
+from alphaflow.launch import executors as launcher
 from alphaflow.cli import main
 from alphaflow.runfolder import RunFolder
-from alphaflow.sweeps import load_sweep, run_inline
+from alphaflow.launch.sweeps import load_sweep, run_inline
 
 TINY_BASE = ("{model: {name: DiT-N/2}, train: {steps: STEPS, batch_size: 8, log_every: 2, ckpt_every: 4, "
              "sample_every: 0, threads: 1}, sample: {num: 4}, data: {stats_samples: 16}}")

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from alphaflow.bench import peak_memory
+from alphaflow.perf.bench import peak_memory
 from alphaflow.config import load_config
-from alphaflow.memplan import OVERHEAD_BYTES, _drawn_samples_only, _fake_sample, plan_memory
-from alphaflow.memtrack import FakeRun, rounded
+from alphaflow.perf.memplan import OVERHEAD_BYTES, _drawn_samples_only, _fake_sample, plan_memory
+from alphaflow.perf.memtrack import FakeRun, rounded
 from alphaflow.models import build_model
 from alphaflow.objectives import AlphaFlow, MeanFlow
-from alphaflow.optim import EMA, gradient_norm, sanitize_and_clip
-from alphaflow.probes import probe_gradients
+from alphaflow.train.optim import EMA, gradient_norm, sanitize_and_clip
+from alphaflow.instrument.probes import probe_gradients
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE, BATCH = (1, 16, 16), 32

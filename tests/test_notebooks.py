@@ -23,7 +23,7 @@ from jupytext.config import find_jupytext_configuration_file, load_jupytext_conf
 from nbclient import NotebookClient
 
 from alphaflow.cli import main
-from alphaflow.sweeps import load_sweep, run_inline
+from alphaflow.launch.sweeps import load_sweep, run_inline
 from analysis import load_runs
 from analysis.notebook import inventory, pick_probes, resolve_root
 from analysis.samples import fig_sample_grids, sample_index

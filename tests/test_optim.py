@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from alphaflow.optim import EMA, sanitize_and_clip, warmup_factor
+from alphaflow.train.optim import EMA, sanitize_and_clip, warmup_factor
 
 
 def test_ema_beta_follows_the_halflife_and_ramp():

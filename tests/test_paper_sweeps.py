@@ -8,7 +8,7 @@ import pytest
 
 from alphaflow.cli import main
 from alphaflow.config import Config
-from alphaflow.sweeps import load_sweep
+from alphaflow.launch.sweeps import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENET = ROOT / "sweeps" / "imagenet"

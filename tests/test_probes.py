@@ -10,10 +10,10 @@ import torch
 from alphaflow.config import load_config
 from alphaflow.models import build_model
 from alphaflow.objectives import MeanFlow, Sample
-from alphaflow.probe_run import probe_run
-from alphaflow.probes import TERMS, gram_matrices, gram_summary, parameter_groups, probe_gradients, term_losses
+from alphaflow.evaluate.offline_probe import probe_run
+from alphaflow.instrument.probes import TERMS, gram_matrices, gram_summary, parameter_groups, probe_gradients, term_losses
 from alphaflow.runfolder import RunFolder
-from alphaflow.trainer import train
+from alphaflow.train.loop import train
 
 SIX = ("cos_tfm_tcc", "cos_fmb_tcc", "cos_tfm_fmb", "cos_tfm_mf", "cos_fmb_mf", "cos_tcc_mf")
 

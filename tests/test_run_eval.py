@@ -8,7 +8,7 @@ import pytest
 
 from alphaflow.config import ConfigError, load_config
 from alphaflow.runfolder import RunFolder, read_jsonl
-from alphaflow.trainer import train
+from alphaflow.train.loop import train
 
 SMALL = ["model.name=DiT-N/2", "train.steps=20", "train.batch_size=16", "train.log_every=10",
          "train.sample_every=0", "ema.halflife_steps=5", "objective.name=meanflow"]

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from alphaflow.progress import Progress
+from alphaflow.train.progress import Progress
 from alphaflow.runfolder import RunFolder
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from alphaflow.cli import main
 from alphaflow.config import config_hash
-from alphaflow.sweeps import load_sweep, run_inline, run_state
+from alphaflow.launch.sweeps import load_sweep, run_inline, run_state
 
 ROOT = Path(__file__).resolve().parents[1]
 

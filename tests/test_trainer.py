@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import alphaflow.trainer as trainer_module
+import alphaflow.train.loop as trainer_module
 from alphaflow.config import load_config, to_dict
 from alphaflow.runfolder import RunFolder
-from alphaflow.trainer import NonFiniteLossError, train
+from alphaflow.train.loop import NonFiniteLossError, train
 
 TINY = ["model.name=DiT-N/2", "train.steps=6", "train.batch_size=16", "train.log_every=2", "train.ckpt_every=3",
         "train.sample_every=0", "sample.num=8", "ema.halflife_steps=2", "data.stats_samples=64"]

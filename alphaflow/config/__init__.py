@@ -10,14 +10,13 @@ A config is built in three layers, each overriding the last:
     cfg = load_config("imagenet-b2", ["train.steps=1000", "objective.ratio_fm=0.25"])
 
 ``schema`` holds the tree (the ``objective`` section is the named objective's ``Options``), ``merge``
-the typed merging, ``rules`` the semantic checks, ``io`` loading, the dict/YAML forms and the hash.
+the typed merging, ``loading`` loading, the semantic rules, the dict/YAML forms and the hash.
 Every mistake is a ``ConfigError`` naming the dotted key, raised before anything runs.
 """
 
-from alphaflow.config.io import (RECIPE_DIR, config_hash, dump_yaml, from_dict, load_config, to_dict,
-                                 upgrade_legacy)
+from alphaflow.config.loading import (RECIPE_DIR, config_hash, dump_yaml, from_dict, load_config, to_dict,
+                                      upgrade_legacy, validate)
 from alphaflow.config.merge import ConfigError, apply_overrides
-from alphaflow.config.rules import validate
 from alphaflow.config.schema import (DEVICES, PRECISIONS, SAMPLERS, Config, DataConfig, EMAConfig, EvalConfig,
                                      ModelConfig, OptimConfig, ProbeConfig, SampleConfig, TrainConfig)
 from alphaflow.objectives import Guidance, ObjectiveOptions

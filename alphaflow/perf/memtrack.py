@@ -1,4 +1,4 @@
-"""Live-storage tracking on fake tensors: the measuring half of ``alphaflow.memplan``.
+"""Live-storage tracking on fake tensors: the measuring half of ``alphaflow.perf.memplan``.
 
 ``FakeRun`` enters ``FakeTensorMode`` (shapes, dtypes, autograd and autocast run; no arithmetic and no
 allocation) with a dispatch mode above it that counts every new storage an op returns (its bytes rounded up

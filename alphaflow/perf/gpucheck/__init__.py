@@ -6,7 +6,7 @@ The first session that is lent a GPU runs ``scripts/gpu_check.sh [OUT.json]``; i
 entry into the same report. ``alphaflow doctor --gpu`` alone runs every section in one process.
 ``--cpu-rehearsal`` runs the same code on the CPU with tiny shapes, so the tests exercise it here.
 
-Sections (``SECTIONS``; what each measures is in its docstring in ``alphaflow/gpucheck_sections.py``):
+Sections (``SECTIONS``; what each measures is in its docstring in ``alphaflow/perf/gpucheck/``):
 
     environment  versions, GPUs, bf16, SDPA switches, a measured bf16 matmul rate
     bench        ``alphaflow bench`` at DiT-B/2 and DiT-XL/2: images/s, MFU, peak memory, ratios to FM
@@ -14,7 +14,7 @@ Sections (``SECTIONS``; what each measures is in its docstring in ``alphaflow/gp
     attention    every fused SDPA backend against MATH; the DiT's tangent mode against torch.func.jvp
     probe        one gradient probe: cosines, time, peak memory
     compile      torch.compile'd MeanFlow steps against eager
-    memory       alphaflow.memplan's planned peaks against measured ones
+    memory       alphaflow.perf.memplan's planned peaks against measured ones
     ddp          a 2-rank NCCL run of the trainer with an online probe (needs two GPUs)
 
 Report: ``{"meta": {...}, "summary": {...}, "sections": {name: {"status": "ok" | "fail" | "skipped",
@@ -36,66 +36,21 @@ import platform
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-SECTIONS = ("environment", "bench", "train", "attention", "probe", "compile", "memory", "ddp")
-STATUSES = ("ok", "fail", "skipped")
-
-
-class Skip(Exception):
-    """Raised by a section that cannot run on this machine; the message is the reason recorded."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Shapes and lengths of one mode. The GPU mode is sized for one 80 GB H100 (an H200 has more)."""
-
-    mode: str                                   # "gpu" | "cpu-rehearsal"
-    device: str                                 # "cuda" | "cpu"
-    model: str                                  # the model of train / attention / probe / compile / memory
-    shape: tuple[int, int, int]                 # latent sample shape C, H, W
-    classes: int
-    bf16: bool                                  # bf16 autocast where training would use it
-    bench: tuple[tuple[str, int], ...]          # (model, batch) pairs for ``alphaflow bench``
-    bench_rounds: int
-    bench_warmup: int
-    matmul_size: int                            # n of the n×n×n bf16 matmul in ``environment``
-    train_steps: int
-    train_batch: int
-    attention_batch: int
-    probe_batch: int
-    compile_steps: int
-    compile_batch: int
-    compile_backend: str                        # inductor on the GPU; aot_eager on the CPU (no C++ build)
-    memory_batch: int
-    ddp_model: str
-    ddp_steps: int
-    ddp_batch: int
-
-
-GPU = Settings(mode="gpu", device="cuda", model="DiT-B/2", shape=(4, 32, 32), classes=1000, bf16=True,
-               # B/2 at 256 is the reference batch; XL/2 at 64 keeps its probe variant well inside 80 GB
-               bench=(("DiT-B/2", 256), ("DiT-XL/2", 64)), bench_rounds=5, bench_warmup=2, matmul_size=8192,
-               train_steps=50, train_batch=64, attention_batch=4, probe_batch=64, compile_steps=8,
-               compile_batch=64, compile_backend="inductor", memory_batch=32, ddp_model="DiT-T/2",
-               ddp_steps=100, ddp_batch=64)
-CPU_REHEARSAL = Settings(mode="cpu-rehearsal", device="cpu", model="DiT-N/2", shape=(4, 8, 8), classes=10, bf16=True,
-                         bench=(("DiT-N/2", 4),), bench_rounds=1, bench_warmup=1, matmul_size=256,
-                         train_steps=4, train_batch=4, attention_batch=2, probe_batch=4, compile_steps=3,
-                         compile_batch=4, compile_backend="aot_eager", memory_batch=4, ddp_model="DiT-N/2",
-                         ddp_steps=4, ddp_batch=8)
-MODES = {"gpu": GPU, "cpu-rehearsal": CPU_REHEARSAL}
+from alphaflow.perf.gpucheck.settings import (CPU_REHEARSAL, GPU, SECTIONS, STATUSES, Settings,  # noqa: F401
+                                           Skip)
 
 
 # ----------------------------------------------------------------------------- running sections
 
 def section_functions() -> dict[str, Callable[[Settings, dict], None]]:
     """name → function(settings, results) that fills ``results`` as it measures (imports torch)."""
-    from alphaflow import gpucheck_sections
+    from alphaflow.perf.gpucheck.sections import SECTION_FUNCTIONS
 
-    return gpucheck_sections.SECTION_FUNCTIONS
+    return SECTION_FUNCTIONS
 
 
 def run_section(name: str, settings: Settings) -> dict[str, Any]:
@@ -112,7 +67,7 @@ def run_section(name: str, settings: Settings) -> dict[str, Any]:
         entry.update(status="fail", error=f"{type(exc).__name__}: {exc}",
                      traceback="".join(traceback.format_exception(exc)[-12:]))
     try:
-        from alphaflow.gpucheck_sections import cleanup
+        from alphaflow.perf.gpucheck.helpers import cleanup
 
         cleanup(settings)  # free the device for the next section
     except Exception as exc:  # noqa: BLE001 — e.g. a dead CUDA context after an illegal memory access
@@ -229,7 +184,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check the whole CUDA path (bench, training, attention, probes, compile, "
                                       "memory plan, DDP) and write a JSON report",
                        description="One entry per section with status ok/fail/skipped, its measured numbers, the "
-                                   "error on failure and its seconds; see alphaflow/gpucheck.py. On a GPU machine "
+                                   "error on failure and its seconds; see alphaflow/perf/gpucheck.py. On a GPU machine "
                                    "run scripts/gpu_check.sh, which puts a timeout around each section.")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--gpu", action="store_true", help="the real check on CUDA (one H100/H200-class GPU)")

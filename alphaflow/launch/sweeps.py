@@ -13,7 +13,7 @@
                 partition: learn, array_parallelism: 16, slurm: {account: my-account, qos: normal}}
 
 Each run is named ``<readable-description>-<config-hash>`` (DomainBed style), so its folder is a
-pure function of its config. ``alphaflow.launcher`` submits the runs through submitit (a job
+pure function of its config. ``alphaflow.launch.executors`` submits the runs through submitit (a job
 array, local or SLURM, with the file's ``resources``); ``run_inline`` trains them one after another
 in this process instead (for debugging and notebooks).
 """
@@ -162,7 +162,7 @@ def run_state(folder: Path) -> str:
 
 def run_inline(runs: list[SweepRun], root: str | Path, *, log: Callable[[str], None] = print) -> None:
     """Train every run under ``root`` one after another in this process (finished runs are skipped)."""
-    from alphaflow.trainer import train  # the trainer is heavy; the expansion above does not need it
+    from alphaflow.evaluate.callbacks import train_with_evaluation as train  # the trainer is heavy; the expansion above does not need it
 
     root = Path(root)
     states = {r.name: run_state(root / r.name) for r in runs}

@@ -43,7 +43,7 @@ from alphaflow.conventions import expand_time, interpolate, velocity
 from alphaflow.models import build_for_data
 from alphaflow.objectives import AlphaFlow, FlowMatching, MeanFlow
 from alphaflow.objectives.base import adaptive_loss, element_mean
-from alphaflow.probes import gram_matrices, gram_summary
+from alphaflow.instrument.probes import gram_matrices, gram_summary
 
 VARIANTS = ("fm", "alpha_mid", "mf_p100", "mf_p25", "official_p100", "probe")
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM (PERF.md)
@@ -93,7 +93,7 @@ def make_steps(net: nn.Module, x: Tensor, labels: Tensor | None, *, bf16: bool =
         with autocast():
             official_step(net, x, labels, MeanFlow(ratio_fm=0.0), generator)
 
-    def probe() -> None:  # the trainer's online probe, two terms (alphaflow.probes)
+    def probe() -> None:  # the trainer's online probe, two terms (alphaflow.instrument.probes)
         with autocast():
             mf = MeanFlow(ratio_fm=0.0)(net, x, labels, generator=generator)
         terms = {"tfm": mf.components["tfm"].float().mean(), "tcc": mf.components["tcc"].float().mean()}

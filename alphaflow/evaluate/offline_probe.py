@@ -2,7 +2,7 @@
 
 For each chosen checkpoint, N fresh batches of B samples with (t, r) from the run's logit-normal
 min–max rule and r < t on every row (L_TCC vanishes at r = t); on each batch the probe of
-``alphaflow.probes``; then per quantity the mean and the 5 % / 95 % percentiles over the batches,
+``alphaflow.instrument.probes``; then per quantity the mean and the 5 % / 95 % percentiles over the batches,
 one row per checkpoint in ``RUN_DIR/probes.jsonl``. Every checkpoint sees the same batches (the
 generator is reseeded), so curves over training compare like with like. Rows already present
 for the same settings are kept and skipped, so re-running after more training only adds rows.
@@ -19,33 +19,11 @@ import torch
 
 from alphaflow.build import open_run
 from alphaflow.objectives import objective_from_options
-from alphaflow.distributed import resolve_device, set_tf32
-from alphaflow.probes import probe_gradients, probe_sample
-from alphaflow.runfolder import RunFolder
+from alphaflow.train.distributed import resolve_device, set_tf32
+from alphaflow.instrument.probes import probe_gradients, probe_sample
+from alphaflow.runfolder import load_weights, select_checkpoints
 
 SETTINGS = ("weights", "batches", "batch_size", "seed", "parts")  # chunk_size is not one: it changes no number
-
-
-def select_checkpoints(run: RunFolder, which: str) -> list[tuple[int, Path]]:
-    """``all`` (every saved step, oldest first), ``last``, or a comma list of steps."""
-    found: dict[int, Path] = {}
-    for step, path in run.checkpoints():  # newest first; a rolling and a permanent file may share a step
-        found.setdefault(step, path)
-    if not found:
-        raise ValueError(f"{run.root} has no checkpoints to probe (train with train.keep_every to keep them)")
-    if which == "all":
-        return sorted(found.items())
-    if which == "last":
-        step = max(found)
-        return [(step, found[step])]
-    try:
-        steps = [int(s) for s in which.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(f"--checkpoints must be all, last or a comma list of steps, got {which!r}") from None
-    missing = [s for s in steps if s not in found]
-    if missing:
-        raise ValueError(f"--checkpoints: no checkpoint at step(s) {missing} in {run.root}; saved: {sorted(found)}")
-    return [(s, found[s]) for s in steps]
 
 
 def summarize(values: list[dict[str, float]]) -> dict[str, float]:
@@ -58,13 +36,6 @@ def summarize(values: list[dict[str, float]]) -> dict[str, float]:
                           else (float("nan"),) * 3)
         out.update({key: mean, f"{key}_p05": p05, f"{key}_p95": p95})
     return out
-
-
-def load_weights(path: Path, key: str) -> tuple[dict, dict]:
-    """(state dict ``key``, data statistics) of a checkpoint, read on the CPU; the rest (the other weights,
-    Adam's moments: two thirds of an XL/2 checkpoint's 10.8 GB) is dropped before anything reaches the GPU."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    return ckpt[key], ckpt["data_stats"]
 
 
 def probe_run(run_dir: str | Path, *, batches: int = 50, batch_size: int = 128, checkpoints: str = "all",

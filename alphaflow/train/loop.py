@@ -16,18 +16,17 @@ from typing import Any, Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from alphaflow import distributed as D
-from alphaflow.batches import EpochBatches
+from alphaflow.train import distributed as D
+from alphaflow.train.batches import EpochBatches
 from alphaflow.objectives import objective_from_options
 from alphaflow.config import Config, to_dict
 from alphaflow.data import build_dataset
 from alphaflow.models import build_for_data
-from alphaflow.optim import EMA, build_optimizer, gradient_norm, sanitize_and_clip, warmup_factor
-from alphaflow.probes import probe_gradients, probe_sample
-from alphaflow.progress import Progress
-from alphaflow.run_eval import OnlineEval, finish_run
+from alphaflow.train.optim import EMA, build_optimizer, gradient_norm, sanitize_and_clip, warmup_factor
+from alphaflow.train.progress import Progress
+from alphaflow.train.callbacks import Callback, LogContext, OnlineProbe, check_served
 from alphaflow.runfolder import RunFolder
-from alphaflow.snapshots import write_samples
+from alphaflow.train.sample_grids import write_samples
 
 CHECKPOINT_FORMAT = 1
 
@@ -45,25 +44,30 @@ class TrainResult:
     finished: bool                       # False when stopped early by ``stop_at``
 
 
-def train(cfg: Config, out: str | Path, *, stop_at: int | None = None, should_stop: Callable[[], bool] | None = None,
-          log: Callable[[str], None] | None = None) -> TrainResult:
+def train(cfg: Config, out: str | Path, *, callbacks: list[Callback] | None = None, stop_at: int | None = None,
+          should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None) -> TrainResult:
     """Train the run in folder ``out``: start it, resume it from its newest checkpoint, or notice it is done.
 
+    ``callbacks``: work inside the run (``alphaflow.train.callbacks``); the online probe of ``probe.every``
+    is added here. In-run evaluation (``eval.every``, ``eval.final``, ``probe.final``) comes from
+    ``alphaflow.evaluate.callbacks``; a config that asks for it without its callback is refused.
     ``stop_at``: stop after that step with a checkpoint and no DONE marker (a later call resumes).
     ``should_stop``: polled after every step (e.g. a preemption flag set by a signal handler); when any
     rank says yes, every rank stops at that same step boundary with a checkpoint.
     """
+    callbacks = [OnlineProbe(cfg), *(callbacks or [])]
+    check_served(cfg, callbacks)
     info, created = D.init_distributed(cfg.train.device, cfg.train.dist_timeout_min)
     say = (log or print) if info.is_main else (lambda _msg: None)
     try:
-        return _train(cfg, RunFolder(out), info, say, stop_at, should_stop)
+        return _train(cfg, RunFolder(out), info, say, stop_at, should_stop, callbacks)
     finally:
         if created:  # a process group the caller made stays theirs
             D.shutdown()
 
 
 def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], None],
-           stop_at: int | None, should_stop: Callable[[], bool] | None) -> TrainResult:
+           stop_at: int | None, should_stop: Callable[[], bool] | None, callbacks: list[Callback]) -> TrainResult:
     # ---------------------------------------------------------------- set-up
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -82,7 +86,6 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     net = build_for_data(cfg.model.name, data.shape, data.num_classes, time_scale=cfg.model.time_scale).to(device)
     ema = EMA(net, cfg.ema.halflife_steps, cfg.ema.rampup_ratio)
     objective = objective_from_options(cfg.objective, cfg.train.steps)
-    online_eval = OnlineEval(cfg, data, objective.name, device=device) if cfg.eval.every and info.is_main else None
     o = cfg.optim
     opt = build_optimizer(net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + info.rank)
@@ -171,10 +174,9 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         last = step == cfg.train.steps
         if step % cfg.train.log_every == 0 or last:
             row = _log_row(state, lr, terms.logs, info, cfg.train.batch_size)
-            if cfg.probe.every and step % cfg.probe.every == 0:
-                row.update(_online_probe(net, x, y, objective, cfg, step, info))
-            if online_eval is not None and step % cfg.eval.every == 0:
-                row.update(online_eval(ema.model))  # main rank only: the row is written there
+            ctx = LogContext(step, x, y, net, ema.model, objective, info)
+            for callback in callbacks:
+                row.update(callback.on_log(ctx))
             if info.is_main:
                 run.append_metrics(row)
             # the adaptive weight normalises the loss to ≈ 1 per sample; the unweighted mse shows progress
@@ -200,9 +202,9 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         opt.state.clear()  # Adam's moments (2× the weights) are saved: free them for the evaluation's network
         for p in params:
             p.grad = None
-        if info.is_main:
-            finish_run(cfg, run.root, device.type, log=say)
-        D.barrier(info)
+    for callback in callbacks:
+        callback.on_end(run.root, device, info, say)
+    D.barrier(info)
     if info.is_main:
         rows = run.read_metrics()
         run.mark_done({"step": state["step"], "images": state["images"], "wall": state["wall"],
@@ -247,18 +249,6 @@ def _log_row(state: dict[str, Any], lr: float, logs: dict, info: D.DistInfo, bat
     state["tick"] = _new_tick()
     state["tick"]["wall"] = state["wall"]
     return row
-
-
-def _online_probe(net, x: torch.Tensor, y, objective, cfg: Config, step: int, info: D.DistInfo) -> dict[str, float]:
-    """Probe the terms' gradients on this step's batch with a fresh (t, r, ε) from a generator of its own
-    (so training's random streams are untouched); averaged over ranks, keys prefixed ``probe_``."""
-    gen = torch.Generator(device=x.device).manual_seed(cfg.probe.seed * 1_000_003 + step * 1_009 + info.rank)
-    sample = probe_sample(x, y, objective, ratio_fm=cfg.probe.ratio_fm, generator=gen)
-    values = probe_gradients(net, x, sample, guidance=objective.guidance, training=objective if cfg.probe.loss else None,
-                             step=step - 1, parts=cfg.probe.parts,  # step − 1: the update just taken
-                             chunk_size=cfg.probe.chunk_size)
-    keys = sorted(values)
-    return {f"probe_{k}": v for k, v in zip(keys, D.mean_over_ranks([values[k] for k in keys], info))}
 
 
 # -------------------------------------------------------------------- checkpoints

@@ -1,7 +1,7 @@
 """A memory plan without a GPU: the peak memory per rank of each phase of a run, from fake tensors.
 
 ``plan_memory(cfg, world_size=8)`` runs the project's real code for each phase on fake tensors
-(``alphaflow.memtrack.FakeRun``: shapes, dtypes, autograd and autocast run, nothing is computed or
+(``alphaflow.perf.memtrack.FakeRun``: shapes, dtypes, autograd and autocast run, nothing is computed or
 allocated) and reports the peak of live storage bytes:
 
     train          one training step at the per-rank batch: fp32 weights, their gradients, Adam's two
@@ -37,11 +37,11 @@ from torch import Tensor
 
 from alphaflow.objectives import objective_from_options
 from alphaflow.config import Config
-from alphaflow.memtrack import FakeRun
+from alphaflow.perf.memtrack import FakeRun
 from alphaflow.models import build_for_data
 from alphaflow.objectives import AlphaFlow, Objective, Sample
-from alphaflow.optim import EMA, gradient_norm, sanitize_and_clip
-from alphaflow.probes import probe_gradients, probe_sample
+from alphaflow.train.optim import EMA, gradient_norm, sanitize_and_clip
+from alphaflow.instrument.probes import probe_gradients, probe_sample
 from alphaflow.sampling import generate
 from alphaflow.schedules import as_schedule
 
@@ -222,7 +222,7 @@ def _offline_probe_phase(cfg: Config, shape, classes) -> PhasePlan:
 
 def _eval_phase(cfg: Config, shape, classes) -> PhasePlan:
     from alphaflow.metrics.inception import FIDInceptionV3, InceptionFeatures
-    from alphaflow.snapshots import sampler_for
+    from alphaflow.train.sample_grids import sampler_for
 
     objective = objective_from_options(cfg.objective, cfg.train.steps)
     sampler = sampler_for(objective.name, cfg.sample.sampler)

@@ -29,10 +29,10 @@ import submitit
 import torch
 
 from alphaflow.config import Config, from_dict, to_dict
-from alphaflow.memplan import data_shape
+from alphaflow.perf.memplan import data_shape
 from alphaflow.models import build_for_data
 from alphaflow.runfolder import RunFolder, atomic_write_bytes
-from alphaflow.sweeps import SweepRun
+from alphaflow.launch.sweeps import SweepRun
 
 # Sweep-file ``resources`` keys → submitit AutoExecutor parameters.
 RESOURCES = {
@@ -49,7 +49,7 @@ class TrainJob(submitit.helpers.Checkpointable):
     """Train one run folder; ``spec`` = {"config": <config dict>, "run_dir": <path>}."""
 
     def __call__(self, spec: dict[str, Any]) -> dict[str, Any]:
-        from alphaflow.trainer import train  # imported in the job process
+        from alphaflow.evaluate.callbacks import train_with_evaluation as train  # imported in the job process
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # several tasks: DDP ranks from submitit's view of the job
@@ -101,7 +101,7 @@ MIN_SIGNAL_DELAY_S = 120
 def checkpoint_bytes(cfg: Config) -> int:
     """Size of one training checkpoint of ``cfg``: fp32 weights, EMA and Adam's two moments (16 bytes per
     parameter), from the model built on the meta device (nothing allocated) for the data's planned shape
-    (``alphaflow.memplan.data_shape``: latents as ImageNet's)."""
+    (``alphaflow.perf.memplan.data_shape``: latents as ImageNet's)."""
     shape, classes = data_shape(cfg)
     with torch.device("meta"):
         net = build_for_data(cfg.model.name, shape, classes)

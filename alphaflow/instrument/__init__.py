@@ -1,0 +1,1 @@
+"""Instrumentation of training: the gradient probes of the flow-matching and consistency terms."""

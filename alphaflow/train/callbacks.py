@@ -1,0 +1,89 @@
+"""Callbacks: work that runs inside a training run without the loop knowing what it is.
+
+The loop calls ``on_log`` at every metrics row (on every rank, so a callback may average over ranks; keys it
+returns land in that row) and ``on_end`` once the last step is saved, before DONE (a crash there reruns
+only the end-of-run work on resume). A callback names the config keys it serves in ``serves``; ``train``
+refuses a config that turns on a key no callback serves (``eval.every`` without the evaluation callbacks,
+say) instead of silently skipping it. The online gradient probe (``probe.every``) is the loop's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from alphaflow.config import Config
+from alphaflow.instrument.probes import probe_gradients, probe_sample
+from alphaflow.objectives import Objective
+from alphaflow.train import distributed as D
+
+
+@dataclass
+class LogContext:
+    """What a callback sees at a metrics row: the step just taken, its batch (x [B, ...], y [B] or None),
+    the unwrapped network, its EMA copy, the objective and the process group."""
+
+    step: int
+    x: torch.Tensor
+    y: torch.Tensor | None
+    net: nn.Module
+    ema: nn.Module
+    objective: Objective
+    info: D.DistInfo
+
+
+class Callback:
+    """Base class; override what you need."""
+
+    serves: tuple[str, ...] = ()  # config keys this callback implements, e.g. ("eval.every",)
+
+    def on_log(self, ctx: LogContext) -> dict[str, Any]:
+        return {}
+
+    def on_end(self, run_dir: Path, device: torch.device, info: D.DistInfo, log: Callable[[str], None]) -> None:
+        pass
+
+
+# config keys that ask for work a callback does: key → whether this config turns it on
+def requested(cfg: Config) -> list[str]:
+    wanted = {"probe.every": bool(cfg.probe.every), "eval.every": bool(cfg.eval.every),
+              "eval.final": cfg.eval.final, "probe.final": cfg.probe.final}
+    return [key for key, on in wanted.items() if on]
+
+
+def check_served(cfg: Config, callbacks: list[Callback]) -> None:
+    """Refuse a config that turns on work no callback does."""
+    served = {key for cb in callbacks for key in cb.serves}
+    missing = [key for key in requested(cfg) if key not in served]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} set but no callback serves "
+                         f"{'it' if len(missing) == 1 else 'them'}: train with "
+                         "alphaflow.evaluate.callbacks.train_with_evaluation(cfg, out), or pass "
+                         "callbacks=alphaflow.evaluate.callbacks.in_run_callbacks(cfg)")
+
+
+class OnlineProbe(Callback):
+    """``probe.every``: the terms' gradients on this step's batch with a fresh (t, r, ε) from a generator of
+    its own (so training's random streams are untouched); averaged over ranks, keys prefixed ``probe_``."""
+
+    serves = ("probe.every",)
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def on_log(self, ctx: LogContext) -> dict[str, Any]:
+        p = self.cfg.probe
+        if not p.every or ctx.step % p.every:
+            return {}
+        gen = torch.Generator(device=ctx.x.device).manual_seed(p.seed * 1_000_003 + ctx.step * 1_009 + ctx.info.rank)
+        sample = probe_sample(ctx.x, ctx.y, ctx.objective, ratio_fm=p.ratio_fm, generator=gen)
+        values = probe_gradients(ctx.net, ctx.x, sample, guidance=ctx.objective.guidance,
+                                 training=ctx.objective if p.loss else None,
+                                 step=ctx.step - 1, parts=p.parts,  # step − 1: the update just taken
+                                 chunk_size=p.chunk_size)
+        keys = sorted(values)
+        return {f"probe_{k}": v for k, v in zip(keys, D.mean_over_ranks([values[k] for k in keys], ctx.info))}

@@ -1,0 +1,29 @@
+"""``alphaflow report``: registered with the ``alphaflow`` command through the ``alphaflow.commands`` entry point.
+
+Importing this module is cheap (argparse only); pandas and matplotlib load when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_report_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="summary tables (CSV, markdown) and standard figures for a sweep root")
+    p.add_argument("root", help="folder of run folders (e.g. runs/<sweep name>)")
+    p.add_argument("--out", default=None, help="output folder (default: ROOT/report)")
+    p.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+
+    root = Path(args.root)
+    if not root.is_dir():
+        print(f"alphaflow report: {root} is not a folder of runs")
+        return 2
+    out = write_report(root, args.out)
+    print((out / "headline.md").read_text())
+    print(f"report written to {out}: summary.md (every table), figures (*.png), tables (*.csv)")
+    return 0
