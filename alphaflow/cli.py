@@ -82,13 +82,32 @@ def _cmd_extract_latents(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config_with(run_dir: str, overrides: Sequence[str], sections: tuple[str, ...]):
+    """A run folder's config with ``key=value`` overrides of the given sections (``eval``, ``sample``, ``probe``)."""
+    from alphaflow.config import apply_overrides, from_dict, validate
+    from alphaflow.runfolder import RunFolder
+
+    config = RunFolder(run_dir).read_config()
+    if config is None:
+        raise ValueError(f"{run_dir} is not a run folder (no config.json)")
+    outside = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] not in sections]
+    if outside:
+        raise ValueError(f"{outside[0]!r}: only {', '.join(s + '.*' for s in sections)} keys can change here "
+                         "(the rest describes how the run was trained)")
+    cfg = apply_overrides(from_dict(config), overrides)
+    validate(cfg)
+    return cfg
+
+
 def _cmd_probe(args: argparse.Namespace) -> int:
     from alphaflow.evaluate.offline_probe import probe_run
 
     try:
-        path = probe_run(args.run_dir, batches=args.batches, batch_size=args.batch_size, checkpoints=args.checkpoints,
-                         weights=args.weights, parts=args.parts, seed=args.seed, device=args.device,
-                         chunk_size=args.chunk_size)
+        p = _run_config_with(args.run_dir, args.overrides, ("probe",)).probe
+        pick = lambda flag, value: value if flag is None else flag  # noqa: E731 (a flag beats the config)
+        path = probe_run(args.run_dir, batches=pick(args.batches, p.batches), batch_size=pick(args.batch_size, p.batch_size),
+                         checkpoints=args.checkpoints, weights=args.weights, parts=args.parts or p.parts,
+                         seed=pick(args.seed, p.seed), device=args.device, chunk_size=pick(args.chunk_size, p.chunk_size))
     except ValueError as exc:
         print(f"alphaflow probe: {exc}")
         return 2
@@ -150,15 +169,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from alphaflow.evaluate.quality import evaluate_run
+    from alphaflow.evaluate.quality import EvalRequest, References, evaluate_run
 
     try:
-        evaluate_run(args.run_dir, nfe=args.nfe, sampler=args.sampler, t_mid=args.t_mid, num_samples=args.num_samples,
-                     labels=args.labels, extractor=args.metric, seed=args.seed, checkpoint=args.checkpoint,
-                     weights=args.weights, cache_dir=args.cache, device=args.device,
-                     inception_weights=args.inception_weights, dinov2=args.dinov2, ref_stats=args.ref_stats,
-                     ref_images=args.ref_images, batch_size=args.batch_size,
-                     decode_batch_size=args.decode_batch_size)
+        cfg = _run_config_with(args.run_dir, args.overrides, ("eval", "sample"))
+        request = EvalRequest.from_config(cfg, nfe=args.nfe, sampler=args.sampler, t_mid=args.t_mid,
+                                          num_samples=args.num_samples, labels=args.labels, metrics=args.metric,
+                                          seed=args.seed, checkpoint=args.checkpoint, weights=args.weights,
+                                          batch_size=args.batch_size, decode_batch_size=args.decode_batch_size)
+        refs = References(cache_dir=args.cache, inception_weights=args.inception_weights, dinov2=args.dinov2,
+                          ref_stats=args.ref_stats, ref_images=args.ref_images)
+        evaluate_run(args.run_dir, request, refs, device=args.device)
     except (ValueError, ImportError) as exc:
         print(f"alphaflow eval: {exc}")
         return 2
@@ -248,14 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The paper's protocol (SPEC §5.2): per checkpoint, N batches with r < t; mean and "
                                    "5/95 %% percentiles of every term's loss, gradient norm and pairwise cosine.")
     p.add_argument("run_dir")
-    p.add_argument("--batches", type=int, default=50, help="batches per checkpoint (default 50; the paper: 1000)")
-    p.add_argument("--batch-size", type=int, default=128, help="samples per batch (default 128, as the paper)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="probe.* keys, e.g. probe.batches=50")
+    p.add_argument("--batches", type=int, default=None, help="batches per checkpoint (default: probe.batches)")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per batch (default: probe.batch_size)")
     p.add_argument("--checkpoints", default="all", help="all, last, or a comma list of steps")
     p.add_argument("--weights", choices=("raw", "ema"), default="raw", help="raw training weights (default) or EMA")
     p.add_argument("--parts", action="store_true", help="also per DiT block / embedder / final layer")
     p.add_argument("--chunk-size", type=int, default=None, metavar="ROWS",
                    help="rows per forward/backward chunk (same numbers, less memory; default: the run's probe.chunk_size)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="default: probe.seed")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_probe)
 
@@ -277,25 +299,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-every", type=float, default=30.0, help="seconds between progress lines with --wait")
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("eval", help="Fréchet distance of EMA samples at 1 and 2 NFE (appends RUN_DIR/eval.jsonl)")
+    p = sub.add_parser("eval", help="Fréchet distance of EMA samples at 1 and 2 NFE (appends RUN_DIR/eval.jsonl)",
+                       description="Defaults come from the run's config: eval.nfe, eval.final_samples, eval.metric, "
+                                   "eval.seed, eval.batch_size, sample.sampler, sample.t_mid; change them with "
+                                   "eval.*/sample.* key=value overrides, as for train, or with the flags.")
     p.add_argument("run_dir")
-    p.add_argument("--nfe", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--sampler", choices=("auto", "ode", "consistency", "euler"), default="auto")
-    p.add_argument("--t-mid", type=float, default=0.5)
-    p.add_argument("--num-samples", type=int, default=2000)
-    p.add_argument("--labels", choices=("random", "balanced"), default="random")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="eval.* and sample.* keys, e.g. eval.nfe=[1,2,4]")
+    p.add_argument("--nfe", type=int, nargs="+", default=None, help="default: eval.nfe")
+    p.add_argument("--sampler", choices=("auto", "ode", "consistency", "euler"), default=None, help="default: sample.sampler")
+    p.add_argument("--t-mid", type=float, default=None, help="default: sample.t_mid")
+    p.add_argument("--num-samples", type=int, default=None, help="default: eval.final_samples")
+    p.add_argument("--labels", choices=("random", "balanced"), default=None, help="default: random")
     _add_metric_args(p)
     p.add_argument("--ref-stats", action="append", default=None, metavar="[METRIC=]FILE.npz",
                    help="precomputed reference statistics (mu/sigma, e.g. ADM's VIRTUAL_imagenet256_labeled.npz, "
                         "or mean/cov from ref-stats) instead of the training data's; METRIC= when several")
     p.add_argument("--ref-images", default=None, metavar="FOLDER",
                    help="latent runs: the image folder the latents were encoded from (reference statistics)")
-    p.add_argument("--checkpoint", default="last", help="last or a step")
+    p.add_argument("--checkpoint", default=None, help="last (default) or a step")
     p.add_argument("--batch-size", type=int, default=None, help="samples generated at once (default: eval.batch_size)")
     p.add_argument("--decode-batch-size", type=int, default=None,
                    help="latent runs: samples decoded by the VAE at once (default: eval.decode_batch_size)")
-    p.add_argument("--weights", choices=("ema", "raw"), default="ema")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", choices=("ema", "raw"), default=None, help="default: ema")
+    p.add_argument("--seed", type=int, default=None, help="default: eval.seed")
     p.add_argument("--cache", default=None, help="feature-extractor and reference-statistics cache folder")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_eval)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from alphaflow.conventions import interpolate, velocity
 from alphaflow.models import build_model
-from alphaflow.objectives import AlphaFlow, MeanFlow, Sample
+from alphaflow.objectives import AlphaFlow, Guidance, MeanFlow, Sample
 
 
 def random_dit(dtype=torch.float32):
@@ -56,3 +57,21 @@ def test_jvp_uses_math_attention_and_the_rest_stays_fused():
             pass
     torch.testing.assert_close(fused.target, reference.target, rtol=1e-5, atol=1e-6)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+@pytest.mark.parametrize("objective, passes", [
+    (MeanFlow(ratio_fm=0.0, guidance=Guidance(omega=1.5, kappa=0.3)), 3),
+    (AlphaFlow(alpha=0.5, ratio_fm=0.0, guidance=Guidance(omega=1.5, kappa=0.3)), 4)], ids=["meanflow", "alphaflow"])
+def test_an_objective_runs_one_grad_forward_and_its_target_passes_without_grad(objective, passes):
+    """Per step: two guidance passes, then (α-Flow) the second forward, all without grad, then the prediction;
+    MeanFlow's JVP rides on the prediction's forward (the DiT's tangent mode), so it is one call."""
+    torch.manual_seed(0)
+    net = build_model("DiT-N/2", input_size=8, in_channels=1, num_classes=10)
+    calls: list[bool] = []
+    handle = net.register_forward_hook(lambda module, args, out: calls.append(torch.is_grad_enabled()))
+    try:
+        x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 3, 7, 9])
+        objective(net, x, y, generator=torch.Generator().manual_seed(2)).loss.mean().backward()
+    finally:
+        handle.remove()
+    assert len(calls) == passes and calls.count(True) == 1 and calls[-1], calls

@@ -8,7 +8,7 @@ import torch
 from alphaflow.cli import main
 from alphaflow.config import load_config
 from alphaflow.data import build_dataset
-from alphaflow.evaluate.quality import evaluate_run, extractor_for, reference_stats, sample_features
+from alphaflow.evaluate.quality import EvalRequest, References, evaluate_run, extractor_for, reference_stats, sample_features
 from alphaflow.metrics import frechet_distance
 from alphaflow.models import build_for_data
 from alphaflow.runfolder import read_jsonl
@@ -26,8 +26,8 @@ def trained_run(tmp_path_factory):
 
 def test_eval_rows_are_deterministic_and_beat_an_untrained_model(trained_run):
     run, cache = trained_run
-    first = evaluate_run(run, num_samples=400, cache_dir=cache, log=lambda _: None)
-    again = evaluate_run(run, nfe=[1], num_samples=400, cache_dir=cache, log=lambda _: None)
+    first = evaluate_run(run, EvalRequest(num_samples=400), References(cache_dir=cache), log=lambda _: None)
+    again = evaluate_run(run, EvalRequest(nfe=[1], num_samples=400), References(cache_dir=cache), log=lambda _: None)
     assert [r["nfe"] for r in first] == [1, 2] and first[0]["metric"] == "fd_digits"
     assert again[0]["value"] == first[0]["value"], "fixed seeds give the same number"
     assert len(read_jsonl(run / "eval.jsonl")) == 3
@@ -48,6 +48,12 @@ def test_eval_command_and_its_errors(trained_run, capsys):
     assert read_jsonl(run / "eval.jsonl")[-1]["labels"] == "balanced"
     assert main(["eval", str(run), "--checkpoint", "7", "--cache", str(cache)]) == 2
     assert "no checkpoint at step(s) [7]" in capsys.readouterr().out
+    # the run's config gives the defaults; eval.*/sample.* overrides change them, as for train
+    assert main(["eval", str(run), "eval.nfe=[1]", "eval.final_samples=64", "sample.t_mid=0.25", "--cache", str(cache)]) == 0
+    row = read_jsonl(run / "eval.jsonl")[-1]
+    assert (row["nfe"], row["num_samples"], row["t_mid"]) == (1, 64, 0.25)
+    assert main(["eval", str(run), "train.steps=5", "--cache", str(cache)]) == 2
+    assert "'train.steps=5': only eval.*, sample.* keys can change here" in capsys.readouterr().out
     assert main(["ref-stats", "--data", "digits", "--cache", str(cache)]) == 0
     assert "1797 samples, 64 features" in capsys.readouterr().out
     assert main(["ref-stats", "--data", "toy2d", "--cache", str(cache)]) == 2

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from alphaflow.cli import main
 from alphaflow.config import load_config
 from alphaflow.models import build_model
 from alphaflow.objectives import MeanFlow, Sample
@@ -101,3 +102,8 @@ def test_offline_probe_writes_every_column(tmp_path):
         probe_run(tmp_path, checkpoints="2,5", batch_size=8)
     with pytest.raises(ValueError, match="--checkpoints must be"):
         probe_run(tmp_path, checkpoints="first", batch_size=8)
+    # the command takes its defaults from the run's probe section, changed by probe.* overrides
+    assert main(["probe", str(tmp_path), "probe.batches=2", "probe.batch_size=4", "--checkpoints", "last"]) == 0
+    assert {k: json.loads(path.read_text().splitlines()[-1])[k] for k in ("batches", "batch_size")} == \
+        {"batches": 2, "batch_size": 4}
+    assert main(["probe", str(tmp_path), "objective.name=fm"]) == 2

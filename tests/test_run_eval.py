@@ -8,7 +8,8 @@ import pytest
 
 from alphaflow.config import ConfigError, load_config
 from alphaflow.runfolder import RunFolder, read_jsonl
-from alphaflow.train.loop import train
+from alphaflow.evaluate.callbacks import train_with_evaluation as train
+from alphaflow.train.loop import train as bare_train
 
 SMALL = ["model.name=DiT-N/2", "train.steps=20", "train.batch_size=16", "train.log_every=10",
          "train.sample_every=0", "ema.halflife_steps=5", "objective.name=meanflow"]
@@ -83,3 +84,12 @@ def test_in_run_evaluation_that_cannot_work_is_refused_before_training(monkeypat
         preflight(load_config(None, ["data.name=latents", f"data.path={tmp_path / 'empty'}", "eval.every=50"]))
     preflight(load_config(None, SMALL + ["eval.final=true"]))  # digits: nothing to fetch, accepted
 
+
+
+def test_the_bare_training_loop_refuses_evaluation_it_cannot_do(tmp_path):
+    """alphaflow.train imports nothing from evaluation: asked for eval.every without the evaluation callbacks,
+    it says so instead of silently skipping the evaluation."""
+    cfg = load_config(None, ["train.steps=2", "train.log_every=1", "eval.every=1"])
+    with pytest.raises(ValueError, match=r"eval.every is set but no callback serves it.*train_with_evaluation"):
+        bare_train(cfg, tmp_path / "run", log=lambda _: None)
+    assert not (tmp_path / "run").exists(), "refused before anything was written"

@@ -20,7 +20,7 @@ from alphaflow.config import Config
 from alphaflow.data import build_dataset
 from alphaflow.data.base import TrainData
 from alphaflow.evaluate.offline_probe import probe_run
-from alphaflow.evaluate.quality import evaluate_run, extractor_for, reference_stats, sample_features
+from alphaflow.evaluate.quality import EvalRequest, evaluate_run, extractor_for, reference_stats, sample_features
 from alphaflow.metrics import FeatureExtractor, FeatureStats, frechet_distance
 from alphaflow.metrics.features import METRIC_NAMES, default_cache_dir
 from alphaflow.train import distributed as D
@@ -112,10 +112,6 @@ def finish_run(cfg: Config, run_dir: str | Path, device: str, log: Callable[[str
     """The end-of-run work the config asks for: ``eval.final`` (rows in eval.jsonl) and ``probe.final``
     (rows in probes.jsonl), both on the last checkpoint."""
     if cfg.eval.final:
-        evaluate_run(run_dir, nfe=cfg.eval.nfe, sampler=cfg.sample.sampler, t_mid=cfg.sample.t_mid,
-                     num_samples=cfg.eval.final_samples, extractor=cfg.eval.metric, seed=cfg.eval.seed,
-                     device=device, batch_size=cfg.eval.batch_size, decode_batch_size=cfg.eval.decode_batch_size,
-                     log=log)
+        evaluate_run(run_dir, EvalRequest.from_config(cfg), device=device, log=log)
     if cfg.probe.final:
-        probe_run(run_dir, batches=cfg.probe.batches, batch_size=cfg.probe.batch_size, checkpoints="last",
-                  parts=cfg.probe.parts, seed=cfg.probe.seed, device=device, chunk_size=cfg.probe.chunk_size, log=log)
+        probe_run(run_dir, checkpoints="last", device=device, log=log)  # the run's probe.* settings

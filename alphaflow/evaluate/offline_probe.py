@@ -38,24 +38,28 @@ def summarize(values: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def probe_run(run_dir: str | Path, *, batches: int = 50, batch_size: int = 128, checkpoints: str = "all",
-              weights: str = "raw", parts: bool = False, seed: int = 0, device: str = "auto", chunk_size: int | None = None,
-              log: Callable[[str], None] = print) -> Path:
+def probe_run(run_dir: str | Path, *, batches: int | None = None, batch_size: int | None = None,
+              checkpoints: str = "all", weights: str = "raw", parts: bool | None = None, seed: int | None = None,
+              device: str = "auto", chunk_size: int | None = None, log: Callable[[str], None] = print) -> Path:
     """Probe the chosen checkpoints of a run folder; returns the path of its probes.jsonl.
 
-    ``chunk_size``: rows per forward/backward chunk of each probe batch (0: whole batches; None: the run's
-    ``probe.chunk_size``); the numbers do not depend on it, only the memory does.
+    ``batches``, ``batch_size``, ``parts``, ``seed``, ``chunk_size``: None takes the run's ``probe.*`` value.
+    ``chunk_size``: rows per forward/backward chunk of each probe batch (0: whole batches); the numbers do
+    not depend on it, only the memory does.
     """
     if weights not in ("raw", "ema"):
         raise ValueError(f"--weights must be raw or ema, got {weights!r}")
-    if batches < 1 or batch_size < 1:
-        raise ValueError(f"--batches and --batch-size must be >= 1, got {batches} and {batch_size}")
-    if chunk_size is not None and chunk_size < 0:
-        raise ValueError(f"--chunk-size must be >= 0 (0: whole batches), got {chunk_size}")
     dev = resolve_device(device)
     run, cfg, data, net = open_run(run_dir, dev)
+    p = cfg.probe
+    batches, batch_size = (p.batches if batches is None else batches), (p.batch_size if batch_size is None else batch_size)
+    parts, seed = (p.parts if parts is None else parts), (p.seed if seed is None else seed)
+    chunk_size = p.chunk_size if chunk_size is None else chunk_size
+    if batches < 1 or batch_size < 1:
+        raise ValueError(f"--batches and --batch-size must be >= 1, got {batches} and {batch_size}")
+    if chunk_size < 0:
+        raise ValueError(f"--chunk-size must be >= 0 (0: whole batches), got {chunk_size}")
     set_tf32(cfg.train.tf32, dev)
-    chunk_size = cfg.probe.chunk_size if chunk_size is None else chunk_size
     if batch_size > len(data):
         raise ValueError(f"--batch-size {batch_size} exceeds the dataset size ({len(data)})")
     objective = objective_from_options(cfg.objective, cfg.train.steps)

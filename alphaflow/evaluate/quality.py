@@ -16,8 +16,10 @@ Each (step, NFE, sampler, metric) appends one row to ``RUN_DIR/eval.jsonl`` with
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -189,64 +191,109 @@ def _references(cfg: Config, data: TrainData, feats: Sequence[FeatureExtractor],
     return [out[f.name] for f in feats]
 
 
-def evaluate_run(run_dir: str | Path, *, nfe: Sequence[int] = (1, 2), sampler: str = "auto", t_mid: float = 0.5,
-                 num_samples: int = 2000, labels: str = "random", extractor: str | Sequence[str] | None = None,
-                 seed: int = 0, checkpoint: str = "last", weights: str = "ema", cache_dir: str | Path | None = None,
-                 device: str = "auto", inception_weights: str | None = None, dinov2: str | None = None,
-                 ref_stats: Sequence[str] | None = None, ref_images: str | None = None,
-                 batch_size: int | None = None, decode_batch_size: int | None = None,
-                 log: Callable[[str], None] = print) -> list[dict]:
+@dataclass
+class EvalRequest:
+    """What one evaluation measures (``alphaflow eval``; ``eval.final`` at the end of a run).
+
+    ``metrics``: metric name(s) (digits, fid, fdd; a list or comma list), None for the dataset's default;
+    ``checkpoint``: "last" or a step; ``weights``: "ema" or "raw"; ``batch_size`` / ``decode_batch_size``:
+    samples generated / decoded by the VAE at once. ``from_config`` reads the run's eval and sample sections.
+    """
+
+    nfe: list[int] = field(default_factory=lambda: [1, 2])
+    sampler: str = "auto"
+    t_mid: float = 0.5
+    num_samples: int = 2000
+    labels: str = "random"
+    metrics: str | list[str] | None = None
+    seed: int = 0
+    checkpoint: str = "last"
+    weights: str = "ema"
+    batch_size: int = 256
+    decode_batch_size: int = 32
+
+    @classmethod
+    def from_config(cls, cfg: Config, **changes) -> "EvalRequest":
+        """The request a run's config describes (eval.*, sample.sampler, sample.t_mid), with ``changes`` applied
+        (None values are ignored, so unset command-line flags keep the config's value)."""
+        base = cls(nfe=list(cfg.eval.nfe), sampler=cfg.sample.sampler, t_mid=cfg.sample.t_mid,
+                   num_samples=cfg.eval.final_samples, metrics=cfg.eval.metric, seed=cfg.eval.seed,
+                   batch_size=cfg.eval.batch_size, decode_batch_size=cfg.eval.decode_batch_size)
+        return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+    def check(self) -> None:
+        """Refuse a request that cannot run; messages name the command-line option."""
+        if self.labels not in ("random", "balanced"):
+            raise ValueError(f"--labels must be random or balanced, got {self.labels!r}")
+        if self.weights not in ("raw", "ema"):
+            raise ValueError(f"--weights must be raw or ema, got {self.weights!r}")
+        if self.num_samples < 2:
+            raise ValueError(f"--num-samples must be >= 2, got {self.num_samples}")
+        if self.batch_size < 1 or self.decode_batch_size < 1:
+            raise ValueError(f"--batch-size and --decode-batch-size must be >= 1, got {self.batch_size} and "
+                             f"{self.decode_batch_size}")
+        if not self.nfe or any(k < 1 for k in self.nfe):
+            raise ValueError(f"--nfe needs entries >= 1, got {self.nfe}")
+
+
+@dataclass
+class References:
+    """Where the feature extractors' weights and the reference statistics come from (all optional):
+    the cache folder, Inception / DINOv2 weights (else their environment variables), precomputed statistics
+    (``[METRIC=]FILE.npz``) and, for latent runs, the image folder the latents were encoded from."""
+
+    cache_dir: str | Path | None = None
+    inception_weights: str | None = None
+    dinov2: str | None = None
+    ref_stats: Sequence[str] | None = None
+    ref_images: str | None = None
+
+
+def evaluate_run(run_dir: str | Path, request: EvalRequest | None = None, refs: References | None = None, *,
+                 device: str = "auto", log: Callable[[str], None] = print) -> list[dict]:
     """Evaluate one checkpoint of a run at each NFE and metric; appends to and returns the eval.jsonl rows.
 
-    ``extractor``: metric name(s) (digits, fid, fdd; a list or comma list), None for the dataset's default.
-    ``batch_size`` / ``decode_batch_size``: samples generated / decoded by the VAE at once (None: the run's
-    ``eval.batch_size`` / ``eval.decode_batch_size``).
+    ``request``: what to measure (None: ``EvalRequest.from_config`` of the run's config); ``refs``: where
+    weights and reference statistics come from (None: the cache and the environment).
     """
-    if labels not in ("random", "balanced"):
-        raise ValueError(f"--labels must be random or balanced, got {labels!r}")
-    if weights not in ("raw", "ema"):
-        raise ValueError(f"--weights must be raw or ema, got {weights!r}")
-    if num_samples < 2:
-        raise ValueError(f"--num-samples must be >= 2, got {num_samples}")
+    refs = refs or References()
     dev = resolve_device(device)
     run, cfg, data, net = open_run(run_dir, dev)
+    req = request or EvalRequest.from_config(cfg)
+    req.check()
     set_tf32(cfg.train.tf32, dev)
-    batch_size = cfg.eval.batch_size if batch_size is None else batch_size
-    decode_batch_size = cfg.eval.decode_batch_size if decode_batch_size is None else decode_batch_size
-    if batch_size < 1 or decode_batch_size < 1:
-        raise ValueError(f"--batch-size and --decode-batch-size must be >= 1, got {batch_size} and {decode_batch_size}")
-    chosen = select_checkpoints(run, str(checkpoint))
+    chosen = select_checkpoints(run, str(req.checkpoint))
     if len(chosen) != 1:
-        raise ValueError(f"--checkpoint takes last or one step, got {checkpoint!r}")
+        raise ValueError(f"--checkpoint takes last or one step, got {req.checkpoint!r}")
     ((step, path),) = chosen
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    names = parse_metrics(extractor, cfg.data.name)
-    files = parse_ref_stats(ref_stats, names)
-    if isinstance(data, LatentData) and ref_images is None and set(names) - set(files):
+    cache = Path(refs.cache_dir) if refs.cache_dir is not None else default_cache_dir()
+    names = parse_metrics(req.metrics, cfg.data.name)
+    files = parse_ref_stats(refs.ref_stats, names)
+    if isinstance(data, LatentData) and refs.ref_images is None and set(names) - set(files):
         raise ValueError(LATENT_REFERENCE)
-    feats = [extractor_for(cfg.data.name, n, cache, weights={"inception": inception_weights, "dinov2": dinov2},
-                           device=dev) for n in names]
-    refs = _references(cfg, data, feats, files, ref_images, cache)
+    feats = [extractor_for(cfg.data.name, n, cache, weights={"inception": refs.inception_weights,
+                                                             "dinov2": refs.dinov2}, device=dev) for n in names]
+    references = _references(cfg, data, feats, files, refs.ref_images, cache)
     if isinstance(data, LatentData):  # samples are latents: decode them with the run's VAE
         if cfg.data.vae_path is None:
             raise ValueError("a latent run needs data.vae_path (the VAE folder) to decode samples for evaluation")
-        data.attach_decoder(cfg.data.vae_path, dev, batch_size=decode_batch_size)
-    state, stats = load_weights(path, "ema" if weights == "ema" else "net")  # read on the CPU, one state dict kept
+        data.attach_decoder(cfg.data.vae_path, dev, batch_size=req.decode_batch_size)
+    state, stats = load_weights(path, "ema" if req.weights == "ema" else "net")  # on the CPU, one state dict kept
     net.load_state_dict(state)
     data.load_state_dict(stats)
     del state
     net.eval()
-    chosen = sampler_for(objective_from_options(cfg.objective, cfg.train.steps).name, sampler)
+    sampler = sampler_for(objective_from_options(cfg.objective, cfg.train.steps).name, req.sampler)
     rows = []
-    for k in nfe:
-        stats = sample_stats(net, data, feats, nfe=k, sampler=chosen, t_mid=t_mid, num_samples=num_samples,
-                             labels=labels, seed=seed, batch=batch_size)
-        for f, s, (ref, ref_source) in zip(feats, stats, refs):
+    for k in req.nfe:
+        stats = sample_stats(net, data, feats, nfe=k, sampler=sampler, t_mid=req.t_mid, num_samples=req.num_samples,
+                             labels=req.labels, seed=req.seed, batch=req.batch_size)
+        for f, s, (ref, ref_source) in zip(feats, stats, references):
             metric = METRIC_NAMES[f.name]
-            row = {"step": step, "nfe": k, "sampler": chosen, "t_mid": t_mid, "num_samples": num_samples,
-                   "labels": labels, "weights": weights, "seed": seed, "metric": metric,
+            row = {"step": step, "nfe": k, "sampler": sampler, "t_mid": req.t_mid, "num_samples": req.num_samples,
+                   "labels": req.labels, "weights": req.weights, "seed": req.seed, "metric": metric,
                    "value": frechet_distance(s, ref), "ref": ref_source}
             append_jsonl(run.root / "eval.jsonl", row)
             rows.append(row)
-            log(f"step {step}  {k}-NFE {chosen}: {metric} = {row['value']:.3f}")
+            log(f"step {step}  {k}-NFE {sampler}: {metric} = {row['value']:.3f}")
     return rows
