@@ -69,7 +69,7 @@ def test_human_output_has_the_table_and_the_targets(results):
     text = format_table(results)
     assert "threads 1, device cpu" in text and MODEL in text and "no optimiser step" in text
     assert all(f"\n{name} " in text for name in VARIANTS)
-    assert "issue 7 CPU targets:" in text and ("PASS" in text or "FAIL" in text)
+    assert "cost targets:" in text and ("PASS" in text or "FAIL" in text)
 
 
 def test_cli_json_is_one_object(capsys):

@@ -20,7 +20,7 @@ Net = Callable[..., Tensor]  # net(z [B,...], r [B], t [B], labels [B] | None) -
 
 @dataclass(frozen=True)
 class Guidance:
-    """Classifier-free guidance baked into training (MeanFlow, arXiv 2505.13447 §4.2; α-Flow, arXiv 2510.20771 §5).
+    """Classifier-free guidance baked into training (arXiv 2510.20771 §4.2, as in MeanFlow, arXiv 2505.13447).
 
     For rows with t_min < t < t_max the velocity is replaced, without gradient, by
         ṽ = ω·v + κ·u_θ(z_t, t, t | c) + (1 − ω − κ)·u_θ(z_t, t, t | ∅),
