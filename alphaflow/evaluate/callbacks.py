@@ -23,6 +23,7 @@ from alphaflow.evaluate.offline_probe import probe_run
 from alphaflow.evaluate.quality import EvalRequest, evaluate_run, extractor_for, reference_stats, sample_features
 from alphaflow.metrics import FeatureExtractor, FeatureStats, frechet_distance
 from alphaflow.metrics.features import METRIC_NAMES, default_cache_dir
+from alphaflow.objectives import Objective
 from alphaflow.train import distributed as D
 from alphaflow.train.callbacks import Callback, LogContext
 from alphaflow.train.loop import TrainResult, train
@@ -58,12 +59,12 @@ class OnlineEval(Callback):
     def on_log(self, ctx: LogContext) -> dict[str, float]:
         if not self.cfg.eval.every or ctx.step % self.cfg.eval.every or not ctx.info.is_main:
             return {}  # main rank only: the row is written there
-        return self.evaluate(ctx.ema, ctx.objective.name, ctx.x.device)
+        return self.evaluate(ctx.ema, ctx.objective, ctx.x.device)
 
-    def evaluate(self, ema: nn.Module, objective_name: str, device: torch.device) -> dict[str, float]:
+    def evaluate(self, ema: nn.Module, objective: Objective, device: torch.device) -> dict[str, float]:
         """{``eval_<metric>_nfe<k>``: d²} for each k in ``eval.nfe``, from ``eval.num_samples`` samples of ``ema``."""
         feats, ref = self._prepare(torch.device(device))
-        sampler = sampler_for(objective_name, self.cfg.sample.sampler)
+        sampler = sampler_for(objective, self.cfg.sample.sampler)
         was_training = ema.training
         ema.eval()
         try:

@@ -283,7 +283,7 @@ def evaluate_run(run_dir: str | Path, request: EvalRequest | None = None, refs: 
     data.load_state_dict(stats)
     del state
     net.eval()
-    sampler = sampler_for(objective_from_options(cfg.objective, cfg.train.steps).name, req.sampler)
+    sampler = sampler_for(objective_from_options(cfg.objective, cfg.train.steps), req.sampler)
     rows = []
     for k in req.nfe:
         stats = sample_stats(net, data, feats, nfe=k, sampler=sampler, t_mid=req.t_mid, num_samples=req.num_samples,

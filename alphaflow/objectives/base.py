@@ -200,6 +200,7 @@ class Objective:
 
     name = "objective"
     Options: type[ObjectiveOptions] = ObjectiveOptions
+    default_sampler = "ode"  # what sample.sampler=auto means for this objective's networks
 
     def __init__(self, *, ratio_fm: float | Schedule | dict | None = None, time_sampler: TimeSampler | None = None,
                  guidance: Guidance | dict | None = None, adaptive_p: float | None = None,

@@ -51,6 +51,7 @@ class FlowMatching(Objective):
 
     name = "fm"
     Options = FlowMatchingOptions
+    default_sampler = "euler"  # the network never saw r < t: N Euler steps of the velocity
 
     def __init__(self, **kwargs) -> None:
         ratio = kwargs.get("ratio_fm")

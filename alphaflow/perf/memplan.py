@@ -225,7 +225,7 @@ def _eval_phase(cfg: Config, shape, classes) -> PhasePlan:
     from alphaflow.train.sample_grids import sampler_for
 
     objective = objective_from_options(cfg.objective, cfg.train.steps)
-    sampler = sampler_for(objective.name, cfg.sample.sampler)
+    sampler = sampler_for(objective, cfg.sample.sampler)
     batch = cfg.eval.batch_size
     run = FakeRun()
     with run, torch.no_grad():

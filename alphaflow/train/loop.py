@@ -189,7 +189,7 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
             _save(run, cfg, state, net, ema, opt, data, gen, info, keep=keep)
         if (cfg.train.sample_every and step % cfg.train.sample_every == 0) or last:
             if info.is_main:
-                write_samples(run, ema.model, data, cfg, step, objective.name)
+                write_samples(run, ema.model, data, cfg, step, objective)
             D.barrier(info)
         t_last = time.perf_counter()  # maintenance time is not training time
         if step == stop:

@@ -7,25 +7,25 @@ from torch import nn
 
 from alphaflow.config import Config
 from alphaflow.images import save_grid_png, save_scatter_png
+from alphaflow.objectives import Objective
 from alphaflow.runfolder import RunFolder
 from alphaflow.sampling import generate
 
 
-def sampler_for(objective_name: str, sampler: str) -> str:
-    """'auto' means Euler for flow matching (its network never saw r < t) and the ODE sampler otherwise."""
-    if sampler != "auto":
-        return sampler
-    return "euler" if objective_name == "fm" else "ode"
+def sampler_for(objective: Objective, sampler: str) -> str:
+    """``sampler``, or for 'auto' the objective's own ``default_sampler`` (Euler for flow matching, whose network
+    never saw r < t; the ODE sampler otherwise)."""
+    return objective.default_sampler if sampler == "auto" else sampler
 
 
 @torch.no_grad()
-def write_samples(run: RunFolder, model: nn.Module, data, cfg: Config, step: int, objective_name: str) -> list:
+def write_samples(run: RunFolder, model: nn.Module, data, cfg: Config, step: int, objective: Objective) -> list:
     """Draw cfg.sample.num samples with ``model`` (the EMA) at each cfg.sample.nfe; returns the files written."""
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.sample.seed)
     noise = torch.randn(cfg.sample.num, *data.shape, generator=gen).to(device)
     labels = (torch.arange(cfg.sample.num) % data.num_classes).to(device) if data.num_classes > 0 else None
-    sampler = sampler_for(objective_name, cfg.sample.sampler)
+    sampler = sampler_for(objective, cfg.sample.sampler)
     written = []
     for nfe in cfg.sample.nfe:
         out = generate(model, noise, labels, nfe=nfe, sampler=sampler, t_mid=cfg.sample.t_mid,
