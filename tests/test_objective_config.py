@@ -70,3 +70,52 @@ def test_a_run_folder_written_before_the_tagged_union_still_loads():
     old["objective"].update(alpha=dataclasses.asdict(OPTIONS["alphaflow"]().alpha), clip=4.0, shift="velocity")
     upgraded = from_dict(old)
     assert upgraded == today and config_hash(upgraded) == config_hash(today)
+
+
+def test_a_new_objective_is_one_class_with_its_options_and_one_registration(monkeypatch, tmp_path):
+    """What adding an objective takes: a module with the class and its Options, and one registry entry. Its
+    options become config keys of its own, and it trains through the ordinary loop."""
+    from dataclasses import dataclass
+
+    from alphaflow import objectives
+    from alphaflow.objectives import ObjectiveOptions, Terms
+    from alphaflow.objectives.base import regression_components
+    from alphaflow.train.loop import train
+
+    @dataclass
+    class ScaledFMOptions(ObjectiveOptions):
+        name: str = "scaled_fm"
+        ratio_fm: ScheduleConfig = dataclasses.field(default_factory=lambda: ScheduleConfig.constant(1.0))
+        scale: float = 1.0
+
+    class ScaledFM(objectives.Objective):
+        """Flow matching with the target multiplied by ``scale`` (a toy, for this test)."""
+
+        name, Options = "scaled_fm", ScaledFMOptions
+
+        def __init__(self, *, scale: float = 1.0, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.scale = scale
+
+        def compute(self, net, x, sample, step):
+            z, v = self.guided(net, x, sample)
+            pred = net(z, sample.t, sample.t, sample.labels)
+            parts = regression_components(pred, self.scale * v, v)
+            return Terms(loss=self.weighted(parts["mse"]), components=parts, pred=pred, target=self.scale * v,
+                         sample=sample, logs={"alpha": 1.0})
+
+    monkeypatch.setattr(objectives, "OBJECTIVES", dict(objectives.OBJECTIVES))
+    monkeypatch.setattr(objectives, "OPTIONS", objectives.OPTIONS)  # the config's tagged union reads this dict
+    monkeypatch.setitem(objectives.OPTIONS, "scaled_fm", ScaledFMOptions)  # undone after the test
+    objectives.register(ScaledFM)
+    cfg = load_config(overrides=["objective.name=scaled_fm", "objective.scale=0.5", "model.name=DiT-N/2",
+                                 "train.steps=2", "train.log_every=1", "train.batch_size=8", "train.sample_every=0"])
+    assert cfg.objective.scale == 0.5 and to_dict(cfg)["objective"]["scale"] == 0.5
+    built = objective_from_options(cfg.objective, cfg.train.steps)
+    assert isinstance(built, ScaledFM) and built.scale == 0.5
+    with pytest.raises(ConfigError, match="'objective.scale' applies to objective.name=scaled_fm, not to 'meanflow'"):
+        load_config(overrides=["objective.name=meanflow", "objective.scale=2"])
+    result = train(cfg, tmp_path / "run", log=lambda _: None)
+    assert result.finished and len(result.run.read_metrics()) == 2
+    with pytest.raises(ValueError, match="'meanflow' is taken"):
+        objectives.register(type("Other", (ScaledFM,), {"name": "meanflow"}))

@@ -24,8 +24,25 @@ from alphaflow.objectives.shortcut import Shortcut
 
 REGISTRY: tuple[type[Objective], ...] = (FlowMatching, TrajectoryFlowMatching, MeanFlow, Shortcut, AlphaFlow)
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in REGISTRY}
-OPTIONS: dict[str, type[ObjectiveOptions]] = {cls.name: cls.Options for cls in REGISTRY}
+OBJECTIVES: dict[str, type[Objective]] = {}
+OPTIONS: dict[str, type[ObjectiveOptions]] = {}  # the config's objective section: a tagged union on its name
+
+
+def register(cls: type[Objective]) -> type[Objective]:
+    """Add an objective to the registry (the entries of ``REGISTRY`` at import; a plugin or a test may add
+    more). Its ``Options`` must be tagged with its name; a name already taken is refused."""
+    if not (isinstance(cls, type) and issubclass(cls, Objective)):
+        raise TypeError(f"register takes an Objective subclass, got {cls!r}")
+    if cls.name in OBJECTIVES and OBJECTIVES[cls.name] is not cls:
+        raise ValueError(f"objective name {cls.name!r} is taken by {OBJECTIVES[cls.name].__name__}")
+    if not issubclass(cls.Options, ObjectiveOptions) or cls.Options().name != cls.name:
+        raise ValueError(f"{cls.__name__}.Options must subclass ObjectiveOptions with name = {cls.name!r}")
+    OBJECTIVES[cls.name], OPTIONS[cls.name] = cls, cls.Options
+    return cls
+
+
+for _cls in REGISTRY:
+    register(_cls)
 
 
 def _check_name(name: str, key: str = "objective") -> None:
@@ -53,6 +70,6 @@ def objective_from_options(options: ObjectiveOptions, total_steps: int) -> Objec
     return OBJECTIVES[options.name](**constructor_kwargs(options, total_steps))
 
 
-__all__ = ["OBJECTIVES", "OPTIONS", "REGISTRY", "build_objective", "objective_from_options", "draw_sample",
+__all__ = ["OBJECTIVES", "OPTIONS", "REGISTRY", "register", "build_objective", "objective_from_options", "draw_sample",
            "Objective", "ObjectiveOptions", "Sample", "Terms", "Guidance", "FlowMatching", "TrajectoryFlowMatching",
            "MeanFlow", "Shortcut", "AlphaFlow"]
