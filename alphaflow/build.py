@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from alphaflow.config import Config, ConfigError, from_dict
-from alphaflow.data import TrainData, build_dataset, check_data_options
+from alphaflow.data import TrainData, check_data_options, dataset_class, dataset_from_config
 from alphaflow.models import build_for_data, check_model_name
 from alphaflow.runfolder import RunFolder
 from alphaflow.metrics.choice import WEIGHTS_SOURCES, parse_metrics, weights_path
@@ -30,7 +30,7 @@ def check_eval(cfg: Config) -> None:
     compute: latent runs take theirs from the original images, which only ``alphaflow eval --ref-images`` has."""
     if not (cfg.eval.every or cfg.eval.final):
         return
-    if cfg.data.name == "latents":
+    if dataset_class(cfg.data.name).reference_from_source_images:
         raise ConfigError("eval.every / eval.final: a latent run's reference statistics come from the images the "
                           "latents were encoded from; evaluate it with `alphaflow eval RUN --ref-images FOLDER` "
                           "(or --ref-stats FILE.npz) and leave eval.every=0, eval.final=false")
@@ -71,7 +71,6 @@ def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunFolder, Conf
     if config is None:
         raise ValueError(f"{run.root} is not a run folder (no config.json)")
     cfg = from_dict(config)
-    data = build_dataset(cfg.data.name, path=cfg.data.path, resolution=cfg.data.resolution, toy=cfg.data.toy,
-                         toy_size=cfg.data.toy_size, seed=cfg.seed)
+    data = dataset_from_config(cfg.data, cfg.seed)
     net = build_for_data(cfg.model.name, data.shape, data.num_classes, time_scale=cfg.model.time_scale).to(device)
     return run, cfg, data, net

@@ -1,6 +1,6 @@
 """The conventions every layer shares: the time axis, the interpolant and the null label.
 
-Time convention (SPEC §1.1; MeanFlow and α-Flow agree). Stated here once, pinned by
+Time convention (docs/conventions.md#the-time-axis; MeanFlow and α-Flow agree). Stated here once, pinned by
 ``tests/test_conventions.py``:
 
     t ∈ [0, 1],   t = 0 is data,   t = 1 is noise

@@ -1,4 +1,4 @@
-"""The MeanFlow JVP done right (SPEC §1.2, §6.5; PERF.md).
+"""The MeanFlow JVP done right (docs/jvp.md; the official pattern: docs/official_code.md#jvp-implementation).
 
 du/dt is the total derivative of u_θ(z_t, r, t) along the trajectory: the Jacobian-vector
 product with tangent (ṽ, 0, 1) in (z, r, t),
@@ -14,7 +14,7 @@ zero, so r is closed over instead of differentiated.
 ``prediction_and_dudt`` is what the objectives call: the prediction u_θ(z, r, t) with grad on
 every row and du/dt without grad on the r < t rows. A model that advertises a tangent mode
 (class attribute ``supports_tangent``, e.g. the DiT) computes both in ONE forward through the
-wrapper (PERF.md: ≈(4 + f)/3 of a flow-matching step instead of ≈2, and no extra saved
+wrapper (docs/jvp.md#cost-model: ≈(4 + f)/3 of a flow-matching step instead of ≈2, and no extra saved
 activations); any other network gets the no-grad ``torch.func.jvp`` above, then an ordinary
 forward (there the backbones' ``Linear`` layers skip the all-zero weight tangent by themselves).
 """

@@ -1,4 +1,4 @@
-"""Few-step samplers for average-velocity networks (SPEC §1.6; α-Flow Alg. 3, §4.2).
+"""Few-step samplers for average-velocity networks (docs/conventions.md#samplers; arXiv 2510.20771 Algorithm 3, §4.2).
 
 Time runs from noise (t = 1) to data (t = 0), see ``alphaflow.conventions``. A network
 ``net(z, r, t, labels) -> u`` predicts the average velocity over [r, t], so one jump is
@@ -13,7 +13,8 @@ the grid [1, t_m, 0]. Consistency sampling instead re-noises the 1-NFE estimate 
 
 Shapes: noise z_1 is [B, ...]; labels are [B] int64 or ``None``; times handed to the network
 are [B] tensors with noise's dtype and device; every sampler returns x_0 of noise's shape.
-No test-time guidance is applied (SPEC §1.6: guidance is baked into the network).
+No test-time guidance is applied: guidance is baked into the network
+(docs/conventions.md#guidance-baked-into-training).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _check_times(times: Sequence[float]) -> list[float]:
 
 
 def time_grid(steps: int, t_mid: float | None = None) -> list[float]:
-    """Uniform grid t_k = (N − k)/N, k = 0..N, from 1 (noise) to 0 (data) (SPEC §1.6).
+    """Uniform grid t_k = (N − k)/N, k = 0..N, from 1 (noise) to 0 (data) (docs/conventions.md#samplers).
 
     ``steps=2`` gives [1, 0.5, 0]; ``t_mid`` replaces the middle point and is only
     accepted for ``steps=2`` (e.g. [1, 0.55, 0], the XL/2 consistency setting).
@@ -85,7 +86,7 @@ def sample_average_velocity(
     net: Net, noise: Tensor, labels: Tensor | None = None, *,
     times: Sequence[float] | None = None, steps: int = 1,
 ) -> Tensor:
-    """N-step average-velocity ("trajectory") sampling (SPEC §1.6).
+    """N-step average-velocity ("trajectory") sampling (docs/conventions.md#samplers).
 
         z_{t_{k+1}} = z_{t_k} − (t_k − t_{k+1})·u(z_{t_k}, r = t_{k+1}, t = t_k)
 
@@ -106,13 +107,13 @@ def sample_average_velocity(
 
 @torch.no_grad()
 def sample_one_step(net: Net, noise: Tensor, labels: Tensor | None = None) -> Tensor:
-    """1-NFE: x = z_1 − u(z_1, r = 0, t = 1) (SPEC §1.6). noise: [B, ...] → x_0: [B, ...]."""
+    """1-NFE: x = z_1 − u(z_1, r = 0, t = 1) (docs/conventions.md#samplers). noise: [B, ...] → x_0: [B, ...]."""
     return _integrate(net, noise, labels, [1.0, 0.0], euler=False)
 
 
 @torch.no_grad()
 def sample_two_step_ode(net: Net, noise: Tensor, labels: Tensor | None = None, t_mid: float = 0.5) -> Tensor:
-    """2-NFE ODE sampling (SPEC §1.6), the average-velocity sampler on [1, t_m, 0]:
+    """2-NFE ODE sampling (docs/conventions.md#samplers), the average-velocity sampler on [1, t_m, 0]:
 
         z_{t_m} = z_1 − (1 − t_m)·u(z_1, t_m, 1);   x = z_{t_m} − t_m·u(z_{t_m}, 0, t_m).
 
@@ -126,7 +127,7 @@ def sample_two_step_consistency(
     net: Net, noise: Tensor, labels: Tensor | None = None, t_mid: float = 0.5, *,
     renoise: Tensor | None = None, generator: torch.Generator | None = None,
 ) -> Tensor:
-    """2-NFE consistency sampling (SPEC §1.6):
+    """2-NFE consistency sampling (docs/conventions.md#samplers):
 
         x̂ = z_1 − u(z_1, 0, 1);   z_{t_m} = (1 − t_m)·x̂ + t_m·ε′;   x = z_{t_m} − t_m·u(z_{t_m}, 0, t_m).
 
@@ -188,7 +189,7 @@ def generate(
     net: Net, noise: Tensor, labels: Tensor | None = None, *,
     nfe: int, sampler: str = "ode", t_mid: float = 0.5, generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Sample x_0 [B, ...] from z_1 = ``noise`` [B, ...] with ``nfe`` network calls (SPEC §1.6).
+    """Sample x_0 [B, ...] from z_1 = ``noise`` [B, ...] with ``nfe`` network calls (docs/conventions.md#samplers).
 
     "ode": nfe = 1 → ``sample_one_step``; nfe = 2 → ``sample_two_step_ode`` at ``t_mid``;
     nfe > 2 → ``sample_average_velocity`` on the uniform grid (``t_mid`` unused).

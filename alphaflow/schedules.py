@@ -1,4 +1,5 @@
-"""Schedules for α and ratio_fm: pure functions of the training step (SPEC §4).
+"""Schedules for α and ratio_fm: pure functions of the training step
+(docs/objectives.md#schedule-kinds; arXiv 2510.20771 Algorithm 2, §4.2).
 
 A ``Schedule`` moves a value from ``start`` to ``end`` between steps ``k_start`` and
 ``k_end``; before ``k_start`` it is ``start``, after ``k_end`` it is ``end``. In between,
@@ -12,10 +13,10 @@ with progress p = (k − k_start)/(k_end − k_start) ∈ [0, 1]:
     log          start + (end − start)·log₁₀(1 + 9p)
     sigmoid      start + (end − start)·σ(γ·(k − k_mid)/(k_end − k_start)),   k_mid = (k_start + k_end)/2
 
-The paper's curriculum (SPEC §4.1, Alg. 2) is ``sigmoid`` from start = 1 to end = 0 with
-γ = 25 and clamp η = 5·10⁻³: α = 1 − σ(γ(k − k_mid)/(k_e − k_s)).
+The paper's curriculum (arXiv 2510.20771 Algorithm 2, §4.2; docs/objectives.md#the-alpha-curriculum) is
+``sigmoid`` from start = 1 to end = 0 with γ = 25 and clamp η = 5·10⁻³: α = 1 − σ(γ(k − k_mid)/(k_e − k_s)).
 
-Clamp η (SPEC §4.1) applies to every kind: a value below η becomes exactly 0 (for α: pure
+Clamp η (docs/objectives.md#the-alpha-curriculum) applies to every kind: a value below η becomes exactly 0 (for α: pure
 MeanFlow with the JVP) and a value above 1 − η becomes exactly 1 (pure trajectory flow
 matching). With ``discrete=True`` values below η become η instead, so α never reaches 0 and
 training never needs the JVP (the official ``discrete_training`` flag).
@@ -134,7 +135,7 @@ def constant(value: float) -> Schedule:
 
 def sigmoid(k_start: int, k_end: int, *, gamma: float = 25.0, clamp: float = 5e-3,
             start: float = 1.0, end: float = 0.0, discrete: bool = False) -> Schedule:
-    """The paper's α curriculum (SPEC §4.1): 1 before k_start, 0 after k_end, sigmoid between."""
+    """The paper's α curriculum (arXiv 2510.20771 Algorithm 2): 1 before k_start, 0 after k_end, sigmoid between."""
     return Schedule(kind="sigmoid", start=start, end=end, k_start=k_start, k_end=k_end,
                     gamma=gamma, clamp=clamp, discrete=discrete)
 

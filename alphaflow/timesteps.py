@@ -1,4 +1,4 @@
-"""Time samplers and the (r, t) pairing rule (SPEC §1.4).
+"""Time samplers and the (r, t) pairing rule (docs/conventions.md#time-sampling).
 
 Both MeanFlow and α-Flow draw t from a logit-normal, t = σ(N(μ, σ²)) with μ = −0.4, σ = 1.
 A batch of B rows is split deterministically: the first ⌊B·ratio_fm⌋ rows get r = t (the

@@ -1,8 +1,8 @@
 """Analysis of run folders with pandas, matplotlib and seaborn.
 
-The only package of the project that imports them (see STYLE.md's layers). It reads run folders
-through the run-folder format module of ``alphaflow`` and never parses logs. Load → aggregate →
-plot, on DataFrames:
+The only package of the project that imports them (the import layers: README.md#layout,
+tests/test_layers.py). It reads run folders through the run-folder format module of ``alphaflow``
+and never parses logs. Load → aggregate → plot, on DataFrames:
 
     runfiles.py read one run folder (statuses, torn lines, job.json, error.txt) → RunRecord
     cache.py    the per-run Parquet cache under ROOT/.analysis-cache/
@@ -12,7 +12,7 @@ plot, on DataFrames:
     runplots.py fig_metric (a metric against step, one line per run)
     probes.py   load_probes / load_online_probes (tidy frames from a sweep root; problems in
                 ``df.attrs["problems"]``), summarize_conflict, markdown_table
-    plots.py    fig2a, fig2b, fig2c, fig6 (SPEC §5.1), fig_quantity, save_figures
+    plots.py    fig2a, fig2b, fig2c, fig6 (arXiv 2510.20771 Figures 2 and 6), fig_quantity, save_figures
 
     runs = load_runs("runs/grad-analysis")
     print(markdown_table(summarize_variants(summarize_runs(runs), ["final_loss_mse"])))

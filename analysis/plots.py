@@ -1,4 +1,5 @@
-"""The gradient-conflict figures of the paper (SPEC §5.1): Fig. 2a/2b/2c and Fig. 6, from ``load_probes``.
+"""The gradient-conflict figures of the paper (arXiv 2510.20771 Figure 2a/2b/2c and Figure 6), from ``load_probes``
+(docs/probes.md#what-the-paper-measures).
 
 Each curve is one run (its ``label``): the mean over the probe batches per checkpoint, with a
 shaded 5–95 % band from ``q_p05``/``q_p95`` where the frame has them (the online probes of
@@ -23,7 +24,7 @@ from matplotlib.ticker import FuncFormatter
 from .probes import latest_per_step
 
 NAMES = {"tfm": "TFM", "tcc": "TCc", "fmb": "FM'", "mf": "MF"}
-FIG6_PAIRS = ["fmb_tcc", "tfm_fmb", "tfm_mf", "fmb_mf", "tcc_mf", "tcc_tfm"]  # SPEC §5.1 (a)–(f)
+FIG6_PAIRS = ["fmb_tcc", "tfm_fmb", "tfm_mf", "fmb_mf", "tcc_mf", "tcc_tfm"]  # arXiv 2510.20771 Figure 6 (a)–(f)
 BAND_ALPHA = 0.18
 STEP_FORMAT = FuncFormatter(lambda x, _: f"{x / 1000:g}K" if abs(x) >= 1000 else f"{x:g}")  # 400000 → 400K
 
@@ -152,7 +153,8 @@ def fig2c(df: pd.DataFrame, *, ax: Axes | None = None, path: str | Path | None =
 
 
 def fig6(df: pd.DataFrame, *, path: str | Path | None = None) -> Figure:
-    """Fig. 6 (App. J): the six pairwise cosines in a 2×3 grid, SPEC §5.1 order (a)–(f), one shared legend."""
+    """Fig. 6 (App. J): the six pairwise cosines in a 2×3 grid, in the paper's order (a)–(f)
+    (docs/probes.md#what-the-paper-measures), one shared legend."""
     fig = Figure(figsize=(13, 6.5), layout="constrained")
     axes = fig.subplots(2, 3, sharex=True, sharey=True).ravel()
     colors = palette([n for n, _ in curves(df)])

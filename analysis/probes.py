@@ -1,4 +1,5 @@
-"""Load gradient-probe records from a sweep root into tidy frames, and the conflict table (SPEC §5).
+"""Load gradient-probe records from a sweep root into tidy frames, and the conflict table
+(docs/probes.md; arXiv 2510.20771 §3.2, Appendix E).
 
 A sweep root holds run folders (``alphaflow.runfolder``); each may hold ``probes.jsonl``, one JSON
 object per (checkpoint, probe settings)::

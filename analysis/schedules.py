@@ -1,4 +1,5 @@
-"""What the runs actually trained with, from ``Runs.metrics``: the α and ratio_fm schedules (SPEC §4.1) and the losses.
+"""What the runs actually trained with, from ``Runs.metrics``: the α and ratio_fm schedules
+(docs/objectives.md#the-alpha-curriculum) and the losses.
 
     runs = load_runs("runs/alpha_schedules")
     fig_schedules(runs.metrics)     # α(step) and ratio_fm(step) as logged, one line per run, color per variant
@@ -78,7 +79,8 @@ def fig_panels(metrics: pd.DataFrame, columns: Sequence[str], *, path: str | Pat
 
 def fig_schedules(metrics: pd.DataFrame, columns: Sequence[str] = SCHEDULES, *,
                   path: str | Path | None = None) -> Figure:
-    """α and ratio_fm against step as logged by each run (SPEC §4.1; Table 2a's schedules), side by side."""
+    """α and ratio_fm against step as logged by each run (arXiv 2510.20771 Algorithm 2; Table 2a's schedules),
+    side by side."""
     return fig_panels(metrics, columns, path=path, ncols=len(columns),
                       title="Schedules used (as logged in metrics.jsonl), one line per run")
 

@@ -26,7 +26,7 @@ def memory_key(cfg, world: int) -> tuple:
     """What decides the plan: shapes, batches, chunking, guidance (extra passes), the objective's family."""
     o = cfg.objective
     return (cfg.model.name, cfg.data.name, cfg.data.resolution, cfg.train.batch_size, world, cfg.train.precision,
-            o.name, o.cfg.omega != 1.0 or o.cfg.kappa != 0.0, cfg.probe.batch_size, cfg.probe.chunk_size,
+            o.name, o.guidance.guides, cfg.probe.batch_size, cfg.probe.chunk_size,
             cfg.probe.parts, cfg.eval.batch_size, cfg.eval.decode_batch_size, max(cfg.eval.nfe))
 
 

@@ -1,4 +1,4 @@
-"""analysis.probes / analysis.plots on run folders written here with known numbers (SPEC §5)."""
+"""analysis.probes / analysis.plots on run folders written here with known numbers (docs/probes.md)."""
 
 from __future__ import annotations
 

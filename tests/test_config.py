@@ -243,20 +243,21 @@ def test_every_recipe_loads_and_cites_its_source(name):
     assert load_config(f"{name}.yaml") == cfg
     lines = RECIPES[name].read_text().splitlines()
     header = [line for line in lines[: next(i for i, s in enumerate(lines) if not s.startswith("#"))]]
-    assert header[0].startswith(f"# {name}:") and "SPEC" in " ".join(header), "each recipe cites its source"
+    assert header[0].startswith(f"# {name}:") and "arXiv 2510.20771" in " ".join(header), "each recipe cites its source"
 
 
 def test_digits_recipe_is_the_default():
     assert load_config("digits") == Config()
 
 
-def test_imagenet_recipes_follow_the_spec():
+def test_imagenet_recipes_follow_the_paper():
     b2 = load_config("imagenet-b2")
     alpha = b2.objective.alpha.resolve(b2.train.steps)
     assert (b2.model.name, b2.train.batch_size, b2.train.steps, b2.optim.lr) == ("DiT-B/2", 256, 400_000, 1e-4)
     assert (alpha.kind, alpha.k_start, alpha.k_end, alpha.gamma, alpha.clamp) == ("sigmoid", 0, 400_000, 25.0, 5e-3)
     assert b2.objective.ratio_fm.start == 0.5 and b2.ema.halflife_steps == 6931 and b2.optim.grad_clip == 16
-    assert alpha(115_000) == 1.0 and alpha(200_000) == pytest.approx(0.5) and alpha(285_000) == 0.0  # SPEC §4.1
+    # docs/objectives.md#the-alpha-curriculum: α = 1 until ≈ 115.3K, 0.5 at 200K, 0 from ≈ 284.7K
+    assert alpha(115_000) == 1.0 and alpha(200_000) == pytest.approx(0.5) and alpha(285_000) == 0.0
     cfg = load_config("imagenet-b2-cfg").objective
     assert (cfg.guidance.omega, cfg.guidance.kappa, cfg.guidance.label_dropout, cfg.ratio_fm.start) == (1.0, 0.5, 0.1, 0.25)
     xl = load_config("imagenet-xl2-cfg")

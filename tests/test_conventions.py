@@ -1,4 +1,4 @@
-"""The time convention, pinned once (SPEC §1.1): t = 0 is data, t = 1 is noise, v = ε − x."""
+"""The time convention, pinned once (docs/conventions.md#the-time-axis): t = 0 is data, t = 1 is noise, v = ε − x."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def test_time_derivative_of_interpolant_is_velocity_by_finite_difference():
 
 
 def test_a_jump_along_the_conditional_velocity_lands_on_the_interpolant():
-    # z_r = z_t − (t − r)·v: the jump convention of SPEC §1.1 agrees with the interpolant.
+    # z_r = z_t − (t − r)·v: the jump convention (docs/conventions.md#average-velocity-and-the-network-call)
+    # agrees with the interpolant.
     x, eps = draw(seed=5)
     t = torch.tensor([0.9, 0.5, 1.0, 0.3], dtype=DT)
     r = torch.tensor([0.1, 0.5, 0.0, 0.25], dtype=DT)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from alphaflow.conventions import NULL_LABEL
-from alphaflow.data import DATASETS, TrainData, build_dataset, extract_latents, load_digits
+from alphaflow.data import (DATA_OPTIONS, DATASETS, TrainData, build_dataset, check_data_options, dataset_class,
+                            dataset_from_config, dataset_options, extract_latents, load_digits)
 from alphaflow.data.cifar10 import BATCHES
 from alphaflow.data.imagefolder import load_image
 from conftest import make_image_folder
@@ -259,3 +260,117 @@ def test_build_dataset_errors(tmp_path):
             build_dataset(name)
         with pytest.raises(ValueError, match="data.path .*nowhere.* does not exist"):
             build_dataset(name, path=tmp_path / "nowhere")
+
+
+# ---- capabilities ----------------------------------------------------------------------------
+
+def test_every_dataset_declares_its_options_and_capabilities():
+    import inspect
+
+    for name, cls in DATASETS.items():
+        assert issubclass(cls, TrainData) and dataset_class(name) is cls
+        params = inspect.signature(cls.__init__).parameters
+        assert set(cls.options) <= set(params), f"{name} declares options its constructor does not take"
+        assert set(params) - {"self"} <= set(cls.options), f"{name} takes arguments it does not declare"
+        assert ("path" in cls.options) == (cls.needs_path is not None), name
+        assert isinstance(cls.decodes_samples, bool) and isinstance(cls.reference_from_source_images, bool)
+        shape, classes = cls.planned_shape(256)
+        assert all(isinstance(s, int) and s > 0 for s in shape) and classes >= 0
+    assert [n for n, c in DATASETS.items() if c.decodes_samples] == ["latents"]
+    assert [n for n, c in DATASETS.items() if c.reference_from_source_images] == ["latents"]
+    assert DATA_OPTIONS == ("toy", "toy_size", "path", "resolution")
+
+
+def _cifar_folder(root):
+    for i, name in enumerate(BATCHES):
+        _write_batch(root, name, 2, i)
+    return root
+
+
+def test_planned_shape_agrees_with_the_built_dataset(tmp_path):
+    built = {"digits": build_dataset("digits"), "cifar10": build_dataset("cifar10", path=_cifar_folder(tmp_path))}
+    for data in built.values():
+        assert type(data).planned_shape(256) == (data.shape, data.num_classes)
+    for toy in ("moons", "gaussians8", "checkerboard"):
+        data = build_dataset("toy2d", toy=toy, toy_size=16)
+        assert type(data).planned_shape(256)[0] == data.shape  # planned unconditional: see Toy2DData
+    folder = build_dataset("imagefolder", path=make_image_folder(tmp_path / "imgs"), resolution=8)
+    assert type(folder).planned_shape(8)[0] == folder.shape
+
+
+def test_latent_capabilities(latents):
+    tmp, _, out = latents
+    data = build_dataset("latents", path=out)
+    assert data.decodes_samples and data.reference_from_source_images
+    assert data.source_resolution(99) == 16  # the resolution meta.json records
+    assert type(data).planned_shape(64) == ((4, 8, 8), 1000)  # planned as SD-VAE latents (factor 8)
+    assert data.shape[0] == type(data).planned_shape(16)[0][0]
+    data.fit_stats(torch.Generator().manual_seed(0), num_samples=16)
+    x = data.prepare(data.get([0])[0], torch.Generator().manual_seed(0))
+    assert data.to_images(x) is None  # no decoder yet: the samples are latents, not images
+    digits = build_dataset("digits")
+    assert not digits.decodes_samples and not digits.reference_from_source_images
+    assert digits.source_resolution(99) == 99
+    with pytest.raises(TypeError, match="DigitsData has no decoder to attach"):
+        digits.attach_decoder(tmp / "vae")
+
+
+def test_build_dataset_passes_only_declared_options(monkeypatch):
+    seen = {}
+
+    class Probe(TrainData):
+        options = ("toy", "seed")
+
+        def __init__(self, toy="moons", seed=0):
+            seen.update(toy=toy, seed=seed)
+
+    monkeypatch.setitem(DATASETS, "probe", Probe)
+    build_dataset("probe", toy="x", resolution=32, path="/nowhere", seed=5)  # resolution, path: not read
+    assert seen == {"toy": "x", "seed": 5}
+    build_dataset("probe")
+    assert seen == {"toy": "moons", "seed": 0}  # the dataset's own defaults
+    with pytest.raises(ValueError, match="unknown data option\\(s\\) 'resolutoin', 'tyo'"):
+        build_dataset("digits", resolutoin=32, tyo="moons")
+    # digits reads no option: those of other datasets are ignored, not refused
+    assert build_dataset("digits", path="/nowhere", resolution=3, toy="spiral").shape == (1, 8, 8)
+
+
+def test_dataset_from_config(tmp_path):
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(name="toy2d", path="/nowhere", resolution=7, toy="gaussians8", toy_size=64,
+                          stats_samples=2048, workers=0, vae_path=None)
+    assert dataset_options(cfg) == {"toy": "gaussians8", "toy_size": 64}
+    data = dataset_from_config(cfg, seed=3)
+    assert torch.equal(data.get(range(64))[0], build_dataset("toy2d", toy="gaussians8", toy_size=64,
+                                                             seed=3).get(range(64))[0])
+    as_dict = {"name": "imagefolder", "path": str(make_image_folder(tmp_path / "i")), "resolution": 4}
+    assert dataset_options(as_dict) == {"path": as_dict["path"], "resolution": 4}
+    assert dataset_from_config(as_dict).shape == (3, 4, 4)
+    with pytest.raises(ValueError, match="unknown dataset 'digit'"):
+        dataset_options(SimpleNamespace(name="digit"))
+
+
+def test_check_data_options_uses_needs_path(tmp_path):
+    assert check_data_options("digits", "/nowhere") is None and check_data_options("toy2d", None) is None
+    assert check_data_options("latents", tmp_path) == tmp_path
+    with pytest.raises(ValueError, match="needs data.path: a folder written by extract_latents"):
+        check_data_options("latents", "")
+
+
+def test_capabilities_drive_evaluation_and_the_memory_plan(latents, tmp_path):
+    from types import SimpleNamespace
+
+    from alphaflow.config import load_config
+    from alphaflow.evaluate.quality import reference_stats_all
+    from alphaflow.metrics.choice import LATENT_REFERENCE
+    from alphaflow.perf.memplan import data_shape
+
+    _, _, out = latents
+    with pytest.raises(ValueError, match="come from the images the latents were encoded from"):
+        reference_stats_all(build_dataset("latents", path=out), "latents", [SimpleNamespace(name="x")], tmp_path)
+    assert "--ref-images" in LATENT_REFERENCE
+    expected = {"latents": ((4, 64, 64), 1000), "imagefolder": ((3, 512, 512), 1000), "cifar10": ((3, 32, 32), 10),
+                "digits": ((1, 8, 8), 10), "toy2d": ((2,), 0)}
+    for name, planned in expected.items():
+        assert data_shape(load_config(None, [f"data.name={name}", "data.resolution=512"])) == planned

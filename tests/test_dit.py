@@ -1,4 +1,4 @@
-"""DiT backbone (SPEC §6.1–6.2): zero init, conditioning, registry sizes, input checks, JVP."""
+"""DiT backbone (docs/conventions.md#the-backbone): zero init, conditioning, registry sizes, input checks, JVP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The fast MeanFlow JVP (PERF.md): the Linear forward rule and the DiT's tangent mode equal stock forward AD."""
+"""The fast MeanFlow JVP: the Linear forward rule and the DiT's tangent mode equal stock forward AD
+(docs/jvp.md#the-zero-weight-tangent, docs/jvp.md#the-dit-tangent-mode)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The theory, said out loud in float64 on a tiny smooth network (SPEC §1–3)."""
+"""The theory, said out loud in float64 on a tiny smooth network (docs/objectives.md;
+arXiv 2510.20771 §2–3, Definition 1, Theorem 1)."""
 
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def test_shortcut_is_half_alpha_flow_at_one_half(tiny_net, batch):
 
 @pytest.mark.parametrize("objective", [MeanFlow(), AlphaFlow(alpha=0.3, clip=None), AlphaFlow(alpha=0.0)])
 def test_gradient_decomposition_mf_is_tfm_plus_tcc(tiny_net, batch, objective):
-    """L_MF = L_TFM + L_TCC + C(θ-free): values up to C, gradients exactly (SPEC §2)."""
+    """L_MF = L_TFM + L_TCC + C(θ-free): values up to C, gradients exactly
+    (docs/objectives.md#trajectory-flow-matching-and-trajectory-consistency; arXiv 2510.20771 Eq. 6–7)."""
     x, y = batch
     terms = objective(tiny_net, x, sample=make_sample(x, y))
     comp = terms.components

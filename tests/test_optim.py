@@ -1,4 +1,4 @@
-"""EMA half-life with ramp-up, linear warm-up, gradient hygiene (SPEC §6.3)."""
+"""EMA half-life with ramp-up, linear warm-up, gradient hygiene (docs/conventions.md#optimiser-ema-and-precision)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The paper's experiments as sweep files (SPEC §4.3, §7): each expands to the intended runs and resources."""
+"""The paper's experiments as sweep files (docs/objectives.md#released-schedules; arXiv 2510.20771
+Tables 1 and 2): each expands to the intended runs and resources."""
 
 from __future__ import annotations
 

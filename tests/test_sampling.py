@@ -1,4 +1,4 @@
-"""Samplers against a network whose average velocity is known in closed form (SPEC §1.6).
+"""Samplers against a network whose average velocity is known in closed form (docs/conventions.md#samplers).
 
 Oracle: data x ~ N(μ, s²I) with z_t = (1 − t)x + tε. The probability-flow ODE maps z_1 to
 z_t = (1 − t)μ + σ_t·z_1 with σ_t = sqrt((1 − t)²s² + t²), so the flow map from t to r is

@@ -1,4 +1,5 @@
-"""Schedules as pure functions of the step, and the paper's sigmoid curriculum (SPEC §4.1)."""
+"""Schedules as pure functions of the step, and the paper's sigmoid curriculum
+(arXiv 2510.20771 Algorithm 2; docs/objectives.md#the-alpha-curriculum)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from alphaflow.schedules import Schedule, as_schedule, check_unit_interval, cons
 GAMMA, ETA = 25.0, 5e-3
 HALF_WIDTH = math.log((1 - ETA) / ETA) / GAMMA  # α ∈ (0, 1) only while |k − mid| < HALF_WIDTH·(k_e − k_s)
 
-# SPEC §4.1 table: (k_s, k_e, "α = 1 until", "α = 0 from"), values given to the nearest 0.1K.
-SPEC_TABLE = [(0, 400_000, 115_300, 284_700), (0, 1_200_000, 345_900, 854_100), (600_000, 1_000_000, 715_300, 884_700)]
+# The table of docs/objectives.md#the-alpha-curriculum: (k_s, k_e, "α = 1 until", "α = 0 from"), to the nearest 0.1K.
+CURRICULUM_TABLE = [(0, 400_000, 115_300, 284_700), (0, 1_200_000, 345_900, 854_100),
+                    (600_000, 1_000_000, 715_300, 884_700)]
 
 
 def first_step(pred, lo: int, hi: int) -> int:
@@ -61,8 +63,8 @@ def test_sigmoid_is_antisymmetric_about_the_midpoint(clamp):
         assert total == pytest.approx(1.0, abs=1e-12), f"α(mid + {d}) + α(mid − {d}) must be 1, got {total!r}"
 
 
-@pytest.mark.parametrize("k_s, k_e, until, from_", SPEC_TABLE)
-def test_clamp_transition_points_match_spec_table_and_analytic_half_width(k_s, k_e, until, from_):
+@pytest.mark.parametrize("k_s, k_e, until, from_", CURRICULUM_TABLE)
+def test_clamp_transition_points_match_curriculum_table_and_analytic_half_width(k_s, k_e, until, from_):
     s = sigmoid(k_s, k_e)
     span, mid = k_e - k_s, (k_s + k_e) / 2
     first_below_one = first_step(lambda k: s(k) < 1.0, k_s, k_e)
@@ -78,14 +80,15 @@ def test_clamp_transition_points_match_spec_table_and_analytic_half_width(k_s, k
     w = HALF_WIDTH * span
     assert abs(first_below_one - (mid - w)) <= 1, f"α leaves 1 at {first_below_one}, expected ≈ {mid - w:.1f}"
     assert abs(first_zero - (mid + w)) <= 1, f"α reaches 0 at {first_zero}, expected ≈ {mid + w:.1f}"
-    assert abs(first_below_one - until) <= 50, f"SPEC table says α = 1 until ≈{until}, got {first_below_one}"
-    assert abs(first_zero - from_) <= 50, f"SPEC table says α = 0 from ≈{from_}, got {first_zero}"
+    assert abs(first_below_one - until) <= 50, f"the curriculum table says α = 1 until ≈{until}, got {first_below_one}"
+    assert abs(first_zero - from_) <= 50, f"the curriculum table says α = 0 from ≈{from_}, got {first_zero}"
     share = (first_zero - first_below_one) / span
     assert share == pytest.approx(2 * 0.2117, abs=1e-4), f"α ∈ (0, 1) on 42.3 % of the window, got {share:.4%}"
 
 
-def test_the_spec_half_width_constant():
-    assert round(HALF_WIDTH, 4) == 0.2117, f"ln(199)/25 must be 0.2117 (SPEC §4.1), got {HALF_WIDTH}"
+def test_the_half_width_constant():
+    # docs/objectives.md#the-alpha-curriculum: α ∈ (0, 1) only while |k − k_mid| < 0.2117·(k_e − k_s)
+    assert round(HALF_WIDTH, 4) == 0.2117, f"ln(199)/25 must be 0.2117, got {HALF_WIDTH}"
 
 
 @pytest.mark.parametrize("s", [

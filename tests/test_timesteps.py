@@ -1,4 +1,4 @@
-"""Time samplers and the (r, t) pairing rule (SPEC §1.4)."""
+"""Time samplers and the (r, t) pairing rule (docs/conventions.md#time-sampling)."""
 
 from __future__ import annotations
 

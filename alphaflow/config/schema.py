@@ -35,14 +35,15 @@ class DataConfig:
     resolution: int = 256
     toy: str = "moons"
     toy_size: int = 8192
-    stats_samples: int = 2048  # samples for the latent mean/std (SPEC §6.4)
+    stats_samples: int = 2048  # samples for the latent mean/std (docs/conventions.md#latent-data-and-normalisation)
     workers: int = 0
     vae_path: str | None = None
 
 
 @dataclass
 class OptimConfig:
-    """Adam (SPEC §6.3); lr is constant after a linear warm-up of ``warmup_steps``."""
+    """Adam; lr is constant after a linear warm-up of ``warmup_steps``
+    (docs/conventions.md#optimiser-ema-and-precision)."""
 
     lr: float = 1e-3
     beta1: float = 0.9
@@ -55,7 +56,8 @@ class OptimConfig:
 
 @dataclass
 class EMAConfig:
-    """EMA with half-life in steps and ramp-up min(halflife, rampup_ratio·step) (SPEC §6.3)."""
+    """EMA with half-life in steps and ramp-up min(halflife, rampup_ratio·step)
+    (docs/conventions.md#optimiser-ema-and-precision; EDM, arXiv 2206.00364)."""
 
     halflife_steps: float = 500.0
     rampup_ratio: float | None = 0.05
@@ -80,7 +82,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    """Sample grids during and after training (SPEC §1.6)."""
+    """Sample grids during and after training (docs/conventions.md#samplers)."""
 
     num: int = 64
     nfe: list[int] = field(default_factory=lambda: [1, 2])
@@ -91,8 +93,9 @@ class SampleConfig:
 
 @dataclass
 class ProbeConfig:
-    """Online gradient probes (SPEC §5): every ``every`` steps (a multiple of train.log_every; 0 = off),
-    on the step's training batch with a fresh (t, r, ε) holding a ``ratio_fm`` share of r = t rows."""
+    """Online gradient probes (docs/probes.md#online-probes): every ``every`` steps (a multiple of
+    train.log_every; 0 = off), on the step's training batch with a fresh (t, r, ε) holding a ``ratio_fm``
+    share of r = t rows."""
 
     every: int = 0
     ratio_fm: float = 0.0
@@ -107,8 +110,9 @@ class ProbeConfig:
 
 @dataclass
 class EvalConfig:
-    """Sample quality during and after training (SPEC §7): the Fréchet distance of EMA samples (fixed seeds,
-    ``sample.sampler`` at ``sample.t_mid``) to the training data's cached reference statistics.
+    """Sample quality during and after training (docs/official_code.md#evaluation-metrics): the Fréchet
+    distance of EMA samples (fixed seeds, ``sample.sampler`` at ``sample.t_mid``) to the training data's
+    cached reference statistics.
 
     Every ``every`` steps (a multiple of train.log_every; 0 = off) ``num_samples`` samples per NFE give
     ``eval_<metric>_nfe<k>`` in that metrics.jsonl row; with ``final`` the run ends by appending

@@ -22,10 +22,47 @@ class TrainData:
 
     Unconditional datasets return labels filled with ``NULL_LABEL`` (−1), the project's marker for
     the "∅" input (``alphaflow.conventions``).
+
+    Capabilities, declared on each dataset class so that callers ask the class instead of testing
+    its name or type:
+
+    ``options``
+        The ``data.*`` keys the constructor reads, as keyword arguments of the same names, plus
+        ``seed`` (the run's seed, not a ``data.*`` key) if it draws its data. ``build_dataset``
+        passes a dataset only these.
+    ``needs_path``
+        What ``data.path`` must point at, for a dataset that reads files; None when it reads none.
+    ``decodes_samples``
+        Samples are not images yet (latents): ``attach_decoder`` must load a decoder before
+        ``to_images`` gives images, for sample grids and evaluation.
+    ``reference_from_source_images``
+        Evaluation references cannot be computed from this data: they come from the images it was
+        encoded from (``alphaflow eval --ref-images``) or from a statistics file.
+    ``planned_shape(resolution)``
+        (sample shape, class count) a memory plan assumes, without reading any data.
     """
 
     num_classes: int = 0
     shape: tuple[int, ...] = ()
+    options: tuple[str, ...] = ()
+    needs_path: str | None = None
+    decodes_samples: bool = False
+    reference_from_source_images: bool = False
+
+    @classmethod
+    def planned_shape(cls, resolution: int) -> tuple[tuple[int, ...], int]:
+        """(shape, num_classes) of this dataset at ``data.resolution``, without opening it."""
+        raise NotImplementedError(f"{cls.__name__} has no planned shape")
+
+    def attach_decoder(self, vae_path: str | Path, device: str | torch.device = "cpu", *,
+                       batch_size: int = 32) -> None:
+        """Load the decoder that turns samples into images; only data with ``decodes_samples`` has one."""
+        raise TypeError(f"{type(self).__name__} has no decoder to attach: its samples are already in data "
+                        f"space (decodes_samples is False; only latent data decodes its samples)")
+
+    def source_resolution(self, default: int) -> int:
+        """Resolution of the images this data was made from (latents record theirs); ``default`` if unknown."""
+        return default
 
     def __len__(self) -> int:
         raise NotImplementedError

@@ -60,6 +60,14 @@ class Cifar10Data(InMemoryData):
     Kept as uint8 in memory (150 MB for 50,000 images) and mapped to float per fetched batch.
     """
 
+    options = ("path",)
+    needs_path = "the cifar-10-batches-py folder (data_batch_1..5)"
+
+    @classmethod
+    def planned_shape(cls, resolution: int) -> tuple[tuple[int, ...], int]:
+        """Always (3, 32, 32) with 10 classes; ``resolution`` is not read."""
+        return (3, 32, 32), 10
+
     def __init__(self, path: str | Path) -> None:
         root = find_batches(path)
         parts = [read_batch(root / name) for name in BATCHES]

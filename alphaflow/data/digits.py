@@ -24,6 +24,13 @@ def load_digits(dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
 class DigitsData(InMemoryData):
     """The digits as a ``TrainData``: 1,797 samples of shape (1, 8, 8) in [−1, 1], 10 classes."""
 
+    options = ()
+
+    @classmethod
+    def planned_shape(cls, resolution: int) -> tuple[tuple[int, ...], int]:
+        """Always (1, 8, 8) with 10 classes; ``resolution`` is not read."""
+        return (1, 8, 8), 10
+
     def __init__(self) -> None:
         x, y = load_digits()
         super().__init__(x, y, num_classes=10, shape=(1, 8, 8))

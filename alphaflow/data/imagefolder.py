@@ -3,8 +3,9 @@
 Classes are the sorted folder names → indices 0..K−1. Each image becomes RGB, then the ADM
 (guided-diffusion) centre crop: halve with a box filter while the short side is at least twice
 the target (cheap and alias-free), bicubic-resize so the short side equals ``resolution``, and
-crop the centre square. SPEC §6.4 mentions Lanczos for the derivative code; ADM's recipe is the
-one the DiT/SiT/MeanFlow latent pipelines share, so it is used here and in ``extract_latents``.
+crop the centre square. A derivative of the official code resizes with Lanczos
+(docs/official_code.md#image-preprocessing); ADM's recipe is the one the DiT/SiT/MeanFlow latent
+pipelines share, so it is used here and in ``extract_latents``.
 """
 
 from __future__ import annotations
@@ -85,6 +86,14 @@ class ImageFolderData(TrainData):
 
     Only the file list is held in memory; ``get`` decodes, so use DataLoader workers for throughput.
     """
+
+    options = ("path", "resolution")
+    needs_path = "an ImageNet-layout folder <path>/<class_name>/<images>"
+
+    @classmethod
+    def planned_shape(cls, resolution: int) -> tuple[tuple[int, ...], int]:
+        """(3, R, R), planned with ImageNet's 1000 classes (the class count is known only from the folder)."""
+        return (3, resolution, resolution), 1000
 
     def __init__(self, path: str | Path, resolution: int = 256) -> None:
         if not isinstance(resolution, int) or resolution < 1:

@@ -1,4 +1,4 @@
-"""Training on pre-extracted latents (SPEC §6.4): a fresh posterior sample per load, normalised per element.
+"""Training on pre-extracted latents: a fresh posterior sample per load, normalised per element.
 
 ``get`` returns the stored posterior [b, 2C, H, W] (mean ‖ log-variance on dim 1) from lazily
 opened memmaps; ``prepare`` draws z = mean + exp(½·logvar)·ε on the training device with the
@@ -61,7 +61,21 @@ def _open(file: Path, shape: tuple[int, ...], kinds: str) -> np.ndarray:
 
 
 class LatentData(TrainData):
-    """A latents folder: shape (C, H, W); ``get`` gives raw [b, 2C, H, W], ``prepare`` the model input."""
+    """A latents folder: shape (C, H, W); ``get`` gives raw [b, 2C, H, W], ``prepare`` the model input.
+
+    Samples are normalised latents: ``attach_decoder`` loads the VAE that turns them into images, and
+    evaluation references come from the images the latents were encoded from.
+    """
+
+    options = ("path",)
+    needs_path = "a folder written by extract_latents (meta.json, mean.npy, logvar.npy, labels.npy)"
+    decodes_samples = True
+    reference_from_source_images = True
+
+    @classmethod
+    def planned_shape(cls, resolution: int) -> tuple[tuple[int, ...], int]:
+        """Planned as ImageNet's SD-VAE latents of R² images: (4, R/8, R/8), 1000 classes."""
+        return (4, resolution // 8, resolution // 8), 1000
 
     def __init__(self, path: str | Path) -> None:
         self.root = existing_dir(path, "latents path").resolve()
@@ -167,6 +181,10 @@ class LatentData(TrainData):
         if not (stats["latent_std"] > 0).all():
             raise ValueError("latent_std must be positive everywhere")
         self.stats = stats
+
+    def source_resolution(self, default: int) -> int:
+        """The resolution the latents were encoded at (meta.json), or ``default`` if the folder does not say."""
+        return int(self.meta.get("resolution", default))
 
     def attach_decoder(self, vae_path: str | Path, device: str | torch.device = "cpu", *,
                        batch_size: int = 32) -> None:

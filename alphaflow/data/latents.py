@@ -1,6 +1,6 @@
 """Pre-extracted VAE latents: the on-disk format, loading a local VAE, and ``extract_latents``.
 
-SPEC §6.4: images are encoded once by the SD-VAE (ft-EMA) and the posterior *mean and
+Images are encoded once by the SD-VAE (ft-EMA; docs/conventions.md#latent-data-and-normalisation) and the posterior *mean and
 log-variance* are stored per image, so training can draw a fresh posterior sample every time an
 image is loaded. A latents folder holds
 

@@ -64,6 +64,13 @@ class Toy2DData(InMemoryData):
     num_classes: moons 2 (which moon), gaussians8 8 (which component), checkerboard 0 (labels −1).
     """
 
+    options = ("toy", "toy_size", "seed")
+
+    @classmethod
+    def planned_shape(cls, resolution: int) -> tuple[tuple[int, ...], int]:
+        """(2,), planned unconditional: a toy set's few classes add a negligible label embedding."""
+        return (2,), 0
+
     def __init__(self, toy: str = "moons", toy_size: int = 8192, seed: int = 0) -> None:
         x, labels, num_classes = make_toy(toy, toy_size, seed)
         super().__init__(x, labels, num_classes=num_classes, shape=(2,))

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from alphaflow.config import Config
-from alphaflow.data import build_dataset
+from alphaflow.data import dataset_from_config
 from alphaflow.data.base import TrainData
 from alphaflow.evaluate.offline_probe import probe_run
 from alphaflow.evaluate.quality import EvalRequest, evaluate_run, extractor_for, reference_stats, sample_features
@@ -50,8 +50,7 @@ class OnlineEval(Callback):
         if self._feats is None or self._ref is None:
             d = self.cfg.data
             if self.data is None:  # the run's training images (eval.every refuses latent runs: see preflight)
-                self.data = build_dataset(d.name, path=d.path, resolution=d.resolution, toy=d.toy,
-                                          toy_size=d.toy_size, seed=self.cfg.seed)
+                self.data = dataset_from_config(d, self.cfg.seed)
             self._feats = extractor_for(d.name, self.cfg.eval.metric, self.cache, device=device)
             self._ref = reference_stats(self.data, d.name, self._feats, self.cache)
         return self._feats, self._ref

@@ -1,4 +1,5 @@
-"""``alphaflow probe RUN_DIR``: the paper's gradient-analysis protocol on saved checkpoints (SPEC §5.2).
+"""``alphaflow probe RUN_DIR``: the paper's gradient-analysis protocol on saved checkpoints
+(arXiv 2510.20771 §3.2 and Appendix E; docs/probes.md#offline-probes, docs/probes.md#choices-the-paper-leaves-open).
 
 For each chosen checkpoint, N fresh batches of B samples with (t, r) from the run's logit-normal
 min–max rule and r < t on every row (L_TCC vanishes at r = t); on each batch the probe of

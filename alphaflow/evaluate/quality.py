@@ -1,4 +1,5 @@
-"""``alphaflow ref-stats`` and ``alphaflow eval``: Fréchet distances of a run's samples (SPEC §7, §9).
+"""``alphaflow ref-stats`` and ``alphaflow eval``: Fréchet distances of a run's samples
+(arXiv 2510.20771 §5, Table 1, Appendix I; docs/official_code.md#evaluation-metrics).
 
 Samples come from the EMA weights of a checkpoint, from fixed seeds: the noise of sample i and its
 label are drawn from generators seeded with ``seed``, so two evaluations of the same weights give
@@ -29,10 +30,9 @@ import torch
 from alphaflow.build import open_run
 from alphaflow.objectives import objective_from_options
 from alphaflow.config import Config
-from alphaflow.data import build_dataset
+from alphaflow.data import build_dataset, dataset_class
 from alphaflow.data.base import TrainData
 from alphaflow.data.imagefolder import ImageFolderData
-from alphaflow.data.latent_data import LatentData
 from alphaflow.train.distributed import resolve_device, set_tf32
 from alphaflow.metrics import (EXTRACTORS, METRIC_NAMES, FeatureExtractor, FeatureStats, StatsAccumulator,
                                frechet_distance)
@@ -96,7 +96,7 @@ def reference_stats_all(data: TrainData, tag: str, extractors: Sequence[FeatureE
     """Each extractor's feature statistics over the whole training set, in one pass over the data, cached."""
     paths = [cache_dir / f"ref-{tag}-{e.name}.npz" for e in extractors]
     todo = [i for i, p in enumerate(paths) if not p.exists()]
-    if todo and isinstance(data, LatentData):
+    if todo and data.reference_from_source_images:
         raise ValueError(LATENT_REFERENCE)
     accs = {i: StatsAccumulator() for i in todo}
     for start in range(0, len(data) if todo else 0, batch):
@@ -126,7 +126,7 @@ def compute_reference_stats(data_name: str, *, path: str | None = None, resoluti
                             device: str = "auto", inception_weights: str | None = None,
                             dinov2: str | None = None) -> list[tuple[str, FeatureStats, Path]]:
     """``alphaflow ref-stats``: (metric, statistics, cache file) per chosen metric of a training set."""
-    if data_name == "latents":
+    if dataset_class(data_name).reference_from_source_images:
         raise ValueError("reference statistics of latents come from the images they were encoded from: "
                          "run ref-stats with --data imagefolder --data-path IMAGE_FOLDER --resolution R")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -184,7 +184,7 @@ def _references(cfg: Config, data: TrainData, feats: Sequence[FeatureExtractor],
     if rest:
         src, tag = data, data_tag(cfg.data.name, cfg.data.path, cfg.data.resolution)
         if ref_images is not None:  # the images the latents came from, at their resolution
-            res = int(getattr(data, "meta", {}).get("resolution", cfg.data.resolution))
+            res = data.source_resolution(cfg.data.resolution)
             src, tag = ImageFolderData(ref_images, resolution=res), data_tag("imagefolder", ref_images, res)
         for f, s in zip(rest, reference_stats_all(src, tag, rest, cache)):
             out[f.name] = (s, str(cache / f"ref-{tag}-{f.name}.npz"))
@@ -269,12 +269,12 @@ def evaluate_run(run_dir: str | Path, request: EvalRequest | None = None, refs: 
     cache = Path(refs.cache_dir) if refs.cache_dir is not None else default_cache_dir()
     names = parse_metrics(req.metrics, cfg.data.name)
     files = parse_ref_stats(refs.ref_stats, names)
-    if isinstance(data, LatentData) and refs.ref_images is None and set(names) - set(files):
+    if data.reference_from_source_images and refs.ref_images is None and set(names) - set(files):
         raise ValueError(LATENT_REFERENCE)
     feats = [extractor_for(cfg.data.name, n, cache, weights={"inception": refs.inception_weights,
                                                              "dinov2": refs.dinov2}, device=dev) for n in names]
     references = _references(cfg, data, feats, files, refs.ref_images, cache)
-    if isinstance(data, LatentData):  # samples are latents: decode them with the run's VAE
+    if data.decodes_samples:  # samples are latents: decode them with the run's VAE
         if cfg.data.vae_path is None:
             raise ValueError("a latent run needs data.vae_path (the VAE folder) to decode samples for evaluation")
         data.attach_decoder(cfg.data.vae_path, dev, batch_size=req.decode_batch_size)
@@ -293,7 +293,7 @@ def evaluate_run(run_dir: str | Path, request: EvalRequest | None = None, refs: 
             row = {"step": step, "nfe": k, "sampler": sampler, "t_mid": req.t_mid, "num_samples": req.num_samples,
                    "labels": req.labels, "weights": req.weights, "seed": req.seed, "metric": metric,
                    "value": frechet_distance(s, ref), "ref": ref_source}
-            append_jsonl(run.root / "eval.jsonl", row)
+            append_jsonl(run.eval_path, row)
             rows.append(row)
             log(f"step {step}  {k}-NFE {sampler}: {metric} = {row['value']:.3f}")
     return rows

@@ -1,4 +1,5 @@
-"""Gradient probes: how the objective's terms pull on the weights (SPEC §2, §5).
+"""Gradient probes: how the objective's terms pull on the weights (docs/probes.md;
+the terms: docs/objectives.md#trajectory-flow-matching-and-trajectory-consistency).
 
 On one batch, the same (t, r, ε, labels) for every term, we differentiate
 

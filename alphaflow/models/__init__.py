@@ -1,5 +1,6 @@
-"""Backbones: the DiT (adaLN-Zero) average-velocity network and its size registry (SPEC §6), and an MLP
-for vector data. ``build_for_data`` picks the constructor arguments from a dataset's sample shape."""
+"""Backbones: the DiT (adaLN-Zero) average-velocity network and its size registry
+(docs/conventions.md#the-backbone), and an MLP for vector data. ``build_for_data`` picks the constructor
+arguments from a dataset's sample shape."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Callable
 
 from torch import nn
 
-from alphaflow.models.dit import MODELS, DiT, build_model, count_parameters, parameter_count
+from alphaflow.models.dit import DiT, count_parameters
+from alphaflow.models.registry import MODELS, build_model, parameter_count
 from alphaflow.models.mlp import MLP
 
 MLPS: dict[str, Callable[..., MLP]] = {

@@ -1,4 +1,5 @@
-"""DiT with adaLN-Zero for average-velocity networks u(z_t, r, t | y)  (SPEC §6.1–6.2).
+"""DiT with adaLN-Zero for average-velocity networks u(z_t, r, t | y)  (docs/conventions.md#the-backbone;
+DiT arXiv 2212.09748, SiT arXiv 2401.08740).
 
 The whole backbone lives in this file: embedders, the transformer block, the final layer, the
 ``DiT`` module with its one commented ``initialize_weights`` and the size registry
@@ -6,11 +7,13 @@ The whole backbone lives in this file: embedders, the transformer block, the fin
 
     u = net(z, r, t, labels)      z: [B, C, H, W], r, t: [B], labels: [B] int64 or None → u: [B, C, H, W]
 
-Two-time conditioning (SPEC §6.2): c = emb_t(t) + emb_Δ(t − r) + emb_y(labels), two *separate*
-timestep embedders, times fed raw in [0, 1] (no ×1000, SPEC §10.12). The output is u directly.
+Two-time conditioning (docs/conventions.md#the-backbone): c = emb_t(t) + emb_Δ(t − r) + emb_y(labels), two *separate*
+timestep embedders, times fed raw in [0, 1] (no ×1000, docs/official_code.md#timestep-scaling). The output
+is u directly.
 
 Attention is ``F.scaled_dot_product_attention``. Its fused CPU/GPU kernels have no forward-mode
-AD rule (PERF.md): wrap ``torch.func.jvp`` in ``sdpa_kernel([SDPBackend.MATH])``.
+AD rule (docs/jvp.md#fused-attention-has-no-forward-mode-rule): wrap ``torch.func.jvp`` in
+``sdpa_kernel([SDPBackend.MATH])``.
 
 Tangent mode (``alphaflow.models.tangent``) computes the prediction and a JVP in one pass:
 
@@ -25,10 +28,8 @@ indices, a slice of the batch, or None for all rows); dz: [P, C, H, W]; dr, dt: 
 
 from __future__ import annotations
 
-import difflib
-import functools
 import math
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +39,12 @@ from alphaflow.conventions import NULL_LABEL
 from alphaflow.models.tangent import (Linear, Rows, attention_jvp, conv_patch_jvp, gated_residual_jvp, linear_jvp,
                                       mlp_jvp, modulate_jvp, silu_jvp, sinusoid_jvp, split_heads, take)
 
-__all__ = ["DiT", "MODELS", "build_model", "count_parameters", "parameter_count"]
+__all__ = ["DiT", "count_parameters"]  # the size registry: alphaflow.models.registry
 
 
 def modulate_fp32(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """LayerNorm (no affine, eps 1e-6) then x·(1 + scale) + shift, in fp32 (SPEC §6.2/§6.3).
+    """LayerNorm (no affine, eps 1e-6) then x·(1 + scale) + shift, in fp32 (docs/conventions.md#the-backbone;
+    fp32 LayerNorm: docs/conventions.md#optimiser-ema-and-precision).
 
     x: [B, N, D]; shift, scale: [B, D]. Returns [B, N, D] in x's dtype (the activation dtype).
     "fp32" means at least fp32: a float64 model stays float64 (the JVP checks need it).
@@ -187,11 +189,11 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """Diffusion Transformer for the average velocity u(z_t, r, t | y)  (SPEC §6.1–6.2).
+    """Diffusion Transformer for the average velocity u(z_t, r, t | y)  (docs/conventions.md#the-backbone).
 
     input_size: H = W or (H, W) of z; in_channels: C (= C_out); num_classes: K (0 = unconditional),
     the label table always has K + 1 rows, the last one the null label; time_scale multiplies t
-    before the sinusoid (1.0: raw t ∈ [0, 1], SPEC §10.12).
+    before the sinusoid (1.0: raw t ∈ [0, 1], docs/official_code.md#timestep-scaling).
     """
 
     supports_tangent: ClassVar[bool] = True  # forward(..., tangent=...) exists (module docstring)
@@ -232,7 +234,8 @@ class DiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """DiT's init (SPEC §6.2); the zero-inits make u_θ ≡ 0 at initialisation."""
+        """DiT's init (DiT arXiv 2212.09748; docs/conventions.md#the-backbone); the zero-inits make u_θ ≡ 0
+        at initialisation."""
         # Every Linear: xavier-uniform weight, zero bias (the specific layers below override this).
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -353,47 +356,3 @@ class DiT(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters (the fixed positional embedding is a buffer, not counted)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-# ---------------------------------------------------------------------------------------------
-# Size registry (SPEC §6.1): name → (depth, hidden_size, num_heads). T and N are CPU sizes.
-# ---------------------------------------------------------------------------------------------
-
-SIZES: dict[str, tuple[int, int, int]] = {
-    "S": (12, 384, 6),
-    "B": (12, 768, 12),
-    "M": (16, 1024, 16),
-    "L": (24, 1024, 16),
-    "XL": (28, 1152, 16),
-    "T": (4, 256, 4),  # "tiny": the default small DiT for CPU work
-    "N": (2, 64, 2),  # "nano": unit tests
-}
-PATCH_SIZES = (1, 2, 4, 8)
-ARCH_KEYS = frozenset({"patch_size", "hidden_size", "depth", "num_heads"})
-
-MODELS: dict[str, Callable[..., DiT]] = {
-    f"DiT-{size}/{p}": functools.partial(DiT, depth=d, hidden_size=w, num_heads=h, patch_size=p)
-    for size, (d, w, h) in SIZES.items()
-    for p in PATCH_SIZES
-}
-
-
-def build_model(name: str, **kwargs) -> DiT:
-    """Build a registry model, e.g. ``build_model("DiT-B/2", input_size=32, in_channels=4, num_classes=1000)``.
-
-    kwargs: input_size, in_channels, num_classes, time_scale, mlp_ratio (the name fixes the rest).
-    """
-    if name not in MODELS:
-        close = difflib.get_close_matches(name, MODELS, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}.{hint} Valid names: {', '.join(MODELS)}")
-    clash = ARCH_KEYS & kwargs.keys()
-    if clash:
-        raise ValueError(f"{sorted(clash)} are fixed by the model name {name!r}; build DiT(...) directly to change them")
-    return MODELS[name](**kwargs)
-
-
-def parameter_count(name: str, **kwargs) -> int:
-    """Trainable parameters of ``build_model(name, **kwargs)``, built on the meta device (no memory)."""
-    with torch.device("meta"):
-        return count_parameters(build_model(name, **kwargs))

@@ -1,6 +1,6 @@
 """An MLP average-velocity network for vector data (the 2-D toy sets): u(z, r, t | y), z: [B, D].
 
-Conditioning mirrors the DiT (SPEC §6.2): sinusoidal embeddings of t and t − r plus a label table
+Conditioning mirrors the DiT (docs/conventions.md#the-backbone): sinusoidal embeddings of t and t − r plus a label table
 with a null row (index num_classes; NULL_LABEL maps there). The output layer is zero-initialised,
 so u ≡ 0 at initialisation, like the DiT. Its Linear layers skip the zero weight tangent under
 ``torch.func.jvp`` (``alphaflow.models.tangent.Linear``); it has no tangent mode of its own.

@@ -1,7 +1,8 @@
 """Forward-mode rules for the backbones: a Linear whose JVP skips the weight, and the DiT's tangent mode.
 
-MeanFlow needs du/dt, the JVP of u_θ(z, r, t) along (ṽ, 0, 1) (SPEC §1.2), and never a tangent of the
-parameters. Two ways to get it cheaply (PERF.md):
+MeanFlow needs du/dt, the JVP of u_θ(z, r, t) along (ṽ, 0, 1) (docs/jvp.md#what-is-differentiated), and never a
+tangent of the parameters. Two ways to get it cheaply (docs/jvp.md#the-zero-weight-tangent,
+docs/jvp.md#the-dit-tangent-mode):
 
 1. ``Linear``: an ``nn.Linear`` whose forward-mode rule is dy = dx·Wᵀ (+ x·dWᵀ + db only when the weight
    or bias really carries a tangent). Stock ``addmm`` also multiplies x by the all-zero weight tangent, a

@@ -1,14 +1,16 @@
-"""α-Flow (SPEC §3; Definition 1 and Algorithm 1 of the paper).
+"""α-Flow (docs/objectives.md#the-alpha-flow-family; Definition 1 and Algorithm 1 of arXiv 2510.20771).
 
 For α ∈ (0, 1] and rows with r < t:
 
     s    = α·r + (1 − α)·t                      so t − s = α(t − r), s − r = (1 − α)(t − r)
-    z_s  = z_t − (t − s)·ṽ                      (the paper's v1 prints "+"; "−" is right, SPEC §10.1)
+    z_s  = z_t − (t − s)·ṽ                      (the paper's v1 prints "+"; "−" is right, see
+                                                 docs/official_code.md#sign-of-the-intermediate-point)
     u_tgt = clip(α·ṽ + (1 − α)·sg(u_θ(z_s, r, s)), ±clip)
 
 which is the average velocity over [r, t] made of an Euler step over [s, t] and the model's
 own jump over [s, r]. Rows with r = t regress ṽ. At α = 0 the discrete target is replaced by
-MeanFlow's JVP target (no clip). The loss is the official code's form (SPEC §3.3, §10.2):
+MeanFlow's JVP target (no clip). The loss is the official code's form (docs/objectives.md#the-adaptive-weight,
+docs/official_code.md#loss-weighting):
 
     loss_i = w_i·‖Δ_i‖² / (sg(‖Δ_i‖²) + c)^p,   w_i = α on r < t rows when α > 0, else 1
 
@@ -58,8 +60,8 @@ class AlphaFlow(Objective):
 
     Args:
         alpha: a number in [0, 1], a ``Schedule`` or its dict form.
-        ratio_fm: share of r = t rows (number or schedule); default 0.5 (B/2 recipe, SPEC §4.3).
-        clip: element-wise clip of discrete-branch targets (SPEC §3.3); ``None`` disables it.
+        ratio_fm: share of r = t rows (number or schedule); default 0.5 (B/2 recipe, arXiv 2510.20771 Table 3).
+        clip: element-wise clip of discrete-branch targets (docs/objectives.md#target-clipping); ``None`` disables it.
         shift: "velocity" uses ṽ for the shift z_t → z_s (the paper's choice); "model" uses
             sg(u_θ(z_t, s, t)) in both the shift and the target (Table 5a, the Shortcut form).
 
@@ -118,7 +120,7 @@ class AlphaFlow(Objective):
             lab = None if labels is None else take_rows(labels, rows)
             shift_v = v_d
             if alpha == 1.0:
-                u_disc = v_d  # s = r: the model term has weight 0, skip its forward (SPEC §3.4)
+                u_disc = v_d  # s = r: the model term has weight 0, skip its forward (arXiv 2510.20771 Algorithm 1)
             else:
                 s_d = alpha * r_d + (1.0 - alpha) * t_d
                 # Model outputs (bf16 under autocast) are combined in ṽ's dtype, not rounded to bf16 first.

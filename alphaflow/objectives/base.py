@@ -5,7 +5,8 @@ It draws (t, r, ε, labels) unless the caller passes ``sample=``, builds z_t, fo
 stop-gradient target and returns per-sample values. It never steps an optimiser or logs.
 
 Terms carry the per-sample ``loss`` (what is optimised) and named per-sample
-``components`` (what gradient probes differentiate). The names follow SPEC §2:
+``components`` (what gradient probes differentiate). The names follow docs/objectives.md#logged-components
+(arXiv 2510.20771 Eq. 6–7):
 
     mse   ‖u_θ(z_t, r, t) − sg(u_tgt)‖²          the unweighted regression of this objective
     tfm   ‖u_θ(z_t, r, t) − ṽ‖²                   trajectory flow matching, L_TFM
@@ -13,7 +14,7 @@ Terms carry the per-sample ``loss`` (what is optimised) and named per-sample
     fmb   ‖u_θ(z_t, t, t) − ṽ‖²                   border-case flow matching, L_FM′
     mf    ‖u_θ − sg(ṽ − (t − r)·du/dt)‖²          MeanFlow, L_MF
 
-‖·‖² and the dot product are means over the elements of a sample (SPEC §1.3), so each
+‖·‖² and the dot product are means over the elements of a sample (docs/objectives.md#the-adaptive-weight), so each
 component is a [B] tensor. Since ‖u − u_tgt‖² = ‖u − ṽ‖² + 2(ṽ − u_tgt)·u + (‖u_tgt‖² − ‖ṽ‖²)
 and the last bracket does not depend on θ, mse = tfm + tcc + const and ∇mse = ∇tfm + ∇tcc.
 """
@@ -147,7 +148,8 @@ def element_mean(x: Tensor) -> Tensor:
 
 
 def adaptive_loss(mse: Tensor, numerator: Tensor | float, *, p: float, c: float) -> Tensor:
-    """Per-sample adaptive loss w·mse / (sg(mse) + c)^p (SPEC §1.3, §3.3). mse: [B] -> [B].
+    """Per-sample adaptive loss w·mse / (sg(mse) + c)^p (docs/objectives.md#the-adaptive-weight;
+    arXiv 2510.20771 §4.2, Table 5b). mse: [B] -> [B].
 
     p = 1, c = 10⁻³ is the official weighting; p = 0 gives the plain (numerator-weighted) MSE.
     """

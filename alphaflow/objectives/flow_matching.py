@@ -1,4 +1,6 @@
-"""Flow matching and trajectory flow matching: regress the (guided) velocity ṽ (SPEC §1, §2).
+"""Flow matching and trajectory flow matching: regress the (guided) velocity ṽ
+(docs/objectives.md#objectives-in-this-project, docs/objectives.md#the-border-case,
+docs/objectives.md#trajectory-flow-matching-and-trajectory-consistency; arXiv 2510.20771 §2, Eq. 6–7).
 
     L_FM  = E ‖u_θ(z_t, t, t) − ṽ_t‖²      (the border case r = t; L_FM′ in the paper)
     L_TFM = E ‖u_θ(z_t, r, t) − ṽ_t‖²      over p(t, r); α-Flow at α = 1 (Theorem 1)
@@ -44,7 +46,7 @@ class TrajectoryFlowMatchingOptions(ObjectiveOptions):
 
 class FlowMatching(Objective):
     """L_FM. The network is evaluated at r = t on every row, whatever ``sample.r`` holds, so on
-    a sample with r < t this is the border-case L_FM′ on the same (x, ε, t) (SPEC §5.2).
+    a sample with r < t this is the border-case L_FM′ on the same (x, ε, t) (docs/objectives.md#the-border-case).
 
     Components: ``mse`` and ``fmb`` (the same tensor).
     """

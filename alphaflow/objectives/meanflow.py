@@ -1,4 +1,4 @@
-"""MeanFlow (SPEC §1.2): regress the stop-gradient MeanFlow target.
+"""MeanFlow (arXiv 2505.13447; docs/objectives.md#the-meanflow-objective): regress the stop-gradient MeanFlow target.
 
     u_tgt = ṽ − (t − r)·sg(du/dt),   du/dt = ∂_z u·ṽ + ∂_t u   (JVP along (ṽ, 0, 1))
     L_MF  = E ‖u_θ(z_t, r, t) − u_tgt‖²,   weighted per sample by 1/(sg(‖Δ‖²) + c)^p
@@ -79,8 +79,8 @@ class MeanFlowOptions(ObjectiveOptions):
 class MeanFlow(Objective):
     """L_MF with MeanFlow's defaults: 75 % of rows with r = t, logit-normal(−0.4, 1) times.
 
-    Components: ``mse`` = ``mf``, ``tfm`` and ``tcc`` = 2(t − r)·u_θ·sg(du/dt) (SPEC §2), so
-    ∇mf = ∇tfm + ∇tcc exactly.
+    Components: ``mse`` = ``mf``, ``tfm`` and ``tcc`` = 2(t − r)·u_θ·sg(du/dt)
+    (docs/objectives.md#logged-components), so ∇mf = ∇tfm + ∇tcc exactly.
     """
 
     name = "meanflow"

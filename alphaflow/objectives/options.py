@@ -23,7 +23,7 @@ from alphaflow.timesteps import TimeConfig
 @dataclass
 class ObjectiveOptions:
     """What every objective takes: the r = t share, the time sampler, guidance and the adaptive weight
-    w·‖Δ‖²/(sg(‖Δ‖²) + c)^p (arXiv 2510.20771 §3.3; p = 0 is the plain MSE)."""
+    w·‖Δ‖²/(sg(‖Δ‖²) + c)^p (arXiv 2510.20771 §4.2, Table 5b; p = 0 is the plain MSE)."""
 
     name: str = "objective"
     ratio_fm: ScheduleConfig = field(default_factory=lambda: ScheduleConfig.constant(0.0))

@@ -1,4 +1,5 @@
-"""The Shortcut model (Frans et al. 2025) in average-velocity form (SPEC §3.2, Theorem 1).
+"""The Shortcut model (Frans et al. 2025) in average-velocity form (arXiv 2410.12557;
+Theorem 1 of arXiv 2510.20771, docs/objectives.md#special-cases-theorem-1).
 
 Rows with r = t regress ṽ (flow matching). Rows with r < t match two half jumps of the
 model itself, s = (t + r)/2:

@@ -59,7 +59,8 @@ Step = Callable[[], None]
 
 def official_step(net: nn.Module, x: Tensor, labels: Tensor | None, drawer: MeanFlow,
                   generator: torch.Generator | None = None) -> Tensor:
-    """One step of the official code's MeanFlow pattern (SPEC §10.9, PERF.md); returns the loss.
+    """One step of the official code's MeanFlow pattern (docs/official_code.md#jvp-implementation,
+    docs/jvp.md#how-alphaflow-bench-measures); returns the loss.
 
     du/dt by ``torch.autograd.functional.jvp`` (the double-backward trick: no forward-mode rules, two
     extra backward-like passes, no graph kept) with attention on the MATH backend, then an ordinary

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from alphaflow.objectives import objective_from_options
 from alphaflow.config import Config
+from alphaflow.data import dataset_class
 from alphaflow.perf.memtrack import FakeRun
 from alphaflow.models import build_for_data
 from alphaflow.objectives import AlphaFlow, Objective, Sample
@@ -57,14 +58,10 @@ SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channe
 
 
 def data_shape(cfg: Config) -> tuple[tuple[int, ...], int]:
-    """(sample shape, number of classes) of the run's data, without opening it: latents are ImageNet's
-    SD-VAE latents (4 × res/8 × res/8, 1000 classes), image folders RGB at ``data.resolution`` with 1000."""
-    res = cfg.data.resolution
-    shapes = {"latents": ((4, res // 8, res // 8), 1000), "imagefolder": ((3, res, res), 1000),
-              "cifar10": ((3, 32, 32), 10), "digits": ((1, 8, 8), 10), "toy2d": ((2,), 0)}
-    if cfg.data.name not in shapes:
-        raise ValueError(f"data.name={cfg.data.name!r}: no planned shape; expected one of {sorted(shapes)}")
-    return shapes[cfg.data.name]
+    """(sample shape, number of classes) of the run's data, without opening it: the dataset's
+    ``planned_shape`` (latents are ImageNet's SD-VAE latents, 4 × res/8 × res/8 with 1000 classes; image
+    folders RGB at ``data.resolution`` with 1000)."""
+    return dataset_class(cfg.data.name).planned_shape(cfg.data.resolution)
 
 
 @dataclass
@@ -233,7 +230,7 @@ def _eval_phase(cfg: Config, shape, classes) -> PhasePlan:
         parts = {"weights": _state_bytes(net)}
         out = generate(net, run.fake((batch, *shape)), None, nfe=max(cfg.eval.nfe), sampler=sampler,
                        t_mid=cfg.sample.t_mid)
-        if cfg.data.name == "latents":
+        if dataset_class(cfg.data.name).decodes_samples:
             from diffusers import AutoencoderKL
 
             vae = AutoencoderKL(**{**SD_VAE, "sample_size": cfg.data.resolution}).eval()

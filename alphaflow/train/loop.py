@@ -1,4 +1,5 @@
-"""``train(cfg, out)``: the FM / MeanFlow / α-Flow trainer (SPEC §6), from a laptop CPU to multi-GPU DDP.
+"""``train(cfg, out)``: the FM / MeanFlow / α-Flow trainer, from a laptop CPU to multi-GPU DDP
+(docs/conventions.md#optimiser-ema-and-precision, docs/official_code.md#training-configuration).
 
 The loop reads as paragraphs: sample a batch, compute the objective's terms, take an optimiser
 step, update the EMA, then maintenance (log, checkpoint, samples). Everything random flows from
@@ -20,7 +21,7 @@ from alphaflow.train import distributed as D
 from alphaflow.train.batches import EpochBatches
 from alphaflow.objectives import objective_from_options
 from alphaflow.config import Config, to_dict
-from alphaflow.data import build_dataset
+from alphaflow.data import build_dataset, dataset_options
 from alphaflow.models import build_for_data
 from alphaflow.train.optim import EMA, build_optimizer, gradient_norm, sanitize_and_clip, warmup_factor
 from alphaflow.train.progress import Progress
@@ -66,9 +67,34 @@ def train(cfg: Config, out: str | Path, *, callbacks: list[Callback] | None = No
             D.shutdown()
 
 
+@dataclass
+class _Session:
+    """Everything one training run holds: the config, its folder, the process group, the network and its
+    wrapper, EMA, optimiser, objective, data, the generator and the mutable ``state`` (step, images, wall,
+    nonfinite, tick) that a checkpoint saves."""
+
+    cfg: Config
+    run: RunFolder
+    info: D.DistInfo
+    say: Callable[[str], None]
+    callbacks: list[Callback]
+    bf16: bool
+    data: Any
+    net: torch.nn.Module
+    model: torch.nn.Module  # net, DDP-wrapped and/or compiled: the prediction pass goes through it
+    ema: EMA
+    objective: Any
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    state: dict[str, Any]
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+
 def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], None],
            stop_at: int | None, should_stop: Callable[[], bool] | None, callbacks: list[Callback]) -> TrainResult:
-    # ---------------------------------------------------------------- set-up
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if info.is_main:
@@ -77,11 +103,37 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     if run.is_done():
         say(f"{run.root} is already finished (DONE exists); nothing to do")
         return TrainResult(run, None, None, cfg.train.steps, True)
+    s = _start(cfg, run, info, say, callbacks)
+    batches = EpochBatches(s.data, global_batch=cfg.train.batch_size, seed=cfg.seed, rank=info.rank,
+                           world_size=info.world_size, pin_memory=s.device.type == "cuda")
+    progress = Progress(cfg.train.steps, s.state["step"], enabled=info.is_main, say=say)
+    t_last = time.perf_counter()
+    stop = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
+    for raw, labels in batches.iterate(s.state["step"], stop, cfg.data.workers):
+        x, y, lr, terms, stopping = _step(s, raw, labels, should_stop)
+        progress.step()
+        now = time.perf_counter()
+        s.state["wall"] += now - t_last
+        stop = _maintain(s, x, y, lr, terms, stop, stopping, progress)
+        t_last = time.perf_counter()  # maintenance time is not training time
+        if s.state["step"] == stop:
+            break
+    progress.close()
+    if s.state["step"] < cfg.train.steps:
+        say(f"stopped at step {s.state['step']} of {cfg.train.steps}; run the same command again to resume")
+        return TrainResult(run, s.net, s.ema.model, s.state["step"], False)
+    _finish(s)
+    return TrainResult(run, s.net, s.ema.model, s.state["step"], True)
+
+
+def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], None],
+           callbacks: list[Callback]) -> _Session:
+    """Build the run's objects on its device, then resume them from the newest readable checkpoint (or fit the
+    data statistics of a fresh run)."""
     device = info.device
     D.set_tf32(cfg.train.tf32, device)
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
-    data = build_dataset(cfg.data.name, path=cfg.data.path, resolution=cfg.data.resolution, toy=cfg.data.toy,
-                         toy_size=cfg.data.toy_size, seed=cfg.seed)
+    data = build_dataset(cfg.data.name, seed=cfg.seed, **dataset_options(cfg.data))
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     net = build_for_data(cfg.model.name, data.shape, data.num_classes, time_scale=cfg.model.time_scale).to(device)
     ema = EMA(net, cfg.ema.halflife_steps, cfg.ema.rampup_ratio)
@@ -90,7 +142,6 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     opt = build_optimizer(net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + info.rank)
     state: dict[str, Any] = {"step": 0, "images": 0, "wall": 0.0, "nonfinite": 0, "tick": _new_tick()}
-
     resumed = run.load_checkpoint(map_location="cpu", report=say)
     if resumed is not None:
         ckpt, path = resumed
@@ -99,13 +150,20 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         say(f"resuming {run.root} from {path.name} (step {state['step']})")
     else:
         data.fit_stats(torch.Generator().manual_seed(cfg.seed), cfg.data.stats_samples)
-    if info.is_main and cfg.data.vae_path is not None and hasattr(data, "attach_decoder"):
-        data.attach_decoder(cfg.data.vae_path, device, batch_size=cfg.eval.decode_batch_size)  # sample grids of latent runs are decoded images
+    if info.is_main and cfg.data.vae_path is not None and data.decodes_samples:
+        data.attach_decoder(cfg.data.vae_path, device, batch_size=cfg.eval.decode_batch_size)  # grids are images
     if info.is_main:
         run.truncate_metrics(state["step"])  # rows past the checkpoint are replayed, not duplicated
+    return _Session(cfg, run, info, say, callbacks, bf16, data, net, _wrap(net, cfg, info), ema, objective, opt, gen,
+                    state)
+
+
+def _wrap(net: torch.nn.Module, cfg: Config, info: D.DistInfo) -> torch.nn.Module:
+    """The module the prediction pass goes through: DDP across ranks, compiled with ``train.compile``."""
     # broadcast_buffers=False: the only buffer is the fixed positional embedding, identical on every rank, so
     # broadcasting it every step is wasted traffic; gradient_as_bucket_view: the gradients are views into DDP's
     # all-reduce buckets instead of a second copy (one parameter-sized buffer less per rank).
+    device = info.device
     model = net if not info.distributed else DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
         gradient_as_bucket_view=True)
@@ -119,98 +177,94 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         # against an r = t call (flow matching after MeanFlow). The on-disk cache still serves them.
         torch.compiler.reset()
         model = torch.compile(model)
+    return model
 
-    batches = EpochBatches(data, global_batch=cfg.train.batch_size, seed=cfg.seed, rank=info.rank,
-                           world_size=info.world_size, pin_memory=device.type == "cuda")
-    params = list(net.parameters())
-    progress = Progress(cfg.train.steps, state["step"], enabled=info.is_main, say=say)
-    t_last = time.perf_counter()
-    stop = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
-    for raw, labels in batches.iterate(state["step"], stop, cfg.data.workers):
-        step = state["step"]
-        # ------------------------------------------------------------ sample the batch
-        x = data.prepare(raw.to(device, non_blocking=True), gen)
-        y = labels.to(device, non_blocking=True) if data.num_classes > 0 else None
-        # ------------------------------------------------------------ the objective's terms
-        lr = o.lr * warmup_factor(step, o.warmup_steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            terms = objective(model, x, y, step=step, generator=gen)
-        loss = terms.loss.float().mean()
-        # ------------------------------------------------------------ optimiser step
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        # One reduction per step carries the cross-rank decisions (loss finite? gradients finite? anyone asked
-        # to stop?) and its host transfer is the step's only device sync. new_full is a fill on the device, not
-        # a copy. The gradient norm is the same on every rank: DDP has averaged the gradients in backward.
-        norm = gradient_norm(params)
-        flags = torch.stack([torch.isfinite(loss.detach()).float(), torch.isfinite(norm).float(),
-                             loss.new_full((), float(should_stop is not None and should_stop()))])
-        all_finite, grads_finite, any_stop = D.all_reduce_mean(flags, info).tolist()
-        finite, stopping = all_finite == 1.0, any_stop > 0
-        if finite:
-            state["nonfinite"] = 0
-            grad_norm = sanitize_and_clip(params, o.grad_clip, norm=norm, finite=grads_finite == 1.0)
-            opt.step()
-            ema.update(net, step + 1)
-        else:
-            state["nonfinite"] += 1
-            grad_norm = loss.new_full((), float("nan"))
-            if state["nonfinite"] >= cfg.train.max_nonfinite:
-                raise NonFiniteLossError(
-                    f"the loss was non-finite for {state['nonfinite']} consecutive steps (train.max_nonfinite="
-                    f"{cfg.train.max_nonfinite}), last at step {step + 1}; the run stopped without saving this state. "
-                    f"Checkpoints and metrics up to the last good tick are kept in {run.root}. "
-                    "Lower optim.lr, set optim.grad_clip, or check the data.")
-        state["step"] = step = step + 1
-        state["images"] += cfg.train.batch_size
-        _accumulate(state["tick"], terms, loss, grad_norm, finite)
-        progress.step()
-        now = time.perf_counter()
-        state["wall"] += now - t_last
-        t_last = now
-        # ------------------------------------------------------------ maintenance
-        last = step == cfg.train.steps
-        if step % cfg.train.log_every == 0 or last:
-            row = _log_row(state, lr, terms.logs, info, cfg.train.batch_size)
-            ctx = LogContext(step, x, y, net, ema.model, objective, info)
-            for callback in callbacks:
-                row.update(callback.on_log(ctx))
-            if info.is_main:
-                run.append_metrics(row)
-            # the adaptive weight normalises the loss to ≈ 1 per sample; the unweighted mse shows progress
-            progress.tick(step, {"loss": row.get("loss", float("nan")), "mse": row.get("loss_mse", float("nan")),
-                                 "alpha": row["alpha"]})
-        if stopping and not last:
-            stop = step  # a preemption: checkpoint here and leave the loop below
-        if step % cfg.train.ckpt_every == 0 or last or step == stop:
-            keep = cfg.train.keep_every > 0 and step % cfg.train.keep_every == 0
-            _save(run, cfg, state, net, ema, opt, data, gen, info, keep=keep)
-        if (cfg.train.sample_every and step % cfg.train.sample_every == 0) or last:
-            if info.is_main:
-                write_samples(run, ema.model, data, cfg, step, objective)
-            D.barrier(info)
-        t_last = time.perf_counter()  # maintenance time is not training time
-        if step == stop:
-            break
-    progress.close()
-    if state["step"] < cfg.train.steps:
-        say(f"stopped at step {state['step']} of {cfg.train.steps}; run the same command again to resume")
-        return TrainResult(run, net, ema.model, state["step"], False)
-    if cfg.eval.final or cfg.probe.final:  # before DONE: a crash here reruns only this part on resume
-        opt.state.clear()  # Adam's moments (2× the weights) are saved: free them for the evaluation's network
-        for p in params:
+
+def _step(s: _Session, raw: torch.Tensor, labels: torch.Tensor, should_stop: Callable[[], bool] | None):
+    """One optimiser step on the batch: (x, y, lr, terms, whether any rank asked to stop)."""
+    cfg, o, state, device = s.cfg, s.cfg.optim, s.state, s.device
+    step = state["step"]
+    x = s.data.prepare(raw.to(device, non_blocking=True), s.gen)
+    y = labels.to(device, non_blocking=True) if s.data.num_classes > 0 else None
+    lr = o.lr * warmup_factor(step, o.warmup_steps)
+    for group in s.opt.param_groups:
+        group["lr"] = lr
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.bf16):
+        terms = s.objective(s.model, x, y, step=step, generator=s.gen)
+    loss = terms.loss.float().mean()
+    s.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    # One reduction per step carries the cross-rank decisions (loss finite? gradients finite? anyone asked
+    # to stop?) and its host transfer is the step's only device sync. new_full is a fill on the device, not
+    # a copy. The gradient norm is the same on every rank: DDP has averaged the gradients in backward.
+    params = list(s.net.parameters())
+    norm = gradient_norm(params)
+    flags = torch.stack([torch.isfinite(loss.detach()).float(), torch.isfinite(norm).float(),
+                         loss.new_full((), float(should_stop is not None and should_stop()))])
+    all_finite, grads_finite, any_stop = D.all_reduce_mean(flags, s.info).tolist()
+    finite = all_finite == 1.0
+    if finite:
+        state["nonfinite"] = 0
+        grad_norm = sanitize_and_clip(params, o.grad_clip, norm=norm, finite=grads_finite == 1.0)
+        s.opt.step()
+        s.ema.update(s.net, step + 1)
+    else:
+        state["nonfinite"] += 1
+        grad_norm = loss.new_full((), float("nan"))
+        if state["nonfinite"] >= cfg.train.max_nonfinite:
+            raise NonFiniteLossError(
+                f"the loss was non-finite for {state['nonfinite']} consecutive steps (train.max_nonfinite="
+                f"{cfg.train.max_nonfinite}), last at step {step + 1}; the run stopped without saving this state. "
+                f"Checkpoints and metrics up to the last good tick are kept in {s.run.root}. "
+                "Lower optim.lr, set optim.grad_clip, or check the data.")
+    state["step"] = step + 1
+    state["images"] += cfg.train.batch_size
+    _accumulate(state["tick"], terms, loss, grad_norm, finite)
+    return x, y, lr, terms, any_stop > 0
+
+
+def _maintain(s: _Session, x: torch.Tensor, y: torch.Tensor | None, lr: float, terms, stop: int, stopping: bool,
+              progress: Progress) -> int:
+    """After a step: the metrics row (with the callbacks' keys), checkpoints, sample grids. Returns the step to
+    stop at (moved to this step when a rank asked to stop)."""
+    cfg, info, step = s.cfg, s.info, s.state["step"]
+    last = step == cfg.train.steps
+    if step % cfg.train.log_every == 0 or last:
+        row = _log_row(s.state, lr, terms.logs, info, cfg.train.batch_size)
+        ctx = LogContext(step, x, y, s.net, s.ema.model, s.objective, info)
+        for callback in s.callbacks:
+            row.update(callback.on_log(ctx))
+        if info.is_main:
+            s.run.append_metrics(row)
+        # the adaptive weight normalises the loss to ≈ 1 per sample; the unweighted mse shows progress
+        progress.tick(step, {"loss": row.get("loss", float("nan")), "mse": row.get("loss_mse", float("nan")),
+                             "alpha": row["alpha"]})
+    if stopping and not last:
+        stop = step  # a preemption: checkpoint here and leave the loop
+    if step % cfg.train.ckpt_every == 0 or last or step == stop:
+        keep = cfg.train.keep_every > 0 and step % cfg.train.keep_every == 0
+        _save(s.run, cfg, s.state, s.net, s.ema, s.opt, s.data, s.gen, info, keep=keep)
+    if (cfg.train.sample_every and step % cfg.train.sample_every == 0) or last:
+        if info.is_main:
+            write_samples(s.run, s.ema.model, s.data, cfg, step, s.objective)
+        D.barrier(info)
+    return stop
+
+
+def _finish(s: _Session) -> None:
+    """The callbacks' end-of-run work (before DONE: a crash there reruns only that part on resume), then DONE."""
+    if s.cfg.eval.final or s.cfg.probe.final:
+        s.opt.state.clear()  # Adam's moments (2× the weights) are saved: free them for the evaluation's network
+        for p in s.net.parameters():
             p.grad = None
-    for callback in callbacks:
-        callback.on_end(run.root, device, info, say)
-    D.barrier(info)
-    if info.is_main:
-        rows = run.read_metrics()
-        run.mark_done({"step": state["step"], "images": state["images"], "wall": state["wall"],
-                       "final_loss": rows[-1]["loss"] if rows else None})
-        say(f"finished {run.root} at step {state['step']}")
-    return TrainResult(run, net, ema.model, state["step"], True)
+    for callback in s.callbacks:
+        callback.on_end(s.run.root, s.device, s.info, s.say)
+    D.barrier(s.info)
+    if s.info.is_main:
+        rows = s.run.read_metrics()
+        s.run.mark_done({"step": s.state["step"], "images": s.state["images"], "wall": s.state["wall"],
+                         "final_loss": rows[-1]["loss"] if rows else None})
+        s.say(f"finished {s.run.root} at step {s.state['step']}")
 
 
 # -------------------------------------------------------------------- per-tick metrics

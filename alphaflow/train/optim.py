@@ -1,4 +1,5 @@
-"""Optimisation helpers (SPEC §6.3): Adam, linear warm-up, gradient hygiene and the EMA."""
+"""Optimisation helpers: Adam, linear warm-up, gradient hygiene and the EMA
+(docs/conventions.md#optimiser-ema-and-precision)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def sanitize_and_clip(params: list[nn.Parameter], max_norm: float | None, *, nor
 
 
 class EMA:
-    """Exponential moving average with a half-life in steps and a ramp-up (SPEC §6.3, EDM's form).
+    """Exponential moving average with a half-life in steps and a ramp-up (EDM's form, arXiv 2206.00364;
+    docs/conventions.md#optimiser-ema-and-precision).
 
     At step k (updates done so far) the half-life is h_k = min(H, ramp·k) (H without a ramp) and
     β_k = 0.5^(1/h_k); every floating parameter and buffer moves as ema ← β·ema + (1 − β)·θ.
