@@ -10,7 +10,7 @@ from typing import Sequence
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from alphaflow.models import MODELS, parameter_count
-    from alphaflow.models.dit import SIZES
+    from alphaflow.models.registry import SIZES
 
     print(f"{'name':<10} {'depth':>5} {'width':>5} {'heads':>5} {'params':>14}   "
           f"(input {args.in_channels}x{args.input_size}x{args.input_size}, {args.num_classes} classes)")
@@ -127,36 +127,31 @@ def _preflight_runs(runs: list) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from alphaflow.launch.sweeps import load_sweep, run_inline
+    from alphaflow.launch.sweeps import load_sweep
 
     try:
         sweep = load_sweep(args.file, args.overrides)
         root = Path(args.root or f"runs/{sweep.name}")
         if not (args.dry_run or args.status):
             _preflight_runs(sweep.runs)
-        if args.executor == "inline":
-            if not (args.dry_run or args.status):
-                run_inline(sweep.runs, root)
-                return 0
-            kind = "local"
-        else:
-            from alphaflow.launch import executors as launcher
+        from alphaflow.launch import executors as launcher
 
-            kind = launcher.resolve_executor(args.executor)
+        kind = launcher.resolve_executor(args.executor)
+        if kind != "inline":
             launcher.executor_parameters(sweep.resources)  # refuse unknown resources before anything runs
             sweep.resources = launcher.with_defaults(sweep.resources, sweep.runs)
     except ValueError as exc:
         print(f"alphaflow sweep: {exc}")
         return 2
-    from alphaflow.launch import executors as launcher
+    from alphaflow.runfolder import RunFolder, run_status
 
     if args.dry_run or args.status:
         state = launcher.scheduler_state(root) if args.status else None
         print(f"{'state':<11} {'step':>7}  run")
         for r in sweep.runs:
-            st = launcher.run_status(root, r.name, state)
+            st = run_status(root / r.name, state)
             extra = f"   [{st.detail}]" if st.detail else ("" if args.status else "   " + " ".join(r.overrides))
-            print(f"{st.state:<11} {st.step:>7}  {r.name}{extra}")
+            print(f"{st.state:<11} {RunFolder(root / r.name).last_step():>7}  {r.name}{extra}")
         if args.dry_run and kind == "slurm":
             print("\n# the batch script of the job array:\n" + launcher.sbatch_script(root, sweep.resources, sweep.name,
                                                                                     len(sweep.runs)))
@@ -266,8 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_extract_latents)
 
     p = sub.add_parser("probe", help="gradient-conflict probes on a run's checkpoints (writes RUN_DIR/probes.jsonl)",
-                       description="The paper's protocol (SPEC §5.2): per checkpoint, N batches with r < t; mean and "
-                                   "5/95 %% percentiles of every term's loss, gradient norm and pairwise cosine.")
+                       description="The paper's protocol (arXiv 2510.20771 Appendix E; docs/probes.md#offline-probes): "
+                                   "per checkpoint, N batches with r < t; mean and 5/95 %% percentiles of every "
+                                   "term's loss, gradient norm and pairwise cosine.")
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="probe.* keys, e.g. probe.batches=50")
     p.add_argument("--batches", type=int, default=None, help="batches per checkpoint (default: probe.batches)")
@@ -293,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="folder of the runs (default: runs/<sweep name>)")
     p.add_argument("--dry-run", action="store_true", help="list the runs (and, for slurm, the batch script)")
     p.add_argument("--status", action="store_true", help="each run's state from disk and the scheduler")
-    p.add_argument("--retry-failed", action="store_true", help="also resubmit runs whose last attempt failed")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="also resubmit runs whose last attempt failed (inline always trains them again)")
     p.add_argument("--wait", action="store_true", help="stay until every submitted job has ended, showing progress; "
                                                          "exit 1 if any run did not finish")
     p.add_argument("--wait-every", type=float, default=30.0, help="seconds between progress lines with --wait")

@@ -1,7 +1,8 @@
-"""The run-folder format: the one definition the trainer writes and analysis, probes and sweeps read.
+"""The run-folder format: the one definition the trainer, the launcher, evaluation and analysis read and write.
 
     RUN_DIR/
       config.json            the resolved config, written first
+      run.json               {"sweep", "variant", "seed", "config_hash"}: written when a sweep starts the run
       metrics.jsonl          one JSON object per log tick (``step`` always present)
       checkpoints/
         latest-00001000.pt   rolling: the two most recent are kept, older ones deleted
@@ -9,11 +10,28 @@
       samples/
         step-00001000-nfe1.png   EMA sample grids
       probes.jsonl           offline gradient probes, one row per (checkpoint, probe settings)
+      eval.jsonl             ``alphaflow eval``: one row per (step, NFE, sampler, metric)
+      job.json               {"job_id", "executor", "submitted"} of the latest submission
+      error.txt              the traceback tail of a failed attempt
       DONE                   written last, holds a short JSON summary
 
 Every file is written atomically (temporary name, then rename), so a crash leaves either the
-old file or the new one, never half of one. ``metrics.jsonl`` is append-only; a torn last line
-(a crash mid-write) is skipped on read and cut off when a run resumes.
+old file or the new one, never half of one. The JSONL files are append-only; a torn last line
+(a crash mid-write) is skipped on read (``scan_jsonl`` counts it) and cut off when a run resumes.
+
+The state of a run (``run_status``; ``State``), the same for ``alphaflow sweep --status``, the
+executors and ``analysis``:
+
+    new         no folder
+    empty       a folder with none of config.json, a metrics row, error.txt, a failed job.json, DONE
+    pending     the scheduler queues its latest job (PENDING, REQUEUED, CONFIGURING)
+    running     the scheduler runs its latest job (RUNNING, COMPLETING)
+    failed      error.txt exists, or job.json records a failed state (``FAILED_STATES``; not TIMEOUT or
+                PREEMPTED, which resume)
+    incomplete  config.json or a metrics row, and none of the above (stopped, preempted, to be resumed)
+    done        DONE exists; this wins over everything else
+
+pending and running need a scheduler lookup; without one a queued or running run reads as incomplete.
 """
 
 from __future__ import annotations
@@ -22,25 +40,60 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 CONFIG, METRICS, CHECKPOINTS, SAMPLES, DONE = "config.json", "metrics.jsonl", "checkpoints", "samples", "DONE"
-PROBES = "probes.jsonl"
+PROBES, EVAL, JOB, ERROR, RUN_INFO = "probes.jsonl", "eval.jsonl", "job.json", "error.txt", "run.json"
+FILES = (CONFIG, RUN_INFO, METRICS, PROBES, EVAL, JOB, ERROR, DONE)  # every file of a run folder (not the folders)
 _CKPT = re.compile(r"^(latest|step)-(\d{8})\.pt$")
 ROLLING_KEPT = 2
 
 
+class State:
+    """The words for the state of a run (see the module docstring); plain strings."""
+
+    NEW, EMPTY, PENDING, RUNNING = "new", "empty", "pending", "running"
+    INCOMPLETE, DONE, FAILED = "incomplete", "done", "failed"
+
+
+STATES = (State.NEW, State.EMPTY, State.PENDING, State.RUNNING, State.INCOMPLETE, State.DONE, State.FAILED)
+PENDING_STATES = {"PENDING", "REQUEUED", "CONFIGURING"}  # scheduler words read as pending
+RUNNING_STATES = {"RUNNING", "COMPLETING"}  # ... and as running
+FAILED_STATES = {"FAILED", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "ERROR"}  # job.json "state"
+SchedulerLookup = Callable[[str, str], str]  # (executor, job id) → the scheduler's state word, "" if unknown
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary name and a rename."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def read_json(path: Path, problems: list[str] | None = None) -> Any:
+    """The JSON value in ``path``; None if the file is absent, or unreadable (then one line goes to ``problems``)."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        if problems is not None:
+            problems.append(f"{path.parent.name}: unreadable {path.name} ({type(exc).__name__})")
+        return None
+
+
+def _file(name: str) -> property:
+    """A read-only ``RunFolder`` property: the path of ``name`` inside the run folder."""
+    def path(self: RunFolder) -> Path:
+        return self.root / name
+    return property(path, doc=f"RUN_DIR/{name}")
 
 
 @dataclass
@@ -53,35 +106,23 @@ class RunFolder:
         self.root = Path(root)
 
     # ------------------------------------------------------------------ paths
-    @property
-    def config_path(self) -> Path:
-        return self.root / CONFIG
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.root / METRICS
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.root / CHECKPOINTS
-
-    @property
-    def samples_dir(self) -> Path:
-        return self.root / SAMPLES
-
-    @property
-    def probes_path(self) -> Path:
-        return self.root / PROBES
-
-    @property
-    def done_path(self) -> Path:
-        return self.root / DONE
+    config_path = _file(CONFIG)
+    info_path = _file(RUN_INFO)
+    metrics_path = _file(METRICS)
+    probes_path = _file(PROBES)
+    eval_path = _file(EVAL)
+    job_path = _file(JOB)
+    error_path = _file(ERROR)
+    done_path = _file(DONE)
+    checkpoint_dir = _file(CHECKPOINTS)
+    samples_dir = _file(SAMPLES)
 
     def sample_path(self, step: int, nfe: int, suffix: str = ".png") -> Path:
         return self.samples_dir / f"step-{step:08d}-nfe{nfe}{suffix}"
 
-    # ------------------------------------------------------------------ config
+    # ------------------------------------------------------------------ config and run.json
     def read_config(self) -> dict | None:
+        """config.json as written; None if there is none (a garbled file raises)."""
         if not self.config_path.exists():
             return None
         return json.loads(self.config_path.read_text())
@@ -97,13 +138,29 @@ class RunFolder:
         if existing is None:
             atomic_write_bytes(self.config_path, (json.dumps(config, indent=2) + "\n").encode())
 
-    # ------------------------------------------------------------------ metrics
+    def read_info(self, problems: list[str] | None = None) -> dict[str, Any]:
+        """run.json ({} if absent or unreadable, which is reported to ``problems``)."""
+        info = read_json(self.info_path, problems)
+        return info if isinstance(info, dict) else {}
+
+    def write_info(self, *, sweep: str, variant: str, seed: int, config_hash: str) -> None:
+        """Write run.json: which sweep, variant (the name without seed and hash) and seed this run is."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        info = {"sweep": sweep, "variant": variant, "seed": seed, "config_hash": config_hash}
+        atomic_write_bytes(self.info_path, (json.dumps(info) + "\n").encode())
+
+    # ------------------------------------------------------------------ JSONL files
     def append_metrics(self, row: dict[str, Any]) -> None:
         append_jsonl(self.metrics_path, row)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """All complete rows; a torn or garbled line is skipped."""
         return read_jsonl(self.metrics_path)
+
+    def last_step(self) -> int:
+        """The ``step`` of the last metrics row; 0 if there is none."""
+        rows = self.read_metrics()
+        return rows[-1]["step"] if rows else 0
 
     def append_probes(self, row: dict[str, Any]) -> None:
         append_jsonl(self.probes_path, row)
@@ -113,13 +170,35 @@ class RunFolder:
 
     def truncate_metrics(self, step: int) -> int:
         """Keep only rows with row['step'] <= step (and no torn line); returns how many were dropped."""
-        if not self.metrics_path.exists():
-            return 0
-        lines = self.metrics_path.read_text().splitlines()
-        kept = [json.dumps(r) for r in self.read_metrics() if r["step"] <= step]
-        if len(kept) != len(lines):
+        rows, skipped = scan_jsonl(self.metrics_path)
+        kept = [json.dumps(r) for r in rows if r["step"] <= step]
+        dropped = len(rows) - len(kept) + skipped
+        if dropped:
             atomic_write_bytes(self.metrics_path, "".join(line + "\n" for line in kept).encode())
-        return len(lines) - len(kept)
+        return dropped
+
+    # ------------------------------------------------------------------ launcher bookkeeping
+    def read_job(self, problems: list[str] | None = None) -> dict[str, Any]:
+        """job.json ({} if absent or unreadable, which is reported to ``problems``)."""
+        job = read_json(self.job_path, problems)
+        return job if isinstance(job, dict) else {}
+
+    def write_job(self, job: dict[str, Any]) -> None:
+        atomic_write_bytes(self.job_path, json.dumps(job).encode())
+
+    def read_error(self, lines: int = 1) -> str | None:
+        """The last ``lines`` lines of error.txt ("" if it is empty); None if there is none."""
+        try:
+            text = self.error_path.read_bytes().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+        return "\n".join(line.rstrip() for line in text.strip().splitlines()[-lines:])
+
+    def write_error(self, text: str) -> None:
+        atomic_write_bytes(self.error_path, text.encode())
+
+    def clear_error(self) -> None:
+        self.error_path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoints(self) -> list[tuple[int, Path]]:
@@ -177,6 +256,55 @@ class RunFolder:
         atomic_write_bytes(self.done_path, (json.dumps(summary) + "\n").encode())
 
 
+# ---------------------------------------------------------------------- the state of a run
+
+@dataclass(frozen=True)
+class RunStatus:
+    """A run's ``state`` (one of ``STATES``), a ``detail`` for people, and its job.json."""
+
+    state: str
+    detail: str = ""  # the scheduler's word (pending, running, incomplete) or error.txt's last line (failed)
+    job: dict[str, Any] = field(default_factory=dict)
+
+
+def run_status(folder: RunFolder | str | Path, scheduler: SchedulerLookup | None = None, *,
+               problems: list[str] | None = None, logged: bool | None = None) -> RunStatus:
+    """The state of the run in ``folder``, by the rules of the module docstring.
+
+    ``scheduler`` is asked about job.json's job for pending/running; ``problems`` receives an unreadable
+    job.json; ``logged`` (whether metrics.jsonl holds a row) saves reading it again when the caller has.
+    """
+    run = folder if isinstance(folder, RunFolder) else RunFolder(folder)
+    if not run.root.is_dir():
+        return RunStatus(State.NEW)
+    job = run.read_job(problems)
+    if run.is_done():
+        return RunStatus(State.DONE, "", job)
+    job_id = job.get("job_id")
+    sched = str(scheduler(str(job.get("executor", "")), str(job_id))).upper() if job_id and scheduler else ""
+    if sched in PENDING_STATES:
+        return RunStatus(State.PENDING, sched, job)
+    if sched in RUNNING_STATES:
+        return RunStatus(State.RUNNING, sched, job)
+    recorded = str(job.get("state", "")).upper()
+    tail = _error_line(run)
+    if tail is not None or recorded in FAILED_STATES:
+        return RunStatus(State.FAILED, recorded if tail is None else tail, job)
+    if not run.config_path.exists() and not (bool(run.read_metrics()) if logged is None else logged):
+        return RunStatus(State.EMPTY, sched, job)
+    return RunStatus(State.INCOMPLETE, sched, job)
+
+
+def _error_line(run: RunFolder) -> str | None:
+    """The last line of error.txt, or None if there is none; never raises."""
+    try:
+        return run.read_error(1)
+    except OSError as exc:
+        return f"(unreadable {ERROR}: {type(exc).__name__})"
+
+
+# ---------------------------------------------------------------------- JSONL
+
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     """Append one JSON row (it must carry a 'step') and flush."""
     if "step" not in row:
@@ -187,19 +315,36 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
         f.flush()
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every complete row with a 'step'; torn or garbled lines are skipped."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and "step" in row:
-            rows.append(row)
-    return rows
+def scan_jsonl(path: Path, require: str | None = "step") -> tuple[list[dict[str, Any]], int]:
+    """The dict rows of a JSONL file that hold the key ``require`` (any dict if None), and how many non-blank
+    lines were skipped (torn, garbled, or not such a row). A missing file is ([], 0); other I/O errors raise.
+
+    Fast path: all lines parse as one JSON array; a torn line makes that fail, and then each line is parsed
+    alone. Python's json reads the NaN and Infinity that ``json.dumps`` writes.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return [], 0
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:
+        rows = json.loads("[" + ",".join(lines) + "]")
+    except json.JSONDecodeError:
+        rows = None
+    if rows is None or len(rows) != len(lines):  # a line holding "1, 2" also fails the count
+        rows = []
+        for line in lines:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    kept = [r for r in rows if isinstance(r, dict) and (require is None or require in r)]
+    return kept, len(lines) - len(kept)
+
+
+def read_jsonl(path: Path, require: str | None = "step") -> list[dict[str, Any]]:
+    """The rows of ``scan_jsonl``, without the count of skipped lines."""
+    return scan_jsonl(path, require)[0]
 
 
 def _flat_diff(a: Any, b: Any, prefix: str = "") -> set[str]:
@@ -210,6 +355,8 @@ def _flat_diff(a: Any, b: Any, prefix: str = "") -> set[str]:
         return out
     return set() if a == b else {prefix.rstrip(".")}
 
+
+# ---------------------------------------------------------------------- checkpoints of finished training
 
 def select_checkpoints(run: RunFolder, which: str) -> list[tuple[int, Path]]:
     """``all`` (every saved step, oldest first), ``last``, or a comma list of steps."""

@@ -2,7 +2,7 @@
 
 For each run the cache holds
 
-    <run>.json                      the key, status, config, job, error tail, problems, table names
+    <run>.json                      the key, status, variant, config, job, error tail, problems, table names
     <run>.<digest>.<table>.parquet  one file per non-empty table (metrics, probes, evals)
 
 The key is (size, mtime_ns) of every source file of the run (``runfiles.SOURCES``; absent files
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from .runfiles import SOURCES, RunRecord
 
 CACHE_DIR = ".analysis-cache"
-VERSION = 1  # bump when RunRecord or the reading rules change: older entries then miss
+VERSION = 2  # bump when RunRecord or the reading rules change: older entries then miss
 
 
 def source_key(folder: Path) -> dict[str, list[int] | None]:
@@ -73,7 +73,7 @@ class RunCache:
         except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
             return None  # missing, stale, torn or written by another version: read the run again
         return RunRecord(name, meta["status"], meta["config"], meta["error"], meta["job"], meta["problems"],
-                         {t: tables.get(t, pa.table({})) for t in ("metrics", "probes", "evals")})
+                         {t: tables.get(t, pa.table({})) for t in ("metrics", "probes", "evals")}, meta["variant"])
 
     def store(self, record: RunRecord, key: dict) -> None:
         """Write ``record`` under ``key`` (tables first, the sidecar last). Raises OSError if the folder is
@@ -84,8 +84,9 @@ class RunCache:
         for t in names:
             _replace_write(self.dir / f"{record.name}.{digest}.{t}.parquet",
                            lambda p, table=record.tables[t]: pq.write_table(table, p, compression="snappy"))
-        meta = {"version": VERSION, "key": key, "digest": digest, "status": record.status, "config": record.config,
-                "error": record.error, "job": record.job, "problems": record.problems, "tables": names}
+        meta = {"version": VERSION, "key": key, "digest": digest, "status": record.status, "variant": record.variant,
+                "config": record.config, "error": record.error, "job": record.job, "problems": record.problems,
+                "tables": names}
         text = json.dumps(meta, allow_nan=True)
         _replace_write(self.dir / f"{record.name}.json", lambda p: p.write_text(text))
 

@@ -1,22 +1,16 @@
-"""Read one run folder into a ``RunRecord`` (config, status, tables): what ``load_runs`` and its cache hold.
+"""Read one run folder into a ``RunRecord`` (config, status, variant, tables): what ``load_runs`` and its cache hold.
 
-A run folder (``alphaflow.runfolder``) holds config.json, metrics.jsonl, probes.jsonl and DONE; the
-launcher may add ``job.json`` (job_id, executor, submitted, state) and, when a run fails,
-``error.txt`` (the traceback tail); an evaluation may add ``eval.jsonl``. ``read_run`` turns these
-into a ``RunRecord``: the config, a status, and one ``pyarrow.Table`` per JSONL file. It never
-raises on bad content: a torn line, an unreadable config or job.json become strings in
-``RunRecord.problems``. Status:
-
-    done        DONE exists
-    failed      no DONE, and error.txt exists or job.json's state is a failure (FAILED, CANCELLED, ...;
-                not TIMEOUT or PREEMPTED, which the launcher resumes)
-    empty       none of the above, and neither config.json nor any metrics row
-    incomplete  anything else (running, preempted, waiting to be resumed)
+The files, their readers and the state of a run are ``alphaflow.runfolder``'s: ``read_run`` turns
+config.json, run.json, job.json, error.txt and the JSONL files (metrics, probes, eval) into a
+``RunRecord``: the config (through ``alphaflow.config.from_dict``, which upgrades old files), the
+status (``alphaflow.runfolder.run_status`` without a scheduler, so one of ``STATUSES``), the variant
+(run.json's, else ``variant_of`` the run name) and one ``pyarrow.Table`` per JSONL file. It never
+raises on bad content: a torn line, an unreadable config, run.json or job.json become strings in
+``RunRecord.problems``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -27,17 +21,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alphaflow.config import ConfigError, config_hash, from_dict, to_dict
-from alphaflow.runfolder import CHECKPOINTS, CONFIG, DONE, METRICS, PROBES, SAMPLES
+from alphaflow.config import Config, ConfigError, config_hash, from_dict, to_dict
+from alphaflow.runfolder import (CHECKPOINTS, CONFIG, ERROR, EVAL, FILES, METRICS, PROBES, SAMPLES, RunFolder, State,
+                                 read_json, run_status, scan_jsonl)
 
-EVAL, ERROR, JOB = "eval.jsonl", "error.txt", "job.json"
 TABLES = {"metrics": METRICS, "probes": PROBES, "evals": EVAL}  # RunRecord.tables key → file
-SOURCES = (CONFIG, METRICS, PROBES, EVAL, DONE, ERROR, JOB)  # every file a record depends on
-STATUSES = ("done", "incomplete", "failed", "empty")
-FAILED_STATES = {"FAILED", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "ERROR"}
+SOURCES = FILES  # every file a record depends on
+STATUSES = (State.DONE, State.INCOMPLETE, State.FAILED, State.EMPTY)  # the states of a folder, no scheduler asked
 ERROR_TAIL_LINES = 10
 _HASH = re.compile(r"-([0-9a-f]{10})$")  # alphaflow.launch.sweeps names runs <desc>-<config_hash(cfg)>
 _SEED = re.compile(r"(?:^|-)s\d+$")  # ... and ends <desc> with s<seed>
+read_jsonl = scan_jsonl  # (rows, skipped lines): the one JSONL reader, under the name analysis uses
 
 
 @dataclass
@@ -51,6 +45,7 @@ class RunRecord:
     job: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     tables: dict[str, pa.Table] = field(default_factory=dict)  # "metrics" | "probes" | "evals"
+    variant: str = ""  # run.json's variant, else variant_of(name)
 
 
 # ----------------------------------------------------------------------------- folders and names
@@ -67,7 +62,6 @@ def run_folders(root: str | Path) -> tuple[list[Path], list[str]]:
     if (root / CONFIG).exists():
         return [root], []
     marks = set(SOURCES) | {CHECKPOINTS, SAMPLES}
-    found = []
     found, problems = [], []
     for p in sorted(root.iterdir()):
         if not p.is_dir() or p.name.startswith("."):
@@ -84,6 +78,7 @@ def run_folders(root: str | Path) -> tuple[list[Path], list[str]]:
 
 def variant_of(name: str) -> str:
     """The run name without its ``-<config hash>`` and ``-s<seed>`` parts: the seeds of one variant share it.
+    For folders without run.json (written before the sweep recorded the variant there).
 
     "meanflow-fm75-lr0.001-s2-5502342f1a" → "meanflow-fm75-lr0.001"; a bare "s0-…" → "base".
     """
@@ -105,33 +100,6 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- files
-
-def read_jsonl(path: Path, require: str | None = "step") -> tuple[list[dict], int]:
-    """The dict rows of a JSONL file (holding ``require`` unless it is None) and how many lines were
-    torn or garbled (skipped). A missing file is ([], 0).
-
-    Fast path: the whole file parses as one JSON array; a torn line makes that fail, and then each
-    line is parsed on its own. Python's json reads the NaN/Infinity that ``json.dumps`` writes.
-    """
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return [], 0
-    lines = [line for line in text.splitlines() if line.strip()]
-    try:
-        rows = json.loads("[" + ",".join(lines) + "]")
-    except json.JSONDecodeError:
-        rows = None
-    if rows is None or len(rows) != len(lines):  # a line holding "1, 2" also fails the count
-        rows = []
-        for line in lines:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    kept = [r for r in rows if isinstance(r, dict) and (require is None or require in r)]
-    return kept, len(lines) - len(kept)
-
 
 def _column(values: list) -> pa.Array:
     """An Arrow column from Python values. Numbers mixed with text fall back to text; nested values
@@ -155,64 +123,50 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_arrays(cols, names=keys) if keys else pa.table({})
 
 
-def _config(folder: Path, problems: list[str]) -> dict | None:
+def _config(run: RunFolder, info: dict, problems: list[str]) -> dict | None:
     """The run's config, normalised (every field of today's schema) where it parses; None if unreadable."""
-    try:
-        raw = json.loads((folder / CONFIG).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problems.append(f"{folder.name}: unreadable {CONFIG} ({type(exc).__name__}); no cfg columns")
+    unreadable: list[str] = []
+    raw = read_json(run.config_path, unreadable)
+    problems += [f"{p}; no cfg columns" for p in unreadable]
+    if raw is None:
         return None
     if not isinstance(raw, dict):
-        problems.append(f"{folder.name}: {CONFIG} is not a mapping; no cfg columns")
+        problems.append(f"{run.root.name}: {CONFIG} is not a mapping; no cfg columns")
         return None
     try:
         cfg = from_dict(raw)
         normal = to_dict(cfg)
     except (ConfigError, TypeError, ValueError) as exc:
-        problems.append(f"{folder.name}: {CONFIG} does not fit today's schema ({exc}); cfg columns as written")
+        problems.append(f"{run.root.name}: {CONFIG} does not fit today's schema ({exc}); cfg columns as written")
         return raw
-    _check_hash(folder.name, raw, config_hash(cfg), problems)
+    _check_hash(run.root.name, raw, cfg, info, problems)
     return normal
 
 
-def _check_hash(name: str, raw: dict, current: str, problems: list[str]) -> None:
+def _check_hash(name: str, raw: dict, cfg: Config, info: dict, problems: list[str]) -> None:
     """A sweep run's name ends in the hash of its config; a mismatch means a renamed folder or edited config.
 
-    The hash is checked against the config as written too, so runs from before a schema gained a
-    field (whose normalised config hashes differently) are not flagged.
+    A config.json in an older schema (``from_dict`` upgrades it, so its hash today differs) is checked
+    against the hash run.json recorded at submission instead, and not at all without run.json.
     """
     m = _HASH.search(name)
+    current = config_hash(cfg)
     if not m or m.group(1) == current:
         return
-    # the same canonical JSON as alphaflow.config.config_hash, on the config as written
-    written = hashlib.sha256(json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:10]
-    if m.group(1) != written:
-        problems.append(f"{name}: the name's hash {m.group(1)} is not the config's ({current}); "
-                        "renamed folder or edited config.json?")
+    if json.loads(json.dumps(to_dict(cfg))) != raw:  # written by an earlier schema
+        current = info.get("config_hash")
+        if not isinstance(current, str) or m.group(1) == current:
+            return
+    problems.append(f"{name}: the name's hash {m.group(1)} is not the config's ({current}); "
+                    "renamed folder or edited config.json?")
 
 
-def _job(folder: Path, problems: list[str]) -> dict:
+def _error_tail(run: RunFolder) -> str | None:
     try:
-        job = json.loads((folder / JOB).read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problems.append(f"{folder.name}: unreadable {JOB} ({type(exc).__name__})")
-        return {}
-    return job if isinstance(job, dict) else {}
-
-
-def _error_tail(folder: Path) -> str | None:
-    try:
-        text = (folder / ERROR).read_bytes().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return None
+        tail = run.read_error(ERROR_TAIL_LINES)
     except OSError as exc:
         return f"(unreadable {ERROR}: {type(exc).__name__})"
-    lines = [line.rstrip() for line in text.strip().splitlines()]
-    return "\n".join(lines[-ERROR_TAIL_LINES:]) or "(empty error.txt)"
+    return None if tail is None else tail or f"(empty {ERROR})"
 
 
 def _last_per_step(rows: list[dict], name: str, problems: list[str]) -> list[dict]:
@@ -228,34 +182,28 @@ def _last_per_step(rows: list[dict], name: str, problems: list[str]) -> list[dic
 
 
 def read_run(folder: str | Path) -> RunRecord:
-    """Read one run folder (config, JSONL tables, job.json, error.txt) into a ``RunRecord``; never raises
-    on content."""
-    folder = Path(folder)
-    problems: list[str] = []
-    config = _config(folder, problems)
+    """Read one run folder (config, run.json, JSONL tables, job.json, error.txt) into a ``RunRecord``; never
+    raises on content."""
+    run = RunFolder(folder)
+    name, problems = run.root.name, []
+    info = run.read_info(problems)
+    config = _config(run, info, problems)
     tables = {}
     for key, filename in TABLES.items():
         try:
-            rows, bad = read_jsonl(folder / filename, require=None if key == "evals" else "step")
+            rows, bad = read_jsonl(run.root / filename, require=None if key == "evals" else "step")
         except OSError as exc:  # permissions, a folder where a file should be, an I/O error
-            problems.append(f"{folder.name}: unreadable {filename} ({type(exc).__name__})")
+            problems.append(f"{name}: unreadable {filename} ({type(exc).__name__})")
             rows, bad = [], 0
         if bad:
-            problems.append(f"{folder.name}: skipped {bad} unreadable line(s) in {filename}")
+            problems.append(f"{name}: skipped {bad} unreadable line(s) in {filename}")
         if key == "metrics":
-            rows = _last_per_step(rows, folder.name, problems)
+            rows = _last_per_step(rows, name, problems)
         tables[key] = rows_to_table(rows)
-    job, error = _job(folder, problems), _error_tail(folder)
-    state = str(job.get("state", "")).upper()
-    if (folder / DONE).exists():
-        status = "done"
-    elif error is not None or state in FAILED_STATES:
-        status = "failed"
-    elif not (folder / CONFIG).exists() and tables["metrics"].num_rows == 0:
-        status = "empty"
-    else:
-        status = "incomplete"
-    return RunRecord(folder.name, status, config, error, job, problems, tables)
+    status = run_status(run, problems=problems, logged=tables["metrics"].num_rows > 0)
+    variant = info.get("variant")
+    variant = variant if isinstance(variant, str) and variant else variant_of(name)
+    return RunRecord(name, status.state, config, _error_tail(run), status.job, problems, tables, variant)
 
 
 def last_step(table: pa.Table) -> float:

@@ -10,8 +10,9 @@
 Config columns are the run's config.json flattened with dotted keys (``cfg.objective.ratio_fm.start``),
 normalised through ``alphaflow.config`` so runs written before a field existed show its default.
 In the per-row frames, text config columns, ``run`` and ``variant`` are categoricals (cheap at a
-million rows); numbers keep their dtype. ``variant`` is the run name without ``-<hash>`` and
-``-s<seed>`` (``runfiles.variant_of``): group by it to pool seeds.
+million rows); numbers keep their dtype. ``variant`` is what the seeds of one setting share: the one
+the sweep wrote to run.json, or for folders without run.json the run name without ``-<hash>`` and
+``-s<seed>`` (``runfiles.variant_of``). Group by it to pool seeds.
 
 Nothing raises on bad content; see ``runfiles`` for statuses and ``cache`` for the Parquet cache
 (``cache=False`` reads every file and writes nothing).
@@ -32,7 +33,7 @@ from alphaflow.runfolder import RunFolder
 
 from .cache import RunCache, source_key
 from .probes import RUN_COLUMNS, _identity
-from .runfiles import RunRecord, flatten, last_step, read_run, run_folders, variant_of
+from .runfiles import RunRecord, flatten, last_step, read_run, run_folders
 
 JOB_COLUMNS = {"job_id": "job_id", "executor": "executor", "submitted": "submitted", "state": "job_state"}
 RUN_TABLE_COLUMNS = ["run", "variant", "status", "last_step", "label", "error", *JOB_COLUMNS.values()]
@@ -86,7 +87,7 @@ def _run_table(records: list[RunRecord]) -> pd.DataFrame:
     labels = _identity(with_cfg).set_index("run")["label"].to_dict() if with_cfg else {}
     rows = []
     for r in records:
-        row = {"run": r.name, "variant": variant_of(r.name), "status": r.status,
+        row = {"run": r.name, "variant": r.variant, "status": r.status,
                "last_step": last_step(r.tables["metrics"]), "label": labels.get(r.name, r.name), "error": r.error}
         row.update({col: r.job.get(k) for k, col in JOB_COLUMNS.items()})
         row.update({f"cfg.{k}": v for k, v in flatten(r.config or {}).items()})
@@ -170,7 +171,8 @@ def load_runs(root: str | Path, *, cache: bool = True) -> Runs:
     """Load every run under ``root`` (a sweep root, or one run folder) into a ``Runs``.
 
     Tolerant: a torn line is skipped, a run without DONE is ``incomplete``, a run with error.txt
-    ``failed``, a folder with nothing in it ``empty``; what was skipped is in ``Runs.problems``.
+    ``failed``, a folder with nothing in it ``empty`` (``alphaflow.runfolder.run_status``); what was
+    skipped is in ``Runs.problems``.
     With ``cache`` (default) each run is read once per change of its files and kept as Parquet under
     ``root/.analysis-cache/``.
     """

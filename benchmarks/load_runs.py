@@ -4,8 +4,9 @@
     python benchmarks/load_runs.py --runs 100 --steps 200 --keep /tmp/bench-root
 
 Writes a root in a temporary folder: real configs (``alphaflow.config``) named like a sweep
-(``<variant>-s<seed>-<hash>``), metrics.jsonl rows shaped like the trainer's (~20 keys: step,
-images, wall, lr, alpha, ratio_fm, grad_norm, loss_*, probe_* every 4th row), DONE on most runs.
+(``<variant>-s<seed>-<hash>``) with the run.json a sweep writes, metrics.jsonl rows shaped like the
+trainer's (~20 keys: step, images, wall, lr, alpha, ratio_fm, grad_norm, loss_*, probe_* every 4th
+row), DONE on most runs; the files through ``alphaflow.runfolder``.
 Prints the times; not a test. The target: a warm load of 1,000 × 1,000 under 10 s.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from alphaflow.config import config_hash, load_config, to_dict  # noqa: E402
+from alphaflow.runfolder import RunFolder  # noqa: E402
 
 VARIANTS = {"meanflow-fm0": ["objective.name=meanflow", "objective.ratio_fm=0.0"],
             "meanflow-fm75": ["objective.name=meanflow", "objective.ratio_fm=0.75"],
@@ -50,13 +52,13 @@ def make_root(root: Path, runs: int, steps: int, seed: int = 0) -> int:
     for i in range(runs):
         variant, s = names[i % len(names)], i // len(names)
         cfg = load_config(None, VARIANTS[variant] + [f"seed={s}", f"train.steps={steps * 50}"])
-        folder = root / f"{variant}-s{s}-{config_hash(cfg)}"
-        folder.mkdir(parents=True)
-        (folder / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        run = RunFolder(root / f"{variant}-s{s}-{config_hash(cfg)}")
+        run.write_config(to_dict(cfg))
+        run.write_info(sweep="bench", variant=variant, seed=s, config_hash=config_hash(cfg))
         text = "".join(json.dumps(metrics_row(50 * (k + 1), rng)) + "\n" for k in range(steps))
-        (folder / "metrics.jsonl").write_text(text)
+        run.metrics_path.write_text(text)
         if i % 10:
-            (folder / "DONE").write_text(json.dumps({"step": steps * 50}) + "\n")
+            run.mark_done({"step": steps * 50})
         total += len(text)
     return total
 
@@ -94,7 +96,7 @@ def main() -> None:
             print(f"warm #{k + 1}         {t:6.2f} s")
         touched = sorted(root.iterdir())[: max(1, args.runs // 100)]
         for folder in touched:  # an active sweep: 1 % of the runs logged another row
-            with open(folder / "metrics.jsonl", "a") as f:
+            with open(RunFolder(folder).metrics_path, "a") as f:
                 f.write(json.dumps(metrics_row(50 * (args.steps + 1), random.Random(1))) + "\n")
         t, runs = timed(root, cache=True)
         print(f"warm, {len(touched)} changed {t:6.2f} s   statuses {runs.runs['status'].value_counts().to_dict()}")

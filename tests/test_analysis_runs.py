@@ -106,6 +106,46 @@ def test_variant_names():
     assert variant_of("my-run") == "my-run"
 
 
+def test_variant_from_run_json_else_from_the_name(sweep):
+    """The golden folders predate run.json: their variant comes from the name (the legacy fallback)."""
+    from alphaflow.runfolder import RunFolder
+
+    assert not any((sweep / n / "run.json").exists() for n in (S0, S1, FAILED))
+    RunFolder(sweep / S1).write_info(sweep="golden", variant="meanflow-fm75-late", seed=1, config_hash=S1[-10:])
+    for _ in range(2):  # cold, then from the cache
+        runs = load_runs(sweep)
+        t = runs.runs.set_index("run")["variant"]
+        assert t.to_dict() == {FAILED: "alphaflow-fm50", S0: "meanflow-fm75", S1: "meanflow-fm75-late"}
+        assert set(runs.metrics.loc[runs.metrics["run"] == S1, "variant"]) == {"meanflow-fm75-late"}
+        assert len(runs.problems) == 1 and runs.problems[0].startswith(f"{S1}: skipped 1"), runs.problems
+    RunFolder(sweep / S1).write_info(sweep="golden", variant="meanflow-fm75", seed=1, config_hash=S1[-10:])
+    assert load_runs(sweep).runs.set_index("run").loc[S1, "variant"] == "meanflow-fm75", "run.json is a cache source"
+    (sweep / S1 / "run.json").write_text("{not json")
+    runs = load_runs(sweep)
+    assert runs.runs.set_index("run").loc[S1, "variant"] == "meanflow-fm75"
+    assert f"{S1}: unreadable run.json (JSONDecodeError)" in runs.problems
+
+
+def test_the_hash_check_of_a_config_in_an_older_schema(sweep):
+    """A config.json written before a field existed hashes differently once upgraded: run.json's hash is checked."""
+    import hashlib
+
+    from alphaflow.runfolder import RunFolder
+
+    raw = json.loads((sweep / S0 / "config.json").read_text())
+    del raw["train"]["dist_timeout_min"]  # as if written before train.dist_timeout_min existed
+    written = hashlib.sha256(json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:10]
+    old = sweep / f"meanflow-fm75-s0-{written}"
+    shutil.copytree(sweep / S0, old)
+    (old / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
+    assert not any(old.name in p for p in load_runs(sweep, cache=False).problems)
+    RunFolder(old).write_info(sweep="golden", variant="meanflow-fm75", seed=0, config_hash=written)
+    assert not any(old.name in p for p in load_runs(sweep, cache=False).problems)
+    RunFolder(old).write_info(sweep="golden", variant="meanflow-fm75", seed=0, config_hash="0123456789")
+    p = load_runs(sweep, cache=False).problems
+    assert any(x.startswith(f"{old.name}: the name's hash {written} is not the config's (0123456789)") for x in p), p
+
+
 def test_probes_align_with_load_probes(sweep):
     runs = load_runs(sweep)
     expected = load_probes(sweep)

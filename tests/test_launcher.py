@@ -13,8 +13,9 @@ import torch
 
 from alphaflow.launch import executors as launcher
 from alphaflow.cli import main
-from alphaflow.runfolder import RunFolder
-from alphaflow.launch.sweeps import load_sweep, run_inline
+from alphaflow.launch.executors import run_inline
+from alphaflow.launch.sweeps import load_sweep
+from alphaflow.runfolder import RunFolder, run_status
 
 TINY_BASE = ("{model: {name: DiT-N/2}, train: {steps: STEPS, batch_size: 8, log_every: 2, ckpt_every: 4, "
              "sample_every: 0, threads: 1}, sample: {num: 4}, data: {stats_samples: 16}}")
@@ -38,7 +39,9 @@ def test_local_sweep_end_to_end_and_resubmission_submits_nothing(tmp_path):
     for r in sweep.runs:
         run = RunFolder(root / r.name)
         assert run.is_done() and json.loads((run.root / "job.json").read_text())["executor"] == "local"
-        assert launcher.run_status(root, r.name).state == "done"
+        assert run_status(root / r.name).state == "done"
+        assert run.read_info() == {"sweep": "t", "variant": r.name.split("-")[0], "seed": 0,
+                                   "config_hash": r.name[-10:]}, "written at submission"
     lines.clear()
     assert launcher.submit(sweep.runs, root, executor="local", resources=sweep.resources, name="t", log=lines.append) == []
     assert lines == ["2 runs: 2 done", "nothing to submit"]
@@ -109,7 +112,7 @@ def test_failed_run_is_reported_and_retried_only_when_asked(tmp_path, capsys):
     job_id = json.loads((root / sweep.runs[0].name / "job.json").read_text())["job_id"]
     with pytest.raises(Exception):
         launcher.submitit.local.local.LocalJob(root / ".submitit", job_id).result()
-    status = launcher.run_status(root, sweep.runs[0].name)
+    status = run_status(root / sweep.runs[0].name)
     assert status.state == "failed" and "lacks data_batch_1" in status.detail
     capsys.readouterr()
     assert main(["sweep", str(path), "--root", str(root), "--status"]) == 0

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from alphaflow.launch import executors as launcher
+from alphaflow.launch.executors import run_inline
+from alphaflow.launch.sweeps import load_sweep
 from alphaflow.runfolder import RunFolder
-from alphaflow.launch.sweeps import load_sweep, run_inline
 
 SWEEP = """name: slurm-test
 base: {model: {name: DiT-N/2}, train: {steps: 200, batch_size: 8, log_every: 2, ckpt_every: 50, sample_every: 0,

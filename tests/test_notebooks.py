@@ -23,7 +23,8 @@ from jupytext.config import find_jupytext_configuration_file, load_jupytext_conf
 from nbclient import NotebookClient
 
 from alphaflow.cli import main
-from alphaflow.launch.sweeps import load_sweep, run_inline
+from alphaflow.launch.executors import run_inline
+from alphaflow.launch.sweeps import load_sweep
 from analysis import load_runs
 from analysis.notebook import inventory, pick_probes, resolve_root
 from analysis.samples import fig_sample_grids, sample_index
@@ -157,7 +158,7 @@ def test_the_three_notebooks_state_their_question_and_sweep_and_take_the_root():
 
 @pytest.mark.fast
 def test_notebook_cells_import_only_analysis():
-    """STYLE.md's layers: notebooks → analysis (and nothing heavier than os besides)."""
+    """The import layers (README.md#layout): notebooks → analysis (and nothing heavier than os besides)."""
     for name in NAMES:
         for cell in _notebook(name).cells:
             if cell.cell_type != "code":

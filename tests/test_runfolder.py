@@ -7,7 +7,7 @@ import io
 import pytest
 
 from alphaflow.train.progress import Progress
-from alphaflow.runfolder import RunFolder
+from alphaflow.runfolder import STATES, RunFolder, State, read_jsonl, run_status, scan_jsonl
 
 
 def test_rolling_checkpoints_keep_two_and_permanent_keeps_stay(tmp_path):
@@ -52,6 +52,54 @@ def test_config_is_written_once_and_guarded(tmp_path):
     assert not run.is_done()
     run.mark_done({"step": 1})
     assert run.is_done() and not list((tmp_path / "r").glob(".*tmp*"))
+
+
+def test_the_one_jsonl_reader_skips_and_counts_a_torn_last_line(tmp_path):
+    path = tmp_path / "eval.jsonl"
+    assert scan_jsonl(path) == ([], 0), "a missing file is no rows"
+    path.write_text('{"step": 1, "x": NaN}\n\n[1, 2]\n{"nfe": 1}\n{"step": 2, "x": 0.5}\n{"step": 3, "x')
+    rows, skipped = scan_jsonl(path)
+    assert [r["step"] for r in rows] == [1, 2] and skipped == 3, "a list, a row without step and the torn line"
+    assert rows[0]["x"] != rows[0]["x"], "json.dumps writes NaN; it reads back"
+    assert scan_jsonl(path, require=None) == (rows[:1] + [{"nfe": 1}] + rows[1:], 2)
+    assert read_jsonl(path) == rows
+    path.write_bytes(b'{"step": 1}\n{"step": 2, "note": "\xff"}\n')  # bytes that are not UTF-8 do not raise
+    assert [r["step"] for r in read_jsonl(path)] == [1, 2]
+
+
+def test_run_status_words(tmp_path):
+    assert set(STATES) == {"new", "empty", "pending", "running", "incomplete", "done", "failed"}
+    run = RunFolder(tmp_path / "r")
+    assert run_status(run).state == State.NEW and run_status(run.root).state == "new"
+    run.root.mkdir()
+    assert run_status(run).state == "empty"
+    run.write_job({"job_id": "7", "executor": "slurm"})
+    lookup = {"7": "PENDING"}.get
+    assert run_status(run, lambda executor, job: lookup(job, "")).state == "pending"
+    assert run_status(run).state == "empty", "pending and running come from the scheduler only"
+    run.append_metrics({"step": 2})
+    assert run_status(run).state == "incomplete" and run_status(run, logged=False).state == "empty"
+    status = run_status(run, lambda executor, job: "RUNNING")
+    assert (status.state, status.detail, status.job["job_id"]) == ("running", "RUNNING", "7")
+    run.write_error("Traceback (most recent call last):\n  ...\nRuntimeError: boom\n")
+    assert run_status(run) == run_status(run.root) and run_status(run).detail == "RuntimeError: boom"
+    run.clear_error()
+    run.write_job({"job_id": "7", "executor": "slurm", "state": "OUT_OF_MEMORY"})
+    assert (run_status(run).state, run_status(run).detail) == ("failed", "OUT_OF_MEMORY")
+    run.job_path.write_text('{"job_id": "7", "exec')
+    problems: list[str] = []
+    assert run_status(run, problems=problems).state == "incomplete" and problems == ["r: unreadable job.json (JSONDecodeError)"]
+    run.write_error("")
+    run.mark_done({"step": 2})
+    assert run_status(run, lambda executor, job: "RUNNING").state == "done", "DONE wins over everything"
+
+
+def test_run_json_is_written_and_read(tmp_path):
+    run = RunFolder(tmp_path / "r")
+    assert run.read_info() == {}
+    run.write_info(sweep="demo", variant="meanflow-fm75", seed=2, config_hash="0123456789")
+    assert run.read_info() == {"sweep": "demo", "variant": "meanflow-fm75", "seed": 2, "config_hash": "0123456789"}
+    assert run.info_path.name == "run.json"
 
 
 class _Tty(io.StringIO):

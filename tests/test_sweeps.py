@@ -8,7 +8,9 @@ import pytest
 
 from alphaflow.cli import main
 from alphaflow.config import config_hash
-from alphaflow.launch.sweeps import load_sweep, run_inline, run_state
+from alphaflow.launch.executors import run_inline
+from alphaflow.launch.sweeps import load_sweep
+from alphaflow.runfolder import run_status
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,14 +75,15 @@ variants: {fm: {objective.name: fm}, mf: {objective.name: meanflow}}
 """)
     runs = load_sweep(path).runs
     run_inline(runs[:1], tmp_path / "root", log=lambda _: None)
-    assert run_state(tmp_path / "root" / runs[0].name) == "done" and run_state(tmp_path / "root" / runs[1].name) == "new"
+    assert run_status(tmp_path / "root" / runs[0].name).state == "done"
+    assert run_status(tmp_path / "root" / runs[1].name).state == "new"
     assert main(["sweep", str(path), "--root", str(tmp_path / "root"), "--dry-run", "--executor", "local"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith("done") and out[2].startswith("new")
     messages: list[str] = []
     run_inline(runs, tmp_path / "root", log=messages.append)
     assert messages[0] == "2 runs: 1 done, 0 incomplete, 1 new"
-    assert all(run_state(tmp_path / "root" / r.name) == "done" for r in runs)
+    assert all(run_status(tmp_path / "root" / r.name).state == "done" for r in runs)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
@@ -110,3 +113,110 @@ def test_demo_sweep_is_three_objectives_by_three_seeds_with_probes_and_evaluatio
         assert c.probe.final and c.eval.final and c.sample.nfe == [1, 2]
     assert "sweeps/demo.yaml" in (ROOT / "Makefile").read_text()
 
+
+
+STATES_SWEEP = """
+name: states
+base: {model: {name: DiT-N/2}, train: {steps: 2, batch_size: 8, log_every: 1, ckpt_every: 2, sample_every: 0},
+       sample: {num: 4}, data: {stats_samples: 16}}
+seeds: [0, 1, 2, 3, 4, 5, 6, 7]
+"""
+# what each run's folder holds, and the state it is in
+LAYOUT = ["new", "empty", "incomplete", "failed", "failed (job.json)", "done", "pending", "running"]
+
+
+def lay_out(root: Path, runs) -> dict[str, str]:
+    """Write one folder per entry of LAYOUT; {run name: expected state}."""
+    from alphaflow.config import to_dict
+    from alphaflow.runfolder import RunFolder
+
+    expected = {}
+    for r, kind in zip(runs, LAYOUT):
+        run = RunFolder(root / r.name)
+        expected[r.name] = kind.split()[0]
+        if kind == "new":
+            continue
+        run.root.mkdir(parents=True)
+        if kind == "empty":
+            continue
+        run.write_config(to_dict(r.config))
+        run.append_metrics({"step": 1, "loss": 1.0})
+        if kind == "failed":
+            run.write_error("Traceback (most recent call last):\nRuntimeError: boom\n")
+        if kind == "failed (job.json)":
+            run.write_job({"job_id": "9", "executor": "slurm", "state": "CANCELLED"})
+        if kind == "done":
+            run.mark_done({"step": 2})
+        if kind in ("pending", "running"):
+            run.write_job({"job_id": kind, "executor": "slurm"})
+    return expected
+
+
+def test_one_state_function_answers_status_inline_and_analysis_alike(tmp_path, capsys, monkeypatch):
+    from alphaflow.launch import executors as launcher
+    from analysis import load_runs
+
+    path = write(tmp_path, STATES_SWEEP)
+    runs, root = load_sweep(path).runs, tmp_path / "root"
+    expected = lay_out(root, runs)
+    # a scheduler that queues job "pending" and runs job "running"
+    monkeypatch.setattr(launcher, "scheduler_state", lambda root: lambda executor, job: job.upper())
+    assert {r.name: run_status(root / r.name, launcher.scheduler_state(root)).state for r in runs} == expected
+
+    assert main(["sweep", str(path), "--root", str(root), "--status", "--executor", "local"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{'state':<11} {'step':>7}  run"
+    shown = {line.split()[2]: line.split()[0] for line in lines[1:]}
+    assert shown == expected
+    assert "[RuntimeError: boom]" in lines[1 + LAYOUT.index("failed")] and "[CANCELLED]" in lines[5]
+
+    table = load_runs(root, cache=False).runs.set_index("run")["status"].to_dict()
+    no_scheduler = {n: "incomplete" if s in ("pending", "running") else s for n, s in expected.items() if s != "new"}
+    assert table == no_scheduler, "analysis asks no scheduler: a queued or running run is incomplete there"
+
+    trained: list[Path] = []
+    monkeypatch.setattr("alphaflow.evaluate.callbacks.train_with_evaluation",
+                        lambda cfg, run_dir, log: trained.append(Path(run_dir)))
+    messages: list[str] = []
+    run_inline(runs, root, log=messages.append)
+    assert messages[0] == "8 runs: 1 done, 1 incomplete, 1 new, 1 empty, 1 pending, 1 running, 2 failed"
+    started = {m[4:].split(" (")[0]: m.split(" (")[1].rstrip(")") for m in messages[1:]}
+    assert started == {n: s for n, s in expected.items() if s not in ("done", "pending", "running")}
+    assert [p.name for p in trained] == list(started)
+
+
+def test_the_sweep_writes_run_json_and_analysis_reads_the_variant_from_it(tmp_path, monkeypatch):
+    from alphaflow.config import config_hash
+    from alphaflow.runfolder import RunFolder
+    from analysis import load_runs
+    from analysis.runfiles import variant_of
+
+    path = write(tmp_path, """
+name: demo
+base: {train: {steps: 40}}
+variants: {mf: {objective.name: meanflow}, af: {objective.name: alphaflow}}
+grid: {optim.lr: [0.001, 0.0003]}
+seeds: [0, 1]
+""")
+    runs, root = load_sweep(path).runs, tmp_path / "root"
+    assert all(r.variant == variant_of(r.name) and r.sweep == "demo" for r in runs), "run.json agrees with the name"
+    assert {r.variant for r in runs} == {"mf-lr0.001", "mf-lr0.0003", "af-lr0.001", "af-lr0.0003"}
+    monkeypatch.setattr("alphaflow.evaluate.callbacks.train_with_evaluation", lambda cfg, run_dir, log: None)
+    run_inline(runs, root, log=lambda _: None)
+    for r in runs:
+        assert RunFolder(root / r.name).read_info() == {"sweep": "demo", "variant": r.variant, "seed": r.config.seed,
+                                                       "config_hash": config_hash(r.config)}
+    first = RunFolder(root / runs[0].name)
+    first.write_info(sweep="demo", variant="renamed-by-hand", seed=0, config_hash=config_hash(runs[0].config))
+    variants = load_runs(root, cache=False).runs.set_index("run")["variant"]
+    assert variants[runs[0].name] == "renamed-by-hand" and variants[runs[1].name] == runs[1].variant
+
+
+def test_the_executors_are_a_registry():
+    from alphaflow.launch import executors as launcher
+
+    assert list(launcher.EXECUTORS) == ["inline", "local", "slurm"]
+    assert launcher.EXECUTORS["inline"].run is run_inline
+    assert launcher.resolve_executor("inline") == "inline" and launcher.resolve_executor("auto") in ("local", "slurm")
+    with pytest.raises(ValueError, match="must be auto, inline, local, slurm"):
+        launcher.resolve_executor("ssh")

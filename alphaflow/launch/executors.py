@@ -1,37 +1,45 @@
-"""Submit a sweep through submitit as one job array, locally or on SLURM. The only module importing submitit.
+"""The executors of a sweep, one entry each in ``EXECUTORS``; the only module importing submitit.
 
-Each job is a ``TrainJob`` (a submitit ``Checkpointable``) that trains one run folder. On the
+    inline   train the runs one after another in this process (debugging, notebooks)
+    local    submitit's local executor: one job array of processes on this machine
+    slurm    submitit's SLURM executor: one job array, with the sweep file's ``resources``
+
+Every executor asks ``alphaflow.runfolder.run_status`` (with the scheduler lookup ``scheduler_state``) what
+state each run is in, skips done, pending and running runs (and failed ones, unless retrying them), and writes
+config.json and run.json before a run starts.
+
+Each submitit job is a ``TrainJob`` (a submitit ``Checkpointable``) that trains one run folder. On the
 scheduler's signal (SIGUSR2 before a time limit or on preemption) submitit would call
 ``checkpoint()`` and exit from inside the signal handler, at an arbitrary point of the training
 step. So the job swaps in a handler that only sets a flag; the trainer checks it at the next step
 boundary, writes a checkpoint there, and then the job hands over to submitit's own handler, which
 requeues it. The requeued job resumes from that checkpoint: nothing is lost or recomputed.
 
-Bookkeeping on disk, next to the runs:
-    ROOT/.submitit/             submitit's pickles and logs (%j_%t_log.out / .err)
-    ROOT/<run>/job.json         {"job_id", "executor", "submitted"} of the latest submission
-    ROOT/<run>/error.txt        the tail of the traceback of a failed attempt
+Bookkeeping on disk, next to the runs: ``ROOT/.submitit/`` holds submitit's pickles and logs
+(%j_%t_log.out / .err); each run folder gets job.json and, after a failed attempt, error.txt
+(``alphaflow.runfolder``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import signal
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import submitit
 import torch
 
-from alphaflow.config import Config, from_dict, to_dict
+from alphaflow.config import Config, config_hash, from_dict, to_dict
 from alphaflow.perf.memplan import data_shape
 from alphaflow.models import build_for_data
-from alphaflow.runfolder import RunFolder, atomic_write_bytes
+from alphaflow.runfolder import ERROR, STATES, RunFolder, SchedulerLookup, State, run_status
 from alphaflow.launch.sweeps import SweepRun
 
 # Sweep-file ``resources`` keys → submitit AutoExecutor parameters.
@@ -63,11 +71,11 @@ class TrainJob(submitit.helpers.Checkpointable):
             result = train(from_dict(spec["config"]), run.root, should_stop=lambda: stop["requested"])
         except Exception:
             if env.global_rank == 0:
-                atomic_write_bytes(run.root / "error.txt", traceback.format_exc()[-4000:].encode())
+                run.write_error(traceback.format_exc()[-4000:])
             raise
         if stop["requested"] and not result.finished and callable(requeue):
             requeue(signal.SIGUSR2, None)  # submitit: checkpoint() → requeue → exit
-        (run.root / "error.txt").unlink(missing_ok=True)
+        run.clear_error()
         return {"run": run.root.name, "step": result.step, "finished": result.finished}
 
     def checkpoint(self, spec: dict[str, Any]) -> submitit.helpers.DelayedSubmission:
@@ -76,11 +84,11 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 
 def resolve_executor(name: str) -> str:
-    """'auto' → slurm when ``sbatch`` is on PATH, else local."""
-    if name not in ("auto", "local", "slurm"):
-        raise ValueError(f"--executor must be auto, local or slurm, got {name!r}")
+    """The ``EXECUTORS`` entry ``name`` names; 'auto' → slurm when ``sbatch`` is on PATH, else local."""
     if name == "auto":
         return "slurm" if shutil.which("sbatch") else "local"
+    if name not in EXECUTORS:
+        raise ValueError(f"--executor must be auto, {', '.join(EXECUTORS)}, got {name!r}")
     return name
 
 
@@ -143,42 +151,9 @@ def sbatch_script(root: Path, resources: dict[str, Any], name: str, count: int) 
     return slurm._make_submission_file_text("python -u -m submitit.core._submit <folder>", "<uid>")
 
 
-# ------------------------------------------------------------------ state of runs on disk and in the scheduler
+# ------------------------------------------------------------------ the scheduler and the runs to start
 
-@dataclass
-class RunStatus:
-    name: str
-    state: str          # new | pending | running | incomplete | done | failed
-    step: int
-    job_id: str | None
-    detail: str = ""
-
-
-def _last_step(run: RunFolder) -> int:
-    rows = run.read_metrics()
-    return rows[-1]["step"] if rows else 0
-
-
-def run_status(root: Path, name: str, scheduler_state: Callable[[str, str], str] | None = None) -> RunStatus:
-    run = RunFolder(root / name)
-    job = json.loads((run.root / "job.json").read_text()) if (run.root / "job.json").exists() else {}
-    job_id = job.get("job_id")
-    if run.is_done():
-        return RunStatus(name, "done", _last_step(run), job_id)
-    sched = scheduler_state(job["executor"], job_id) if job_id and scheduler_state else ""
-    if sched in ("PENDING", "REQUEUED", "CONFIGURING"):
-        return RunStatus(name, "pending", _last_step(run), job_id, sched)
-    if sched in ("RUNNING", "COMPLETING"):
-        return RunStatus(name, "running", _last_step(run), job_id, sched)
-    if (run.root / "error.txt").exists():
-        tail = (run.root / "error.txt").read_text().strip().splitlines()[-1:]
-        return RunStatus(name, "failed", _last_step(run), job_id, tail[0] if tail else "")
-    if run.config_path.exists():
-        return RunStatus(name, "incomplete", _last_step(run), job_id, sched)
-    return RunStatus(name, "new", 0, job_id)
-
-
-def scheduler_state(root: Path) -> Callable[[str, str], str]:
+def scheduler_state(root: Path) -> SchedulerLookup:
     """Ask the scheduler about a job id (SLURM through sacct; local jobs from submitit's files)."""
     def state(executor: str, job_id: str) -> str:
         folder = root / ".submitit"
@@ -190,33 +165,91 @@ def scheduler_state(root: Path) -> Callable[[str, str], str]:
     return state
 
 
-# ------------------------------------------------------------------ submission
+def _states(runs: list[SweepRun], root: Path) -> list[str]:
+    lookup = scheduler_state(root)
+    return [run_status(root / r.name, lookup).state for r in runs]
 
-def submit(runs: list[SweepRun], root: str | Path, *, executor: str, resources: dict[str, Any], name: str,
-           retry_failed: bool = False, log: Callable[[str], None] = print) -> list[Any]:
-    """Submit every run that is not done, pending, running (or failed, unless ``retry_failed``) as one array."""
+
+def _prepare(root: Path, r: SweepRun) -> RunFolder:
+    """Write config.json and run.json and drop a stale error.txt: from here on the run is at least incomplete."""
+    run = RunFolder(root / r.name)
+    run.write_config(to_dict(r.config))
+    run.write_info(sweep=r.sweep, variant=r.variant, seed=r.config.seed, config_hash=config_hash(r.config))
+    run.clear_error()
+    return run
+
+
+def run_inline(runs: list[SweepRun], root: str | Path, *, name: str = "", resources: dict[str, Any] | None = None,
+               retry_failed: bool = True, log: Callable[[str], None] = print) -> list[Any]:
+    """Train every run under ``root`` one after another in this process; returns [] (there are no jobs).
+
+    Done, pending and running runs are skipped; a failed run is trained again whatever ``retry_failed`` says
+    (this is how one debugs it). ``name`` and ``resources`` are not used here.
+    """
+    from alphaflow.evaluate.callbacks import train_with_evaluation as train  # the trainer is heavy; imported here
+
     root = Path(root)
-    kind = resolve_executor(executor)
-    statuses = [run_status(root, r.name, scheduler_state(root)) for r in runs]
-    counts = {s: sum(st.state == s for st in statuses) for s in ("done", "incomplete", "new", "pending", "running", "failed")}
-    log(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
-    skip = {"done", "pending", "running"} | (set() if retry_failed else {"failed"})
-    todo = [r for r, st in zip(runs, statuses) if st.state not in skip]
+    states = _states(runs, root)
+    n = Counter(states)
+    others = "".join(f", {n[s]} {s}" for s in STATES if n[s] and s not in (State.DONE, State.INCOMPLETE, State.NEW))
+    log(f"{len(runs)} runs: {n[State.DONE]} done, {n[State.INCOMPLETE]} incomplete, {n[State.NEW]} new{others}")
+    for r, state in zip(runs, states):
+        if state in (State.DONE, State.PENDING, State.RUNNING):
+            continue
+        log(f"--- {r.name} ({state})")
+        train(r.config, _prepare(root, r).root, log=log)
+    return []
+
+
+_COUNTED = (State.DONE, State.INCOMPLETE, State.NEW, State.EMPTY, State.PENDING, State.RUNNING, State.FAILED)
+
+
+def submit_array(kind: str, runs: list[SweepRun], root: str | Path, *, name: str, resources: dict[str, Any],
+                 retry_failed: bool = False, log: Callable[[str], None] = print) -> list[Any]:
+    """Submit every run that is not done, pending, running (or failed, unless ``retry_failed``) as one submitit
+    job array of executor ``kind`` (local or slurm); returns the jobs."""
+    root = Path(root)
+    states = _states(runs, root)
+    n = Counter(states)
+    log(f"{len(runs)} runs: " + ", ".join(f"{n[s]} {s}" for s in _COUNTED if n[s]))
+    skip = {State.DONE, State.PENDING, State.RUNNING} | (set() if retry_failed else {State.FAILED})
+    todo = [r for r, state in zip(runs, states) if state not in skip]
     if not todo:
         log("nothing to submit")
         return []
     for r in todo:
-        run = RunFolder(root / r.name)
-        run.write_config(to_dict(r.config))  # the run exists (and is 'incomplete') from submission on
-        (run.root / "error.txt").unlink(missing_ok=True)
+        _prepare(root, r)
     ex = make_executor(kind, root, resources, name)
     jobs = ex.map_array(TrainJob(), [{"config": to_dict(r.config), "run_dir": str(root / r.name)} for r in todo])
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     for r, job in zip(todo, jobs):
-        atomic_write_bytes(root / r.name / "job.json",
-                           json.dumps({"job_id": job.job_id, "executor": kind, "submitted": stamp}).encode())
+        RunFolder(root / r.name).write_job({"job_id": job.job_id, "executor": kind, "submitted": stamp})
     log(f"submitted {len(jobs)} run(s) to {kind} as one job array: {jobs[0].job_id.split('_')[0]}")
     return jobs
+
+
+@dataclass(frozen=True)
+class Executor:
+    """An entry of ``EXECUTORS``: ``run(runs, root, name=, resources=, retry_failed=, log=)`` starts the runs
+    that need it and returns their submitit jobs ([] when they ran in this process)."""
+
+    name: str
+    run: Callable[..., list[Any]]
+    about: str
+
+
+EXECUTORS: dict[str, Executor] = {e.name: e for e in (
+    Executor("inline", run_inline, "train one after another in this process"),
+    Executor("local", partial(submit_array, "local"), "submitit's local executor: a job array of local processes"),
+    Executor("slurm", partial(submit_array, "slurm"), "submitit's SLURM executor: one job array"),
+)}
+
+
+def submit(runs: list[SweepRun], root: str | Path, *, executor: str, resources: dict[str, Any], name: str,
+           retry_failed: bool = False, log: Callable[[str], None] = print) -> list[Any]:
+    """Run ``runs`` under ``root`` with the executor ``executor`` names (see ``resolve_executor``)."""
+    entry = EXECUTORS[resolve_executor(executor)]
+    return entry.run(runs, root, name=name, resources=resources, retry_failed=retry_failed, log=log)
 
 
 def wait(jobs: list[Any], runs: list[SweepRun], root: str | Path, *, every: float = 30.0,
@@ -227,7 +260,7 @@ def wait(jobs: list[Any], runs: list[SweepRun], root: str | Path, *, every: floa
     total = sum(r.config.train.steps for r in runs)
 
     def line() -> str:
-        steps = {r.name: _last_step(RunFolder(root / r.name)) for r in runs}
+        steps = {r.name: RunFolder(root / r.name).last_step() for r in runs}
         done = sum(RunFolder(root / r.name).is_done() for r in runs)
         elapsed = time.monotonic() - start
         per_run = " ".join(f"{r.name.rsplit('-', 1)[0]}:{steps[r.name]}" for r in runs)
@@ -242,8 +275,6 @@ def wait(jobs: list[Any], runs: list[SweepRun], root: str | Path, *, every: floa
     log(line())
     failed = [r.name for r in runs if not RunFolder(root / r.name).is_done()]
     for name in failed:
-        err = root / name / "error.txt"
-        tail = err.read_text().strip().splitlines()[-1:] if err.exists() else ["no error.txt"]
-        log(f"run {name} did not finish: {tail[0] if tail else ''}")
+        tail = RunFolder(root / name).read_error(1)
+        log(f"run {name} did not finish: {f'no {ERROR}' if tail is None else tail}")
     return len(failed)
-

@@ -13,9 +13,9 @@
                 partition: learn, array_parallelism: 16, slurm: {account: my-account, qos: normal}}
 
 Each run is named ``<readable-description>-<config-hash>`` (DomainBed style), so its folder is a
-pure function of its config. ``alphaflow.launch.executors`` submits the runs through submitit (a job
-array, local or SLURM, with the file's ``resources``); ``run_inline`` trains them one after another
-in this process instead (for debugging and notebooks).
+pure function of its config; the description is the variant, the grid and zip values and ``s<seed>``.
+This module only expands files: ``alphaflow.launch.executors`` runs the runs (inline in this process,
+or as one submitit job array, local or SLURM, with the file's ``resources``).
 """
 
 from __future__ import annotations
@@ -25,21 +25,25 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from alphaflow.config import Config, ConfigError, apply_overrides, config_hash, load_config, validate
-from alphaflow.runfolder import RunFolder
 
 _KEYS = {"name", "recipe", "base", "variants", "grid", "zip", "seeds", "resources"}
 
 
 @dataclass
 class SweepRun:
+    """One run of a sweep: its folder name, config, the overrides that made it, its ``variant`` (the name without
+    seed and hash: what the seeds of one setting share; "base" when nothing but the seed varies) and its sweep."""
+
     name: str
     config: Config
     overrides: list[str]
+    variant: str = "base"
+    sweep: str = ""  # the sweep's name
 
 
 @dataclass
@@ -128,6 +132,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
                          f"{ {k: len(v) for k, v in zipped.items()} }")
     zip_rows = list(zip(*zipped.values())) if zipped else [()]
     seeds = spec.get("seeds") or [None]
+    name = spec.get("name", path.stem)
     runs = []
     for (variant, extra), combo, row, seed in itertools.product(
             variants.items(), itertools.product(*grid.values()), zip_rows, seeds):
@@ -140,36 +145,13 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             validate(cfg)
         except ConfigError as exc:
             raise ValueError(f"{path}, variant {variant or '(base)'} {axes or ''}: {exc}") from None
-        desc = "-".join(_slug(p) for p in [variant, *(f"{k.split('.')[-1]}{v}" for k, v in axes.items()),
-                                            f"s{cfg.seed}"] if p)
-        runs.append(SweepRun(f"{desc}-{config_hash(cfg)}", cfg, overrides))
+        parts = [_slug(p) for p in [variant, *(f"{k.split('.')[-1]}{v}" for k, v in axes.items())] if p]
+        desc = "-".join([*parts, _slug(f"s{cfg.seed}")])
+        runs.append(SweepRun(f"{desc}-{config_hash(cfg)}", cfg, overrides, "-".join(parts) or "base", name))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: two runs share a name (identical configs?): {sorted(n for n in names if names.count(n) > 1)}")
     resources = spec.get("resources") or {}
     if not isinstance(resources, dict):
         raise ValueError(f"{path}: 'resources' must be a mapping, got {resources!r}")
-    return Sweep(spec.get("name", path.stem), runs, resources)
-
-
-def run_state(folder: Path) -> str:
-    """done (DONE marker), incomplete (a config or checkpoint but no DONE) or new."""
-    run = RunFolder(folder)
-    if run.is_done():
-        return "done"
-    return "incomplete" if run.config_path.exists() else "new"
-
-
-def run_inline(runs: list[SweepRun], root: str | Path, *, log: Callable[[str], None] = print) -> None:
-    """Train every run under ``root`` one after another in this process (finished runs are skipped)."""
-    from alphaflow.evaluate.callbacks import train_with_evaluation as train  # the trainer is heavy; the expansion above does not need it
-
-    root = Path(root)
-    states = {r.name: run_state(root / r.name) for r in runs}
-    counts = {s: list(states.values()).count(s) for s in ("done", "incomplete", "new")}
-    log(f"{len(runs)} runs: {counts['done']} done, {counts['incomplete']} incomplete, {counts['new']} new")
-    for r in runs:
-        if states[r.name] == "done":
-            continue
-        log(f"--- {r.name} ({states[r.name]})")
-        train(r.config, root / r.name, log=log)
+    return Sweep(name, runs, resources)
