@@ -10,7 +10,7 @@ and never parses logs. Load → aggregate → plot, on DataFrames:
     summary.py  summarize_runs (final/best per run), summarize_variants (mean, 95 % t-interval over seeds)
     report.py   write_report: runs/summary/variants.csv, summary.md, loss.png, probe figures
     runplots.py fig_metric (a metric against step, one line per run)
-    probes.py   load_probes / load_online_probes (tidy frames from a sweep root; problems in
+    probe_frames.py   load_probes / load_online_probes (views of load_runs; problems in
                 ``df.attrs["problems"]``), summarize_conflict, markdown_table
     plots.py    fig2a, fig2b, fig2c, fig6 (arXiv 2510.20771 Figures 2 and 6), fig_quantity, save_figures
 
@@ -24,7 +24,7 @@ and never parses logs. Load → aggregate → plot, on DataFrames:
 """
 
 from .plots import fig2a, fig2b, fig2c, fig6, fig_quantity, save_figures
-from .probes import load_online_probes, load_probes, markdown_table, summarize_conflict
+from .probe_frames import load_online_probes, load_probes, markdown_table, summarize_conflict
 from .report import write_report
 from .runplots import fig_metric
 from .runs import Runs, load_runs

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from .plots import save_figures
-from .probes import load_probes, markdown_table, summarize_conflict
+from .probe_frames import load_probes, markdown_table, summarize_conflict
 
 
 def report(root: str | Path, out: str | Path | None = None, *, weights: str = "raw") -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .probes import checkpoints_per_run, load_online_probes, load_probes, offline_makes_curves
+from .probe_frames import checkpoints_per_run, load_online_probes, load_probes, offline_makes_curves
 from .runs import Runs
 from .samples import sample_index
 

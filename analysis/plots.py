@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from .probes import latest_per_step
+from .probe_frames import latest_per_step
 
 NAMES = {"tfm": "TFM", "tcc": "TCc", "fmb": "FM'", "mf": "MF"}
 FIG6_PAIRS = ["fmb_tcc", "tfm_fmb", "tfm_mf", "fmb_mf", "tcc_mf", "tcc_tfm"]  # arXiv 2510.20771 Figure 6 (a)–(f)

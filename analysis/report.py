@@ -20,10 +20,10 @@ from pathlib import Path
 import pandas as pd
 
 from .plots import save_figures
-from .probes import markdown_table, offline_makes_curves
+from .probe_frames import markdown_table, offline_makes_curves
 from .runfiles import STATUSES
 from .runplots import fig_metric
-from .runfiles import variant_of
+from .labels import variant_column
 from .runs import Runs, load_runs
 from .samples import fig_sample_grids
 from .schedules import fig_schedules
@@ -70,7 +70,7 @@ def pool_seeds(df: pd.DataFrame) -> pd.DataFrame:
     """
     if df.empty or any(c.endswith("_p05") for c in df.columns):
         return df
-    df = df.assign(variant=[variant_of(str(r)) for r in df["run"]])
+    df = df.assign(variant=variant_column(df))
     seeds = df.groupby("variant")["run"].nunique()
     if seeds.max() < 2:
         return df.drop(columns="variant")

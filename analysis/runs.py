@@ -29,10 +29,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from alphaflow.runfolder import RunFolder
 
 from .cache import RunCache, source_key
-from .probes import RUN_COLUMNS, _identity
+from .labels import RUN_COLUMNS, run_identity
 from .runfiles import RunRecord, flatten, last_step, read_run, run_folders
 
 JOB_COLUMNS = {"job_id": "job_id", "executor": "executor", "submitted": "submitted", "state": "job_state"}
@@ -83,8 +82,8 @@ def _records(root: Path, cache: bool, problems: list[str]) -> list[RunRecord]:
 
 def _run_table(records: list[RunRecord]) -> pd.DataFrame:
     """One row per run: RUN_TABLE_COLUMNS then cfg.* (runs without a readable config have NaN there)."""
-    with_cfg = [(RunFolder(r.name), r.config) for r in records if r.config is not None]
-    labels = _identity(with_cfg).set_index("run")["label"].to_dict() if with_cfg else {}
+    with_cfg = [(r.name, r.config) for r in records if r.config is not None]
+    labels = run_identity(with_cfg).set_index("run")["label"].to_dict() if with_cfg else {}
     rows = []
     for r in records:
         row = {"run": r.name, "variant": r.variant, "status": r.status,
@@ -158,7 +157,7 @@ def _probe_frame(records: list[RunRecord], runs: pd.DataFrame) -> pd.DataFrame:
     df = _tidy(with_cfg, sub, "probes")
     if df.empty or not with_cfg:
         return pd.DataFrame(columns=RUN_COLUMNS + ["step", "weights", "batches", "batch_size", "probe_seed"])
-    ident = _identity([(RunFolder(r.name), r.config) for r in with_cfg])
+    ident = run_identity([(r.name, r.config) for r in with_cfg])
     df = df.assign(run=df["run"].astype(str)).rename(columns={"seed": "probe_seed"})
     df = df.merge(ident, on="run", how="left", sort=False)
     sort = [c for c in ("label", "weights", "step") if c in df.columns]

@@ -10,7 +10,6 @@ grids. Grids saved as raw tensors (``.pt``: latents without a decoder) are not i
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,37 +21,29 @@ from PIL import Image
 
 from alphaflow.runfolder import RunFolder
 
-from .runfiles import run_folders, variant_of
+from .labels import variant_column
+from .runs import Runs, load_runs
 from .tables import run_quality
 
 _GRID = re.compile(r"^step-(\d+)-nfe(\d+)\.png$")  # RunFolder.sample_path(step, nfe)
 INDEX_COLUMNS = ["run", "variant", "seed", "step", "nfe", "path"]
 
 
-def _seed(folder: Path) -> float:
-    """The run's training seed from config.json; NaN where it cannot be read."""
-    try:
-        seed = (RunFolder(folder).read_config() or {}).get("seed")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return float("nan")
-    return float(seed) if isinstance(seed, (int, float)) else float("nan")
-
-
-def sample_index(root: str | Path) -> pd.DataFrame:
-    """Every PNG sample grid under a sweep root (or one run folder): INDEX_COLUMNS, sorted by run, step, nfe.
-
-    ``variant`` is ``runfiles.variant_of`` of the run name, ``seed`` the config's (NaN if unreadable).
-    """
+def sample_index(root: str | Path, runs: Runs | None = None) -> pd.DataFrame:
+    """Every PNG sample grid of the runs ``load_runs(root)`` finds (or ``runs``, a load already made):
+    INDEX_COLUMNS, sorted by run, step, nfe. ``variant`` and ``seed`` come from the run table (run.json's
+    variant; the config's seed, NaN if unreadable)."""
+    runs = runs if runs is not None else load_runs(root)
+    table = runs.runs
+    seeds = table["cfg.seed"] if "cfg.seed" in table else pd.Series(np.nan, index=table.index)
     rows = []
-    for folder in run_folders(root)[0]:
+    for run, variant, seed in zip(table["run"].astype(str), variant_column(table), seeds):
+        folder = Path(root) / run if (Path(root) / run).is_dir() else Path(root)
         samples = RunFolder(folder).samples_dir
         found = [(int(m.group(1)), int(m.group(2)), p) for p in (sorted(samples.iterdir()) if samples.is_dir() else [])
                  if (m := _GRID.match(p.name))]
-        if not found:
-            continue
-        seed = _seed(folder)
-        rows += [{"run": folder.name, "variant": variant_of(folder.name), "seed": seed, "step": step, "nfe": nfe,
-                  "path": str(path)} for step, nfe, path in found]
+        rows += [{"run": run, "variant": variant, "seed": float(seed) if pd.notna(seed) else np.nan, "step": step,
+                  "nfe": nfe, "path": str(path)} for step, nfe, path in found]
     df = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     return df.sort_values(["run", "step", "nfe"], kind="stable").reset_index(drop=True)
 

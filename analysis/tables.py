@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from .probes import summarize_conflict
-from .runfiles import variant_of
+from .probe_frames import summarize_conflict
+from .labels import variant_column
 from .summary import summarize_variants
 
 STATS = ("n", "mean", "sd", "lo", "hi")  # the suffixes summarize_variants gives each value column
@@ -59,7 +59,7 @@ def run_quality(evals: pd.DataFrame, *, nfe: Sequence[int] = (1, 2), metric: str
         rows["sampler"] = ""
     info = rows.groupby("run").agg(step=("step", "max"), sampler=("sampler", lambda s: ",".join(sorted(set(map(str, s))))))
     out = info.join(wide[[c for c in order if c in wide.columns]]).reset_index()
-    out.insert(1, "variant", [variant_of(r) for r in out["run"]])
+    out.insert(1, "variant", out["run"].map(dict(zip(rows["run"], variant_column(rows)))))
     return out.sort_values("run", kind="stable").reset_index(drop=True)
 
 
@@ -91,7 +91,7 @@ def conflict_by_variant(probes: pd.DataFrame, values: Sequence[str] = CONFLICT, 
     if probes.empty or "run" not in probes.columns:
         return pd.DataFrame(columns=["variant", "n"])
     per_run = summarize_conflict(probes)
-    per_run.insert(1, "variant", [variant_of(str(r)) for r in per_run["run"]])
+    per_run.insert(1, "variant", per_run["run"].map(dict(zip(probes["run"], variant_column(probes)))))
     keys = ["variant"] + (["weights"] if "weights" in per_run.columns and per_run["weights"].nunique() > 1 else [])
     if len(keys) > 1:  # raw and EMA probes pool separately
         per_run["variant"] = per_run["variant"] + " [" + per_run["weights"].astype(str) + "]"

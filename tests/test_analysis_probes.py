@@ -1,4 +1,4 @@
-"""analysis.probes / analysis.plots on run folders written here with known numbers (docs/probes.md)."""
+"""analysis.probe_frames / analysis.plots on run folders written here with known numbers (docs/probes.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from analysis import (fig2a, fig2b, fig2c, fig6, load_online_probes, load_probes, markdown_table,  # noqa: E402
                       save_figures, summarize_conflict)
-from analysis.probes import QUANTITIES, latest_per_step, run_label  # noqa: E402
+from analysis.labels import run_label  # noqa: E402
+from analysis.probe_frames import QUANTITIES, latest_per_step  # noqa: E402
 
 # (cos_tfm_tcc, cos_fmb_tcc) per raw checkpoint; the summary test works these out by hand.
 COS = {"mf-r0": {1000: (-0.5, -0.1), 2000: (-0.25, -0.3), 3000: (0.1, 0.2)},

@@ -146,12 +146,14 @@ def test_the_hash_check_of_a_config_in_an_older_schema(sweep):
     assert any(x.startswith(f"{old.name}: the name's hash {written} is not the config's (0123456789)") for x in p), p
 
 
-def test_probes_align_with_load_probes(sweep):
+def test_load_probes_is_a_view_of_load_runs(sweep):
+    """One loader: load_probes is Runs.probes without the cfg.* columns (same rows, order and values)."""
     runs = load_runs(sweep)
-    expected = load_probes(sweep)
-    assert len(expected) == 2
+    expected = load_probes(sweep, runs=runs)
+    assert len(expected) == 2 and expected.columns[-1] == "variant"
+    assert not any(c.startswith("cfg.") for c in expected.columns) and "cfg.seed" in runs.probes.columns
     pd.testing.assert_frame_equal(runs.probes[list(expected.columns)], expected)
-    assert runs.probes.columns[len(expected.columns)] == "variant" and "cfg.seed" in runs.probes.columns
+    pd.testing.assert_frame_equal(load_probes(sweep), expected)  # a fresh load gives the same frame
 
 
 # ----------------------------------------------------------------------------- tolerance
