@@ -230,7 +230,17 @@ def _add_metric_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alphaflow", description="α-Flow / MeanFlow / flow matching research framework")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_training_commands, _add_probe_and_sweep_commands, _add_evaluation_commands, _add_tool_commands):
+        add(sub)
+    from alphaflow.perf.gpucheck import add_parser as add_doctor_parser  # stdlib-only at import; options live there
 
+    add_doctor_parser(sub)
+    add_plugin_commands(sub)
+    return parser
+
+
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    """train, plan, extract-latents."""
     p = sub.add_parser("train", help="train a model into a run folder (resumes if the folder has checkpoints)",
                        description="Train FM / MeanFlow / α-Flow. Config: defaults in code (the embedded digits "
                                    "recipe), then --config FILE.yaml (or a recipe name), then key=value overrides.")
@@ -260,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_extract_latents)
 
+
+def _add_probe_and_sweep_commands(sub: argparse._SubParsersAction) -> None:
+    """probe, sweep."""
     p = sub.add_parser("probe", help="gradient-conflict probes on a run's checkpoints (writes RUN_DIR/probes.jsonl)",
                        description="The paper's protocol (arXiv 2510.20771 Appendix E; docs/probes.md#offline-probes): "
                                    "per checkpoint, N batches with r < t; mean and 5/95 %% percentiles of every "
@@ -296,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-every", type=float, default=30.0, help="seconds between progress lines with --wait")
     p.set_defaults(func=_cmd_sweep)
 
+
+def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
+    """eval, ref-stats."""
     p = sub.add_parser("eval", help="Fréchet distance of EMA samples at 1 and 2 NFE (appends RUN_DIR/eval.jsonl)",
                        description="Defaults come from the run's config: eval.nfe, eval.final_samples, eval.metric, "
                                    "eval.seed, eval.batch_size, sample.sampler, sample.t_mid; change them with "
@@ -332,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_ref_stats)
 
+
+def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
+    """models, bench."""
     p = sub.add_parser("models", help="list the DiT size registry with parameter counts")
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--in-channels", type=int, default=4)
@@ -357,12 +376,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=_cmd_bench)
-
-    from alphaflow.perf.gpucheck import add_parser as add_doctor_parser  # stdlib-only at import; options live there
-
-    add_doctor_parser(sub)
-    add_plugin_commands(sub)
-    return parser
 
 
 def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
