@@ -4,15 +4,18 @@ The only package of the project that imports them (the import layers: README.md#
 tests/test_layers.py). It reads run folders through the run-folder format module of ``alphaflow``
 and never parses logs. Load → aggregate → plot, on DataFrames:
 
-    runfiles.py read one run folder (statuses, torn lines, job.json, error.txt) → RunRecord
-    cache.py    the per-run Parquet cache under ROOT/.analysis-cache/
-    runs.py     load_runs → Runs: metrics, runs, probes, evals (tidy, with cfg.* columns), problems
-    summary.py  summarize_runs (final/best per run), summarize_variants (mean, 95 % t-interval over seeds)
-    report.py   write_report: runs/summary/variants.csv, summary.md, loss.png, probe figures
-    runplots.py fig_metric (a metric against step, one line per run)
-    probe_frames.py   load_probes / load_online_probes (views of load_runs; problems in
-                ``df.attrs["problems"]``), summarize_conflict, markdown_table
-    plots.py    fig2a, fig2b, fig2c, fig6 (arXiv 2510.20771 Figures 2 and 6), fig_quantity, save_figures
+    records.py       read one run folder (status, torn lines, run.json, job.json, error.txt) → RunRecord
+    cache.py         the per-run Parquet cache under ROOT/.analysis-cache/
+    loading.py       load_runs → Runs: metrics, runs, probes, evals (tidy, with cfg.* columns), problems;
+                     the one loader behind every table, figure and notebook
+    labels.py        run identity and labels, each row's variant
+    summary.py       summarize_runs (final/best per run), summarize_variants (mean, 95 % t-interval over seeds)
+    report.py        write_report: runs/summary/variants.csv, summary.md, loss.png, probe figures
+    runplots.py      fig_metric (a metric against step, one line per run)
+    probe_frames.py  load_probes / load_online_probes (views of load_runs; problems in
+                     ``df.attrs["problems"]``), summarize_conflict, markdown_table
+    plots.py         fig2a, fig2b, fig2c, fig6 (arXiv 2510.20771 Figures 2 and 6), fig_quantity, save_figures
+    command.py       ``alphaflow report`` (registered through the ``alphaflow.commands`` entry point)
 
     runs = load_runs("runs/grad-analysis")
     print(markdown_table(summarize_variants(summarize_runs(runs), ["final_loss_mse"])))
@@ -27,7 +30,7 @@ from .plots import fig2a, fig2b, fig2c, fig6, fig_quantity, save_figures
 from .probe_frames import load_online_probes, load_probes, markdown_table, summarize_conflict
 from .report import write_report
 from .runplots import fig_metric
-from .runs import Runs, load_runs
+from .loading import Runs, load_runs
 from .summary import summarize_runs, summarize_variants
 
 __all__ = ["Runs", "fig2a", "fig2b", "fig2c", "fig6", "fig_metric", "fig_quantity", "load_online_probes",

@@ -5,7 +5,7 @@ For each run the cache holds
     <run>.json                      the key, status, variant, config, job, error tail, problems, table names
     <run>.<digest>.<table>.parquet  one file per non-empty table (metrics, probes, evals)
 
-The key is (size, mtime_ns) of every source file of the run (``runfiles.SOURCES``; absent files
+The key is (size, mtime_ns) of every source file of the run (``records.SOURCES``; absent files
 are null), taken *before* the files are read: a file that changes while it is read leaves a key
 that no longer matches, so the next load reads it again. ``<digest>`` is a hash of the key, so two
 loaders that race never mix the tables of two versions; the sidecar is written last and names the
@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .runfiles import SOURCES, RunRecord
+from .records import SOURCES, RunRecord
 
 CACHE_DIR = ".analysis-cache"
 VERSION = 2  # bump when RunRecord or the reading rules change: older entries then miss

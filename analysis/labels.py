@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from .runfiles import variant_of
+from .records import variant_of
 
 RUN_COLUMNS = ["run", "objective", "ratio_fm", "seed", "label"]
 
@@ -59,7 +59,7 @@ def run_identity(runs: list[tuple[str, dict]]) -> pd.DataFrame:
 
 def variant_column(frame: pd.DataFrame) -> list[str]:
     """The variant of each row of ``frame``: its ``variant`` column (from each run's run.json, as ``load_runs``
-    gives it) where present, else ``runfiles.variant_of`` of the run name (folders written before run.json)."""
+    gives it) where present, else ``records.variant_of`` of the run name (folders written before run.json)."""
     if "variant" in frame.columns:
         return [v if isinstance(v, str) and v else variant_of(str(r)) for v, r in zip(frame["variant"], frame["run"])]
     return [variant_of(str(r)) for r in frame["run"]]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .probe_frames import checkpoints_per_run, load_online_probes, load_probes, offline_makes_curves
-from .runs import Runs
+from .loading import Runs
 from .samples import sample_index
 
 MAX_PROBLEMS = 10

@@ -28,7 +28,7 @@ import pandas as pd
 from alphaflow.runfolder import CONFIG
 
 from .labels import RUN_COLUMNS, ratio_value
-from .runs import Runs, load_runs
+from .loading import Runs, load_runs
 SETTING_COLUMNS = ["step", "weights", "batches", "batch_size", "probe_seed"]
 PAIRS = ["tfm_fmb", "tfm_tcc", "tfm_mf", "fmb_tcc", "fmb_mf", "tcc_mf"]
 QUANTITIES = ([f"loss_{c}" for c in ("tfm", "tcc", "fmb", "mf")]

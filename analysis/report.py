@@ -21,10 +21,10 @@ import pandas as pd
 
 from .plots import save_figures
 from .probe_frames import markdown_table, offline_makes_curves
-from .runfiles import STATUSES
+from .records import STATUSES
 from .runplots import fig_metric
 from .labels import variant_column
-from .runs import Runs, load_runs
+from .loading import Runs, load_runs
 from .samples import fig_sample_grids
 from .schedules import fig_schedules
 from .summary import summarize_runs, summarize_variants

@@ -22,7 +22,7 @@ from PIL import Image
 from alphaflow.runfolder import RunFolder
 
 from .labels import variant_column
-from .runs import Runs, load_runs
+from .loading import Runs, load_runs
 from .tables import run_quality
 
 _GRID = re.compile(r"^step-(\d+)-nfe(\d+)\.png$")  # RunFolder.sample_path(step, nfe)

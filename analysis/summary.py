@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import pandas as pd
 from scipy import stats  # installed with scikit-learn, a core dependency
 
-from .runs import Runs
+from .loading import Runs
 
 SUMMARY_LEAD = ["run", "variant", "status", "last_step", "steps"]
 

@@ -64,7 +64,7 @@ def make_root(root: Path, runs: int, steps: int, seed: int = 0) -> int:
 
 
 def timed(root: Path, *, cache: bool) -> tuple[float, object]:
-    from analysis.runs import load_runs
+    from analysis.loading import load_runs
 
     t0 = time.perf_counter()
     runs = load_runs(root, cache=cache)

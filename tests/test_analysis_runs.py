@@ -1,4 +1,4 @@
-"""analysis.runs / summary / report on the golden sweep (tests/golden/) and on folders written here."""
+"""analysis.loading / summary / report on the golden sweep (tests/golden/) and on folders written here."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-import analysis.runfiles as runfiles  # noqa: E402
+import analysis.records as records  # noqa: E402
 from analysis import load_probes, load_runs, summarize_runs, summarize_variants, write_report  # noqa: E402
 from analysis.cache import CACHE_DIR  # noqa: E402
-from analysis.runfiles import variant_of  # noqa: E402
+from analysis.records import variant_of  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden"
 _spec = importlib.util.spec_from_file_location("golden_regenerate", GOLDEN / "regenerate.py")
@@ -206,13 +206,13 @@ def test_values_of_mixed_types_load(tmp_path):
 
 def count_reads(monkeypatch) -> list[Path]:
     calls: list[Path] = []
-    real = runfiles.read_jsonl
+    real = records.read_jsonl
 
     def counting(path, *args, **kwargs):
         calls.append(Path(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(runfiles, "read_jsonl", counting)
+    monkeypatch.setattr(records, "read_jsonl", counting)
     return calls
 
 

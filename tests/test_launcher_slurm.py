@@ -55,7 +55,7 @@ def test_sweep_array_on_slurm_with_a_preemption(slurm_env, tmp_path):
     assert launcher.submit(sweep.runs, root, executor="slurm", resources=sweep.resources, name=sweep.name,
                            log=lines.append) == []
     assert lines == ["2 runs: 2 done", "nothing to submit"]
-    from analysis.runs import load_runs
+    from analysis.loading import load_runs
     from analysis.summary import summarize_runs
 
     results = load_runs(root)

@@ -189,7 +189,7 @@ def test_the_sweep_writes_run_json_and_analysis_reads_the_variant_from_it(tmp_pa
     from alphaflow.config import config_hash
     from alphaflow.runfolder import RunFolder
     from analysis import load_runs
-    from analysis.runfiles import variant_of
+    from analysis.records import variant_of
 
     path = write(tmp_path, """
 name: demo

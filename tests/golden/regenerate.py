@@ -74,7 +74,7 @@ def write_sweep(root: Path) -> None:
 
 def expected(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(run summary, variant summary) of the sweep at ``root``, as the golden test computes them."""
-    from analysis.runs import load_runs
+    from analysis.loading import load_runs
     from analysis.summary import summarize_runs, summarize_variants
 
     summary = summarize_runs(load_runs(root, cache=False))

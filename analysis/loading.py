@@ -12,9 +12,9 @@ normalised through ``alphaflow.config`` so runs written before a field existed s
 In the per-row frames, text config columns, ``run`` and ``variant`` are categoricals (cheap at a
 million rows); numbers keep their dtype. ``variant`` is what the seeds of one setting share: the one
 the sweep wrote to run.json, or for folders without run.json the run name without ``-<hash>`` and
-``-s<seed>`` (``runfiles.variant_of``). Group by it to pool seeds.
+``-s<seed>`` (``records.variant_of``). Group by it to pool seeds.
 
-Nothing raises on bad content; see ``runfiles`` for statuses and ``cache`` for the Parquet cache
+Nothing raises on bad content; see ``records`` for statuses and ``cache`` for the Parquet cache
 (``cache=False`` reads every file and writes nothing).
 """
 
@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from .cache import RunCache, source_key
 from .labels import RUN_COLUMNS, run_identity
-from .runfiles import RunRecord, flatten, last_step, read_run, run_folders
+from .records import RunRecord, flatten, last_step, read_run, run_folders
 
 JOB_COLUMNS = {"job_id": "job_id", "executor": "executor", "submitted": "submitted", "state": "job_state"}
 RUN_TABLE_COLUMNS = ["run", "variant", "status", "last_step", "label", "error", *JOB_COLUMNS.values()]
