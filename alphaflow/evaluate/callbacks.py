@@ -49,7 +49,7 @@ class OnlineEval(Callback):
     def _prepare(self, device: torch.device) -> tuple[FeatureExtractor, FeatureStats]:
         if self._feats is None or self._ref is None:
             d = self.cfg.data
-            if self.data is None:  # the run's training images (eval.every refuses latent runs: see preflight)
+            if self.data is None:  # not trained here: the run's training images (latent runs are refused by preflight)
                 self.data = dataset_from_config(d, self.cfg.seed)
             self._feats = extractor_for(d.name, self.cfg.eval.metric, self.cache, device=device)
             self._ref = reference_stats(self.data, d.name, self._feats, self.cache)
@@ -58,6 +58,8 @@ class OnlineEval(Callback):
     def on_log(self, ctx: LogContext) -> dict[str, float]:
         if not self.cfg.eval.every or ctx.step % self.cfg.eval.every or not ctx.info.is_main:
             return {}  # main rank only: the row is written there
+        if self.data is None:
+            self.data = ctx.data  # the training data, as the loop holds it
         return self.evaluate(ctx.ema, ctx.objective, ctx.x.device)
 
     def evaluate(self, ema: nn.Module, objective: Objective, device: torch.device) -> dict[str, float]:

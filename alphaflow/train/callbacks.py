@@ -25,7 +25,7 @@ from alphaflow.train import distributed as D
 @dataclass
 class LogContext:
     """What a callback sees at a metrics row: the step just taken, its batch (x [B, ...], y [B] or None),
-    the unwrapped network, its EMA copy, the objective and the process group."""
+    the unwrapped network, its EMA copy, the objective, the process group and the training data."""
 
     step: int
     x: torch.Tensor
@@ -34,6 +34,7 @@ class LogContext:
     ema: nn.Module
     objective: Objective
     info: D.DistInfo
+    data: Any = None  # the run's TrainData
 
 
 class Callback:

@@ -231,7 +231,7 @@ def _maintain(s: _Session, x: torch.Tensor, y: torch.Tensor | None, lr: float, t
     last = step == cfg.train.steps
     if step % cfg.train.log_every == 0 or last:
         row = _log_row(s.state, lr, terms.logs, info, cfg.train.batch_size)
-        ctx = LogContext(step, x, y, s.net, s.ema.model, s.objective, info)
+        ctx = LogContext(step, x, y, s.net, s.ema.model, s.objective, info, s.data)
         for callback in s.callbacks:
             row.update(callback.on_log(ctx))
         if info.is_main:
