@@ -127,9 +127,17 @@ class RunFolder:
             return None
         return json.loads(self.config_path.read_text())
 
-    def write_config(self, config: dict) -> None:
-        """Write config.json, or check it matches the one already there (a resume must not change the run)."""
+    def write_config(self, config: dict, normalize: Callable[[dict], dict] | None = None) -> None:
+        """Write config.json, or check it matches the one already there (a resume must not change the run).
+
+        ``normalize`` maps the stored dict to today's form before comparing (the trainer passes the config's
+        own loader, so a run written by an earlier version of the config schema resumes); the file is kept."""
         existing = self.read_config()
+        if existing is not None and normalize is not None:
+            try:
+                existing = normalize(existing)
+            except ValueError:
+                pass  # not a config today's schema reads: compared as stored, so the difference is reported
         if existing is not None and existing != config:
             diff = sorted(_flat_diff(existing, config))
             raise ValueError(f"{self.config_path} holds a different config; resuming would mix two runs. "

@@ -119,3 +119,25 @@ def test_a_new_objective_is_one_class_with_its_options_and_one_registration(monk
     assert result.finished and len(result.run.read_metrics()) == 2
     with pytest.raises(ValueError, match="'meanflow' is taken"):
         objectives.register(type("Other", (ScaledFM,), {"name": "meanflow"}))
+
+
+def test_a_run_folder_written_before_the_tagged_union_resumes(tmp_path):
+    """Nothing computed is lost: a run whose config.json has the earlier form trains on (its file is kept)."""
+    import json
+
+    from alphaflow.train.loop import train
+
+    cfg = load_config(overrides=["objective.name=meanflow", "model.name=DiT-N/2", "train.steps=4", "train.log_every=2",
+                                 "train.ckpt_every=2", "train.batch_size=8", "train.sample_every=0"])
+    run = tmp_path / "run"
+    assert not train(cfg, run, stop_at=2, log=lambda _: None).finished
+    old = to_dict(cfg)
+    old["objective"]["cfg"] = old["objective"].pop("guidance")
+    old["objective"].update(ratio_fm=None, alpha=dataclasses.asdict(OPTIONS["alphaflow"]().alpha), clip=4.0,
+                            shift="velocity")
+    (run / "config.json").write_text(json.dumps(old))
+    result = train(cfg, run, log=lambda _: None)
+    assert result.finished and result.step == 4 and json.loads((run / "config.json").read_text()) == old
+    different = load_config(overrides=["objective.name=meanflow", "model.name=DiT-N/2", "train.steps=8"])
+    with pytest.raises(ValueError, match="holds a different config"):
+        train(different, run, log=lambda _: None)

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from alphaflow.train import distributed as D
 from alphaflow.train.batches import EpochBatches
 from alphaflow.objectives import objective_from_options
-from alphaflow.config import Config, to_dict
+from alphaflow.config import Config, from_dict, to_dict
 from alphaflow.data import build_dataset, dataset_options
 from alphaflow.models import build_for_data
 from alphaflow.train.optim import EMA, build_optimizer, gradient_norm, sanitize_and_clip, warmup_factor
@@ -98,7 +98,7 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if info.is_main:
-        run.write_config(to_dict(cfg))
+        run.write_config(to_dict(cfg), normalize=lambda stored: to_dict(from_dict(stored)))
     D.barrier(info)
     if run.is_done():
         say(f"{run.root} is already finished (DONE exists); nothing to do")
