@@ -46,6 +46,9 @@ from typing import Any, Callable
 
 import torch
 
+from alphaflow.files import (append_jsonl, atomic_write_bytes, read_checkpoint,  # noqa: F401 (re-exported)
+                             read_json, read_jsonl, scan_jsonl)
+
 CONFIG, METRICS, CHECKPOINTS, SAMPLES, DONE = "config.json", "metrics.jsonl", "checkpoints", "samples", "DONE"
 PROBES, EVAL, JOB, ERROR, RUN_INFO = "probes.jsonl", "eval.jsonl", "job.json", "error.txt", "run.json"
 FILES = (CONFIG, RUN_INFO, METRICS, PROBES, EVAL, JOB, ERROR, DONE)  # every file of a run folder (not the folders)
@@ -65,28 +68,6 @@ PENDING_STATES = {"PENDING", "REQUEUED", "CONFIGURING"}  # scheduler words read 
 RUNNING_STATES = {"RUNNING", "COMPLETING"}  # ... and as running
 FAILED_STATES = {"FAILED", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "ERROR"}  # job.json "state"
 SchedulerLookup = Callable[[str, str], str]  # (executor, job id) → the scheduler's state word, "" if unknown
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary name and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_json(path: Path, problems: list[str] | None = None) -> Any:
-    """The JSON value in ``path``; None if the file is absent, or unreadable (then one line goes to ``problems``)."""
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        if problems is not None:
-            problems.append(f"{path.parent.name}: unreadable {path.name} ({type(exc).__name__})")
-        return None
 
 
 def _file(name: str) -> property:
@@ -246,8 +227,8 @@ class RunFolder:
         """The newest checkpoint that loads; unreadable ones are reported and skipped. None if there is none."""
         for step, path in self.checkpoints():
             try:
-                state = torch.load(path, map_location=map_location, weights_only=False)
-            except Exception as exc:  # truncated zip, bad pickle, I/O error: fall back to an older one
+                state = read_checkpoint(path, map_location=map_location)
+            except Exception as exc:  # truncated zip, not ours, I/O error: fall back to an older one
                 report(f"warning: checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); trying an older one")
                 continue
             if not isinstance(state, dict) or state.get("step") != step:
@@ -313,48 +294,6 @@ def _error_line(run: RunFolder) -> str | None:
 
 # ---------------------------------------------------------------------- JSONL
 
-def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON row (it must carry a 'step') and flush."""
-    if "step" not in row:
-        raise ValueError(f"a row of {path.name} needs a 'step'")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-
-
-def scan_jsonl(path: Path, require: str | None = "step") -> tuple[list[dict[str, Any]], int]:
-    """The dict rows of a JSONL file that hold the key ``require`` (any dict if None), and how many non-blank
-    lines were skipped (torn, garbled, or not such a row). A missing file is ([], 0); other I/O errors raise.
-
-    Fast path: all lines parse as one JSON array; a torn line makes that fail, and then each line is parsed
-    alone. Python's json reads the NaN and Infinity that ``json.dumps`` writes.
-    """
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return [], 0
-    lines = [line for line in text.splitlines() if line.strip()]
-    try:
-        rows = json.loads("[" + ",".join(lines) + "]")
-    except json.JSONDecodeError:
-        rows = None
-    if rows is None or len(rows) != len(lines):  # a line holding "1, 2" also fails the count
-        rows = []
-        for line in lines:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    kept = [r for r in rows if isinstance(r, dict) and (require is None or require in r)]
-    return kept, len(lines) - len(kept)
-
-
-def read_jsonl(path: Path, require: str | None = "step") -> list[dict[str, Any]]:
-    """The rows of ``scan_jsonl``, without the count of skipped lines."""
-    return scan_jsonl(path, require)[0]
-
-
 def _flat_diff(a: Any, b: Any, prefix: str = "") -> set[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out: set[str] = set()
@@ -391,5 +330,5 @@ def select_checkpoints(run: RunFolder, which: str) -> list[tuple[int, Path]]:
 def load_weights(path: Path, key: str) -> tuple[dict, dict]:
     """(state dict ``key``, data statistics) of a checkpoint, read on the CPU; the rest (the other weights,
     Adam's moments: two thirds of an XL/2 checkpoint's 10.8 GB) is dropped before anything reaches the GPU."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(path)
     return ckpt[key], ckpt["data_stats"]

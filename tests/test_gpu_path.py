@@ -148,8 +148,8 @@ def test_commands_load_one_state_dict_on_the_cpu(tmp_path):
     from alphaflow.runfolder import load_weights
 
     path = tmp_path / "c.pt"
-    torch.save({"net": {"w": torch.ones(2)}, "ema": {"w": torch.zeros(2)}, "opt": {"m": torch.ones(3)},
-                "data_stats": {}}, path)
+    torch.save({"format": 1, "step": 3, "config": {}, "net": {"w": torch.ones(2)}, "ema": {"w": torch.zeros(2)},
+                "opt": {"m": torch.ones(3)}, "data_stats": {}, "state": {}, "rng": []}, path)
     state, stats = load_weights(path, "ema")
     assert torch.equal(state["w"], torch.zeros(2)) and state["w"].device.type == "cpu" and stats == {}
 

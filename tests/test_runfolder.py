@@ -8,23 +8,29 @@ import pytest
 
 from alphaflow.train.progress import Progress
 from alphaflow.runfolder import STATES, RunFolder, State, read_jsonl, run_status, scan_jsonl
+from alphaflow.files import CHECKPOINT_KEYS
+
+
+def ckpt(step: int) -> dict:
+    """The smallest dict with a training checkpoint's keys (what read_checkpoint accepts)."""
+    return {**{k: {} for k in CHECKPOINT_KEYS}, "format": 1, "step": step}
 
 
 def test_rolling_checkpoints_keep_two_and_permanent_keeps_stay(tmp_path):
     run = RunFolder(tmp_path)
     for step in (10, 20, 30, 40):
-        run.save_checkpoint({"step": step}, step, keep=step == 20)
+        run.save_checkpoint(ckpt(step), step, keep=step == 20)
     names = sorted(p.name for p in run.checkpoint_dir.iterdir())
     assert names == ["latest-00000030.pt", "latest-00000040.pt", "step-00000020.pt"]
     assert [s for s, _ in run.checkpoints()] == [40, 30, 20]
     state, path = run.load_checkpoint()
-    assert state == {"step": 40} and path.name == "latest-00000040.pt"
+    assert state == ckpt(40) and path.name == "latest-00000040.pt"
 
 
 def test_a_checkpoint_that_lies_about_its_step_is_skipped(tmp_path):
     run = RunFolder(tmp_path)
-    run.save_checkpoint({"step": 5}, 5)
-    run.save_checkpoint({"step": 5}, 6)  # file name says 6, content says 5
+    run.save_checkpoint(ckpt(5), 5)
+    run.save_checkpoint(ckpt(5), 6)  # file name says 6, content says 5
     messages: list[str] = []
     state, path = run.load_checkpoint(report=messages.append)
     assert path.name == "latest-00000005.pt" and "does not hold step 6" in messages[0]
