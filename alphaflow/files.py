@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,11 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(exc))
+        named = f" (it names {found.group(1)})" if found else ""
         raise ValueError(f"{path} is not an alphaflow checkpoint: it holds Python objects other than tensors, "
-                         "numbers, strings, lists and dicts, and loading those could run code, so it is refused "
-                         f"({str(exc).splitlines()[0][:120]})") from None
+                         f"numbers, strings, lists and dicts{named}, and loading those could run code, so it is "
+                         "refused") from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         what = f"a {type(ckpt).__name__}" if not isinstance(ckpt, dict) else f"a dict without {', '.join(missing)}"
