@@ -105,8 +105,7 @@ def test_a_new_objective_is_one_class_with_its_options_and_one_registration(monk
                          sample=sample, logs={"alpha": 1.0})
 
     monkeypatch.setattr(objectives, "OBJECTIVES", dict(objectives.OBJECTIVES))
-    monkeypatch.setattr(objectives, "OPTIONS", objectives.OPTIONS)  # the config's tagged union reads this dict
-    monkeypatch.setitem(objectives.OPTIONS, "scaled_fm", ScaledFMOptions)  # undone after the test
+    monkeypatch.setitem(objectives.OPTIONS, "scaled_fm", ScaledFMOptions)  # the config reads this dict; undone after
     objectives.register(ScaledFM)
     cfg = load_config(overrides=["objective.name=scaled_fm", "objective.scale=0.5", "model.name=DiT-N/2",
                                  "train.steps=2", "train.log_every=1", "train.batch_size=8", "train.sample_every=0"])

@@ -10,7 +10,7 @@ RNGs, the batch number), so a resumed run continues bit-for-bit where it stopped
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -87,6 +87,10 @@ class _Session:
     opt: torch.optim.Optimizer
     gen: torch.Generator
     state: dict[str, Any]
+    params: list[torch.nn.Parameter] = field(default_factory=list)  # net's, listed once for the per-step norm
+
+    def __post_init__(self) -> None:
+        self.params = list(self.net.parameters())
 
     @property
     def device(self) -> torch.device:
@@ -197,7 +201,7 @@ def _step(s: _Session, raw: torch.Tensor, labels: torch.Tensor, should_stop: Cal
     # One reduction per step carries the cross-rank decisions (loss finite? gradients finite? anyone asked
     # to stop?) and its host transfer is the step's only device sync. new_full is a fill on the device, not
     # a copy. The gradient norm is the same on every rank: DDP has averaged the gradients in backward.
-    params = list(s.net.parameters())
+    params = s.params
     norm = gradient_norm(params)
     flags = torch.stack([torch.isfinite(loss.detach()).float(), torch.isfinite(norm).float(),
                          loss.new_full((), float(should_stop is not None and should_stop()))])
@@ -255,7 +259,7 @@ def _finish(s: _Session) -> None:
     """The callbacks' end-of-run work (before DONE: a crash there reruns only that part on resume), then DONE."""
     if s.cfg.eval.final or s.cfg.probe.final:
         s.opt.state.clear()  # Adam's moments (2× the weights) are saved: free them for the evaluation's network
-        for p in s.net.parameters():
+        for p in s.params:
             p.grad = None
     for callback in s.callbacks:
         callback.on_end(s.run.root, s.device, s.info, s.say)
