@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Sequence
+
+from alphaflow.errors import WriteFailed
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -29,12 +33,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from alphaflow.build import preflight
     from alphaflow.config import dump_yaml, load_config
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        preflight(cfg)
-    except ValueError as exc:  # ConfigError included: nothing has run yet
-        print(f"alphaflow train: {exc}")
-        return 2
+    cfg = load_config(args.config, args.overrides)
+    preflight(cfg)
     if args.dry_run:
         print(dump_yaml(cfg), end="")
         print("# peak GPU memory per rank of this config: alphaflow plan with the same --config and overrides "
@@ -55,16 +55,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from alphaflow.perf.memplan import plan_memory
     from alphaflow.models import check_model_name
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        objective_from_options(cfg.objective, cfg.train.steps)  # the plan needs no data: paths are not checked
-        check_model_name(cfg.model.name)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # fake tensors make diffusers' VAE warn about data pointers
-            plan = plan_memory(cfg, world_size=args.world_size, device=args.device)
-    except ValueError as exc:
-        print(f"alphaflow plan: {exc}")
-        return 2
+    cfg = load_config(args.config, args.overrides)
+    objective_from_options(cfg.objective, cfg.train.steps)  # the plan needs no data: paths are not checked
+    check_model_name(cfg.model.name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fake tensors make diffusers' VAE warn about data pointers
+        plan = plan_memory(cfg, world_size=args.world_size, device=args.device)
     print(json.dumps(plan.to_dict(), indent=1) if args.json else plan.table(args.limit_gb))
     if not plan.fits(args.limit_gb * 1e9):
         print(f"does not fit {args.limit_gb:g} GB: lower probe.chunk_size, eval.batch_size or eval.decode_batch_size, "
@@ -102,15 +98,11 @@ def _run_config_with(run_dir: str, overrides: Sequence[str], sections: tuple[str
 def _cmd_probe(args: argparse.Namespace) -> int:
     from alphaflow.evaluate.offline_probe import probe_run
 
-    try:
-        p = _run_config_with(args.run_dir, args.overrides, ("probe",)).probe
-        pick = lambda flag, value: value if flag is None else flag  # noqa: E731 (a flag beats the config)
-        path = probe_run(args.run_dir, batches=pick(args.batches, p.batches), batch_size=pick(args.batch_size, p.batch_size),
-                         checkpoints=args.checkpoints, weights=args.weights, parts=args.parts or p.parts,
-                         seed=pick(args.seed, p.seed), device=args.device, chunk_size=pick(args.chunk_size, p.chunk_size))
-    except ValueError as exc:
-        print(f"alphaflow probe: {exc}")
-        return 2
+    p = _run_config_with(args.run_dir, args.overrides, ("probe",)).probe
+    pick = lambda flag, value: value if flag is None else flag  # noqa: E731 (a flag beats the config)
+    path = probe_run(args.run_dir, batches=pick(args.batches, p.batches), batch_size=pick(args.batch_size, p.batch_size),
+                     checkpoints=args.checkpoints, weights=args.weights, parts=args.parts or p.parts,
+                     seed=pick(args.seed, p.seed), device=args.device, chunk_size=pick(args.chunk_size, p.chunk_size))
     print(f"probes written to {path}")
     return 0
 
@@ -129,20 +121,16 @@ def _preflight_runs(runs: list) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from alphaflow.launch.sweeps import load_sweep
 
-    try:
-        sweep = load_sweep(args.file, args.overrides)
-        root = Path(args.root or f"runs/{sweep.name}")
-        if not (args.dry_run or args.status):
-            _preflight_runs(sweep.runs)
-        from alphaflow.launch import executors as launcher
+    sweep = load_sweep(args.file, args.overrides)
+    root = Path(args.root or f"runs/{sweep.name}")
+    if not (args.dry_run or args.status):
+        _preflight_runs(sweep.runs)
+    from alphaflow.launch import executors as launcher
 
-        kind = launcher.resolve_executor(args.executor)
-        if kind != "inline":
-            launcher.executor_parameters(sweep.resources)  # refuse unknown resources before anything runs
-            sweep.resources = launcher.with_defaults(sweep.resources, sweep.runs)
-    except ValueError as exc:
-        print(f"alphaflow sweep: {exc}")
-        return 2
+    kind = launcher.resolve_executor(args.executor)
+    if kind != "inline":
+        launcher.executor_parameters(sweep.resources)  # refuse unknown resources before anything runs
+        sweep.resources = launcher.with_defaults(sweep.resources, sweep.runs)
     from alphaflow.runfolder import RunFolder, run_status
 
     if args.dry_run or args.status:
@@ -166,31 +154,23 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from alphaflow.evaluate.quality import EvalRequest, References, evaluate_run
 
-    try:
-        cfg = _run_config_with(args.run_dir, args.overrides, ("eval", "sample"))
-        request = EvalRequest.from_config(cfg, nfe=args.nfe, sampler=args.sampler, t_mid=args.t_mid,
-                                          num_samples=args.num_samples, labels=args.labels, metrics=args.metric,
-                                          seed=args.seed, checkpoint=args.checkpoint, weights=args.weights,
-                                          batch_size=args.batch_size, decode_batch_size=args.decode_batch_size)
-        refs = References(cache_dir=args.cache, inception_weights=args.inception_weights, dinov2=args.dinov2,
-                          ref_stats=args.ref_stats, ref_images=args.ref_images)
-        evaluate_run(args.run_dir, request, refs, device=args.device)
-    except (ValueError, ImportError) as exc:
-        print(f"alphaflow eval: {exc}")
-        return 2
+    cfg = _run_config_with(args.run_dir, args.overrides, ("eval", "sample"))
+    request = EvalRequest.from_config(cfg, nfe=args.nfe, sampler=args.sampler, t_mid=args.t_mid,
+                                      num_samples=args.num_samples, labels=args.labels, metrics=args.metric,
+                                      seed=args.seed, checkpoint=args.checkpoint, weights=args.weights,
+                                      batch_size=args.batch_size, decode_batch_size=args.decode_batch_size)
+    refs = References(cache_dir=args.cache, inception_weights=args.inception_weights, dinov2=args.dinov2,
+                      ref_stats=args.ref_stats, ref_images=args.ref_images)
+    evaluate_run(args.run_dir, request, refs, device=args.device)
     return 0
 
 
 def _cmd_ref_stats(args: argparse.Namespace) -> int:
     from alphaflow.evaluate.quality import compute_reference_stats
 
-    try:
-        results = compute_reference_stats(args.data, path=args.data_path, resolution=args.resolution,
-                                          metrics=args.metric, cache_dir=args.cache, device=args.device,
-                                          inception_weights=args.inception_weights, dinov2=args.dinov2)
-    except (ValueError, ImportError) as exc:
-        print(f"alphaflow ref-stats: {exc}")
-        return 2
+    results = compute_reference_stats(args.data, path=args.data_path, resolution=args.resolution,
+                                      metrics=args.metric, cache_dir=args.cache, device=args.device,
+                                      inception_weights=args.inception_weights, dinov2=args.dinov2)
     for metric, stats, file in results:
         print(f"reference statistics of {args.data} ({metric}): {stats.count} samples, {stats.dim} features, "
               f"cached in {file}")
@@ -202,14 +182,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from alphaflow.perf.bench import format_table, run_bench
 
-    try:
-        results = run_bench(args.model, batch=args.batch, shape=tuple(args.shape), classes=args.classes,
-                            device=args.device, precision=args.precision, rounds=args.rounds, warmup=args.warmup,
-                            threads=args.threads, seed=args.seed,
-                            **({} if args.peak_flops is None else {"peak_flops": args.peak_flops}))
-    except ValueError as exc:
-        print(f"alphaflow bench: {exc}")
-        return 2
+    results = run_bench(args.model, batch=args.batch, shape=tuple(args.shape), classes=args.classes,
+                        device=args.device, precision=args.precision, rounds=args.rounds, warmup=args.warmup,
+                        threads=args.threads, seed=args.seed,
+                        **({} if args.peak_flops is None else {"peak_flops": args.peak_flops}))
     print(json.dumps(results) if args.json else format_table(results))
     return 0  # the targets are information, not a verdict on the exit code
 
@@ -350,7 +326,14 @@ def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
-    """models, bench."""
+    """models, bench, unlock."""
+    p = sub.add_parser("unlock", help="clear the lock record of a run folder whose trainer has gone (another host)",
+                       description="A trainer holds RUN_DIR/.lock while it runs (docs/locking.md). A lock left by a "
+                                   "dead process on this host is taken over by the next trainer by itself; use this "
+                                   "for one held from another host, once that process is known to have stopped.")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_cmd_unlock)
+
     p = sub.add_parser("models", help="list the DiT size registry with parameter counts")
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--in-channels", type=int, default=4)
@@ -386,6 +369,31 @@ def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
         entry.load()(sub)
 
 
+def _cmd_unlock(args: argparse.Namespace) -> int:
+    from alphaflow.runlock import break_lock
+
+    print(break_lock(args.run_dir))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """The command line. A bad input ends with one line on stderr and exit code 2, a file that could not be
+    written with one line and exit code 1 (``alphaflow.errors``); ``--debug`` anywhere on the line, or
+    ``ALPHAFLOW_DEBUG=1``, shows the traceback instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("ALPHAFLOW_DEBUG", "") not in ("", "0")
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    try:
+        return args.func(args)
+    except WriteFailed as exc:
+        if debug:
+            raise
+        resume = " (training resumes from its last checkpoint)" if args.command in ("train", "sweep") else ""
+        print(f"alphaflow {args.command}: {exc}. What was written before is intact; free some space or fix the "
+              f"permission, then run the same command again{resume}", file=sys.stderr)
+        return 1
+    except (ValueError, ImportError) as exc:  # UsageError, ConfigError and the library's other input checks
+        if debug:
+            raise
+        print(f"alphaflow {args.command}: {exc}", file=sys.stderr)
+        return 2

@@ -1,27 +1,100 @@
 """Files on disk, written so a crash or a full disk never leaves half of one: atomic writes, tolerant JSON and
 JSONL readers, and reading a checkpoint without running code. The run folder (``alphaflow.runfolder``) is
-built on these."""
+built on these.
+
+A write that fails (no space, no permission, quota) removes its temporary file, leaves the previous version of
+the file as it was, and raises ``alphaflow.errors.WriteFailed`` naming what was written, the folder and, when
+the disk is full, its free space."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from alphaflow.errors import WriteFailed
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary name and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def atomic_write_bytes(path: Path, data: bytes, what: str | None = None) -> None:
+    """Write ``data`` to ``path`` through a temporary name and a rename; ``what`` names it in an error."""
+    tmp = _tmp_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WriteFailed(what or path.name, path.parent, exc) from exc
+
+
+def atomic_copy(src: Path, dst: Path, what: str | None = None) -> None:
+    """Copy ``src`` to ``dst`` (streamed, so a checkpoint of many GB is never held in memory) through a
+    temporary name and a rename, as ``atomic_write_bytes``."""
+    tmp = _tmp_name(dst)
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WriteFailed(what or dst.name, dst.parent, exc) from exc
+
+
+class _Recorder(io.RawIOBase):
+    """A write-only file that keeps the ``OSError`` of a failed write: torch's archive writer turns it into
+    ``RuntimeError('... unexpected pos ...')``, which says nothing about the disk."""
+
+    def __init__(self, f: io.BufferedWriter) -> None:
+        super().__init__()
+        self.f, self.error = f, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # noqa: ANN001 (a bytes-like object)
+        try:
+            return self.f.write(b)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
+def save_torch_atomic(obj: object, path: Path, what: str | None = None) -> None:
+    """``torch.save(obj)`` to ``path`` through a temporary name, fsync and a rename, as ``atomic_write_bytes``."""
+    tmp = _tmp_name(path)
+    recorder = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            recorder = _Recorder(f)
+            torch.save(obj, recorder)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        cause = exc if isinstance(exc, OSError) else (recorder.error if recorder is not None else None)
+        if cause is None:
+            raise  # not a file-system error: a bug worth its traceback
+        raise WriteFailed(what or path.name, path.parent, cause) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path, problems: list[str] | None = None) -> Any:
@@ -36,14 +109,25 @@ def read_json(path: Path, problems: list[str] | None = None) -> Any:
         return None
 
 
-def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON row (it must carry a 'step') and flush."""
+def append_jsonl(path: Path, row: dict[str, Any], what: str | None = None) -> None:
+    """Append one JSON row (it must carry a 'step') and flush. A failed append cuts the file back to where it
+    was, so no torn line is left, and raises ``WriteFailed``."""
     if "step" not in row:
         raise ValueError(f"a row of {path.name} needs a 'step'")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+    line = (json.dumps(row) + "\n").encode()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab", buffering=0) as f:  # unbuffered: nothing is left to flush after a failure
+            end = f.seek(0, os.SEEK_END)
+            try:
+                rest = memoryview(line)
+                while rest:
+                    rest = rest[f.write(rest):]
+            except OSError:
+                f.truncate(end)
+                raise
+    except OSError as exc:
+        raise WriteFailed(what or f"a row of {path.name}", path.parent, exc) from exc
 
 
 def scan_jsonl(path: Path, require: str | None = "step") -> tuple[list[dict[str, Any]], int]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from alphaflow.files import atomic_write_bytes
 
 
 def to_uint8(images: Tensor, low: float = -1.0, high: float = 1.0) -> Tensor:
@@ -41,10 +44,7 @@ def save_grid_png(images: Tensor, path: str | Path, *, nrow: int | None = None, 
         grid = grid.repeat_interleave(upscale, dim=1).repeat_interleave(upscale, dim=2)
     array = grid.permute(1, 2, 0).numpy()
     image = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
+    return _save_png(image, Path(path), "sample grid")
 
 
 def save_scatter_png(points: Tensor, path: str | Path, *, size: int = 256, extent: float = 4.0) -> Path:
@@ -60,7 +60,13 @@ def save_scatter_png(points: Tensor, path: str | Path, *, size: int = 256, exten
     counts = torch.zeros(size * size)
     counts.index_add_(0, (size - 1 - ij[:, 1]) * size + ij[:, 0], torch.ones(len(ij)))
     shade = 255 * (1 - (counts / counts.max().clamp(min=1)).sqrt())  # sqrt: faint regions stay visible
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(shade.round().reshape(size, size).to(torch.uint8).numpy()).save(path)
+    return _save_png(Image.fromarray(shade.round().reshape(size, size).to(torch.uint8).numpy()), Path(path),
+                     "sample scatter plot")
+
+
+def _save_png(image, path: Path, what: str) -> Path:  # noqa: ANN001 (a PIL image)
+    """Encode ``image`` as PNG in memory (a grid is small) and write it atomically (``WriteFailed`` on error)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue(), what=f"{what} {path.name}")
     return path

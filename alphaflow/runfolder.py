@@ -14,6 +14,7 @@
       job.json               {"job_id", "executor", "submitted"} of the latest submission
       error.txt              the traceback tail of a failed attempt
       DONE                   written last, holds a short JSON summary
+      .lock                  held by the one process training the run (``alphaflow.runlock``)
 
 Every file is written atomically (temporary name, then rename), so a crash leaves either the
 old file or the new one, never half of one. The JSONL files are append-only; a torn last line
@@ -25,13 +26,15 @@ executors and ``analysis``:
     new         no folder
     empty       a folder with none of config.json, a metrics row, error.txt, a failed job.json, DONE
     pending     the scheduler queues its latest job (PENDING, REQUEUED, CONFIGURING)
-    running     the scheduler runs its latest job (RUNNING, COMPLETING)
+    running     a trainer holds the folder's lock (``alphaflow.runlock``: any executor, any host), or the
+                scheduler runs its latest job (RUNNING, COMPLETING)
     failed      error.txt exists, or job.json records a failed state (``FAILED_STATES``; not TIMEOUT or
                 PREEMPTED, which resume)
     incomplete  config.json or a metrics row, and none of the above (stopped, preempted, to be resumed)
     done        DONE exists; this wins over everything else
 
-pending and running need a scheduler lookup; without one a queued or running run reads as incomplete.
+pending needs a scheduler lookup (without one a queued run reads as incomplete); a training run reads as
+running through its lock with or without one.
 """
 
 from __future__ import annotations
@@ -39,15 +42,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from alphaflow.files import (append_jsonl, atomic_write_bytes, read_checkpoint,  # noqa: F401 (re-exported)
-                             read_json, read_jsonl, scan_jsonl)
+from alphaflow.files import (append_jsonl, atomic_copy, atomic_write_bytes, read_checkpoint,  # noqa: F401 (re-exported)
+                             read_json, read_jsonl, save_torch_atomic, scan_jsonl)
+from alphaflow.runlock import lock_holder
 
 CONFIG, METRICS, CHECKPOINTS, SAMPLES, DONE = "config.json", "metrics.jsonl", "checkpoints", "samples", "DONE"
 PROBES, EVAL, JOB, ERROR, RUN_INFO = "probes.jsonl", "eval.jsonl", "job.json", "error.txt", "run.json"
@@ -125,7 +128,7 @@ class RunFolder:
                              f"Differing keys: {', '.join(diff[:10])}. Use another --out, or delete the folder.")
         self.root.mkdir(parents=True, exist_ok=True)
         if existing is None:
-            atomic_write_bytes(self.config_path, (json.dumps(config, indent=2) + "\n").encode())
+            atomic_write_bytes(self.config_path, (json.dumps(config, indent=2) + "\n").encode(), what="the config")
 
     def read_info(self, problems: list[str] | None = None) -> dict[str, Any]:
         """run.json ({} if absent or unreadable, which is reported to ``problems``)."""
@@ -140,7 +143,7 @@ class RunFolder:
 
     # ------------------------------------------------------------------ JSONL files
     def append_metrics(self, row: dict[str, Any]) -> None:
-        append_jsonl(self.metrics_path, row)
+        append_jsonl(self.metrics_path, row, what=f"the metrics row of step {row.get('step')}")
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """All complete rows; a torn or garbled line is skipped."""
@@ -152,7 +155,7 @@ class RunFolder:
         return rows[-1]["step"] if rows else 0
 
     def append_probes(self, row: dict[str, Any]) -> None:
-        append_jsonl(self.probes_path, row)
+        append_jsonl(self.probes_path, row, what=f"a probe row of step {row.get('step')}")
 
     def read_probes(self) -> list[dict[str, Any]]:
         return read_jsonl(self.probes_path)
@@ -202,21 +205,16 @@ class RunFolder:
         return [(step, p) for step, _, p in sorted(found, key=lambda s: (-s[0], s[1]))]
 
     def save_checkpoint(self, state: dict[str, Any], step: int, *, keep: bool = False) -> Path:
-        """Atomically write the rolling checkpoint (and a permanent copy if ``keep``); prune old rolling ones."""
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        """Atomically write the rolling checkpoint (and a permanent copy if ``keep``); prune old rolling ones.
+        A failed write (``WriteFailed``) leaves no partial file, and the older checkpoints as they were."""
         path = self.checkpoint_dir / f"latest-{step:08d}.pt"
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        save_torch_atomic(state, path, what=f"checkpoint {path.name}")
         kept = self.checkpoint_dir / f"step-{step:08d}.pt"
         if keep and not kept.exists():
             try:  # a hard link costs no space; fall back to a copy where links are not supported
-                os.link(tmp, kept)
+                os.link(path, kept)
             except OSError:
-                shutil.copyfile(tmp, kept.with_name(f".{kept.name}.tmp"))
-                os.replace(kept.with_name(f".{kept.name}.tmp"), kept)
-        os.replace(tmp, path)
+                atomic_copy(path, kept, what=f"checkpoint {kept.name}")
         rolling = sorted(p for p in self.checkpoint_dir.glob("latest-*.pt"))
         for old in rolling[:-ROLLING_KEPT]:
             old.unlink(missing_ok=True)
@@ -269,6 +267,9 @@ def run_status(folder: RunFolder | str | Path, scheduler: SchedulerLookup | None
     job = run.read_job(problems)
     if run.is_done():
         return RunStatus(State.DONE, "", job)
+    holder = lock_holder(run.root)
+    if holder is not None:  # a trainer holds the folder, whoever started it
+        return RunStatus(State.RUNNING, f"locked by {holder.describe()}", job)
     job_id = job.get("job_id")
     sched = str(scheduler(str(job.get("executor", "")), str(job_id))).upper() if job_id and scheduler else ""
     if sched in PENDING_STATES:

@@ -90,4 +90,4 @@ def test_cli_json_is_one_object(capsys):
 def test_bad_inputs_exit_2(argv, message, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["bench", *argv]) == 2
-    assert message in capsys.readouterr().out
+    assert message in capsys.readouterr().err

@@ -31,7 +31,7 @@ def test_train_dry_run_prints_the_resolved_config(capsys):
 
 def test_train_refuses_a_bad_key_before_running(capsys, tmp_path):
     assert main(["train", "--out", str(tmp_path / "run"), "train.step=7"]) == 2
-    assert "did you mean 'train.steps'" in capsys.readouterr().out
+    assert "did you mean 'train.steps'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
@@ -44,7 +44,7 @@ def test_train_refuses_a_bad_key_before_running(capsys, tmp_path):
 def test_train_preflight_names_the_bad_key(capsys, tmp_path, override, message):
     extra = ["objective.name=meanflow"] if override.startswith("objective.clip") else []
     assert main(["train", "--out", str(tmp_path / "run"), *extra, override]) == 2
-    assert message in capsys.readouterr().out
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

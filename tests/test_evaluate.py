@@ -47,13 +47,13 @@ def test_eval_command_and_its_errors(trained_run, capsys):
                  "--cache", str(cache)]) == 0
     assert read_jsonl(run / "eval.jsonl")[-1]["labels"] == "balanced"
     assert main(["eval", str(run), "--checkpoint", "7", "--cache", str(cache)]) == 2
-    assert "no checkpoint at step(s) [7]" in capsys.readouterr().out
+    assert "no checkpoint at step(s) [7]" in capsys.readouterr().err
     # the run's config gives the defaults; eval.*/sample.* overrides change them, as for train
     assert main(["eval", str(run), "eval.nfe=[1]", "eval.final_samples=64", "sample.t_mid=0.25", "--cache", str(cache)]) == 0
     row = read_jsonl(run / "eval.jsonl")[-1]
     assert (row["nfe"], row["num_samples"], row["t_mid"]) == (1, 64, 0.25)
     assert main(["eval", str(run), "train.steps=5", "--cache", str(cache)]) == 2
-    assert "'train.steps=5': only eval.*, sample.* keys can change here" in capsys.readouterr().out
+    assert "'train.steps=5': only eval.*, sample.* keys can change here" in capsys.readouterr().err
     assert main(["ref-stats", "--data", "digits", "--cache", str(cache)]) == 0
     assert "1797 samples, 64 features" in capsys.readouterr().out
     assert main(["ref-stats", "--data", "toy2d", "--cache", str(cache)]) == 2

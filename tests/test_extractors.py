@@ -231,11 +231,11 @@ def test_reference_files(tmp_path: Path) -> None:
 def test_cli_errors_name_the_option(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
     monkeypatch.delenv("ALPHAFLOW_INCEPTION_WEIGHTS", raising=False)
     assert main(["ref-stats", "--data", "digits", "--metric", "fid", "--cache", str(tmp_path)]) == 2
-    assert "--inception-weights PATH or set ALPHAFLOW_INCEPTION_WEIGHTS" in capsys.readouterr().out
+    assert "--inception-weights PATH or set ALPHAFLOW_INCEPTION_WEIGHTS" in capsys.readouterr().err
     assert main(["ref-stats", "--data", "digits", "--metric", "kid", "--cache", str(tmp_path)]) == 2
-    assert "unknown metric 'kid'" in capsys.readouterr().out
+    assert "unknown metric 'kid'" in capsys.readouterr().err
     assert main(["ref-stats", "--data", "latents", "--data-path", str(tmp_path), "--cache", str(tmp_path)]) == 2
-    assert "--data imagefolder" in capsys.readouterr().out
+    assert "--data imagefolder" in capsys.readouterr().err
 
 
 def test_cli_ref_stats_with_two_metrics(tmp_path: Path, inception_file: Path, dinov2_folder: Path, capsys) -> None:
@@ -303,4 +303,4 @@ def test_eval_command_with_fid_and_fdd(tmp_path: Path, inception_file: Path, din
     assert rows[0]["ref"].endswith("fid.npz") and rows[1]["ref"].endswith("fdd.npz")
     assert "1-NFE" in capsys.readouterr().out
     assert main(args[:-4] + ["--ref-stats", str(tmp_path / "fid.npz")]) == 2
-    assert "METRIC=FILE" in capsys.readouterr().out
+    assert "METRIC=FILE" in capsys.readouterr().err

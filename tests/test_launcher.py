@@ -99,7 +99,7 @@ def test_preempted_job_checkpoints_at_a_step_boundary_requeues_and_resumes_exact
 def test_a_run_that_cannot_start_is_refused_before_submission(tmp_path, capsys):
     path = sweep_file(tmp_path, 4, "{bad: {data.name: cifar10, data.path: /nonexistent}}")
     assert main(["sweep", str(path), "--root", str(tmp_path / "root"), "--executor", "local"]) == 2
-    assert "data.path '/nonexistent' does not exist" in capsys.readouterr().out
+    assert "data.path '/nonexistent' does not exist" in capsys.readouterr().err
     assert not (tmp_path / "root").exists()
 
 
@@ -143,7 +143,7 @@ def test_unknown_resources_are_refused_before_submission(tmp_path, capsys):
     path = tmp_path / "s.yaml"
     path.write_text("name: x\nresources: {gpus: 8}\n")
     assert main(["sweep", str(path), "--root", str(tmp_path / "r"), "--executor", "local"]) == 2
-    assert "unknown resources ['gpus']" in capsys.readouterr().out and not (tmp_path / "r").exists()
+    assert "unknown resources ['gpus']" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_a_two_task_job_trains_with_ddp_from_submitits_ranks(tmp_path, monkeypatch):

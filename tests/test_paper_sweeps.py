@@ -132,6 +132,6 @@ def test_dry_run_prints_the_eight_gpu_batch_script(tmp_path, capsys):
 
 def test_submitting_without_the_data_path_is_refused_before_anything_runs(tmp_path, capsys):
     rc = main(["sweep", str(IMAGENET / "fm_baseline_b2.yaml"), "--executor", "local", "--root", str(tmp_path / "r")])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert rc == 2 and "data.path" in out and "fm-b2-s1-" in out
     assert not (tmp_path / "r").exists()

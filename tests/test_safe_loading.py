@@ -52,7 +52,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(trained, tmp_p
     assert not marker.exists(), "the pickle's code ran"
     # the trainer reports it and starts over rather than running it; the commands refuse with one line
     assert main(["eval", str(trained.root), "--num-samples", "4"]) == 2
-    assert "is not an alphaflow checkpoint" in capsys.readouterr().out
+    assert "is not an alphaflow checkpoint" in capsys.readouterr().err
     assert not marker.exists()
     lines: list[str] = []
     assert trained.load_checkpoint(report=lines.append) is None and "not an alphaflow checkpoint" in lines[0]

@@ -42,15 +42,28 @@ def _find(path: str | Path) -> Path:
                       f"recipes: {', '.join(recipes)}")
 
 
+def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``; an unreadable file or a syntax error is a ``ConfigError`` of one line
+    naming the file, the line and the column."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read this file ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults ← YAML file or recipe name ← ``key=value`` overrides, then ``validate``."""
     cfg = Config()
     if path is not None:
         file = _find(path)
-        try:
-            data = yaml.safe_load(file.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{file}: not valid YAML: {e}") from None
+        data = read_yaml(file)
         data = {} if data is None else data  # an empty (comment-only) file is the defaults
         if not isinstance(data, Mapping):
             raise ConfigError(f"{file}: the top level must be a mapping of config sections, "

@@ -21,10 +21,11 @@ from typing import Any
 import yaml
 
 from alphaflow.config.schema import TAGGED, Config
+from alphaflow.errors import UsageError
 from alphaflow.schedules import ScheduleConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A config that cannot run: unknown key, wrong type or a value outside its rules."""
 
 

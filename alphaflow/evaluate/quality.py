@@ -293,7 +293,7 @@ def evaluate_run(run_dir: str | Path, request: EvalRequest | None = None, refs: 
             row = {"step": step, "nfe": k, "sampler": sampler, "t_mid": req.t_mid, "num_samples": req.num_samples,
                    "labels": req.labels, "weights": req.weights, "seed": req.seed, "metric": metric,
                    "value": frechet_distance(s, ref), "ref": ref_source}
-            append_jsonl(run.eval_path, row)
+            append_jsonl(run.eval_path, row, what=f"the {metric} row of step {step}, {k} NFE")
             rows.append(row)
             log(f"step {step}  {k}-NFE {sampler}: {metric} = {row['value']:.3f}")
     return rows

@@ -22,6 +22,7 @@ Bookkeeping on disk, next to the runs: ``ROOT/.submitit/`` holds submitit's pick
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import signal
@@ -40,6 +41,7 @@ from alphaflow.config import Config, config_hash, from_dict, to_dict
 from alphaflow.perf.memplan import data_shape
 from alphaflow.models import build_for_data
 from alphaflow.runfolder import ERROR, STATES, RunFolder, SchedulerLookup, State, run_status
+from alphaflow.runlock import RunLocked, sweep_lock
 from alphaflow.launch.sweeps import SweepRun
 
 # Sweep-file ``resources`` keys → submitit AutoExecutor parameters.
@@ -69,9 +71,12 @@ class TrainJob(submitit.helpers.Checkpointable):
         run = RunFolder(spec["run_dir"])
         try:
             result = train(from_dict(spec["config"]), run.root, should_stop=lambda: stop["requested"])
+        except RunLocked:
+            raise  # another process trains this run: its folder is not this job's to mark as failed
         except Exception:
             if env.global_rank == 0:
-                run.write_error(traceback.format_exc()[-4000:])
+                with contextlib.suppress(OSError):  # a full disk may refuse error.txt too; the log has it
+                    run.write_error(traceback.format_exc()[-4000:])
             raise
         if stop["requested"] and not result.finished and callable(requeue):
             requeue(signal.SIGUSR2, None)  # submitit: checkpoint() → requeue → exit
@@ -154,15 +159,32 @@ def sbatch_script(root: Path, resources: dict[str, Any], name: str, count: int) 
 # ------------------------------------------------------------------ the scheduler and the runs to start
 
 def scheduler_state(root: Path) -> SchedulerLookup:
-    """Ask the scheduler about a job id (SLURM through sacct; local jobs from submitit's files)."""
+    """Ask the scheduler about a job id: SLURM through sacct; a local job through submitit when this process
+    submitted it, else by its controller process (the local job id is that pid) on this host."""
     def state(executor: str, job_id: str) -> str:
         folder = root / ".submitit"
-        job = submitit.SlurmJob(folder, job_id) if executor == "slurm" else submitit.local.local.LocalJob(folder, job_id)
+        if executor != "slurm":
+            job = submitit.local.local.LocalJob(folder, job_id)
+            if job._process is None:  # submitted by another process: submitit cannot tell
+                return _local_controller_state(folder, job_id)
+        else:
+            job = submitit.SlurmJob(folder, job_id)
         try:
             return str(job.state).upper()
-        except Exception:  # a scheduler that forgot the job, or a local job from another process
+        except Exception:  # a scheduler that forgot the job
             return ""
     return state
+
+
+def _local_controller_state(folder: Path, job_id: str) -> str:
+    """RUNNING while the controller of local job ``job_id`` (the id is its pid) runs on this host and the job has
+    no result yet; "" otherwise, and then the run folder's own files and lock decide."""
+    if not job_id.isdigit() or (folder / f"{job_id}_0_result.pkl").exists():
+        return ""
+    try:  # a submitit controller, not an unrelated process that got the pid later
+        return "RUNNING" if b"submitit" in Path(f"/proc/{job_id}/cmdline").read_bytes() else ""
+    except OSError:
+        return ""
 
 
 def _states(runs: list[SweepRun], root: Path) -> list[str]:
@@ -194,10 +216,14 @@ def run_inline(runs: list[SweepRun], root: str | Path, *, name: str = "", resour
     others = "".join(f", {n[s]} {s}" for s in STATES if n[s] and s not in (State.DONE, State.INCOMPLETE, State.NEW))
     log(f"{len(runs)} runs: {n[State.DONE]} done, {n[State.INCOMPLETE]} incomplete, {n[State.NEW]} new{others}")
     for r, state in zip(runs, states):
+        state = run_status(root / r.name, scheduler_state(root)).state  # another sweep may have started it since
         if state in (State.DONE, State.PENDING, State.RUNNING):
             continue
         log(f"--- {r.name} ({state})")
-        train(r.config, _prepare(root, r).root, log=log)
+        try:
+            train(r.config, _prepare(root, r).root, log=log)
+        except RunLocked as exc:  # started by another process between the check and the lock: it is that one's
+            log(f"skipped: {exc}")
     return []
 
 
@@ -249,7 +275,10 @@ def submit(runs: list[SweepRun], root: str | Path, *, executor: str, resources: 
            retry_failed: bool = False, log: Callable[[str], None] = print) -> list[Any]:
     """Run ``runs`` under ``root`` with the executor ``executor`` names (see ``resolve_executor``)."""
     entry = EXECUTORS[resolve_executor(executor)]
-    return entry.run(runs, root, name=name, resources=resources, retry_failed=retry_failed, log=log)
+    if entry.name == "inline":  # each run's own lock keeps two inline sweeps on one root apart
+        return entry.run(runs, root, name=name, resources=resources, retry_failed=retry_failed, log=log)
+    with sweep_lock(root, say=log):  # a second sweep on this root waits, then sees these submissions
+        return entry.run(runs, root, name=name, resources=resources, retry_failed=retry_failed, log=log)
 
 
 def wait(jobs: list[Any], runs: list[SweepRun], root: str | Path, *, every: float = 30.0,

@@ -27,9 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from alphaflow.config import Config, ConfigError, apply_overrides, config_hash, load_config, validate
+from alphaflow.config import Config, ConfigError, apply_overrides, config_hash, load_config, read_yaml, validate
 
 _KEYS = {"name", "recipe", "base", "variants", "grid", "zip", "seeds", "resources"}
 
@@ -115,7 +113,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     path = Path(path)
     if not path.exists():
         raise ValueError(f"sweep file {str(path)!r} does not exist")
-    spec = yaml.safe_load(path.read_text())
+    spec = read_yaml(path)
     if not isinstance(spec, dict):
         raise ValueError(f"{path}: a sweep file is a mapping with keys {sorted(_KEYS)}")
     unknown = set(spec) - _KEYS

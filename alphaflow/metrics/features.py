@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from alphaflow.files import save_torch_atomic
 from alphaflow.metrics.dinov2 import dinov2_extractor
 from alphaflow.metrics.inception import inception_extractor
 
@@ -148,20 +148,6 @@ def _load_cache(path: Path) -> DigitsFeatures:
     return DigitsFeatures(model, float(blob["heldout_accuracy"]), path)
 
 
-def _save_atomic(obj: object, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def digits_extractor(cache_dir: str | Path | None = None, *, seed: int = 0) -> FeatureExtractor:
     """The digits feature extractor, from ``cache_dir/digits_classifier-seed{seed}.pt``.
 
@@ -178,7 +164,7 @@ def digits_extractor(cache_dir: str | Path | None = None, *, seed: int = 0) -> F
             warnings.warn(msg, stacklevel=2)
     model = train_digits_classifier(seed=seed)
     acc = float(model.heldout_accuracy)
-    _save_atomic({"format": FORMAT_VERSION, "seed": seed, "state_dict": model.state_dict(),
+    save_torch_atomic({"format": FORMAT_VERSION, "seed": seed, "state_dict": model.state_dict(),
                   "heldout_accuracy": acc}, path)
     return DigitsFeatures(model, acc, path)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -149,3 +149,19 @@ def barrier(info: DistInfo) -> None:
     if info.distributed:
         # NCCL: name the device, or the barrier guesses one from the rank and can hang on a mismatch
         dist.barrier(device_ids=[info.device.index] if info.device.type == "cuda" else None)
+
+
+def on_main(info: DistInfo, work: Callable[[], object]) -> None:
+    """Run ``work`` on rank 0 only (the run folder's one writer), and make its failure every rank's: when it
+    raises, rank 0 re-raises it and the other ranks raise ``RuntimeError``, instead of waiting in the next
+    collective until the timeout. One all-reduce of a flag, which is also the barrier after the work."""
+    failed: BaseException | None = None
+    if info.is_main:
+        try:
+            work()
+        except Exception as exc:  # re-raised below, on this rank unchanged
+            failed = exc
+    if info.distributed and mean_over_ranks([float(failed is not None)], info)[0] > 0 and failed is None:
+        raise RuntimeError("rank 0 failed while writing to the run folder; its message is in rank 0's output")
+    if failed is not None:
+        raise failed

@@ -9,6 +9,7 @@ RNGs, the batch number), so a resumed run continues bit-for-bit where it stopped
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,9 @@ from alphaflow.models import build_for_data
 from alphaflow.train.optim import EMA, build_optimizer, gradient_norm, sanitize_and_clip, warmup_factor
 from alphaflow.train.progress import Progress
 from alphaflow.train.callbacks import Callback, LogContext, OnlineProbe, check_served
+from alphaflow.errors import UsageError, format_bytes
 from alphaflow.runfolder import RunFolder
+from alphaflow.runlock import run_lock
 from alphaflow.train.sample_grids import write_samples
 
 CHECKPOINT_FORMAT = 1
@@ -60,9 +63,13 @@ def train(cfg: Config, out: str | Path, *, callbacks: list[Callback] | None = No
     check_served(cfg, callbacks)
     info, created = D.init_distributed(cfg.train.device, cfg.train.dist_timeout_min)
     say = (log or print) if info.is_main else (lambda _msg: None)
+    lock = run_lock(out, say=say) if info.is_main else None  # the ranks of one run are one holder
     try:
+        D.on_main(info, lambda: lock.acquire() if lock is not None else None)  # before anything touches ``out``
         return _train(cfg, RunFolder(out), info, say, stop_at, should_stop, callbacks)
     finally:
+        if lock is not None:
+            lock.release()
         if created:  # a process group the caller made stays theirs
             D.shutdown()
 
@@ -101,13 +108,15 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
            stop_at: int | None, should_stop: Callable[[], bool] | None, callbacks: list[Callback]) -> TrainResult:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    if info.is_main:
-        run.write_config(to_dict(cfg), normalize=lambda stored: to_dict(from_dict(stored)))
-    D.barrier(info)
+    data = build_dataset(cfg.data.name, seed=cfg.seed, **dataset_options(cfg.data))
+    if len(data) < cfg.train.batch_size:  # refused before the folder holds a config the user cannot rerun
+        raise UsageError(f"train.batch_size={cfg.train.batch_size} exceeds the size of dataset {cfg.data.name!r} "
+                         f"({len(data)} samples); use train.batch_size <= {len(data)}")
+    D.on_main(info, lambda: run.write_config(to_dict(cfg), normalize=lambda stored: to_dict(from_dict(stored))))
     if run.is_done():
         say(f"{run.root} is already finished (DONE exists); nothing to do")
         return TrainResult(run, None, None, cfg.train.steps, True)
-    s = _start(cfg, run, info, say, callbacks)
+    s = _start(cfg, run, info, say, callbacks, data)
     batches = EpochBatches(s.data, global_batch=cfg.train.batch_size, seed=cfg.seed, rank=info.rank,
                            world_size=info.world_size, pin_memory=s.device.type == "cuda")
     progress = Progress(cfg.train.steps, s.state["step"], enabled=info.is_main, say=say)
@@ -131,13 +140,12 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
 
 
 def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], None],
-           callbacks: list[Callback]) -> _Session:
+           callbacks: list[Callback], data: Any) -> _Session:
     """Build the run's objects on its device, then resume them from the newest readable checkpoint (or fit the
     data statistics of a fresh run)."""
     device = info.device
     D.set_tf32(cfg.train.tf32, device)
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
-    data = build_dataset(cfg.data.name, seed=cfg.seed, **dataset_options(cfg.data))
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     net = build_for_data(cfg.model.name, data.shape, data.num_classes, time_scale=cfg.model.time_scale).to(device)
     ema = EMA(net, cfg.ema.halflife_steps, cfg.ema.rampup_ratio)
@@ -156,8 +164,9 @@ def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         data.fit_stats(torch.Generator().manual_seed(cfg.seed), cfg.data.stats_samples)
     if info.is_main and cfg.data.vae_path is not None and data.decodes_samples:
         data.attach_decoder(cfg.data.vae_path, device, batch_size=cfg.eval.decode_batch_size)  # grids are images
+    D.on_main(info, lambda: run.truncate_metrics(state["step"]))  # rows past the checkpoint are replayed, once
     if info.is_main:
-        run.truncate_metrics(state["step"])  # rows past the checkpoint are replayed, not duplicated
+        _warn_if_short_of_space(run, net, say)
     return _Session(cfg, run, info, say, callbacks, bf16, data, net, _wrap(net, cfg, info), ema, objective, opt, gen,
                     state)
 
@@ -238,8 +247,7 @@ def _maintain(s: _Session, x: torch.Tensor, y: torch.Tensor | None, lr: float, t
         ctx = LogContext(step, x, y, s.net, s.ema.model, s.objective, info, s.data)
         for callback in s.callbacks:
             row.update(callback.on_log(ctx))
-        if info.is_main:
-            s.run.append_metrics(row)
+        D.on_main(info, lambda: s.run.append_metrics(row))
         # the adaptive weight normalises the loss to ≈ 1 per sample; the unweighted mse shows progress
         progress.tick(step, {"loss": row.get("loss", float("nan")), "mse": row.get("loss_mse", float("nan")),
                              "alpha": row["alpha"]})
@@ -249,9 +257,7 @@ def _maintain(s: _Session, x: torch.Tensor, y: torch.Tensor | None, lr: float, t
         keep = cfg.train.keep_every > 0 and step % cfg.train.keep_every == 0
         _save(s.run, cfg, s.state, s.net, s.ema, s.opt, s.data, s.gen, info, keep=keep)
     if (cfg.train.sample_every and step % cfg.train.sample_every == 0) or last:
-        if info.is_main:
-            write_samples(s.run, s.ema.model, s.data, cfg, step, s.objective)
-        D.barrier(info)
+        D.on_main(info, lambda: write_samples(s.run, s.ema.model, s.data, cfg, step, s.objective))
     return stop
 
 
@@ -264,11 +270,13 @@ def _finish(s: _Session) -> None:
     for callback in s.callbacks:
         callback.on_end(s.run.root, s.device, s.info, s.say)
     D.barrier(s.info)
-    if s.info.is_main:
+
+    def mark_done() -> None:
         rows = s.run.read_metrics()
         s.run.mark_done({"step": s.state["step"], "images": s.state["images"], "wall": s.state["wall"],
                          "final_loss": rows[-1]["loss"] if rows else None})
-        s.say(f"finished {s.run.root} at step {s.state['step']}")
+    D.on_main(s.info, mark_done)
+    s.say(f"finished {s.run.root} at step {s.state['step']}")
 
 
 # -------------------------------------------------------------------- per-tick metrics
@@ -311,6 +319,16 @@ def _log_row(state: dict[str, Any], lr: float, logs: dict, info: D.DistInfo, bat
 
 # -------------------------------------------------------------------- checkpoints
 
+def _warn_if_short_of_space(run: RunFolder, net: torch.nn.Module, say: Callable[[str], None]) -> None:
+    """A line before training when the run folder's file system has less free space than the next two
+    checkpoints take (fp32 weights, EMA and Adam's two moments: 16 bytes per parameter)."""
+    need = 2 * 16 * sum(p.numel() for p in net.parameters())
+    free = shutil.disk_usage(run.root).free
+    if free < need:
+        say(f"warning: {run.root} has {format_bytes(free)} free, less than the next two checkpoints need "
+            f"({format_bytes(need)}); a checkpoint that does not fit stops the run (the previous one is kept)")
+
+
 def _host_state(state: dict[str, Any]) -> dict[str, Any]:
     """The loop state with the tick's device sums as host floats (exact: float64 to float), for the checkpoint."""
     tick = state["tick"]
@@ -325,12 +343,10 @@ def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
 def _save(run: RunFolder, cfg: Config, state: dict, net, ema: EMA, opt, data, gen, info: D.DistInfo, *,
           keep: bool) -> None:
     rngs = D.gather_objects(_rng_state(gen, info.device), info)  # every rank's RNGs, for an exact resume
-    if info.is_main:
-        run.save_checkpoint({"format": CHECKPOINT_FORMAT, "step": state["step"], "config": to_dict(cfg),
-                             "net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                             "data_stats": data.state_dict(), "state": _host_state(state), "rng": rngs},
-                            state["step"], keep=keep)
-    D.barrier(info)
+    D.on_main(info, lambda: run.save_checkpoint(
+        {"format": CHECKPOINT_FORMAT, "step": state["step"], "config": to_dict(cfg), "net": net.state_dict(),
+         "ema": ema.state_dict(), "opt": opt.state_dict(), "data_stats": data.state_dict(),
+         "state": _host_state(state), "rng": rngs}, state["step"], keep=keep))
 
 
 def _restore(ckpt: dict, net, ema: EMA, opt, data, gen: torch.Generator, info: D.DistInfo,

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from alphaflow.config import Config
+from alphaflow.files import save_torch_atomic
 from alphaflow.images import save_grid_png, save_scatter_png
 from alphaflow.objectives import Objective
 from alphaflow.runfolder import RunFolder
@@ -37,7 +38,6 @@ def write_samples(run: RunFolder, model: nn.Module, data, cfg: Config, step: int
         elif out.ndim == 2 and out.shape[1] == 2:
             written.append(save_scatter_png(out, path))
         else:  # e.g. latents without data.vae_path: keep the raw samples rather than nothing
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(out.cpu(), path.with_suffix(".pt"))
+            save_torch_atomic(out.cpu(), path.with_suffix(".pt"), what=f"raw samples {path.with_suffix('.pt').name}")
             written.append(path.with_suffix(".pt"))
     return written

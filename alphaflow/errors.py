@@ -1,0 +1,55 @@
+"""The two kinds of failure a user is told about in one line (``alphaflow.cli.main``), not with a traceback.
+
+    UsageError   a bad input: a value, path, file or run folder that cannot be used as given; exit code 2.
+                 ``ValueError`` raised by the library's checks counts as this too (``ConfigError`` is one).
+    WriteFailed  a file of a run could not be written (no space, no permission, quota); exit code 1. What
+                 was written before it is intact (``alphaflow.files``), so the same command resumes once
+                 the cause is fixed.
+
+``alphaflow ... --debug`` (or ``ALPHAFLOW_DEBUG=1``) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
+
+class UsageError(ValueError):
+    """A bad input, with a message that names it and says what was expected."""
+
+
+class WriteFailed(OSError):
+    """Writing ``what`` into ``folder`` failed with ``cause``; ``str()`` is the one line a user reads."""
+
+    def __init__(self, what: str, folder: Path, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.what, self.folder, self.cause = what, Path(folder), cause
+        reason = cause.strerror or str(cause)
+        if cause.errno == errno.ENOSPC or cause.errno == errno.EDQUOT:
+            reason += f"; {free_space_text(self.folder)} free there"
+        self.message = f"could not write {what} in {self.folder}: {reason}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def free_space_text(folder: Path) -> str:
+    """The free space of the file system holding ``folder`` (or its nearest existing parent), e.g. '3.1 MiB'."""
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return format_bytes(shutil.disk_usage(path).free)
+    except OSError:
+        return "unknown space"
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in binary units: 512 B, 3.1 MiB, 10.8 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
