@@ -9,13 +9,17 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Sequence
 
-from alphaflow.errors import WriteFailed
+from alphaflow.errors import UsageError, WriteFailed
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from alphaflow.models import MODELS, parameter_count
     from alphaflow.models.registry import SIZES
 
+    for flag, value, least in (("--input-size", args.input_size, 1), ("--in-channels", args.in_channels, 1),
+                               ("--num-classes", args.num_classes, 0)):
+        if value < least:
+            raise UsageError(f"{flag} must be >= {least}, got {value}")
     print(f"{'name':<10} {'depth':>5} {'width':>5} {'heads':>5} {'params':>14}   "
           f"(input {args.in_channels}x{args.input_size}x{args.input_size}, {args.num_classes} classes)")
     for name in MODELS:
@@ -55,6 +59,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from alphaflow.perf.memplan import plan_memory
     from alphaflow.models import check_model_name
 
+    if args.world_size < 1:
+        raise UsageError(f"--world-size must be >= 1, got {args.world_size}")
     cfg = load_config(args.config, args.overrides)
     objective_from_options(cfg.objective, cfg.train.steps)  # the plan needs no data: paths are not checked
     check_model_name(cfg.model.name)
@@ -144,6 +150,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             print("\n# the batch script of the job array:\n" + launcher.sbatch_script(root, sweep.resources, sweep.name,
                                                                                     len(sweep.runs)))
         return 0
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--root {root}: cannot create this folder ({exc.strerror or exc})") from None
     jobs = launcher.submit(sweep.runs, root, executor=kind, resources=sweep.resources, name=sweep.name,
                            retry_failed=args.retry_failed)
     if args.wait and jobs:

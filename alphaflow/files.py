@@ -8,6 +8,7 @@ the disk is full, its free space."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -26,6 +27,12 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+def _discard(tmp: Path) -> None:
+    """Remove a temporary after a failed write; where even that fails (a read-only file system) it is absent."""
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: Path, data: bytes, what: str | None = None) -> None:
     """Write ``data`` to ``path`` through a temporary name and a rename; ``what`` names it in an error."""
     tmp = _tmp_name(path)
@@ -37,7 +44,7 @@ def atomic_write_bytes(path: Path, data: bytes, what: str | None = None) -> None
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise WriteFailed(what or path.name, path.parent, exc) from exc
 
 
@@ -51,7 +58,7 @@ def atomic_copy(src: Path, dst: Path, what: str | None = None) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, dst)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise WriteFailed(what or dst.name, dst.parent, exc) from exc
 
 
@@ -87,13 +94,13 @@ def save_torch_atomic(obj: object, path: Path, what: str | None = None) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         cause = exc if isinstance(exc, OSError) else (recorder.error if recorder is not None else None)
         if cause is None:
             raise  # not a file-system error: a bug worth its traceback
         raise WriteFailed(what or path.name, path.parent, cause) from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
 
 

@@ -137,6 +137,8 @@ class FileLock:
         self.release()
 
     def acquire(self) -> FileLock:
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise UsageError(f"{self.path.parent} is a file, not a folder; choose another folder")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -19,10 +19,14 @@ def add_report_command(sub: argparse._SubParsersAction) -> None:
 def run_report(args: argparse.Namespace) -> int:
     from analysis.report import write_report
 
+    from analysis.records import run_folders
+
     root = Path(args.root)
     if not root.is_dir():
-        print(f"alphaflow report: {root} is not a folder of runs")
-        return 2
+        raise ValueError(f"{root} is not a folder of runs")
+    if not run_folders(root)[0]:
+        raise ValueError(f"{root} holds no run folders (a folder with config.json, or sub-folders made by "
+                         "`alphaflow train --out` or `alphaflow sweep`)")
     out = write_report(root, args.out)
     print((out / "headline.md").read_text())
     print(f"report written to {out}: summary.md (every table), figures (*.png), tables (*.csv)")

@@ -14,6 +14,7 @@ from torch import nn
 from alphaflow.conventions import NULL_LABEL
 from alphaflow.data import extract_latents
 from slurm_fixtures import slurm_cluster, slurm_env  # noqa: F401  (shared, session-scoped)
+from small_fs import tmpfs  # noqa: F401  (small real file systems for the full-disk tests)
 
 
 class TinyNet(nn.Module):
@@ -86,7 +87,7 @@ def latents(tmp_path_factory):
 # ----------------------------------------------------------------------------- tiers
 # `make test-fast` runs `pytest -m "not slow"`: the identities and unit tests, under a minute. Modules that
 # train, submit jobs, start SLURM, execute notebooks, compile or run the GPU-check rehearsal are the slow tier.
-SLOW_MODULES = {"test_trainer", "test_launcher", "test_launcher_slurm", "test_slurm_cluster", "test_notebooks",
+SLOW_MODULES = {"test_trainer", "test_launcher", "test_launcher_races", "test_launcher_slurm", "test_slurm_cluster", "test_notebooks",
                 "test_compile", "test_evaluate", "test_run_eval", "test_gpucheck", "test_readme", "test_sweeps",
                 "test_memplan", "test_bench", "test_metrics_digits", "test_features", "test_bf16_objectives",
                 "test_host_syncs", "test_extractors"}

@@ -217,4 +217,4 @@ def validate(cfg: Config) -> None:
             except ValueError as e:
                 problems.append(f"objective.{f.name}: {e}")
     if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+        raise ConfigError("invalid config: " + "; ".join(problems))

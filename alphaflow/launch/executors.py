@@ -13,7 +13,13 @@ scheduler's signal (SIGUSR2 before a time limit or on preemption) submitit would
 ``checkpoint()`` and exit from inside the signal handler, at an arbitrary point of the training
 step. So the job swaps in a handler that only sets a flag; the trainer checks it at the next step
 boundary, writes a checkpoint there, and then the job hands over to submitit's own handler, which
-requeues it. The requeued job resumes from that checkpoint: nothing is lost or recomputed.
+requeues it. The requeued job resumes from that checkpoint: nothing is lost or recomputed. With several
+tasks (DDP ranks) a signal to any one of them stops every rank at the same step (the trainer reduces the
+flag across ranks), and rank 0 requeues the job whichever rank received it.
+
+Two ``alphaflow sweep`` on one root: submission holds ``ROOT/.sweep.lock`` (``alphaflow.runlock``), so the
+second waits, then finds the first one's jobs pending or running and submits nothing twice; a trainer holds
+its run folder's lock, so a run is never trained by two processes even when started by hand.
 
 Bookkeeping on disk, next to the runs: ``ROOT/.submitit/`` holds submitit's pickles and logs
 (%j_%t_log.out / .err); each run folder gets job.json and, after a failed attempt, error.txt
@@ -78,8 +84,10 @@ class TrainJob(submitit.helpers.Checkpointable):
                 with contextlib.suppress(OSError):  # a full disk may refuse error.txt too; the log has it
                     run.write_error(traceback.format_exc()[-4000:])
             raise
-        if stop["requested"] and not result.finished and callable(requeue):
-            requeue(signal.SIGUSR2, None)  # submitit: checkpoint() → requeue → exit
+        if not result.finished:  # every rank stopped at this step, whichever of them got the signal
+            print(f"rank {env.global_rank}: stopped at step {result.step}", flush=True)
+        if not result.finished and callable(requeue):  # submitit: checkpoint() → requeue → exit on rank 0 (it
+            requeue(signal.SIGUSR2, None)             # requeues the job), a no-op on the others
         run.clear_error()
         return {"run": run.root.name, "step": result.step, "finished": result.finished}
 

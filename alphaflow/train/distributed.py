@@ -28,6 +28,8 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 
+from alphaflow.errors import UsageError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -61,11 +63,12 @@ def _env_ranks() -> tuple[int, int, int]:
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     """'auto' → cuda:<local_rank> when CUDA is available, else cpu; 'cuda' without CUDA is an error."""
     if preference not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"train.device must be auto, cpu or cuda, got {preference!r}")
+        raise UsageError(f"the device (train.device, or --device) must be auto, cpu or cuda, got {preference!r}")
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but CUDA is not available on this machine")
+        raise UsageError("the device is cuda (train.device, or --device) but CUDA is not available on this "
+                         "machine; use cpu or auto")
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
