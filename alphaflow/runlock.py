@@ -9,8 +9,8 @@ What the lock relies on (docs/locking.md):
 * A record in the same file: host, pid, the process's start time (a reused pid is not mistaken for the
   holder), the SLURM job id, since when. It names the holder in a refusal, and ``run_status`` reads it to
   show a locked run as running. The holder touches the file every ``HEARTBEAT_S`` seconds.
-* For file systems whose locks are local to each host (NFS mounted with ``local_lock=flock``, some Lustre
-  and GPFS set-ups), the record is the cross-host guard: a record from another host whose heartbeat is
+* For file systems whose locks are local to each host (NFS mounted with ``local_lock=flock``, Lustre
+  mounted with ``localflock``), the record is the cross-host guard: a record from another host whose heartbeat is
   younger than ``STALE_S`` refuses a second trainer even when flock lets it in. ``alphaflow unlock RUN_DIR``
   clears such a record once that process is known to be gone; after ``STALE_S`` it is taken over anyway.
 
