@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Sequence
 
-from alphaflow.errors import UsageError, WriteFailed
+from alphaflow.errors import UsageError, run_command
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -388,22 +388,10 @@ def _cmd_unlock(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line. A bad input ends with one line on stderr and exit code 2, a file that could not be
-    written with one line and exit code 1 (``alphaflow.errors``); ``--debug`` anywhere on the line, or
-    ``ALPHAFLOW_DEBUG=1``, shows the traceback instead."""
+    written with one line and exit code 1 (``alphaflow.errors.run_command``); ``--debug`` anywhere on the line,
+    or ``ALPHAFLOW_DEBUG=1``, shows the traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("ALPHAFLOW_DEBUG", "") not in ("", "0")
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
-    try:
-        return args.func(args)
-    except WriteFailed as exc:
-        if debug:
-            raise
-        resume = " (training resumes from its last checkpoint)" if args.command in ("train", "sweep") else ""
-        print(f"alphaflow {args.command}: {exc}. What was written before is intact; free some space or fix the "
-              f"permission, then run the same command again{resume}", file=sys.stderr)
-        return 1
-    except (ValueError, ImportError) as exc:  # UsageError, ConfigError and the library's other input checks
-        if debug:
-            raise
-        print(f"alphaflow {args.command}: {exc}", file=sys.stderr)
-        return 2
+    return run_command(f"alphaflow {args.command}", lambda: args.func(args), debug=debug,
+                       resumable=args.command in ("train", "sweep"))

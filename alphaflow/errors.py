@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import errno
 import shutil
+import sys
 from pathlib import Path
+from typing import Callable
 
 
 class UsageError(ValueError):
@@ -53,3 +55,23 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def run_command(name: str, work: Callable[[], int], *, debug: bool = False, resumable: bool = False) -> int:
+    """``work()``'s exit code; a ``WriteFailed`` becomes one line on stderr and 1, a ``ValueError`` (a bad input:
+    ``UsageError``, ``ConfigError`` and the library's other input checks) or an ``ImportError`` (a missing
+    optional dependency) one line and 2. With ``debug`` they propagate, traceback and all."""
+    try:
+        return work()
+    except WriteFailed as exc:
+        if debug:
+            raise
+        resume = " (training resumes from its last checkpoint)" if resumable else ""
+        print(f"{name}: {exc}. What was written before is intact; free some space or fix the permission, then "
+              f"run the same command again{resume}", file=sys.stderr)
+        return 1
+    except (ValueError, ImportError) as exc:
+        if debug:
+            raise
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
