@@ -16,7 +16,11 @@ from alphaflow.objectives import objective_from_options
 def preflight(cfg: Config) -> None:
     """Check what config validation cannot (registry names, the data path, the objective's options)
     before anything runs; raises ValueError naming the key."""
-    objective_from_options(cfg.objective, cfg.train.steps)
+    objective = objective_from_options(cfg.objective, cfg.train.steps)
+    if cfg.conflict.mode != "none" and not objective.conflict_parts:
+        raise ConfigError(f"conflict.mode={cfg.conflict.mode} combines the gradients of L_TFM and L_TCC, and "
+                          f"objective.name={cfg.objective.name} has no L_TCC; use meanflow, alphaflow, shortcut "
+                          "or tfm")
     check_model_name(cfg.model.name)
     check_data_options(cfg.data.name, cfg.data.path)
     if cfg.data.vae_path is not None and not Path(cfg.data.vae_path).expanduser().exists():

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alphaflow.config import Config, ConfigError, config_hash, from_dict, to_dict
+from alphaflow.config import Config, ConfigError, config_hash, from_dict, to_dict, without_later_defaults
 from alphaflow.runfolder import (CHECKPOINTS, CONFIG, ERROR, EVAL, FILES, METRICS, PROBES, SAMPLES, RunFolder, State,
                                  read_json, run_status, scan_jsonl)
 
@@ -153,7 +153,7 @@ def _check_hash(name: str, raw: dict, cfg: Config, info: dict, problems: list[st
     current = config_hash(cfg)
     if not m or m.group(1) == current:
         return
-    if json.loads(json.dumps(to_dict(cfg))) != raw:  # written by an earlier schema
+    if without_later_defaults(json.loads(json.dumps(to_dict(cfg)))) != without_later_defaults(raw):  # an earlier schema
         current = info.get("config_hash")
         if not isinstance(current, str) or m.group(1) == current:
             return

@@ -292,7 +292,7 @@ def test_config_imports_nothing_above_it():
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     project = {m.split(".")[1] for m in imported if m.split(".")[0] == "alphaflow" and "." in m}
-    assert project <= {"config", "errors", "objectives", "schedules", "timesteps"}, project
+    assert project <= {"config", "conflict", "errors", "objectives", "schedules", "timesteps"}, project
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

@@ -59,6 +59,10 @@ def test_probe_names_values_and_parts_on_a_dit():
         assert name in out, name
     assert all(-1.0 - 1e-9 <= out[k] <= 1.0 + 1e-9 for k in SIX)
     assert out["cos_mf_loss"] == pytest.approx(1.0, abs=1e-9)  # the unweighted MeanFlow loss is L_MF itself
+    # ∇mf = ∇tfm + ∇tcc, so the norm ratio is ‖∇mf‖/(‖∇tfm‖ + ‖∇tcc‖) (float32 gradients: to 1e-6)
+    assert out["ratio_tfm_tcc"] == pytest.approx(out["gradnorm_mf"] / (out["gradnorm_tfm"] + out["gradnorm_tcc"]),
+                                                 rel=1e-6)
+    assert 0 <= out["part.blocks.0.ratio_tfm_tcc"] <= 1
     groups = parameter_groups(net)
     assert set(groups) == {"x_embedder", "t_embedder", "d_embedder", "y_embedder", "blocks.0", "blocks.1", "final_layer"}
     squared = sum(out[f"part.{g}.gradnorm_tfm"] ** 2 for g in groups)

@@ -15,7 +15,7 @@ Every mistake is a ``ConfigError`` naming the dotted key, raised before anything
 """
 
 from alphaflow.config.loading import (RECIPE_DIR, config_hash, dump_yaml, from_dict, load_config, read_yaml,
-                                      to_dict, upgrade_legacy, validate)
+                                      to_dict, upgrade_legacy, validate, without_later_defaults)
 from alphaflow.config.merge import ConfigError, apply_overrides
 from alphaflow.config.schema import (DEVICES, PRECISIONS, SAMPLERS, Config, DataConfig, EMAConfig, EvalConfig,
                                      ModelConfig, OptimConfig, ProbeConfig, SampleConfig, TrainConfig)
@@ -26,4 +26,4 @@ from alphaflow.timesteps import TimeConfig
 __all__ = ["Config", "ConfigError", "DataConfig", "EMAConfig", "EvalConfig", "Guidance", "ModelConfig",
            "ObjectiveOptions", "OptimConfig", "ProbeConfig", "RECIPE_DIR", "SampleConfig", "ScheduleConfig",
            "TimeConfig", "TrainConfig", "DEVICES", "PRECISIONS", "SAMPLERS", "apply_overrides", "config_hash",
-           "dump_yaml", "from_dict", "load_config", "read_yaml", "to_dict", "upgrade_legacy", "validate"]
+           "dump_yaml", "from_dict", "load_config", "read_yaml", "to_dict", "upgrade_legacy", "validate", "without_later_defaults"]

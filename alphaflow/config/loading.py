@@ -22,7 +22,8 @@ from pathlib import Path
 import yaml
 
 from alphaflow.config.merge import ConfigError, _apply, _did_you_mean, _hints, _optional, _type_name, apply_overrides
-from alphaflow.config.schema import DEVICES, PRECISIONS, SAMPLERS, Config
+from alphaflow.config.schema import DEVICES, PRECISIONS, SAMPLERS, Config, ConflictConfig
+from alphaflow.conflict import MODES
 from alphaflow.objectives import OPTIONS
 from alphaflow.schedules import ScheduleConfig, check_unit_interval
 
@@ -127,9 +128,22 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
+# Sections added after runs were first named by their hash: left out of the hash while they hold their
+# defaults, so a run folder named before a section existed keeps its name (and resumes) afterwards.
+_LATER_SECTIONS = {"conflict": ConflictConfig}
+
+
+def without_later_defaults(config: dict) -> dict:
+    """A config dict without the sections of ``_LATER_SECTIONS`` that hold their defaults (a copy): the form
+    that is hashed, and the one to compare a config.json written before those sections existed with."""
+    return {k: v for k, v in config.items()
+            if not (k in _LATER_SECTIONS and v == dataclasses.asdict(_LATER_SECTIONS[k]()))}
+
+
 def config_hash(cfg: Config, length: int = 10) -> str:
-    """Short stable hex digest of the canonical JSON form, for run names ``<desc>-<hash>``."""
-    text = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    """Short stable hex digest of the canonical JSON form, for run names ``<desc>-<hash>``; a section of
+    ``_LATER_SECTIONS`` at its defaults is left out (``without_later_defaults``)."""
+    text = json.dumps(without_later_defaults(to_dict(cfg)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
@@ -162,15 +176,15 @@ def _check_types(cfg: Config) -> None:
 
 
 # Numeric rules by key: (rule, test). Optional fields may also be null.
-_AT_LEAST_ONE = ("train.steps", "train.batch_size", "train.log_every", "train.ckpt_every", "train.max_nonfinite",
+_AT_LEAST_ONE = ("conflict.every", "train.steps", "train.batch_size", "train.log_every", "train.ckpt_every", "train.max_nonfinite",
                  "train.threads", "data.resolution", "data.toy_size", "data.stats_samples", "sample.num",
                  "probe.batches", "probe.batch_size", "eval.batch_size", "eval.decode_batch_size")
 _AT_LEAST_TWO = ("eval.num_samples", "eval.final_samples")  # a covariance needs two samples
 _POSITIVE = ("train.dist_timeout_min", "optim.lr", "optim.eps", "optim.grad_clip", "ema.halflife_steps", "ema.rampup_ratio",
              "model.time_scale", "objective.adaptive_c", "objective.clip")
-_NON_NEGATIVE = ("seed", "probe.chunk_size", "train.keep_every", "train.sample_every", "optim.weight_decay", "optim.warmup_steps",
+_NON_NEGATIVE = ("conflict.c", "seed", "probe.chunk_size", "train.keep_every", "train.sample_every", "optim.weight_decay", "optim.warmup_steps",
                  "data.workers", "objective.adaptive_p")
-_CHOICES = {"train.device": DEVICES, "train.precision": PRECISIONS, "sample.sampler": SAMPLERS}
+_CHOICES = {"train.device": DEVICES, "train.precision": PRECISIONS, "sample.sampler": SAMPLERS, "conflict.mode": MODES}
 
 
 def validate(cfg: Config) -> None:
@@ -209,6 +223,10 @@ def validate(cfg: Config) -> None:
     need(len(cfg.eval.nfe) >= 1 and all(n >= 1 for n in cfg.eval.nfe), "eval.nfe", "needs entries >= 1")
     need(cfg.sample.sampler != "consistency" or all(n <= 2 for n in cfg.eval.nfe), "eval.nfe",
          "entries must be 1 or 2 with the 'consistency' sampler")
+    need(cfg.conflict.every == 1 or not cfg.conflict.per_group, "conflict.every",
+         "must be 1 with conflict.per_group=true (reused coefficients are whole-vector)")
+    need(cfg.conflict.mode == "none" or not cfg.train.compile, "train.compile",
+         f"must be false with conflict.mode={cfg.conflict.mode} (its two backward passes run eagerly)")
     for f in dataclasses.fields(cfg.objective):  # every schedule of an objective is a fraction (α, ratio_fm)
         value = getattr(cfg.objective, f.name)
         if isinstance(value, ScheduleConfig):

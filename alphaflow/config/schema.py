@@ -109,6 +109,20 @@ class ProbeConfig:
 
 
 @dataclass
+class ConflictConfig:
+    """How the gradients of trajectory flow matching and trajectory consistency combine at every step
+    (``alphaflow.conflict``, docs/conflict.md): ``mode`` none (their sum, the plain gradient), pcgrad,
+    project_tcc, balance or cagrad (with radius ``c``); ``per_group``: the rule per DiT block, embedder and
+    final layer instead of on the whole vector; ``every``: compute the rule's coefficients every k steps and
+    reuse them in between (one backward on those steps; an approximation, whole-vector only)."""
+
+    mode: str = "none"
+    c: float = 0.4
+    per_group: bool = False
+    every: int = 1
+
+
+@dataclass
 class EvalConfig:
     """Sample quality during and after training (docs/official_code.md#evaluation-metrics): the Fréchet
     distance of EMA samples (fixed seeds, ``sample.sampler`` at ``sample.t_mid``) to the training data's
@@ -145,5 +159,6 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    conflict: ConflictConfig = field(default_factory=ConflictConfig)
 
 

@@ -11,7 +11,9 @@ On one batch, the same (t, r, ε, labels) for every term, we differentiate
 
 each a batch mean of per-sample element means, and report every term's value (``loss_<term>``),
 gradient norm (``gradnorm_<term>``) and every pairwise cosine (``cos_<a>_<b>``, a before b in
-``TERMS`` order, e.g. ``cos_tfm_tcc``, ``cos_fmb_tcc``). Gradients are whole-vector over the chosen
+``TERMS`` order, e.g. ``cos_tfm_tcc``, ``cos_fmb_tcc``), and ``ratio_tfm_tcc`` = ‖∇tfm + ∇tcc‖/(‖∇tfm‖ + ‖∇tcc‖):
+the cosine tends to −1 whenever the sum is small beside its parts (near a stationary point), and the ratio,
+near 0 then, tells that case apart from two large gradients pulling apart. Gradients are whole-vector over the chosen
 parameters, in float64. With ``parts=True`` the same numbers per part of the network
 (``part.<name>.cos_tfm_tcc``): every DiT block, each embedder, the final layer.
 
@@ -163,6 +165,11 @@ def gram_summary(gram: Tensor, keys: Sequence[str], values: dict[str, float], pr
     for (i, a), (j, b) in itertools.combinations(enumerate(keys), 2):
         denom = norms[i] * norms[j]
         out[f"{prefix}cos_{a}_{b}"] = float(gram[i, j] / denom) if denom > 0 else float("nan")
+    if "tfm" in keys and "tcc" in keys:  # ‖∇tfm + ∇tcc‖/(‖∇tfm‖ + ‖∇tcc‖): whether the cosine's −1 is a cancellation
+        i, j = keys.index("tfm"), keys.index("tcc")
+        total = (gram[i, i] + gram[j, j] + 2 * gram[i, j]).clamp(min=0).sqrt()
+        parts = norms[i] + norms[j]
+        out[f"{prefix}ratio_tfm_tcc"] = float(total / parts) if parts > 0 else float("nan")
     if not prefix:
         out.update({f"loss_{k}": v for k, v in values.items()})
     return out

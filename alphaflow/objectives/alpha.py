@@ -100,7 +100,8 @@ class AlphaFlow(Objective):
         parts = regression_components(pred, target, v_tilde)
         if alpha == 0.0:
             parts["mf"] = parts["mse"]
-        return Terms(loss=self.weighted(parts["mse"], numerator), components=parts, pred=pred,
+        return Terms(loss=self.weighted(parts["mse"], numerator), components=parts,
+                     weight=self.loss_weight(parts["mse"], numerator), pred=pred,
                      target=target, sample=sample, logs={"alpha": alpha})
 
     def discrete_target(self, net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None,

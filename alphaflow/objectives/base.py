@@ -131,6 +131,8 @@ class Terms:
     target: Tensor                     # [B, ...] sg(u_tgt)
     sample: Sample
     logs: dict[str, Tensor | float] = field(default_factory=dict)  # detached scalars
+    weight: Tensor | float = 1.0       # [B] detached w with loss = w·mse + const per sample, so that
+    #                                    ∇loss.mean() = ∇mean(w·tfm) + ∇mean(w·tcc) (alphaflow.train.conflict)
 
 
 def check_labels(labels: Tensor | None, batch: int, *, name: str = "labels") -> None:
@@ -156,6 +158,15 @@ def adaptive_loss(mse: Tensor, numerator: Tensor | float, *, p: float, c: float)
     if p == 0.0:
         return numerator * mse
     return numerator * mse / (mse.detach() + c) ** p
+
+
+def adaptive_weight(mse: Tensor, numerator: Tensor | float, *, p: float, c: float) -> Tensor | float:
+    """The detached per-sample factor w = numerator/(sg(mse) + c)^p of ``adaptive_loss``: [B] → [B] (or the
+    numerator itself when p = 0), so that ∇adaptive_loss = w·∇mse row by row."""
+    if p == 0.0:
+        return numerator.detach() if isinstance(numerator, Tensor) else numerator
+    weight = numerator / (mse.detach() + c) ** p
+    return weight.detach()
 
 
 def regression_components(pred: Tensor, target: Tensor, v_tilde: Tensor) -> dict[str, Tensor]:
@@ -203,6 +214,7 @@ class Objective:
     name = "objective"
     Options: type[ObjectiveOptions] = ObjectiveOptions
     default_sampler = "ode"  # what sample.sampler=auto means for this objective's networks
+    conflict_parts = True    # its terms carry tfm and tcc, whose gradients sum to the loss's (conflict.mode)
 
     def __init__(self, *, ratio_fm: float | Schedule | dict | None = None, time_sampler: TimeSampler | None = None,
                  guidance: Guidance | dict | None = None, adaptive_p: float | None = None,
@@ -252,3 +264,7 @@ class Objective:
 
     def weighted(self, mse: Tensor, numerator: Tensor | float = 1.0) -> Tensor:
         return adaptive_loss(mse, numerator, p=self.adaptive_p, c=self.adaptive_c)
+
+    def loss_weight(self, mse: Tensor, numerator: Tensor | float = 1.0) -> Tensor | float:
+        """``Terms.weight`` for a loss ``weighted(mse, numerator)``: see ``adaptive_weight``."""
+        return adaptive_weight(mse, numerator, p=self.adaptive_p, c=self.adaptive_c)

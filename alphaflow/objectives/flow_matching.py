@@ -24,8 +24,8 @@ def _regress_velocity(obj: Objective, net: Net, x: Tensor, sample: Sample, r: Te
     z, v_tilde = obj.guided(net, x, sample)
     pred = net(z, r, sample.t, sample.labels)
     parts = regression_components(pred, v_tilde, v_tilde)  # tcc ≡ 0 here: the target is ṽ
-    return Terms(loss=obj.weighted(parts["mse"]), components=parts, pred=pred, target=v_tilde.detach(),
-                 sample=sample, logs={"alpha": 1.0})
+    return Terms(loss=obj.weighted(parts["mse"]), weight=obj.loss_weight(parts["mse"]), components=parts, pred=pred,
+                 target=v_tilde.detach(), sample=sample, logs={"alpha": 1.0})
 
 
 @dataclass
@@ -54,6 +54,7 @@ class FlowMatching(Objective):
     name = "fm"
     Options = FlowMatchingOptions
     default_sampler = "euler"  # the network never saw r < t: N Euler steps of the velocity
+    conflict_parts = False     # no L_TCC: nothing to combine
 
     def __init__(self, **kwargs) -> None:
         ratio = kwargs.get("ratio_fm")

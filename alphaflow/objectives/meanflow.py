@@ -91,5 +91,5 @@ class MeanFlow(Objective):
         pred, target = meanflow_prediction(net, z, sample.r, sample.t, sample.labels, v_tilde, pair_rows(sample))
         parts = regression_components(pred, target, v_tilde)
         parts["mf"] = parts["mse"]
-        return Terms(loss=self.weighted(parts["mse"]), components=parts, pred=pred, target=target,
-                     sample=sample, logs={"alpha": 0.0})
+        return Terms(loss=self.weighted(parts["mse"]), weight=self.loss_weight(parts["mse"]), components=parts,
+                     pred=pred, target=target, sample=sample, logs={"alpha": 0.0})

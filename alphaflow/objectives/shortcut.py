@@ -54,8 +54,8 @@ class Shortcut(Objective):
             put_rows(target, rows, keep_equal_time_rows(r_d, t_d, jumps.to(target.dtype), take_rows(target, rows)))
         pred = net(z, r, t, labels)
         parts = regression_components(pred, target, v_tilde)
-        return Terms(loss=self.weighted(parts["mse"]), components=parts, pred=pred, target=target,
-                     sample=sample, logs={"alpha": 0.5})
+        return Terms(loss=self.weighted(parts["mse"]), weight=self.loss_weight(parts["mse"]), components=parts,
+                     pred=pred, target=target, sample=sample, logs={"alpha": 0.5})
 
     @staticmethod
     def two_half_jumps(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:

@@ -9,6 +9,7 @@ RNGs, the batch number), so a resumed run continues bit-for-bit where it stopped
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from alphaflow.models import build_for_data
 from alphaflow.train.optim import EMA, build_optimizer, gradient_norm, sanitize_and_clip, warmup_factor
 from alphaflow.train.progress import Progress
 from alphaflow.train.callbacks import Callback, LogContext, OnlineProbe, check_served
+from alphaflow.train.conflict import ConflictCombiner, no_sync
 from alphaflow.errors import UsageError, format_bytes
 from alphaflow.runfolder import RunFolder
 from alphaflow.runlock import run_lock
@@ -95,9 +97,12 @@ class _Session:
     gen: torch.Generator
     state: dict[str, Any]
     params: list[torch.nn.Parameter] = field(default_factory=list)  # net's, listed once for the per-step norm
+    conflict: ConflictCombiner | None = None  # conflict.mode other than none: how g_TFM and g_TCC combine
 
     def __post_init__(self) -> None:
         self.params = list(self.net.parameters())
+        if self.cfg.conflict.mode != "none":
+            self.conflict = ConflictCombiner(self.cfg.conflict, self.net, self.params, self.info)
 
     @property
     def device(self) -> torch.device:
@@ -202,11 +207,17 @@ def _step(s: _Session, raw: torch.Tensor, labels: torch.Tensor, should_stop: Cal
     lr = o.lr * warmup_factor(step, o.warmup_steps)
     for group in s.opt.param_groups:
         group["lr"] = lr
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.bf16):
-        terms = s.objective(s.model, x, y, step=step, generator=s.gen)
+    exact = s.conflict is not None and s.conflict.exact(step, state)  # two backward passes, reduced by hand
+    with no_sync(s.model) if exact else contextlib.nullcontext():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.bf16):
+            terms = s.objective(s.model, x, y, step=step, generator=s.gen)
     loss = terms.loss.float().mean()
     s.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    conflict: dict[str, torch.Tensor] = {}
+    if s.conflict is None:
+        loss.backward()
+    else:
+        conflict = s.conflict.backward(terms, step, state)
     # One reduction per step carries the cross-rank decisions (loss finite? gradients finite? anyone asked
     # to stop?) and its host transfer is the step's only device sync. new_full is a fill on the device, not
     # a copy. The gradient norm is the same on every rank: DDP has averaged the gradients in backward.
@@ -218,6 +229,8 @@ def _step(s: _Session, raw: torch.Tensor, labels: torch.Tensor, should_stop: Cal
     finite = all_finite == 1.0
     if finite:
         state["nonfinite"] = 0
+        if s.conflict is not None:
+            s.conflict.commit(state)
         grad_norm = sanitize_and_clip(params, o.grad_clip, norm=norm, finite=grads_finite == 1.0)
         s.opt.step()
         s.ema.update(s.net, step + 1)
@@ -232,7 +245,7 @@ def _step(s: _Session, raw: torch.Tensor, labels: torch.Tensor, should_stop: Cal
                 "Lower optim.lr, set optim.grad_clip, or check the data.")
     state["step"] = step + 1
     state["images"] += cfg.train.batch_size
-    _accumulate(state["tick"], terms, loss, grad_norm, finite)
+    _accumulate(state["tick"], terms, loss, grad_norm, finite, conflict)
     return x, y, lr, terms, any_stop > 0
 
 
@@ -285,19 +298,23 @@ def _new_tick() -> dict[str, Any]:
     return {"steps": 0, "finite": 0, "nonfinite": 0, "sums": {}, "wall": 0.0}
 
 
-def _accumulate(tick: dict[str, Any], terms, loss: torch.Tensor, grad_norm: torch.Tensor, finite: bool) -> None:
+def _accumulate(tick: dict[str, Any], terms, loss: torch.Tensor, grad_norm: torch.Tensor, finite: bool,
+                extra: dict[str, torch.Tensor] | None = None) -> None:
     """Sum the step's scalars on the device (no host transfer); a log row reports their means over the tick
-    (EDM-style). The sums are float64, so a long tick loses nothing to round-off."""
+    (EDM-style), each over the steps that had it (``extra``, the conflict scalars, skips reuse steps). The
+    sums are float64, so a long tick loses nothing to round-off."""
     tick["steps"] += 1
     if not finite:
         tick["nonfinite"] += 1
         return
     tick["finite"] += 1
-    values = {"loss": loss.detach(), "grad_norm": grad_norm}
+    values = {"loss": loss.detach(), "grad_norm": grad_norm, **(extra or {})}
     values.update({f"loss_{name}": c.detach().float().mean() for name, c in terms.components.items()})
+    counts = tick.setdefault("counts", {})
     for key, value in values.items():
         value = value.detach().to(torch.float64)
         tick["sums"][key] = tick["sums"][key] + value if key in tick["sums"] else value
+        counts[key] = counts.get(key, 0) + 1
 
 
 def _log_row(state: dict[str, Any], lr: float, logs: dict, info: D.DistInfo, batch_size: int) -> dict[str, Any]:
@@ -305,8 +322,10 @@ def _log_row(state: dict[str, Any], lr: float, logs: dict, info: D.DistInfo, bat
     keys = sorted(tick["sums"])
     means: list[float] = []
     if keys:  # one tensor on the run's device, one all-reduce, one host transfer per log tick
-        sums = torch.stack([tick["sums"][k].to(info.device) for k in keys])
-        means = D.all_reduce_mean(sums / max(tick["finite"], 1), info).tolist()
+        counts = tick.get("counts", {})  # a checkpoint of an earlier version has none: every key on every step
+        sums = torch.stack([torch.as_tensor(tick["sums"][k], dtype=torch.float64, device=info.device)  # a resumed
+                            / max(counts.get(k, tick["finite"]), 1) for k in keys])          # tick holds floats
+        means = D.all_reduce_mean(sums, info).tolist()
     seconds = state["wall"] - tick["wall"]
     row = {"step": state["step"], "images": state["images"], "wall": round(state["wall"], 3), "lr": lr,
            "alpha": float(logs.get("alpha", float("nan"))), "ratio_fm": float(logs.get("ratio_fm", float("nan"))),
@@ -332,7 +351,10 @@ def _warn_if_short_of_space(run: RunFolder, net: torch.nn.Module, say: Callable[
 def _host_state(state: dict[str, Any]) -> dict[str, Any]:
     """The loop state with the tick's device sums as host floats (exact: float64 to float), for the checkpoint."""
     tick = state["tick"]
-    return {**state, "tick": {**tick, "sums": {k: float(v) for k, v in tick["sums"].items()}}}
+    host = {**state, "tick": {**tick, "sums": {k: float(v) for k, v in tick["sums"].items()}}}
+    if isinstance(state.get("conflict_coef"), torch.Tensor):  # the reused conflict coefficients, [1, 2]
+        host["conflict_coef"] = state["conflict_coef"].tolist()
+    return host
 
 
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:

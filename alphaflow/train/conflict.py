@@ -1,0 +1,122 @@
+"""The conflict interventions inside a training step (``conflict.*``; the rules: ``alphaflow.conflict``;
+docs/conflict.md).
+
+On an exact step the two weighted parts of the loss are differentiated separately,
+
+    L_TFM^w = mean_i(w_i · tfm_i),   L_TCC^w = mean_i(w_i · tcc_i),
+
+with w the objective's detached per-sample weight (``Terms.weight``: the adaptive weight and α-Flow's α), so
+that ∇L_TFM^w + ∇L_TCC^w = ∇loss exactly (mse = tfm + tcc + a θ-free constant per sample). The forward runs
+once, under DDP's ``no_sync``; two ``autograd.grad`` calls give g_TFM and g_TCC; under DDP both are averaged
+over ranks in one all-reduce, so the rule sees the global gradients and every rank computes the same update.
+The rule's (a, b) per parameter group then give ``p.grad = a·g_TFM + b·g_TCC``, and the trainer's clipping,
+NaN handling and optimiser step follow unchanged.
+
+With ``conflict.every = k > 1`` (whole-vector only) the coefficients of an exact step are reused for the next
+k − 1 steps, each of which is one ordinary backward of a·L_TFM^w + b·L_TCC^w (DDP reduces it as usual). This is
+an approximation: the coefficients lag the gradients by up to k − 1 steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from alphaflow.config.schema import ConflictConfig
+from alphaflow.conflict import coefficients, conflict_stats
+from alphaflow.instrument.probes import parameter_groups
+from alphaflow.train import distributed as D
+
+
+def weighted_parts(terms: Any) -> tuple[Tensor, Tensor]:
+    """(L_TFM^w, L_TCC^w), 0-dim, at least fp32 (bf16 parts are promoted, as the trainer's loss is): their
+    gradients sum to that of ``terms.loss.mean()``."""
+    if "tfm" not in terms.components or "tcc" not in terms.components:
+        raise ValueError("conflict.mode needs an objective whose terms carry the tfm and tcc components "
+                         f"(got {sorted(terms.components)})")
+    tfm, tcc = terms.components["tfm"], terms.components["tcc"]
+    dtype = torch.promote_types(tfm.dtype, torch.float32)
+    w = terms.weight.to(dtype) if isinstance(terms.weight, Tensor) else terms.weight
+    return (w * tfm.to(dtype)).mean(), (w * tcc.to(dtype)).mean()
+
+
+def no_sync(model: nn.Module) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync()`` for ``model`` (plain, DDP, or a compiled DDP); a null context without DDP."""
+    inner = getattr(model, "_orig_mod", model)
+    return inner.no_sync() if isinstance(inner, DistributedDataParallel) else contextlib.nullcontext()
+
+
+class ConflictCombiner:
+    """Combines g_TFM and g_TCC by ``cfg.mode`` at every step (module docstring).
+
+    ``net``: the unwrapped network, whose parameters are ``params`` (the trainer's list, in its order).
+    ``state``: the trainer's checkpointed loop state; the reused coefficients live in ``state["conflict_coef"]``.
+    """
+
+    def __init__(self, cfg: ConflictConfig, net: nn.Module, params: list[nn.Parameter], info: D.DistInfo) -> None:
+        self.cfg, self.params, self.info = cfg, params, info
+        self._pending: Tensor | None = None
+        index = {id(p): i for i, p in enumerate(params)}
+        named = dict(net.named_parameters())
+        groups = parameter_groups(net) if cfg.per_group else {"all": [n for n, p in named.items() if p.requires_grad]}
+        self.groups = [[index[id(named[n])] for n in members if id(named[n]) in index] for members in groups.values()]
+        self.group_of = torch.empty(len(params), dtype=torch.long)
+        for k, members in enumerate(self.groups):
+            self.group_of[members] = k
+
+    def exact(self, step: int, state: dict[str, Any]) -> bool:
+        """Whether ``step`` computes both gradients (else it reuses ``state["conflict_coef"]``)."""
+        return self.cfg.every == 1 or step % self.cfg.every == 0 or state.get("conflict_coef") is None
+
+    def backward(self, terms: Any, step: int, state: dict[str, Any]) -> dict[str, Tensor]:
+        """Fill every ``p.grad`` with the combined gradient; returns this step's ``conflict_*`` scalars (0-dim
+        device tensors; none on a reuse step)."""
+        part_tfm, part_tcc = weighted_parts(terms)
+        if not self.exact(step, state):
+            coef = torch.as_tensor(state["conflict_coef"], dtype=part_tfm.dtype, device=part_tfm.device)
+            (coef[0, 0] * part_tfm + coef[0, 1] * part_tcc).backward()
+            return {}
+        g_tfm = self._grads(part_tfm, retain=True)
+        g_tcc = self._grads(part_tcc, retain=False)
+        if self.info.distributed:
+            g_tfm, g_tcc = self._average_over_ranks(g_tfm, g_tcc)
+        gram = self._gram(g_tfm, g_tcc)
+        coef = coefficients(gram, self.cfg.mode, self.cfg.c)  # [K, 2]
+        for j, (p, g1, g2) in enumerate(zip(self.params, g_tfm, g_tcc)):
+            k = int(self.group_of[j])
+            p.grad = g1.mul_(coef[k, 0].to(g1.dtype)).add_(g2 * coef[k, 1].to(g2.dtype))
+        self._pending = coef.detach() if self.cfg.every > 1 else None
+        return {f"conflict_{name}": value for name, value in conflict_stats(gram, coef).items()}
+
+    def commit(self, state: dict[str, Any]) -> None:
+        """After a finite step: keep its coefficients for the reuse steps (a skipped step's are dropped)."""
+        if self._pending is not None:
+            state["conflict_coef"] = self._pending
+            self._pending = None
+
+    def _grads(self, value: Tensor, *, retain: bool) -> list[Tensor]:
+        grads = torch.autograd.grad(value, self.params, retain_graph=retain, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params)]
+
+    def _average_over_ranks(self, g_tfm: list[Tensor], g_tcc: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Both gradients averaged over ranks in one all-reduce of one flat buffer; returned as views of it."""
+        flat = torch.cat([g.reshape(-1) for g in (*g_tfm, *g_tcc)])
+        flat = D.all_reduce_mean(flat, self.info)
+        out, offset = [], 0
+        for g in (*g_tfm, *g_tcc):
+            out.append(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+        return out[:len(g_tfm)], out[len(g_tfm):]
+
+    def _gram(self, g_tfm: list[Tensor], g_tcc: list[Tensor]) -> Tensor:
+        """[K, 2, 2] float64: per group, the Gram matrix of (g_TFM, g_TCC) summed over its parameters."""
+        dots = torch.stack([torch.stack([(g1 * g1).sum(), (g2 * g2).sum(), (g1 * g2).sum()])
+                            for g1, g2 in zip(g_tfm, g_tcc)]).double()  # [n_params, 3]
+        per_group = torch.zeros(len(self.groups), 3, dtype=torch.float64, device=dots.device)
+        per_group.index_add_(0, self.group_of.to(dots.device), dots)
+        g11, g22, g12 = per_group.unbind(1)
+        return torch.stack([torch.stack([g11, g12], 1), torch.stack([g12, g22], 1)], 1)
