@@ -190,11 +190,11 @@ def _cmd_ref_stats(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from alphaflow.perf.bench import format_table, run_bench
+    from alphaflow.perf.bench import format_table, resolve_variants, run_bench
 
     results = run_bench(args.model, batch=args.batch, shape=tuple(args.shape), classes=args.classes,
-                        device=args.device, precision=args.precision, rounds=args.rounds, warmup=args.warmup,
-                        threads=args.threads, seed=args.seed,
+                        variants=resolve_variants(args.variants), device=args.device, precision=args.precision,
+                        rounds=args.rounds, warmup=args.warmup, threads=args.threads, seed=args.seed,
                         **({} if args.peak_flops is None else {"peak_flops": args.peak_flops}))
     print(json.dumps(results) if args.json else format_table(results))
     return 0  # the targets are information, not a verdict on the exit code
@@ -367,6 +367,9 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s for the MFU (default 989e12: H100 bf16)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", default="base", metavar="LIST",
+                   help="comma list of variants or groups: base (default), conflict (fm, mf_p100 and the "
+                        "conflict.mode steps), all")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=_cmd_bench)
 

@@ -10,7 +10,8 @@ import json
 import pytest
 import torch
 
-from alphaflow.perf.bench import VARIANTS, count_flops, format_table, peak_memory, run_bench
+from alphaflow.perf.bench import (BASE_VARIANTS, CONFLICT_VARIANTS, count_flops, format_table, peak_memory,
+                                  resolve_variants, run_bench)
 from alphaflow.cli import main
 from alphaflow.models import build_for_data
 
@@ -30,8 +31,8 @@ def forward_flops(batch: int) -> int:
 
 
 def test_every_variant_is_measured(results):
-    assert set(VARIANTS) <= set(results)
-    for name in VARIANTS:
+    assert set(BASE_VARIANTS) <= set(results)
+    for name in BASE_VARIANTS:
         row = results[name]
         assert {"ratio", "ms", "flops", "peak_mem_bytes"} <= set(row), name
         assert row["ms"] > 0 and row["flops"] > 0 and row["peak_mem_bytes"] > 0, name
@@ -40,7 +41,7 @@ def test_every_variant_is_measured(results):
 
 
 def test_flops_follow_the_cost_model(results):
-    flops = {name: results[name]["flops"] for name in VARIANTS}
+    flops = {name: results[name]["flops"] for name in BASE_VARIANTS}
     fwd = forward_flops(BATCH)
     # fwd + bwd = 3 forwards, less one product in the layers whose input needs no gradient (the patch
     # embedding of z, the first Linear of each time embedder): never above 3, and those layers are
@@ -68,7 +69,7 @@ def test_cpu_peak_memory_is_the_running_sum_of_allocations():
 def test_human_output_has_the_table_and_the_targets(results):
     text = format_table(results)
     assert "threads 1, device cpu" in text and MODEL in text and "no optimiser step" in text
-    assert all(f"\n{name} " in text for name in VARIANTS)
+    assert all(f"\n{name} " in text for name in BASE_VARIANTS)
     assert "cost targets:" in text and ("PASS" in text or "FAIL" in text)
 
 
@@ -77,7 +78,7 @@ def test_cli_json_is_one_object(capsys):
                "--device", "cpu", "--json"])
     data = json.loads(capsys.readouterr().out)
     assert rc == 0
-    assert all({"ratio", "ms", "flops", "peak_mem_bytes"} <= set(data[name]) for name in VARIANTS)
+    assert all({"ratio", "ms", "flops", "peak_mem_bytes"} <= set(data[name]) for name in BASE_VARIANTS)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -91,3 +92,17 @@ def test_bad_inputs_exit_2(argv, message, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["bench", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_conflict_variants_cost_one_more_backward_and_reuse_amortises_it():
+    """An exact rule adds one backward (2/3 of a flow-matching step in FLOPs) to the MeanFlow step; reused
+    every 10 steps, it adds a tenth of that."""
+    variants = resolve_variants("conflict")
+    assert variants == ("fm", "mf_p100", *CONFLICT_VARIANTS)
+    r = run_bench(MODEL, batch=BATCH, shape=SHAPE, classes=10, device="cpu", rounds=1, warmup=0, threads=1,
+                  variants=variants)
+    fm, mf = r["fm"]["flops"], r["mf_p100"]["flops"]
+    for name in ("mf_pcgrad", "mf_project_tcc", "mf_balance", "mf_cagrad", "mf_pcgrad_groups"):
+        assert r[name]["flops"] - mf == pytest.approx(2 / 3 * fm, rel=0.02), name
+    assert r["mf_pcgrad_k10"]["flops"] == pytest.approx(mf + (r["mf_pcgrad"]["flops"] - mf) / 10, rel=0.01)
+    assert [t["target"] for t in r["meta"]["targets"]][-2:] == ["mf_pcgrad time", "mf_pcgrad peak memory"]

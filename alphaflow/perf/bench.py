@@ -13,6 +13,14 @@ None before every step. Variants (``VARIANTS``), with the cost model's FLOP rati
     probe          MeanFlow forward at p = 1, the gradients of L_TFM and L_TCC, their cosine (the
                    training gradient is their sum, so this is a MeanFlow step plus one backward)
 
+and, with ``--variants conflict`` (``CONFLICT_VARIANTS``), the MeanFlow step at p = 1 with each conflict
+intervention (``conflict.mode``, docs/conflict.md): the forward once, two backward passes, the rule:
+
+    mf_pcgrad, mf_project_tcc, mf_balance, mf_cagrad    whole-vector, every step     ≈ 2.0 (two backwards)
+    mf_pcgrad_groups   PCGrad per parameter group
+    mf_pcgrad_k10      PCGrad with coefficients reused for 10 steps (conflict.every=10): one call runs
+                       ten steps, and its time and FLOPs are reported per step
+
 Measurements, each after ``warmup`` untimed rounds, on one fixed random batch (x ~ N(0, I), random
 labels; the values do not change the cost) and a model nudged off DiT's zero init:
 - time: round-robin over the variants in one process (the order rotates every round), wall clock on
@@ -29,6 +37,7 @@ labels; the values do not change the cost) and a model nudged off DiT's zero ini
 from __future__ import annotations
 
 import functools
+import itertools
 import statistics
 import time
 from typing import Callable
@@ -43,16 +52,25 @@ from alphaflow.conventions import expand_time, interpolate, velocity
 from alphaflow.models import build_for_data
 from alphaflow.objectives import AlphaFlow, FlowMatching, MeanFlow
 from alphaflow.objectives.base import adaptive_loss, element_mean
+from alphaflow.config.schema import ConflictConfig
 from alphaflow.instrument.probes import gram_matrices, gram_summary
+from alphaflow.train.conflict import ConflictCombiner
+from alphaflow.train.distributed import DistInfo
 
-VARIANTS = ("fm", "alpha_mid", "mf_p100", "mf_p25", "official_p100", "probe")
+BASE_VARIANTS = ("fm", "alpha_mid", "mf_p100", "mf_p25", "official_p100", "probe")
+CONFLICT_VARIANTS = ("mf_pcgrad", "mf_project_tcc", "mf_balance", "mf_cagrad", "mf_pcgrad_groups", "mf_pcgrad_k10")
+VARIANTS = BASE_VARIANTS + CONFLICT_VARIANTS
+STEPS_PER_CALL = {"mf_pcgrad_k10": 10}  # variants whose one call runs several training steps
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM (NVIDIA's data sheet)
 # The cost targets (what, variant, measure, bound); measure "ratio" is the time ratio to fm, "mem" the peak-memory
 # ratio. A MeanFlow step whose JVP rides on the forward costs (4 + f)/3 ≈ 1.35 flow-matching steps in FLOPs at
 # p = 1 (docs/jvp.md), so 1.4 leaves a small margin; at 25 % of the rows 1.15; the tangent mode keeps the
 # activations of a flow-matching step, so the peak memory stays within 10 %.
+# An exact conflict rule needs the forward with the tangent and two backward passes: 1 + 2·(2/3)·... ≈ 2.0
+# flow-matching steps, so PCGrad's bound is 2.05; its second gradient set and the retained graph cost memory.
 TARGETS = (("mf_p100 time", "mf_p100", "ratio", 1.4), ("mf_p25 time", "mf_p25", "ratio", 1.15),
-           ("mf_p100 peak memory", "mf_p100", "mem", 1.1), ("mf_p25 peak memory", "mf_p25", "mem", 1.1))
+           ("mf_p100 peak memory", "mf_p100", "mem", 1.1), ("mf_p25 peak memory", "mf_p25", "mem", 1.1),
+           ("mf_pcgrad time", "mf_pcgrad", "ratio", 2.05), ("mf_pcgrad peak memory", "mf_pcgrad", "mem", 1.35))
 
 Step = Callable[[], None]
 
@@ -104,9 +122,26 @@ def make_steps(net: nn.Module, x: Tensor, labels: Tensor | None, *, bf16: bool =
         gram = gram_matrices(terms, params)["all"]
         gram_summary(gram, list(terms), {k: float(v.detach()) for k, v in terms.items()})
 
+    def conflict_step(mode: str, per_group: bool = False, every: int = 1) -> Step:
+        objective = MeanFlow(ratio_fm=0.0)
+        combiner = ConflictCombiner(ConflictConfig(mode=mode, per_group=per_group, every=every), net,
+                                    [p for _, p in params], DistInfo(device=x.device))
+        state: dict = {}
+        counter = itertools.count()
+
+        def step() -> None:
+            for _ in range(STEPS_PER_CALL.get(f"mf_{mode}_k{every}", 1)):
+                with autocast():
+                    terms = objective(net, x, labels, generator=generator)
+                combiner.backward(terms, next(counter), state)
+                combiner.commit(state)
+        return step
+
     return {"fm": objective_step(FlowMatching()), "alpha_mid": objective_step(AlphaFlow(alpha=0.5)),
             "mf_p100": objective_step(MeanFlow(ratio_fm=0.0)), "mf_p25": objective_step(MeanFlow(ratio_fm=0.75)),
-            "official_p100": official, "probe": probe}
+            "official_p100": official, "probe": probe,
+            **{f"mf_{mode}": conflict_step(mode) for mode in ("pcgrad", "project_tcc", "balance", "cagrad")},
+            "mf_pcgrad_groups": conflict_step("pcgrad", per_group=True), "mf_pcgrad_k10": conflict_step("pcgrad", every=10)}
 
 
 def _sync(device: torch.device) -> None:
@@ -176,6 +211,14 @@ def peak_memory(step: Step, device: torch.device) -> tuple[int, int]:
     return peak, -1
 
 
+def resolve_variants(spec: str) -> tuple[str, ...]:
+    """A comma list of variant names and groups (base, conflict: fm, mf_p100 and ``CONFLICT_VARIANTS``, all)
+    → the variants, fm first (the reference of every ratio); an unknown name is refused by ``run_bench``."""
+    groups = {"base": BASE_VARIANTS, "conflict": ("fm", "mf_p100", *CONFLICT_VARIANTS), "all": VARIANTS}
+    chosen = [v for item in spec.split(",") if item.strip() for v in groups.get(item.strip(), (item.strip(),))]
+    return tuple(dict.fromkeys(["fm", *chosen]))
+
+
 def resolve_device(device: str) -> torch.device:
     """"auto" → cuda when available, else cpu; cuda without CUDA is a ValueError."""
     if device == "auto":
@@ -191,7 +234,7 @@ def resolve_device(device: str) -> torch.device:
 def run_bench(model: str = "DiT-T/2", *, batch: int = 48, shape: tuple[int, ...] = (1, 8, 8), classes: int = 10,
               device: str = "auto", precision: str = "auto", rounds: int = 10, warmup: int = 2,
               threads: int | None = None, peak_flops: float = H100_BF16_PEAK, seed: int = 0,
-              variants: tuple[str, ...] = VARIANTS) -> dict:
+              variants: tuple[str, ...] = BASE_VARIANTS) -> dict:
     """Bench ``variants`` of one step (module docstring); raises ValueError on bad inputs.
 
     Defaults: the embedded recipe (DiT-T/2 on the digits' 1×8×8 with 10 classes, batch 48).
@@ -252,10 +295,11 @@ def _bench(model: str, batch: int, shape: tuple[int, ...], classes: int, dev: to
             times[name].append(measure(lambda step: time_step(step, dev), name))
     out: dict = {}
     for name in steps:
-        flops = measure(count_flops, name)
+        per = STEPS_PER_CALL.get(name, 1)
+        flops = measure(count_flops, name) // per
         peak, total = measure(lambda step: peak_memory(step, dev), name)
-        ms = statistics.median(times[name])
-        out[name] = {"ms": ms, "ratio": statistics.median(t / f for t, f in zip(times[name], times["fm"])),
+        ms = statistics.median(times[name]) / per
+        out[name] = {"ms": ms, "ratio": statistics.median(t / per / f for t, f in zip(times[name], times["fm"])),
                      "flops": flops, "peak_mem_bytes": peak, "images_per_s": batch / (ms / 1e3)}
         if dev.type == "cuda":
             out[name].update(peak_mem_total_bytes=total, mfu=flops / (ms / 1e3) / peak_flops)
