@@ -93,15 +93,12 @@ def save_torch_atomic(obj: object, path: Path, what: str | None = None) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:
+    except BaseException as exc:
         _discard(tmp)
         cause = exc if isinstance(exc, OSError) else (recorder.error if recorder is not None else None)
         if cause is None:
-            raise  # not a file-system error: a bug worth its traceback
+            raise  # not a file-system error: a bug (or an interrupt) worth its traceback
         raise WriteFailed(what or path.name, path.parent, cause) from exc
-    except BaseException:
-        _discard(tmp)
-        raise
 
 
 def read_json(path: Path, problems: list[str] | None = None) -> Any:

@@ -126,7 +126,6 @@ class RunFolder:
             diff = sorted(_flat_diff(existing, config))
             raise ValueError(f"{self.config_path} holds a different config; resuming would mix two runs. "
                              f"Differing keys: {', '.join(diff[:10])}. Use another --out, or delete the folder.")
-        self.root.mkdir(parents=True, exist_ok=True)
         if existing is None:
             atomic_write_bytes(self.config_path, (json.dumps(config, indent=2) + "\n").encode(), what="the config")
 
@@ -137,7 +136,6 @@ class RunFolder:
 
     def write_info(self, *, sweep: str, variant: str, seed: int, config_hash: str) -> None:
         """Write run.json: which sweep, variant (the name without seed and hash) and seed this run is."""
-        self.root.mkdir(parents=True, exist_ok=True)
         info = {"sweep": sweep, "variant": variant, "seed": seed, "config_hash": config_hash}
         atomic_write_bytes(self.info_path, (json.dumps(info) + "\n").encode())
 

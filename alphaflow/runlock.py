@@ -68,8 +68,8 @@ class Holder:
         """On this host: the process runs and is the same one (start time); elsewhere: its heartbeat is fresh."""
         if not self.here:
             return self.age < STALE_S
-        return _process_start(self.pid) is not None and (self.started is None or
-                                                          _process_start(self.pid) == self.started)
+        started = _process_start(self.pid)
+        return started is not None and (self.started is None or started == self.started)
 
 
 def _process_start(pid: int) -> str | None:

@@ -122,7 +122,7 @@ def make_steps(net: nn.Module, x: Tensor, labels: Tensor | None, *, bf16: bool =
         gram = gram_matrices(terms, params)["all"]
         gram_summary(gram, list(terms), {k: float(v.detach()) for k, v in terms.items()})
 
-    def conflict_step(mode: str, per_group: bool = False, every: int = 1) -> Step:
+    def conflict_step(mode: str, per_group: bool = False, every: int = 1, calls: int = 1) -> Step:
         objective = MeanFlow(ratio_fm=0.0)
         combiner = ConflictCombiner(ConflictConfig(mode=mode, per_group=per_group, every=every), net,
                                     [p for _, p in params], DistInfo(device=x.device))
@@ -130,7 +130,7 @@ def make_steps(net: nn.Module, x: Tensor, labels: Tensor | None, *, bf16: bool =
         counter = itertools.count()
 
         def step() -> None:
-            for _ in range(STEPS_PER_CALL.get(f"mf_{mode}_k{every}", 1)):
+            for _ in range(calls):
                 with autocast():
                     terms = objective(net, x, labels, generator=generator)
                 combiner.backward(terms, next(counter), state)
@@ -141,7 +141,8 @@ def make_steps(net: nn.Module, x: Tensor, labels: Tensor | None, *, bf16: bool =
             "mf_p100": objective_step(MeanFlow(ratio_fm=0.0)), "mf_p25": objective_step(MeanFlow(ratio_fm=0.75)),
             "official_p100": official, "probe": probe,
             **{f"mf_{mode}": conflict_step(mode) for mode in ("pcgrad", "project_tcc", "balance", "cagrad")},
-            "mf_pcgrad_groups": conflict_step("pcgrad", per_group=True), "mf_pcgrad_k10": conflict_step("pcgrad", every=10)}
+            "mf_pcgrad_groups": conflict_step("pcgrad", per_group=True),
+            "mf_pcgrad_k10": conflict_step("pcgrad", every=10, calls=STEPS_PER_CALL["mf_pcgrad_k10"])}
 
 
 def _sync(device: torch.device) -> None:

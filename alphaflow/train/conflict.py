@@ -64,9 +64,10 @@ class ConflictCombiner:
         named = dict(net.named_parameters())
         groups = parameter_groups(net) if cfg.per_group else {"all": [n for n, p in named.items() if p.requires_grad]}
         self.groups = [[index[id(named[n])] for n in members if id(named[n]) in index] for members in groups.values()]
-        self.group_of = torch.empty(len(params), dtype=torch.long)  # parameter → its group, for the Gram sums
+        group_of = torch.empty(len(params), dtype=torch.long)  # parameter → its group, for the Gram sums
         for k, members in enumerate(self.groups):
-            self.group_of[members] = k
+            group_of[members] = k
+        self.group_of = group_of.to(params[0].device if params else "cpu")
 
     def exact(self, step: int, state: dict[str, Any]) -> bool:
         """Whether ``step`` computes both gradients (else it reuses ``state["conflict_coef"]``)."""
@@ -119,10 +120,11 @@ class ConflictCombiner:
 
     def _gram(self, g_tfm: list[Tensor], g_tcc: list[Tensor]) -> Tensor:
         """[K, 2, 2] float64: per group, the Gram matrix of (g_TFM, g_TCC) summed over its parameters."""
-        norm1, norm2 = torch.stack(torch._foreach_norm(g_tfm)).double(), torch.stack(torch._foreach_norm(g_tcc)).double()
+        norm1 = torch.stack(torch._foreach_norm(g_tfm)).double()
+        norm2 = torch.stack(torch._foreach_norm(g_tcc)).double()
         cross = torch.stack([torch.dot(g1.reshape(-1), g2.reshape(-1)) for g1, g2 in zip(g_tfm, g_tcc)]).double()
         dots = torch.stack([norm1 * norm1, norm2 * norm2, cross], dim=1)  # [n_params, 3]
         per_group = torch.zeros(len(self.groups), 3, dtype=torch.float64, device=dots.device)
-        per_group.index_add_(0, self.group_of.to(dots.device), dots)
+        per_group.index_add_(0, self.group_of, dots)
         g11, g22, g12 = per_group.unbind(1)
         return torch.stack([torch.stack([g11, g12], 1), torch.stack([g12, g22], 1)], 1)
