@@ -10,10 +10,11 @@ and never parses logs. Load → aggregate → plot, on DataFrames:
                      the one loader behind every table, figure and notebook
     labels.py        run identity and labels, each row's variant
     summary.py       summarize_runs (final/best per run), summarize_variants (mean, 95 % t-interval over seeds)
-    report.py        write_report: runs/summary/variants.csv, summary.md, loss.png, probe figures
+    report.py        write_report: runs/summary/variants/quality/conflict*.csv, summary.md, headline.md, figures
     runplots.py      fig_metric (a metric against step, one line per run)
     probe_frames.py  load_probes / load_online_probes (views of load_runs; problems in
                      ``df.attrs["problems"]``), summarize_conflict, markdown_table
+    conflict_ticks.py  the conflict interventions' tick metrics per run and variant, fig_conflict
     plots.py         fig2a, fig2b, fig2c, fig6 (arXiv 2510.20771 Figures 2 and 6), fig_quantity, save_figures
     command.py       ``alphaflow report`` (registered through the ``alphaflow.commands`` entry point)
 

@@ -29,7 +29,8 @@ def _pct(v: Any) -> str:
 
 
 def run_label(cfg: dict) -> str:
-    """A human name from objective + ratio_fm: "meanflow, r=t 75%", "alphaflow, r=t linear 100%→0%".
+    """A human name from objective + ratio_fm (+ the conflict mode when it is not none): "meanflow, r=t 75%",
+    "alphaflow, r=t linear 100%→0%", "meanflow, r=t default, pcgrad".
 
     A null ratio_fm means the objective's own default (see ``alphaflow.objectives``): "meanflow, r=t default".
     """
@@ -37,12 +38,14 @@ def run_label(cfg: dict) -> str:
     name = str(obj.get("name", "?"))
     ratio = obj.get("ratio_fm")
     value = ratio_value(ratio)
+    mode = (cfg.get("conflict") or {}).get("mode", "none")
+    suffix = f", {mode}" if mode not in (None, "none") else ""
     if not math.isnan(value):
-        return f"{name}, r=t {_pct(value)}"
+        return f"{name}, r=t {_pct(value)}{suffix}"
     if isinstance(ratio, dict):
         start, end = _pct(ratio.get("start", math.nan)), _pct(ratio.get("end", math.nan))
-        return f"{name}, r=t {ratio.get('kind', '?')} {start}→{end}"
-    return f"{name}, r=t default"
+        return f"{name}, r=t {ratio.get('kind', '?')} {start}→{end}{suffix}"
+    return f"{name}, r=t default{suffix}"
 
 
 def run_identity(runs: list[tuple[str, dict]]) -> pd.DataFrame:

@@ -102,7 +102,8 @@ def _new_axes(ax: Axes | None, size: tuple[float, float] = (5.5, 3.8)) -> tuple[
     return fig, fig.add_subplot()
 
 
-def _save(fig: Figure, path: str | Path | None) -> Figure:
+def save_figure(fig: Figure, path: str | Path | None) -> Figure:
+    """Write ``fig`` as a 150-dpi PNG at ``path`` (its folder made) when a path is given; returns ``fig``."""
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=150)
@@ -124,7 +125,7 @@ def fig2a(df: pd.DataFrame, *, ax: Axes | None = None, path: str | Path | None =
                 Line2D([], [], color="0.2", ls="--", label=cos_title("fmb_tcc"))]
     ax.legend(handles=handles, fontsize=7, loc="best")
     ax.set_title("Gradient conflict: TFM vs TCc and FM' vs TCc")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def fig_quantity(df: pd.DataFrame, column: str, *, ax: Axes | None = None, path: str | Path | None = None,
@@ -137,7 +138,7 @@ def fig_quantity(df: pd.DataFrame, column: str, *, ax: Axes | None = None, path:
         ax.set_title(title)
     if ax.lines:
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def fig2b(df: pd.DataFrame, *, ax: Axes | None = None, path: str | Path | None = None) -> Figure:
@@ -166,7 +167,7 @@ def fig6(df: pd.DataFrame, *, path: str | Path | None = None) -> Figure:
     handles = [Line2D([], [], color=c, lw=1.6, label=n) for n, c in colors.items()]
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_figures(df: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:

@@ -27,7 +27,7 @@ import pandas as pd
 
 from alphaflow.runfolder import CONFIG
 
-from .labels import RUN_COLUMNS, ratio_value
+from .labels import RUN_COLUMNS, ratio_value, variant_column
 from .loading import Runs, load_runs
 SETTING_COLUMNS = ["step", "weights", "batches", "batch_size", "probe_seed"]
 PAIRS = ["tfm_fmb", "tfm_tcc", "tfm_mf", "fmb_tcc", "fmb_mf", "tcc_mf"]
@@ -106,6 +106,41 @@ def _identity_of(runs: Runs) -> pd.DataFrame:
                                 column("cfg.objective.ratio_fm.end"))]
     return pd.DataFrame({"run": table["run"].astype(str), "objective": column("cfg.objective.name"),
                          "ratio_fm": ratio, "seed": column("cfg.seed"), "label": table["label"]})
+
+
+def online_probes(runs: Runs, prefix: str = "probe_") -> pd.DataFrame:
+    """The probe values the trainer logged in metrics (``probe_x`` → ``x``) with ``run``, ``label``, ``step``:
+    the frame ``plots`` draws (no percentile bands). Empty if no run logged any."""
+    cols = [c for c in runs.metrics.columns if c.startswith(prefix)]
+    if not cols:
+        return pd.DataFrame(columns=["run", "label", "step"])
+    rows = runs.metrics[["run", "step", *cols]].dropna(subset=cols, how="all")
+    rows = rows.assign(run=rows["run"].astype(str)).rename(columns={c: c[len(prefix):] for c in cols})
+    labels = runs.runs[["run", "label"]].assign(run=runs.runs["run"].astype(str))
+    return rows.merge(labels, on="run", how="left")[["run", "label", "step", *[c[len(prefix):] for c in cols]]]
+
+
+def pool_seeds(df: pd.DataFrame) -> pd.DataFrame:
+    """Online probe curves pooled over the seeds of each variant: per (variant, step) the mean of every
+    quantity, with the seeds' min and max as the ``_p05``/``_p95`` band the figures shade.
+
+    One batch per online probe makes single-run curves noisy; with several seeds per variant one line
+    with its seed range reads better. ``label`` becomes "<variant> (n seeds, band: seed range)".
+    A frame whose variants each have one run, or that already has bands, is returned unchanged.
+    """
+    if df.empty or any(c.endswith("_p05") for c in df.columns):
+        return df
+    df = df.assign(variant=variant_column(df))
+    seeds = df.groupby("variant")["run"].nunique()
+    if seeds.max() < 2:
+        return df.drop(columns="variant")
+    values = [c for c in df.columns if c not in ("run", "label", "step", "variant", "weights")
+              and pd.api.types.is_numeric_dtype(df[c])]
+    grouped = df.groupby(["variant", "step"])[values]
+    out = grouped.mean()
+    out = out.join(grouped.min().add_suffix("_p05")).join(grouped.max().add_suffix("_p95")).reset_index()
+    out["label"] = [f"{v} ({seeds[v]} seeds, band: seed range)" if seeds[v] > 1 else v for v in out["variant"]]
+    return out.rename(columns={"variant": "run"})
 
 
 def checkpoints_per_run(probes: pd.DataFrame) -> int:

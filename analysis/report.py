@@ -5,10 +5,12 @@
 writes runs.csv (``Runs.runs``), summary.csv (``summarize_runs``), variants.csv (``summarize_variants``
 of every final_*/best_* column), quality.csv (``tables.quality_table``: 1-/2-NFE Fréchet distances per
 variant with 95 % intervals over seeds, from eval.jsonl), conflict.csv (``tables.conflict_by_variant``),
-summary.md (those tables, failed runs and problems), headline.md (just the quality and conflict
+conflict_online.csv (the same from the online probes, when offline probes exist too), conflict_ticks.csv
+(``conflict_ticks.ticks_by_variant``: what the conflict interventions logged per tick), summary.md (those tables, failed runs and problems), headline.md (just the quality and conflict
 tables, what the command line prints) and figures: loss.png, schedules.png (α and ratio_fm as logged),
 samples.png (the last 1- and 2-NFE grids per variant) and, where runs hold gradient probes,
-fig2a/2b/2c/6.png (``plots.save_figures``). The figures' curves come from probes.jsonl where some run
+fig2a/2b/2c/6.png (``plots.save_figures``), and conflict.png (``conflict_ticks.fig_conflict``) where runs logged
+the probes' norm ratio or conflict-intervention ticks. The figures' curves come from probes.jsonl where some run
 was probed at two or more checkpoints, else from the online ``probe_*`` keys of metrics.jsonl; the
 conflict table prefers probes.jsonl (the paper's protocol) whenever it exists.
 """
@@ -19,11 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from .conflict_ticks import fig_conflict, ticks_by_variant
 from .plots import save_figures
-from .probe_frames import markdown_table, offline_makes_curves
+from .probe_frames import markdown_table, offline_makes_curves, online_probes, pool_seeds
 from .records import STATUSES
 from .runplots import fig_metric
-from .labels import variant_column
 from .loading import Runs, load_runs
 from .samples import fig_sample_grids
 from .schedules import fig_schedules
@@ -31,18 +33,6 @@ from .summary import summarize_runs, summarize_variants
 from .tables import conflict_by_variant, interval_table, quality_table
 
 LOSS = ("loss_mse", "loss")  # the first one any run logs is plotted
-
-
-def online_probes(runs: Runs, prefix: str = "probe_") -> pd.DataFrame:
-    """The probe values the trainer logged in metrics (``probe_x`` → ``x``) with ``run``, ``label``, ``step``:
-    the frame ``plots`` draws (no percentile bands). Empty if no run logged any."""
-    cols = [c for c in runs.metrics.columns if c.startswith(prefix)]
-    if not cols:
-        return pd.DataFrame(columns=["run", "label", "step"])
-    rows = runs.metrics[["run", "step", *cols]].dropna(subset=cols, how="all")
-    rows = rows.assign(run=rows["run"].astype(str)).rename(columns={c: c[len(prefix):] for c in cols})
-    labels = runs.runs[["run", "label"]].assign(run=runs.runs["run"].astype(str))
-    return rows.merge(labels, on="run", how="left")[["run", "label", "step", *[c[len(prefix):] for c in cols]]]
 
 
 def probe_frames(runs: Runs) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -60,41 +50,30 @@ def probe_frames(runs: Runs) -> tuple[pd.DataFrame, pd.DataFrame]:
     return curves, (offline if not offline.empty else online)
 
 
-def pool_seeds(df: pd.DataFrame) -> pd.DataFrame:
-    """Online probe curves pooled over the seeds of each variant: per (variant, step) the mean of every
-    quantity, with the seeds' min and max as the ``_p05``/``_p95`` band the figures shade.
-
-    One batch per online probe makes single-run curves noisy; with several seeds per variant one line
-    with its seed range reads better. ``label`` becomes "<variant> (n seeds, band: seed range)".
-    A frame whose variants each have one run, or that already has bands, is returned unchanged.
-    """
-    if df.empty or any(c.endswith("_p05") for c in df.columns):
-        return df
-    df = df.assign(variant=variant_column(df))
-    seeds = df.groupby("variant")["run"].nunique()
-    if seeds.max() < 2:
-        return df.drop(columns="variant")
-    values = [c for c in df.columns if c not in ("run", "label", "step", "variant", "weights")
-              and pd.api.types.is_numeric_dtype(df[c])]
-    grouped = df.groupby(["variant", "step"])[values]
-    out = grouped.mean()
-    out = out.join(grouped.min().add_suffix("_p05")).join(grouped.max().add_suffix("_p95")).reset_index()
-    out["label"] = [f"{v} ({seeds[v]} seeds, band: seed range)" if seeds[v] > 1 else v for v in out["variant"]]
-    return out.rename(columns={"variant": "run"})
+CONFLICT_TEXT = ("mean cos(∇L_TFM, ∇L_TCC) and cos(∇L_FM′, ∇L_TCC), the share of probes with cos(∇L_TFM, ∇L_TCC) "
+                 "< −0.4 and with FM′ above TFM, mean over seeds [95 % t-interval].")
+TICKS_TEXT = ("Conflict interventions during training (docs/conflict.md#metrics; runs with a conflict.mode): per run "
+              "the mean over its ticks of cos(g_TFM, g_TCC) on the training batch, the norm ratio "
+              "‖g_TFM + g_TCC‖ / (‖g_TFM‖ + ‖g_TCC‖), the share of steps the rule changed and the relative size of "
+              "the change, then mean over seeds [95 % t-interval].")
 
 
-def headline(root: Path, quality: pd.DataFrame, conflict: pd.DataFrame, conflict_source: str) -> str:
-    """The two tables a reader wants first: few-step quality and gradient conflict per variant."""
+def headline(root: Path, quality: pd.DataFrame, conflict: list[tuple[str, pd.DataFrame]],
+             ticks: pd.DataFrame | None = None) -> str:
+    """The tables a reader wants first: few-step quality, then each (source, table) of gradient conflict per
+    variant, then the conflict interventions' tick means (``conflict_ticks.ticks_by_variant``) if any."""
     parts = [f"# {root}: the headline\n"]
     if quality.empty:
         parts.append("No eval.jsonl rows: run `alphaflow eval RUN_DIR` (or train with eval.final=true).\n")
     else:
         parts += ["Few-step quality per variant: Fréchet distance (lower is better) of EMA samples at 1 and 2 NFE, "
                   "mean over seeds [95 % t-interval].\n", markdown_table(interval_table(quality), floatfmt=".4g")]
-    if not conflict.empty:
-        parts += [f"Gradient conflict per variant ({conflict_source}): mean cos(∇L_TFM, ∇L_TCC) and cos(∇L_FM′, ∇L_TCC), "
-                  "the share of probes with cos(∇L_TFM, ∇L_TCC) < −0.4 and with FM′ above TFM, mean over seeds "
-                  "[95 % t-interval].\n", markdown_table(interval_table(conflict), floatfmt=".3g")]
+    for source, table in conflict:
+        if not table.empty:
+            parts += [f"Gradient conflict per variant ({source}): {CONFLICT_TEXT}\n",
+                      markdown_table(interval_table(table), floatfmt=".3g")]
+    if ticks is not None and not ticks.empty:
+        parts += [TICKS_TEXT + "\n", markdown_table(interval_table(ticks, digits=3), floatfmt=".3g")]
     return "\n".join(parts)
 
 
@@ -132,10 +111,18 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     quality = quality_table(runs.evals)
     curves, probes = probe_frames(runs)
     conflict = conflict_by_variant(probes)
+    source = "offline probes, probes.jsonl" if not runs.probes.empty else "online probes over training"
+    sections = [(source, conflict)]
+    online = online_probes(runs)
+    if not runs.probes.empty and not online.empty:  # the checkpoint protocol and the curve over training
+        sections.append(("online probes over training", conflict_by_variant(online)))
+    ticks = ticks_by_variant(runs.metrics)
     out.mkdir(parents=True, exist_ok=True)
-    for name, frame in (("runs", runs.runs), ("summary", summary), ("variants", variants), ("quality", quality),
-                        ("conflict", conflict)):
-        frame.to_csv(out / f"{name}.csv", index=False)
+    tables = {"runs": runs.runs, "summary": summary, "variants": variants, "quality": quality, "conflict": conflict,
+              "conflict_online": sections[1][1] if len(sections) > 1 else None, "conflict_ticks": ticks}
+    for name, frame in tables.items():
+        if frame is not None:
+            frame.to_csv(out / f"{name}.csv", index=False)
 
     loss = next((c for c in LOSS if c in runs.metrics.columns), LOSS[0])
     fig_metric(runs.metrics, loss, path=out / "loss.png", title=f"training {loss}")
@@ -144,8 +131,10 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     figures = ["loss.png", "schedules.png", "samples.png"]
     if not curves.empty:
         figures += [p.name for p in save_figures(curves, out).values()]
-    source = "offline probes, probes.jsonl" if not runs.probes.empty else "online probes over training"
-    top = headline(root, quality, conflict, source)
+    if not ticks.empty or "ratio_tfm_tcc" in online.columns:
+        fig_conflict(runs, path=out / "conflict.png")
+        figures.append("conflict.png")
+    top = headline(root, quality, sections, ticks)
     (out / "headline.md").write_text(top)
     (out / "summary.md").write_text(top + "\n" + _markdown(root, runs, summary, variants, value_cols, figures))
     return out

@@ -123,7 +123,7 @@ def test_parameter_count_matches_real_model():
 
 
 def test_registry_names():
-    for size in ("S", "B", "M", "L", "XL", "T", "N"):
+    for size in ("S", "B", "M", "L", "XL", "T", "XT", "N"):
         for p in (1, 2, 4, 8):
             assert f"DiT-{size}/{p}" in MODELS
 

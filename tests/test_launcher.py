@@ -32,8 +32,10 @@ def test_local_sweep_end_to_end_and_resubmission_submits_nothing(tmp_path):
     sweep = load_sweep(sweep_file(tmp_path, 4, "{fm: {objective.name: fm}, mf: {objective.name: meanflow}}"))
     root = tmp_path / "root"
     lines: list[str] = []
-    jobs = launcher.submit(sweep.runs, root, executor="local", resources=sweep.resources, name="t", log=lines.append)
+    resources = {**sweep.resources, "array_parallelism": 1}  # which the local executor cannot honour: it says so
+    jobs = launcher.submit(sweep.runs, root, executor="local", resources=resources, name="t", log=lines.append)
     assert len(jobs) == 2 and lines[0] == "2 runs: 2 new" and "one job array" in lines[-1]
+    assert any(line.startswith("warning: submitit's local executor starts all 2 jobs at once") for line in lines)
     results = [job.result() for job in jobs]
     assert all(r["finished"] and r["step"] == 4 for r in results)
     for r in sweep.runs:

@@ -2,8 +2,9 @@
 
 Each notebook is a jupytext pair (notebooks/jupytext.toml): NAME.py in percent format is the source, NAME.ipynb the
 copy JupyterLab opens, committed without outputs; the checks of the committed files read both through jupytext and
-execute nothing. The fixture trains fm / meanflow / α-Flow (2 seeds, DiT-N/2, 30 steps, online probes) through the
-sweep API, probes and evaluates every run through the CLI, then executes all of notebooks/ in parallel kernels.
+execute nothing. The fixture trains fm / meanflow / α-Flow / meanflow with pcgrad (2 seeds, DiT-N/2, 30 steps, online
+probes) through the sweep API, probes and evaluates every run through the CLI, then executes all of notebooks/ in
+parallel kernels.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -34,8 +34,8 @@ from analysis.tables import interval_table, quality_column, quality_table, run_q
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-NAMES = ["01_gradient_conflict", "02_alpha_schedules", "03_samples"]
-VARIANTS = ["fm", "meanflow", "alphaflow"]
+NAMES = ["01_gradient_conflict", "02_alpha_schedules", "03_samples", "04_conflict_interventions"]
+VARIANTS = ["fm", "meanflow", "alphaflow", "meanflow-pcgrad"]
 SWEEP = """\
 name: notebooks-test
 base:
@@ -48,12 +48,16 @@ variants:
   fm: {objective.name: fm}
   meanflow: {objective.name: meanflow, objective.ratio_fm: 0.75}
   alphaflow: {objective.name: alphaflow, objective.ratio_fm: 0.5}
+  meanflow-pcgrad: {objective.name: meanflow, objective.ratio_fm: 0.75, conflict.mode: pcgrad}
 seeds: [0, 1]
 """
 # image outputs each notebook must show with every piece present
-IMAGES = {"01_gradient_conflict": 5, "02_alpha_schedules": 3, "03_samples": 1}
-TABLES = {"01_gradient_conflict": ["conflict-table", "online-conflict-table"],
-          "02_alpha_schedules": ["quality-table"], "03_samples": ["quality-table"]}
+IMAGES = {"01_gradient_conflict": 5, "02_alpha_schedules": 3, "03_samples": 1, "04_conflict_interventions": 1}
+# tagged table cells each notebook must show, and the variants each must name (None: all of VARIANTS)
+TABLES = {"01_gradient_conflict": {"conflict-table": None, "online-conflict-table": None},
+          "02_alpha_schedules": {"quality-table": None}, "03_samples": {"quality-table": None},
+          "04_conflict_interventions": {"ticks-table": ["meanflow-pcgrad"], "online-conflict-table": None,
+                                        "conflict-table": None, "quality-table": None}}
 
 
 def _notebook(name: str) -> nbformat.NotebookNode:
@@ -145,7 +149,7 @@ def test_each_committed_ipynb_has_no_outputs_and_no_execution_counts(name):
 
 
 @pytest.mark.fast
-def test_the_three_notebooks_state_their_question_and_sweep_and_take_the_root():
+def test_the_notebooks_state_their_question_and_sweep_and_take_the_root():
     for name in NAMES:
         nb = _notebook(name)
         first = nb.cells[0]
@@ -187,12 +191,12 @@ def test_notebook_executes_and_shows_figures_and_tables(executed, name):
     assert all(o["output_type"] != "error" for c in code for o in _outputs(c))
     images = sum("image/png" in o.get("data", {}) for c in code for o in _outputs(c))
     assert images >= IMAGES[name], (name, images)
-    assert any("6 runs in 3 variants (6 done)" in _text(c) for c in code), name
+    assert any("8 runs in 4 variants (8 done)" in _text(c) for c in code), name
     assert not any("missing:" in _text(c) for c in code), "the fixture's root has every piece"
-    for tag in TABLES[name]:
+    for tag, expected in TABLES[name].items():
         (cell,) = [c for c in code if tag in c.metadata.get("tags", [])]
         html = next(o["data"]["text/html"] for o in _outputs(cell) if "text/html" in o.get("data", {}))
-        for variant in VARIANTS:
+        for variant in expected or VARIANTS:
             assert f"<td>{variant}</td>" in html, (name, tag, variant)
 
 
@@ -208,7 +212,7 @@ def _run_in_process(name: str) -> None:
 
 def test_the_notebooks_print_what_is_missing(sweep_root, tmp_path, monkeypatch, capsys):
     partial = tmp_path / "partial"  # one run with metrics, online probes and grids, but no probe/eval files
-    run = next(p for p in sorted(sweep_root.iterdir()) if p.name.startswith("meanflow"))
+    run = next(p for p in sorted(sweep_root.iterdir()) if p.name.startswith("meanflow-s"))
     shutil.copytree(run, partial / run.name, ignore=shutil.ignore_patterns("probes.jsonl", "eval.jsonl", "checkpoints"))
     monkeypatch.setenv("ALPHAFLOW_SWEEP_ROOT", str(partial))
     for name in NAMES:
@@ -253,11 +257,11 @@ def test_grids_schedules_and_inventory_on_the_sweep(sweep_root, capsys):
     table = inventory(sweep_root, runs)
     assert (table[["online_probes", "probes", "evals", "grids"]] > 0).all().all()
     index = sample_index(sweep_root)
-    assert len(index) == 12 and set(index["nfe"]) == {1, 2} and set(index["step"]) == {30}
+    assert len(index) == 16 and set(index["nfe"]) == {1, 2} and set(index["step"]) == {30}
     fig = fig_sample_grids(sweep_root, evals=runs.evals)
-    assert len(fig.axes) == 6 and all(len(ax.images) == 1 for ax in fig.axes)
+    assert len(fig.axes) == 8 and all(len(ax.images) == 1 for ax in fig.axes)
     assert "fd_digits" in fig.axes[0].get_title()
     fig = fig_schedules(runs.metrics)
-    assert [len(ax.lines) for ax in fig.axes] == [6, 6]
+    assert [len(ax.lines) for ax in fig.axes] == [8, 8]
     alpha = runs.metrics.groupby("variant", observed=True)["alpha"].agg(["first", "last"])
     assert alpha.loc["alphaflow"].tolist() == [1.0, 0.0] and alpha.loc["meanflow"].tolist() == [0.0, 0.0]

@@ -253,6 +253,11 @@ def submit_array(kind: str, runs: list[SweepRun], root: str | Path, *, name: str
         return []
     for r in todo:
         _prepare(root, r)
+    parallel = resources.get("array_parallelism")
+    if kind == "local" and len(todo) > 1 and parallel is not None and parallel < len(todo):
+        log(f"warning: submitit's local executor starts all {len(todo)} jobs at once; resources.array_parallelism="
+            f"{parallel} limits only SLURM arrays (submitit issue #1685). To share one machine, run "
+            f"`alphaflow sweep FILE --executor inline` in {parallel} shells: each run's lock keeps them apart.")
     ex = make_executor(kind, root, resources, name)
     jobs = ex.map_array(TrainJob(), [{"config": to_dict(r.config), "run_dir": str(root / r.name)} for r in todo])
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -18,6 +18,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "L": (24, 1024, 16),
     "XL": (28, 1152, 16),
     "T": (4, 256, 4),  # "tiny": the default small DiT for CPU work
+    "XT": (4, 128, 4),  # "extra tiny": a quarter of T's step cost, for many-run sweeps on a CPU
     "N": (2, 64, 2),  # "nano": unit tests
 }
 PATCH_SIZES = (1, 2, 4, 8)
