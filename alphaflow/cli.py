@@ -369,7 +369,7 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", default="base", metavar="LIST",
                    help="comma list of variants or groups: base (default), conflict (fm, mf_p100 and the "
-                        "conflict.mode steps), all")
+                        "conflict.mode steps), family (SplitMeanFlow, Modular MeanFlow), all")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=_cmd_bench)
 

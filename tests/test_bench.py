@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from alphaflow.perf.bench import (BASE_VARIANTS, CONFLICT_VARIANTS, count_flops, format_table, peak_memory,
+from alphaflow.perf.bench import (BASE_VARIANTS, CONFLICT_VARIANTS, FAMILY_VARIANTS, count_flops, format_table, peak_memory,
                                   resolve_variants, run_bench)
 from alphaflow.cli import main
 from alphaflow.models import build_for_data
@@ -106,3 +106,15 @@ def test_conflict_variants_cost_one_more_backward_and_reuse_amortises_it():
         assert r[name]["flops"] - mf == pytest.approx(2 / 3 * fm, rel=0.02), name
     assert r["mf_pcgrad_k10"]["flops"] == pytest.approx(mf + (r["mf_pcgrad"]["flops"] - mf) / 10, rel=0.01)
     assert [t["target"] for t in r["meta"]["targets"]][-2:] == ["mf_pcgrad time", "mf_pcgrad peak memory"]
+
+
+def test_family_variants_cost_what_their_targets_need():
+    """SplitMeanFlow adds two no-grad forwards on every row to a flow-matching step; Modular MeanFlow at λ = 1
+    costs more than MeanFlow's step (its JVP is differentiated)."""
+    variants = resolve_variants("family")
+    assert variants == ("fm", "mf_p100", *FAMILY_VARIANTS)
+    r = run_bench(MODEL, batch=BATCH, shape=SHAPE, classes=10, device="cpu", rounds=1, warmup=0, threads=1,
+                  variants=variants)
+    assert r["smf_p100"]["flops"] - r["fm"]["flops"] == pytest.approx(2 * forward_flops(BATCH), rel=1e-6)
+    assert r["modular_p100"]["flops"] > r["mf_p100"]["flops"]
+    assert r["modular_p100"]["peak_mem_bytes"] > 0 and r["smf_p100"]["ms"] > 0

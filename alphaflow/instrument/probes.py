@@ -8,6 +8,8 @@ On one batch, the same (t, r, ε, labels) for every term, we differentiate
     tcc   L_TCC = 2(t − r)·u_θ(z_t, r, t)·sg(du/dt)         trajectory consistency
     mf    L_MF  = ‖u_θ − sg(ṽ − (t − r)·du/dt)‖²            MeanFlow (unweighted), ∇mf = ∇tfm + ∇tcc
     loss  the training objective's own loss at this step (optional)
+    d     with it, a third part of that loss's gradient where the objective has one (``Terms.extra``: Modular
+          MeanFlow's 2λ(t − r)·⟨sg(residual), du/dt⟩, the gradient through the JVP), unweighted
 
 each a batch mean of per-sample element means, and report every term's value (``loss_<term>``),
 gradient norm (``gradnorm_<term>``) and every pairwise cosine (``cos_<a>_<b>``, a before b in
@@ -41,7 +43,7 @@ from torch import Tensor, nn
 from alphaflow.jvp import unwrap
 from alphaflow.objectives import FlowMatching, Guidance, MeanFlow, Objective, Sample, draw_sample
 
-TERMS = ("tfm", "fmb", "tcc", "mf", "loss")
+TERMS = ("tfm", "fmb", "tcc", "mf", "loss", "d")
 
 
 def parameter_groups(module: nn.Module) -> dict[str, list[str]]:
@@ -74,7 +76,10 @@ def term_losses(net: nn.Module, x: Tensor, sample: Sample, *, guidance: Guidance
     terms = {"tfm": mf.components["tfm"].mean(), "fmb": fm.components["fmb"].mean(),
              "tcc": mf.components["tcc"].mean(), "mf": mf.components["mf"].mean()}
     if training is not None:
-        terms["loss"] = training(net, x, sample=sample, step=step).loss.mean()
+        own = training(net, x, sample=sample, step=step)
+        terms["loss"] = own.loss.mean()
+        for name in own.extra:  # a third part of the training loss's gradient (Modular MeanFlow's d)
+            terms[name] = own.components[name].mean()
     return terms
 
 

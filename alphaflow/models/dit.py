@@ -42,6 +42,21 @@ from alphaflow.models.tangent import (Linear, Rows, attention_jvp, conv_patch_jv
 __all__ = ["DiT", "count_parameters"]  # the size registry: alphaflow.models.registry
 
 
+def layer_norm(x: Tensor, eps: float) -> Tensor:
+    """LayerNorm over the last dimension without affine: (x − mean)/√(var + eps), [..., D] → [..., D].
+
+    ``F.layer_norm`` everywhere but in one place: inside a ``torch.func`` transform with grad enabled (a JVP that
+    is itself differentiated, Modular MeanFlow's λ > 0), where its forward-mode rule is not differentiated
+    correctly (pytorch/pytorch#196700: the second-order result is silently wrong). There the same function is
+    written out in primitive ops, whose rules are.
+    """
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and torch.func.debug_unwrap(x) is not x:
+        mean = x.mean(-1, keepdim=True)
+        centred = x - mean
+        return centred * torch.rsqrt((centred * centred).mean(-1, keepdim=True) + eps)
+    return F.layer_norm(x, x.shape[-1:], eps=eps)
+
+
 def modulate_fp32(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """LayerNorm (no affine, eps 1e-6) then x·(1 + scale) + shift, in fp32 (docs/conventions.md#the-backbone;
     fp32 LayerNorm: docs/conventions.md#optimiser-ema-and-precision).
@@ -51,7 +66,7 @@ def modulate_fp32(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """
     dtype = x.dtype
     compute = torch.promote_types(dtype, torch.float32)
-    xf = F.layer_norm(x.to(compute), x.shape[-1:], eps=1e-6)
+    xf = layer_norm(x.to(compute), eps=1e-6)
     xf = xf * (1 + scale.to(compute).unsqueeze(1)) + shift.to(compute).unsqueeze(1)
     return xf.to(dtype)
 

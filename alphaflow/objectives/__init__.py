@@ -1,4 +1,4 @@
-"""Objectives: flow matching, trajectory flow matching, MeanFlow, Shortcut and α-Flow.
+"""Objectives: flow matching, trajectory flow matching, MeanFlow, Shortcut, α-Flow, SplitMeanFlow and Modular MeanFlow.
 
 Objectives never import models: they take any ``net(z, r, t, labels) -> u``.
 
@@ -19,10 +19,13 @@ from alphaflow.objectives.base import Objective, Sample, Terms, draw_sample
 from alphaflow.objectives.flow_matching import FlowMatching, TrajectoryFlowMatching
 from alphaflow.objectives.guidance import Guidance
 from alphaflow.objectives.meanflow import MeanFlow
+from alphaflow.objectives.modular import ModularMeanFlow
 from alphaflow.objectives.options import ObjectiveOptions, constructor_kwargs
 from alphaflow.objectives.shortcut import Shortcut
+from alphaflow.objectives.splitmeanflow import SplitMeanFlow
 
-REGISTRY: tuple[type[Objective], ...] = (FlowMatching, TrajectoryFlowMatching, MeanFlow, Shortcut, AlphaFlow)
+REGISTRY: tuple[type[Objective], ...] = (FlowMatching, TrajectoryFlowMatching, MeanFlow, Shortcut, AlphaFlow,
+                                         SplitMeanFlow, ModularMeanFlow)
 
 OBJECTIVES: dict[str, type[Objective]] = {}
 OPTIONS: dict[str, type[ObjectiveOptions]] = {}  # the config's objective section: a tagged union on its name
@@ -72,4 +75,5 @@ def objective_from_options(options: ObjectiveOptions, total_steps: int) -> Objec
 
 __all__ = ["OBJECTIVES", "OPTIONS", "REGISTRY", "register", "build_objective", "objective_from_options", "draw_sample",
            "Objective", "ObjectiveOptions", "Sample", "Terms", "Guidance", "FlowMatching", "TrajectoryFlowMatching",
-           "MeanFlow", "Shortcut", "AlphaFlow"]
+           "MeanFlow", "Shortcut", "AlphaFlow", "SplitMeanFlow",
+           "ModularMeanFlow"]

@@ -45,6 +45,8 @@ class Sample:
     t, r: [B] with 0 ≤ r ≤ t ≤ 1; eps: [B, ...] like the data; labels: [B] int64 class
     indices with ``NULL_LABEL`` for unconditional rows (after guidance label dropout), or None.
 
+    split: [B] uniforms in [0, 1] that an objective draws for itself (SplitMeanFlow's λ), or None.
+
     num_fm: the sample's structure, where known: its first ``num_fm`` rows were drawn with r = t and
     the rest by the min–max rule (``Objective.draw`` sets it; None for a caller-given sample). With
     it the objectives pick the r < t rows as the slice ``num_fm:``, read on the host without
@@ -56,6 +58,7 @@ class Sample:
     eps: Tensor
     labels: Tensor | None = None
     num_fm: int | None = None
+    split: Tensor | None = None  # [B] in [0, 1]: an objective's own per-row uniform draw (SplitMeanFlow's λ)
 
     def validate(self, x: Tensor) -> None:
         """Refuse a sample that does not fit the batch ``x`` [B, ...]; errors name the field."""
@@ -64,6 +67,9 @@ class Sample:
         if self.eps.shape != x.shape:
             raise ValueError(f"sample.eps must have the data's shape {tuple(x.shape)}, got {tuple(self.eps.shape)}")
         check_labels(self.labels, batch, name="sample.labels")
+        if self.split is not None and (self.split.shape != (batch,) or not bool(((self.split >= 0) & (self.split <= 1)).all())):
+            raise ValueError(f"sample.split must be a [{batch}] tensor of values in [0, 1], got shape "
+                             f"{tuple(self.split.shape)}")
         if self.num_fm is not None:
             if not 0 <= self.num_fm <= batch:
                 raise ValueError(f"sample.num_fm (leading r = t rows) must lie in [0, {batch}], got {self.num_fm}")
@@ -133,6 +139,8 @@ class Terms:
     logs: dict[str, Tensor | float] = field(default_factory=dict)  # detached scalars
     weight: Tensor | float = 1.0       # [B] detached w with loss = w·mse + const per sample, so that
     #                                    ∇loss.mean() = ∇mean(w·tfm) + ∇mean(w·tcc) (alphaflow.train.conflict)
+    extra: tuple[str, ...] = ()        # components whose gradient completes that sum when the loss has a third
+    #                                    part (Modular MeanFlow's "d"): ∇loss.mean() = ∇(w·tfm + w·tcc + w·Σ extra)
 
 
 def check_labels(labels: Tensor | None, batch: int, *, name: str = "labels") -> None:

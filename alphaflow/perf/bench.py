@@ -21,6 +21,12 @@ intervention (``conflict.mode``, docs/conflict.md): the forward once, two backwa
     mf_pcgrad_k10      PCGrad with coefficients reused for 10 steps (conflict.every=10): one call runs
                        ten steps, and its time and FLOPs are reported per step
 
+and, with ``--variants family`` (``FAMILY_VARIANTS``), the MeanFlow-family objectives on every row:
+
+    smf_p100       SplitMeanFlow, two no-grad forwards for the target, no JVP      ≈ 1 + 2/3 ≈ 1.67
+    modular_p100   Modular MeanFlow at λ = 1: a JVP that is differentiated (``torch.func.jvp`` with grad,
+                   attention on the math backend) beside the prediction's forward
+
 Measurements, each after ``warmup`` untimed rounds, on one fixed random batch (x ~ N(0, I), random
 labels; the values do not change the cost) and a model nudged off DiT's zero init:
 - time: round-robin over the variants in one process (the order rotates every round), wall clock on
@@ -50,7 +56,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from alphaflow.conventions import expand_time, interpolate, velocity
 from alphaflow.models import build_for_data
-from alphaflow.objectives import AlphaFlow, FlowMatching, MeanFlow
+from alphaflow.objectives import AlphaFlow, FlowMatching, MeanFlow, ModularMeanFlow, SplitMeanFlow
 from alphaflow.objectives.base import adaptive_loss, element_mean
 from alphaflow.config.schema import ConflictConfig
 from alphaflow.instrument.probes import gram_matrices, gram_summary
@@ -59,7 +65,8 @@ from alphaflow.train.distributed import DistInfo
 
 BASE_VARIANTS = ("fm", "alpha_mid", "mf_p100", "mf_p25", "official_p100", "probe")
 CONFLICT_VARIANTS = ("mf_pcgrad", "mf_project_tcc", "mf_balance", "mf_cagrad", "mf_pcgrad_groups", "mf_pcgrad_k10")
-VARIANTS = BASE_VARIANTS + CONFLICT_VARIANTS
+FAMILY_VARIANTS = ("smf_p100", "modular_p100")
+VARIANTS = BASE_VARIANTS + CONFLICT_VARIANTS + FAMILY_VARIANTS
 STEPS_PER_CALL = {"mf_pcgrad_k10": 10}  # variants whose one call runs several training steps
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM (NVIDIA's data sheet)
 # The cost targets (what, variant, measure, bound); measure "ratio" is the time ratio to fm, "mem" the peak-memory
@@ -142,7 +149,9 @@ def make_steps(net: nn.Module, x: Tensor, labels: Tensor | None, *, bf16: bool =
             "official_p100": official, "probe": probe,
             **{f"mf_{mode}": conflict_step(mode) for mode in ("pcgrad", "project_tcc", "balance", "cagrad")},
             "mf_pcgrad_groups": conflict_step("pcgrad", per_group=True),
-            "mf_pcgrad_k10": conflict_step("pcgrad", every=10, calls=STEPS_PER_CALL["mf_pcgrad_k10"])}
+            "mf_pcgrad_k10": conflict_step("pcgrad", every=10, calls=STEPS_PER_CALL["mf_pcgrad_k10"]),
+            "smf_p100": objective_step(SplitMeanFlow(ratio_fm=0.0)),
+            "modular_p100": objective_step(ModularMeanFlow(lam=1.0, ratio_fm=0.0))}
 
 
 def _sync(device: torch.device) -> None:
@@ -213,9 +222,11 @@ def peak_memory(step: Step, device: torch.device) -> tuple[int, int]:
 
 
 def resolve_variants(spec: str) -> tuple[str, ...]:
-    """A comma list of variant names and groups (base, conflict: fm, mf_p100 and ``CONFLICT_VARIANTS``, all)
+    """A comma list of variant names and groups (base; conflict: fm, mf_p100 and ``CONFLICT_VARIANTS``; family: fm,
+    mf_p100 and ``FAMILY_VARIANTS``; all)
     → the variants, fm first (the reference of every ratio); an unknown name is refused by ``run_bench``."""
-    groups = {"base": BASE_VARIANTS, "conflict": ("fm", "mf_p100", *CONFLICT_VARIANTS), "all": VARIANTS}
+    groups = {"base": BASE_VARIANTS, "conflict": ("fm", "mf_p100", *CONFLICT_VARIANTS),
+              "family": ("fm", "mf_p100", *FAMILY_VARIANTS), "all": VARIANTS}
     chosen = [v for item in spec.split(",") if item.strip() for v in groups.get(item.strip(), (item.strip(),))]
     return tuple(dict.fromkeys(["fm", *chosen]))
 

@@ -9,7 +9,8 @@ with w the objective's detached per-sample weight (``Terms.weight``: the adaptiv
 that ∇L_TFM^w + ∇L_TCC^w = ∇loss exactly (mse = tfm + tcc + a θ-free constant per sample). The forward runs
 once, under DDP's ``no_sync``; two ``autograd.grad`` calls give g_TFM and g_TCC; under DDP both are averaged
 over ranks in one all-reduce, so the rule sees the global gradients and every rank computes the same update.
-The rule's (a, b) per parameter group then give ``p.grad = a·g_TFM + b·g_TCC``, and the trainer's clipping,
+The rule's (a, b) per parameter group then give ``p.grad = a·g_TFM + b·g_TCC`` (plus, unchanged, the gradient
+of a loss's third part where its terms name one: ``Terms.extra``, one more pass), and the trainer's clipping,
 NaN handling and optimiser step follow unchanged.
 
 With ``conflict.every = k > 1`` (whole-vector only) the coefficients of an exact step are reused for the next
@@ -42,6 +43,18 @@ def weighted_parts(terms: Any) -> tuple[Tensor, Tensor]:
     dtype = torch.promote_types(tfm.dtype, torch.float32)
     w = terms.weight.to(dtype) if isinstance(terms.weight, Tensor) else terms.weight
     return (w * tfm.to(dtype)).mean(), (w * tcc.to(dtype)).mean()
+
+
+def weighted_extra(terms: Any) -> Tensor | None:
+    """mean_i(w_i · Σ_e e_i) over ``terms.extra`` (a loss's third part, e.g. Modular MeanFlow's L_D), or None:
+    its gradient completes ∇L_TFM^w + ∇L_TCC^w to the loss's, and the rules leave it unchanged."""
+    names = getattr(terms, "extra", ())
+    if not names:
+        return None
+    total = sum(terms.components[n] for n in names)
+    dtype = torch.promote_types(total.dtype, torch.float32)
+    w = terms.weight.to(dtype) if isinstance(terms.weight, Tensor) else terms.weight
+    return (w * total.to(dtype)).mean()
 
 
 def no_sync(model: nn.Module) -> contextlib.AbstractContextManager:
@@ -77,14 +90,17 @@ class ConflictCombiner:
         """Fill every ``p.grad`` with the combined gradient; returns this step's ``conflict_*`` scalars (0-dim
         device tensors; none on a reuse step)."""
         part_tfm, part_tcc = weighted_parts(terms)
+        part_extra = weighted_extra(terms)
         if not self.exact(step, state):
             coef = torch.as_tensor(state["conflict_coef"], dtype=part_tfm.dtype, device=part_tfm.device)
-            (coef[0, 0] * part_tfm + coef[0, 1] * part_tcc).backward()
+            total = coef[0, 0] * part_tfm + coef[0, 1] * part_tcc
+            (total if part_extra is None else total + part_extra).backward()
             return {}
         g_tfm = self._grads(part_tfm, retain=True)
-        g_tcc = self._grads(part_tcc, retain=False)
+        g_tcc = self._grads(part_tcc, retain=part_extra is not None)
+        g_extra = [] if part_extra is None else self._grads(part_extra, retain=False)
         if self.info.distributed:
-            g_tfm, g_tcc = self._average_over_ranks(g_tfm, g_tcc)
+            g_tfm, g_tcc, g_extra = self._average_over_ranks(g_tfm, g_tcc, g_extra)
         gram = self._gram(g_tfm, g_tcc)
         coef = coefficients(gram, self.cfg.mode, self.cfg.c)  # [K, 2]
         scale = coef.to(g_tfm[0].dtype)
@@ -93,6 +109,8 @@ class ConflictCombiner:
             torch._foreach_mul_(ones, scale[k, 0])
             torch._foreach_mul_(twos, scale[k, 1])
             torch._foreach_add_(ones, twos)
+        if g_extra:  # the third part passes unchanged
+            torch._foreach_add_(g_tfm, g_extra)
         for p, g in zip(self.params, g_tfm):
             p.grad = g
         self._pending = coef.detach() if self.cfg.every > 1 else None
@@ -108,15 +126,18 @@ class ConflictCombiner:
         grads = torch.autograd.grad(value, self.params, retain_graph=retain, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params)]
 
-    def _average_over_ranks(self, g_tfm: list[Tensor], g_tcc: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        """Both gradients averaged over ranks in one all-reduce of one flat buffer; returned as views of it."""
-        flat = torch.cat([g.reshape(-1) for g in (*g_tfm, *g_tcc)])
+    def _average_over_ranks(self, *grads: list[Tensor]) -> tuple[list[Tensor], ...]:
+        """Each gradient list averaged over ranks, all in one all-reduce of one flat buffer; returned as views of it."""
+        flat = torch.cat([g.reshape(-1) for part in grads for g in part])
         flat = D.all_reduce_mean(flat, self.info)
         out, offset = [], 0
-        for g in (*g_tfm, *g_tcc):
-            out.append(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
-        return out[:len(g_tfm)], out[len(g_tfm):]
+        for part in grads:
+            views = []
+            for g in part:
+                views.append(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
+            out.append(views)
+        return tuple(out)
 
     def _gram(self, g_tfm: list[Tensor], g_tcc: list[Tensor]) -> Tensor:
         """[K, 2, 2] float64: per group, the Gram matrix of (g_TFM, g_TCC) summed over its parameters."""

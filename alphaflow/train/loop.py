@@ -329,6 +329,7 @@ def _log_row(state: dict[str, Any], lr: float, logs: dict, info: D.DistInfo, bat
     seconds = state["wall"] - tick["wall"]
     row = {"step": state["step"], "images": state["images"], "wall": round(state["wall"], 3), "lr": lr,
            "alpha": float(logs.get("alpha", float("nan"))), "ratio_fm": float(logs.get("ratio_fm", float("nan"))),
+           **{k: float(v) for k, v in logs.items() if k not in ("alpha", "ratio_fm") and isinstance(v, (int, float))},
            **dict(zip(keys, means)), "nonfinite": tick["nonfinite"],
            "images_per_sec": tick["steps"] * batch_size / max(seconds, 1e-9)}
     state["tick"] = _new_tick()

@@ -33,6 +33,7 @@ class Progress:
         """Called at log ticks: refresh the bar's fields, or print one plain line."""
         if not self.enabled:
             return
+        fields = {k: v for k, v in fields.items() if v == v}  # an objective without an α logs NaN: not shown
         if self.bar is not None:
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in fields.items()}, refresh=False)
             return

@@ -1,0 +1,171 @@
+"""The MeanFlow-family objectives that followed α-Flow (docs/objectives.md#the-meanflow-family), said out loud in
+float64: their identities on a flow known in closed form, and the decomposition the probes and the conflict
+interventions rely on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from alphaflow.conventions import interpolate, velocity
+from alphaflow.objectives import OBJECTIVES, Sample, build_objective
+from alphaflow.objectives.base import regression_components
+from alphaflow.train.conflict import weighted_extra, weighted_parts
+from flows import GaussianOracle  # tests/flows.py
+
+DT = torch.float64
+SHAPE = (2, 3, 3)
+
+
+@pytest.fixture
+def oracle() -> GaussianOracle:
+    return GaussianOracle(torch.randn(SHAPE, generator=torch.Generator().manual_seed(0), dtype=DT), s=0.5)
+
+
+def pairs_sample(n: int, *, seed: int = 1, split: torch.Tensor | None = None) -> tuple[torch.Tensor, Sample]:
+    """Data x [n, *SHAPE] and a sample with r < t on every row (split: SplitMeanFlow's λ, or None)."""
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.rand(n, generator=g, dtype=DT), torch.rand(n, generator=g, dtype=DT)
+    t, r = torch.maximum(a, b) * 0.9 + 0.05, torch.minimum(a, b) * 0.9 + 0.05
+    x = torch.randn((n, *SHAPE), generator=g, dtype=DT)
+    return x, Sample(t=t, r=r, eps=torch.randn_like(x), split=split, num_fm=0)
+
+
+# ----------------------------------------------------------------------------- SplitMeanFlow (arXiv 2507.16884)
+
+@pytest.mark.parametrize("lam", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_splitmeanflow_target_from_the_exact_average_velocity_is_that_velocity(oracle, lam):
+    """(t − r)·u(r, t) = (t − s)·u(s, t) + (s − r)·u(r, s) on the exact flow, for every λ."""
+    n = 6
+    x, sample = pairs_sample(n, split=torch.full((n,), lam, dtype=DT))
+    terms = build_objective("splitmeanflow")(oracle, x, sample=sample)
+    z = interpolate(x, sample.eps, sample.t)
+    torch.testing.assert_close(terms.target, oracle(z, sample.r, sample.t), rtol=1e-10, atol=1e-12)
+
+
+def test_splitmeanflow_regresses_the_velocity_on_r_equals_t_rows_and_draws_its_lambda(oracle):
+    x, sample = pairs_sample(4)
+    sample.r[:2] = sample.t[:2]
+    sample.num_fm = 2
+    terms = build_objective("splitmeanflow")(oracle, x, sample=sample)
+    torch.testing.assert_close(terms.target[:2], velocity(x, sample.eps)[:2], rtol=0, atol=0)
+    objective = build_objective("splitmeanflow")
+    drawn = objective.draw(x, generator=torch.Generator().manual_seed(3))
+    again = objective.draw(x, generator=torch.Generator().manual_seed(3))
+    assert drawn.split.shape == (4,) and torch.equal(drawn.split, again.split), "λ comes from the caller's generator"
+    assert bool(((drawn.split >= 0) & (drawn.split <= 1)).all())
+
+
+def test_a_sample_split_outside_the_unit_interval_is_refused(oracle):
+    x, sample = pairs_sample(3, split=torch.tensor([0.5, 1.5, 0.2], dtype=DT))
+    with pytest.raises(ValueError, match=r"sample.split must be a \[3\] tensor of values in \[0, 1\]"):
+        build_objective("splitmeanflow")(oracle, x, sample=sample)
+
+
+# ----------------------------------------------------------------------------- every objective with tfm and tcc
+
+FAMILY = sorted(n for n, cls in OBJECTIVES.items() if cls.conflict_parts)
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_every_objective_splits_its_weighted_loss_into_tfm_and_tcc_exactly(name, tiny_net, batch):
+    """∇loss = ∇L_TFM^w + ∇L_TCC^w (the probes and conflict.mode rely on it) and mse = tfm + tcc + a θ-free
+    constant, which for a stop-gradient target T is ‖T‖² − ‖ṽ‖² per sample."""
+    x, y = batch
+    options = {"lam": 0.5} if name == "modular_meanflow" else {}  # its default starts at λ = 0 (MeanFlow)
+    terms = build_objective(name, **options)(tiny_net, x, y, step=0, generator=torch.Generator().manual_seed(0))
+    params = list(tiny_net.parameters())
+    loss_grad = torch.autograd.grad(terms.loss.mean(), params, retain_graph=True)
+    part_tfm, part_tcc = weighted_parts(terms)
+    g1 = torch.autograd.grad(part_tfm, params, retain_graph=True)
+    g2 = torch.autograd.grad(part_tcc, params, retain_graph=True)
+    extra = weighted_extra(terms)
+    g3 = (torch.autograd.grad(extra, params, retain_graph=True, allow_unused=True) if extra is not None
+          else [None] * len(params))
+    for total, a, b, c in zip(loss_grad, g1, g2, g3):
+        torch.testing.assert_close(a + b + (0 if c is None else c), total, rtol=1e-10, atol=1e-13)
+    v = velocity(x, terms.sample.eps)
+    parts = regression_components(terms.pred, terms.target, v)
+    const = (terms.target ** 2 - v ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(terms.components["mse"], parts["tfm"] + parts["tcc"] + const, rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- Modular MeanFlow (arXiv 2508.17426)
+
+def test_modular_meanflow_at_lambda_zero_is_meanflow_in_loss_and_gradient(tiny_net, batch):
+    x, y = batch
+    sample = build_objective("meanflow").draw(x, y, generator=torch.Generator().manual_seed(4))
+    mf = build_objective("meanflow")(tiny_net, x, sample=sample)
+    mod = build_objective("modular_meanflow", lam=0.0)(tiny_net, x, sample=sample)
+    assert torch.equal(mf.loss, mod.loss) and torch.equal(mf.target, mod.target) and mod.extra == ()
+    params = list(tiny_net.parameters())
+    for a, b in zip(torch.autograd.grad(mf.loss.mean(), params), torch.autograd.grad(mod.loss.mean(), params)):
+        assert torch.equal(a, b)
+
+
+def primitive_layer_norm(x, eps):
+    """LayerNorm in primitive ops: aten's fused one is silently wrong at third order (pytorch/pytorch#175754),
+    which the double-vjp reference below reaches."""
+    centred = x - x.mean(-1, keepdim=True)
+    return centred * torch.rsqrt((centred * centred).mean(-1, keepdim=True) + eps)
+
+
+def reference_modular_loss(net, x, sample, lam):
+    """‖u + Δ·SG_λ[D] − v‖² per sample, D from torch.autograd.functional.jvp(create_graph=True): the double-vjp
+    trick, reverse mode only, so independent of the forward-mode rules the objective uses."""
+    z = interpolate(x, sample.eps, sample.t)
+    v = velocity(x, sample.eps)
+    r, t, labels = sample.r, sample.t, sample.labels
+    with sdpa_kernel([SDPBackend.MATH]):  # the fused kernels have no double backward
+        _, dudt = torch.autograd.functional.jvp(lambda z_, t_: net(z_, r, t_, labels), (z, t),
+                                                (v, torch.ones_like(t)), create_graph=True)
+    gap = (t - r).reshape(-1, *[1] * (x.ndim - 1))
+    total = net(z, r, t, labels) + gap * (lam * dudt + (1 - lam) * dudt.detach())
+    return ((total - v) ** 2).flatten(1).mean(1)
+
+
+@pytest.mark.parametrize("model", ["tiny", "dit"])
+@pytest.mark.parametrize("lam", [0.25, 1.0])
+def test_modular_meanflow_gradient_flows_through_the_jvp_and_splits_in_three(model, lam, tiny_net, batch):
+    """The loss's gradient matches the reference built by reverse mode alone (on the DiT too: its LayerNorm is
+    differentiated through the forward-mode rule), and ∇mse = ∇tfm + ∇tcc + ∇d exactly."""
+    if model == "dit":
+        from alphaflow.models import build_model
+
+        net = build_model("DiT-N/2", input_size=4, in_channels=1, num_classes=3).double()
+        with torch.no_grad():
+            for p in net.parameters():  # the zero-initialised output layers would hide every path
+                p.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(p.numel()))
+        x = torch.randn(6, 1, 4, 4, dtype=DT, generator=torch.Generator().manual_seed(5))
+        y = torch.tensor([0, 1, 2, 0, 1, 2])
+    else:
+        (x, y), net = batch, tiny_net
+    objective = build_objective("modular_meanflow", lam=lam, adaptive_p=0.0)
+    sample = objective.draw(x, y, generator=torch.Generator().manual_seed(6))
+    terms = objective(net, x, sample=sample)
+    assert terms.extra == ("d",)
+    params = [p for p in net.parameters() if p.requires_grad]
+    grad = lambda value: torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)  # noqa: E731
+    flat = lambda gs: torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()  # noqa: E731
+                                 for g, p in zip(gs, params)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("alphaflow.models.dit.layer_norm", primitive_layer_norm)
+        reference = reference_modular_loss(net, x, sample, lam)
+    torch.testing.assert_close(terms.components["mse"], reference, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(flat(grad(terms.loss.mean())), flat(grad(reference.mean())), rtol=1e-8, atol=1e-11)
+    parts = sum(flat(grad(terms.components[k].mean())) for k in ("tfm", "tcc", "d"))
+    torch.testing.assert_close(parts, flat(grad(terms.components["mse"].mean())), rtol=1e-10, atol=1e-12)
+    assert flat(grad(terms.components["d"].mean())).abs().max() > 0, "λ > 0: a gradient through the JVP"
+
+
+def test_the_probes_report_modular_meanflows_third_part(tiny_net, batch):
+    from alphaflow.instrument.probes import term_losses
+
+    x, y = batch
+    objective = build_objective("modular_meanflow", lam=0.5)
+    sample = objective.draw(x, y, generator=torch.Generator().manual_seed(7))
+    terms = term_losses(tiny_net, x, sample, training=objective)
+    assert {"tfm", "tcc", "loss", "d"} <= set(terms)
+    torch.testing.assert_close(terms["d"], objective(tiny_net, x, sample=sample).components["d"].mean())
+    assert "d" not in term_losses(tiny_net, x, sample, training=build_objective("modular_meanflow", lam=0.0))
