@@ -9,18 +9,20 @@ import torch
 from alphaflow.config import Config, ConfigError, from_dict
 from alphaflow.data import TrainData, check_data_options, dataset_class, dataset_from_config
 from alphaflow.models import build_for_data, check_model_name
-from alphaflow.runfolder import RunFolder
+from alphaflow.runfolder import RunFolder, init_checkpoint
 from alphaflow.metrics.choice import WEIGHTS_SOURCES, parse_metrics, weights_path
-from alphaflow.objectives import objective_from_options
+from alphaflow.objectives import OBJECTIVES, objective_from_options
 
 def preflight(cfg: Config) -> None:
     """Check what config validation cannot (registry names, the data path, the objective's options)
     before anything runs; raises ValueError naming the key."""
     objective = objective_from_options(cfg.objective, cfg.train.steps)
     if cfg.conflict.mode != "none" and not objective.conflict_parts:
+        names = ", ".join(sorted(n for n, c in OBJECTIVES.items() if c.conflict_parts))
         raise ConfigError(f"conflict.mode={cfg.conflict.mode} combines the gradients of L_TFM and L_TCC, and "
-                          f"objective.name={cfg.objective.name} has no L_TCC; use meanflow, alphaflow, shortcut "
-                          "or tfm")
+                          f"objective.name={cfg.objective.name} has no L_TCC; use one of {names}")
+    if cfg.train.init_from:
+        init_checkpoint(cfg.train.init_from)  # the source exists and holds a checkpoint (it names the input)
     check_model_name(cfg.model.name)
     check_data_options(cfg.data.name, cfg.data.path)
     if cfg.data.vae_path is not None and not Path(cfg.data.vae_path).expanduser().exists():

@@ -12,6 +12,7 @@
       probes.jsonl           offline gradient probes, one row per (checkpoint, probe settings)
       eval.jsonl             ``alphaflow eval``: one row per (step, NFE, sampler, metric)
       job.json               {"job_id", "executor", "submitted"} of the latest submission
+      init.json              {"init_from", "checkpoint", "step"}: a run started from train.init_from's weights
       error.txt              the traceback tail of a failed attempt
       DONE                   written last, holds a short JSON summary
       .lock                  held by the one process training the run (``alphaflow.runlock``)
@@ -53,6 +54,7 @@ from alphaflow.files import (append_jsonl, atomic_copy, atomic_write_bytes, read
 from alphaflow.runlock import lock_holder
 
 CONFIG, METRICS, CHECKPOINTS, SAMPLES, DONE = "config.json", "metrics.jsonl", "checkpoints", "samples", "DONE"
+INIT = "init.json"  # where a run started from train.init_from came from (alphaflow.train.initialise)
 PROBES, EVAL, JOB, ERROR, RUN_INFO = "probes.jsonl", "eval.jsonl", "job.json", "error.txt", "run.json"
 FILES = (CONFIG, RUN_INFO, METRICS, PROBES, EVAL, JOB, ERROR, DONE)  # every file of a run folder (not the folders)
 _CKPT = re.compile(r"^(latest|step)-(\d{8})\.pt$")
@@ -324,6 +326,23 @@ def select_checkpoints(run: RunFolder, which: str) -> list[tuple[int, Path]]:
     if missing:
         raise ValueError(f"--checkpoints: no checkpoint at step(s) {missing} in {run.root}; saved: {sorted(found)}")
     return [(s, found[s]) for s in steps]
+
+
+def init_checkpoint(source: str | Path) -> Path:
+    """The checkpoint ``train.init_from`` names: a run folder's newest checkpoint, or the file itself.
+
+    Raises ``ValueError`` naming the input when it does not exist or holds no checkpoint.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        found = RunFolder(path).checkpoints()
+        if not found:
+            raise ValueError(f"train.init_from={str(source)!r} is a folder without checkpoints "
+                             f"(expected a run folder with {CHECKPOINTS}/latest-*.pt or step-*.pt, or a .pt file)")
+        return found[0][1]
+    if path.is_file():
+        return path
+    raise ValueError(f"train.init_from={str(source)!r} does not exist (expected a run folder or a checkpoint .pt file)")
 
 
 def load_weights(path: Path, key: str) -> tuple[dict, dict]:

@@ -169,3 +169,27 @@ def test_the_probes_report_modular_meanflows_third_part(tiny_net, batch):
     assert {"tfm", "tcc", "loss", "d"} <= set(terms)
     torch.testing.assert_close(terms["d"], objective(tiny_net, x, sample=sample).components["d"].mean())
     assert "d" not in term_losses(tiny_net, x, sample, training=build_objective("modular_meanflow", lam=0.0))
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_a_conflict_rule_passes_modular_meanflows_third_part_unchanged(every, tiny_net, batch):
+    """CAGrad with c = 0 returns the plain sum g_TFM + g_TCC, so with g_D added the update is ∇loss exactly, on an
+    exact step and on a step that reuses the coefficients."""
+    from alphaflow.config.schema import ConflictConfig
+    from alphaflow.train.conflict import ConflictCombiner
+    from alphaflow.train.distributed import DistInfo
+
+    x, y = batch
+    objective = build_objective("modular_meanflow", lam=0.5)
+    params = list(tiny_net.parameters())
+    combiner = ConflictCombiner(ConflictConfig(mode="cagrad", c=0.0, every=every), tiny_net, params, DistInfo())
+    state: dict = {}
+    for step in range(2):
+        terms = objective(tiny_net, x, y, generator=torch.Generator().manual_seed(step))
+        expected = torch.autograd.grad(terms.loss.mean(), params, retain_graph=True)
+        for p in params:
+            p.grad = None
+        combiner.backward(terms, step, state)
+        combiner.commit(state)
+        for p, g in zip(params, expected):
+            torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-13)

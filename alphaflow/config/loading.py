@@ -131,13 +131,20 @@ def dump_yaml(cfg: Config) -> str:
 # Sections added after runs were first named by their hash: left out of the hash while they hold their
 # defaults, so a run folder named before a section existed keeps its name (and resumes) afterwards.
 _LATER_SECTIONS = {"conflict": ConflictConfig}
+# Fields added to an existing section after that: (section, field) → default, left out the same way.
+_LATER_FIELDS = {("train", "init_from"): None}
 
 
 def without_later_defaults(config: dict) -> dict:
-    """A config dict without the sections of ``_LATER_SECTIONS`` that hold their defaults (a copy): the form
-    that is hashed, and the one to compare a config.json written before those sections existed with."""
-    return {k: v for k, v in config.items()
-            if not (k in _LATER_SECTIONS and v == dataclasses.asdict(_LATER_SECTIONS[k]()))}
+    """A config dict without the sections of ``_LATER_SECTIONS`` and the fields of ``_LATER_FIELDS`` that hold
+    their defaults (a copy): the form that is hashed, and the one to compare a config.json written before they
+    existed with."""
+    out = {k: v for k, v in config.items()
+           if not (k in _LATER_SECTIONS and v == dataclasses.asdict(_LATER_SECTIONS[k]()))}
+    for (section, name), default in _LATER_FIELDS.items():
+        if isinstance(out.get(section), dict) and out[section].get(name, default) == default:
+            out[section] = {k: v for k, v in out[section].items() if k != name}
+    return out
 
 
 def config_hash(cfg: Config, length: int = 10) -> str:

@@ -78,6 +78,8 @@ class TrainConfig:
     compile: bool = False
     tf32: bool = True  # CUDA: TF32 tensor cores for the fp32 matmuls and convolutions (sampling, probes, tangents)
     dist_timeout_min: float = 60.0  # process-group timeout; rank 0's in-run evaluation must fit inside it
+    init_from: str | None = None  # a run folder (its newest checkpoint) or a checkpoint file: its weights, EMA and
+    #                               data statistics start this run, with a fresh optimiser at step 0
 
 
 @dataclass

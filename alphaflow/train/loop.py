@@ -10,6 +10,7 @@ RNGs, the batch number), so a resumed run continues bit-for-bit where it stopped
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from alphaflow.train.progress import Progress
 from alphaflow.train.callbacks import Callback, LogContext, OnlineProbe, check_served
 from alphaflow.train.conflict import ConflictCombiner, no_sync
 from alphaflow.errors import UsageError, format_bytes
-from alphaflow.runfolder import RunFolder
+from alphaflow.files import atomic_write_bytes
+from alphaflow.runfolder import INIT, RunFolder
+from alphaflow.train.initialise import initialise_from
 from alphaflow.runlock import run_lock
 from alphaflow.train.sample_grids import write_samples
 
@@ -165,6 +168,9 @@ def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         state = _restore(ckpt, net, ema, opt, data, gen, info, say)
         del ckpt, resumed  # its tensors were copied into the model, EMA and Adam: free the host copy
         say(f"resuming {run.root} from {path.name} (step {state['step']})")
+    elif cfg.train.init_from:
+        record = initialise_from(cfg.train.init_from, net, ema, data, say)
+        D.on_main(info, lambda: atomic_write_bytes(run.root / INIT, (json.dumps(record) + "\n").encode(), what=INIT))
     else:
         data.fit_stats(torch.Generator().manual_seed(cfg.seed), cfg.data.stats_samples)
     if info.is_main and cfg.data.vae_path is not None and data.decodes_samples:

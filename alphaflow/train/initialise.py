@@ -1,0 +1,42 @@
+"""``train.init_from``: start a run from another run's weights (fine-tuning; Decoupled MeanFlow from a
+flow-matching model, docs/objectives.md#the-meanflow-family).
+
+The network and its EMA take the source checkpoint's ``net`` and ``ema`` weights and the data statistics (so
+latents are normalised as the source saw them); the optimiser, the step counter and the random streams start
+fresh from this run's config. The run folder records the source in ``init.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from alphaflow.files import read_checkpoint
+from alphaflow.runfolder import init_checkpoint
+from alphaflow.train.optim import EMA
+
+
+def _load(module: nn.Module, state: dict, what: str, source: str) -> None:
+    """``module.load_state_dict(state)``, refused with the mismatching keys named instead of torch's wall of text."""
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        parts = [f"{name}: {keys[:5]}{' …' if len(keys) > 5 else ''}" for name, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("other shape", shapes)) if keys]
+        raise ValueError(f"train.init_from={source!r}: its {what} weights do not fit this run's model ("
+                         + "; ".join(parts) + "); use the source's model.name and data")
+    module.load_state_dict(state)
+
+
+def initialise_from(source: str, net: nn.Module, ema: EMA, data: Any, say: Callable[[str], None]) -> dict[str, Any]:
+    """Load ``source``'s newest checkpoint (a run folder) or the checkpoint file itself into ``net``, ``ema`` and
+    ``data``; returns the record for ``init.json`` (source, checkpoint path, its step)."""
+    path = init_checkpoint(source)
+    ckpt = read_checkpoint(path)
+    _load(net, ckpt["net"], "network", source)
+    _load(ema.model, ckpt["ema"], "EMA", source)
+    data.load_state_dict(ckpt["data_stats"])
+    say(f"initialised from {path} (step {ckpt['step']}): weights and EMA; a fresh optimiser at step 0")
+    return {"init_from": str(source), "checkpoint": str(path.resolve()), "step": int(ckpt["step"])}
