@@ -8,7 +8,7 @@ import torch
 
 from alphaflow.config import Config, ConfigError, from_dict
 from alphaflow.data import TrainData, check_data_options, dataset_class, dataset_from_config
-from alphaflow.models import build_for_data, check_model_name
+from alphaflow.models import MODELS, build_for_data, check_model_name, model_options
 from alphaflow.runfolder import RunFolder, init_checkpoint
 from alphaflow.metrics.choice import WEIGHTS_SOURCES, parse_metrics, weights_path
 from alphaflow.objectives import OBJECTIVES, objective_from_options
@@ -24,11 +24,23 @@ def preflight(cfg: Config) -> None:
     if cfg.train.init_from:
         init_checkpoint(cfg.train.init_from)  # the source exists and holds a checkpoint (it names the input)
     check_model_name(cfg.model.name)
+    check_decouple(cfg.model.name, cfg.model.decouple_at)
     check_data_options(cfg.data.name, cfg.data.path)
     if cfg.data.vae_path is not None and not Path(cfg.data.vae_path).expanduser().exists():
         raise ValueError(f"data.vae_path {cfg.data.vae_path!r} does not exist (a local diffusers AutoencoderKL folder)")
     check_compile(cfg)
     check_eval(cfg)
+
+
+def check_decouple(name: str, decouple_at: int | None) -> None:
+    """``model.decouple_at`` is a DiT option, a block count in [0, depth]."""
+    if decouple_at is None:
+        return
+    if name not in MODELS:
+        raise ConfigError(f"model.decouple_at is an option of the DiT models, not of model.name={name!r}")
+    depth = MODELS[name].keywords["depth"]
+    if not 0 <= decouple_at <= depth:
+        raise ConfigError(f"model.decouple_at must lie in [0, {depth}] (the depth of {name}), got {decouple_at}")
 
 
 def check_eval(cfg: Config) -> None:
@@ -78,5 +90,5 @@ def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunFolder, Conf
         raise ValueError(f"{run.root} is not a run folder (no config.json)")
     cfg = from_dict(config)
     data = dataset_from_config(cfg.data, cfg.seed)
-    net = build_for_data(cfg.model.name, data.shape, data.num_classes, time_scale=cfg.model.time_scale).to(device)
+    net = build_for_data(cfg.model.name, data.shape, data.num_classes, **model_options(cfg.model)).to(device)
     return run, cfg, data, net

@@ -328,17 +328,34 @@ def select_checkpoints(run: RunFolder, which: str) -> list[tuple[int, Path]]:
     return [(s, found[s]) for s in steps]
 
 
-def init_checkpoint(source: str | Path) -> Path:
-    """The checkpoint ``train.init_from`` names: a run folder's newest checkpoint, or the file itself.
+def init_checkpoint(source: str | Path, *, seed: int | None = None, root: Path | None = None) -> Path:
+    """The checkpoint ``train.init_from`` names: a finished run folder's newest checkpoint, or a checkpoint file.
 
-    Raises ``ValueError`` naming the input when it does not exist or holds no checkpoint.
+    ``{seed}`` in the text is this run's seed and ``{root}`` the folder that holds this run's folder (a sweep's
+    root), so one sweep file can start each seed from the same seed of another variant; a pattern (``*``) must
+    match exactly one folder: ``{root}/fm-s{seed}-*``. A run folder must have finished (DONE), so a run never
+    starts from a source still training. Raises ``ValueError`` naming the input otherwise.
     """
-    path = Path(source).expanduser()
+    text = str(source)
+    if "{seed}" in text or "{root}" in text:
+        if (seed is None and "{seed}" in text) or (root is None and "{root}" in text):
+            return Path(text)  # resolved when the run starts (preflight has no run folder yet)
+        text = text.replace("{seed}", str(seed)).replace("{root}", str(root))
+    path = Path(text).expanduser()
+    if any(c in text for c in "*?["):
+        matches = sorted(p for p in path.parent.glob(path.name) if p.is_dir())
+        if len(matches) != 1:
+            raise ValueError(f"train.init_from={str(source)!r}: {text!r} matches {len(matches)} folders "
+                             f"({[m.name for m in matches[:4]]}); it must match exactly one")
+        path = matches[0]
     if path.is_dir():
         found = RunFolder(path).checkpoints()
         if not found:
             raise ValueError(f"train.init_from={str(source)!r} is a folder without checkpoints "
                              f"(expected a run folder with {CHECKPOINTS}/latest-*.pt or step-*.pt, or a .pt file)")
+        if not RunFolder(path).is_done():
+            raise ValueError(f"train.init_from={str(source)!r}: {path} has not finished training (no {DONE}); "
+                             "start this run when it has, or name one of its checkpoint files")
         return found[0][1]
     if path.is_file():
         return path

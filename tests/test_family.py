@@ -193,3 +193,46 @@ def test_a_conflict_rule_passes_modular_meanflows_third_part_unchanged(every, ti
         combiner.commit(state)
         for p, g in zip(params, expected):
             torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-13)
+
+
+# ----------------------------------------------------------------------------- Decoupled MeanFlow (arXiv 2510.24474)
+
+def _dit(decouple_at=None, seed=8):
+    from alphaflow.models import build_model
+
+    net = build_model("DiT-N/2", input_size=4, in_channels=1, num_classes=3, decouple_at=decouple_at).double()
+    with torch.no_grad():
+        for p in net.parameters():  # off the zero init, the same values for every decouple_at
+            p.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(seed + p.numel()))
+    return net
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_a_decoupled_dit_is_the_plain_dit_on_r_equals_t_and_conditions_its_late_blocks_on_r(k):
+    plain, decoupled = _dit(), _dit(k)
+    assert set(plain.state_dict()) == set(decoupled.state_dict()), "the same weights: a flow-matching model loads"
+    decoupled.load_state_dict(plain.state_dict())
+    g = torch.Generator().manual_seed(9)
+    z = torch.randn(5, 1, 4, 4, dtype=DT, generator=g)
+    t = torch.rand(5, dtype=DT, generator=g)
+    r = t * torch.rand(5, dtype=DT, generator=g)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    torch.testing.assert_close(decoupled(z, t, t, y), plain(z, t, t, y), rtol=1e-12, atol=1e-13)
+    assert not torch.allclose(decoupled(z, r, t, y), decoupled(z, t, t, y)), "r reaches the late blocks"
+    # tangent mode gives the JVP of this forward along (dz, dr, dt)
+    dz, dr, dt = torch.randn_like(z), torch.randn(5, dtype=DT, generator=g), torch.randn(5, dtype=DT, generator=g)
+    u, du = decoupled(z, r, t, y, tangent=(None, dz, dr, dt))
+    with sdpa_kernel([SDPBackend.MATH]):
+        _, ref = torch.func.jvp(lambda z_, r_, t_: decoupled(z_, r_, t_, y), (z, r, t), (dz, dr, dt))
+    torch.testing.assert_close(u, decoupled(z, r, t, y), rtol=0, atol=0)
+    torch.testing.assert_close(du, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_decouple_at_is_checked_before_a_run():
+    from alphaflow.build import preflight
+    from alphaflow.config import load_config
+
+    with pytest.raises(ValueError, match=r"model.decouple_at must lie in \[0, 4\]"):
+        preflight(load_config(None, ["model.decouple_at=5"]))
+    with pytest.raises(ValueError, match="model.decouple_at is an option of the DiT models"):
+        preflight(load_config(None, ["model.name=MLP-B", "data.name=toy2d", "model.decouple_at=1"]))

@@ -72,3 +72,21 @@ def test_the_option_at_its_default_leaves_run_names_unchanged():
     cfg = load_config(None, [])
     assert config_hash(cfg) == "1a45994e5f", "the default run's name, as before train.init_from existed"
     assert config_hash(load_config(None, ["train.init_from=runs/fm"])) != config_hash(cfg)
+
+
+def test_a_sweep_names_the_same_seed_of_another_variant_and_an_unfinished_source_is_refused(source, tmp_path):
+    from alphaflow.runfolder import init_checkpoint
+
+    root = source.parent
+    (root / "fm-s0-0123456789").mkdir(exist_ok=True)
+    for p in (source / "checkpoints").iterdir():
+        (root / "fm-s0-0123456789" / "checkpoints").mkdir(exist_ok=True)
+        (root / "fm-s0-0123456789" / "checkpoints" / p.name).write_bytes(p.read_bytes())
+    pattern = "{root}/fm-s{seed}-*"
+    assert init_checkpoint(pattern) == type(source)(pattern), "left for the run to resolve"
+    with pytest.raises(ValueError, match="has not finished training"):
+        init_checkpoint(pattern, seed=0, root=root)
+    (root / "fm-s0-0123456789" / "DONE").write_text("{}\n")
+    assert init_checkpoint(pattern, seed=0, root=root).parent.parent.name == "fm-s0-0123456789"
+    with pytest.raises(ValueError, match=r"matches 0 folders"):
+        init_checkpoint(pattern, seed=1, root=root)

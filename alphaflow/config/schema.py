@@ -26,6 +26,7 @@ TAGGED: dict[type, tuple[str, dict[str, type]]] = {ObjectiveOptions: ("name", OP
 class ModelConfig:
     name: str = "DiT-T/2"  # a key of alphaflow.models.MODELS
     time_scale: float = 1.0
+    decouple_at: int | None = None  # DiT: the first K blocks see t, the rest and the final layer r (Decoupled MeanFlow)
 
 
 @dataclass

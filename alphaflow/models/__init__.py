@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import difflib
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 from torch import nn
 
@@ -43,4 +43,13 @@ def build_for_data(name: str, shape: tuple[int, ...], num_classes: int, **kwargs
     return build_model(name, input_size=(shape[1], shape[2]), in_channels=shape[0], num_classes=num_classes, **kwargs)
 
 
-__all__ = ["DiT", "MLP", "MODELS", "MLPS", "build_model", "build_for_data", "check_model_name", "count_parameters", "parameter_count"]
+def model_options(model_cfg: Any) -> dict[str, Any]:
+    """The build keywords a config's ``model`` section adds to the name: ``time_scale``, and ``decouple_at``
+    where it is set (the DiT only)."""
+    options: dict[str, Any] = {"time_scale": model_cfg.time_scale}
+    if getattr(model_cfg, "decouple_at", None) is not None:
+        options["decouple_at"] = model_cfg.decouple_at
+    return options
+
+
+__all__ = ["model_options", "DiT", "MLP", "MODELS", "MLPS", "build_model", "build_for_data", "check_model_name", "count_parameters", "parameter_count"]

@@ -209,6 +209,11 @@ class DiT(nn.Module):
     input_size: H = W or (H, W) of z; in_channels: C (= C_out); num_classes: K (0 = unconditional),
     the label table always has K + 1 rows, the last one the null label; time_scale multiplies t
     before the sinusoid (1.0: raw t ∈ [0, 1], docs/official_code.md#timestep-scaling).
+
+    decouple_at = K (Decoupled MeanFlow, arXiv 2510.24474): the first K blocks are conditioned on (t, label) and
+    the later blocks and the final layer on (r, label), both through the same t embedder, with the Δ embedder held
+    at Δ = 0; so u(z, t, t) is exactly the plain DiT's at r = t and a flow-matching model's weights load as they
+    are. None (default): every block sees t, Δ = t − r and the label.
     """
 
     supports_tangent: ClassVar[bool] = True  # forward(..., tangent=...) exists (module docstring)
@@ -225,8 +230,12 @@ class DiT(nn.Module):
         mlp_ratio: float = 4.0,
         num_classes: int = 1000,
         time_scale: float = 1.0,
+        decouple_at: int | None = None,
     ):
         super().__init__()
+        if decouple_at is not None and not 0 <= decouple_at <= depth:
+            raise ValueError(f"decouple_at must lie in [0, depth={depth}] (blocks conditioned on t), got {decouple_at}")
+        self.decouple_at = decouple_at
         H, W = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
         if H % patch_size or W % patch_size:
             raise ValueError(f"input_size {(H, W)} must be divisible by patch_size {patch_size}")
@@ -322,10 +331,15 @@ class DiT(nn.Module):
         # Token-major memory from here on: every LayerNorm and Linear would otherwise copy x first.
         x = self.x_embedder(z).flatten(2).transpose(1, 2).contiguous()  # [B, N, D], N = h·w
         x = x + self.pos_embed.to(x.dtype)  # [B, N, D]
-        c = self.t_embedder(t) + self.d_embedder(t - r) + self.embed_labels(labels, B, z.device)  # [B, D]
-        for block in self.blocks:
-            x = block(x, c)  # [B, N, D]
-        x = self.final_layer(x, c)  # [B, N, p·p·C]
+        y = self.embed_labels(labels, B, z.device)
+        if self.decouple_at is None:
+            c = c_late = self.t_embedder(t) + self.d_embedder(t - r) + y  # [B, D]
+        else:
+            zero = self.d_embedder(torch.zeros_like(t))
+            c, c_late = self.t_embedder(t) + zero + y, self.t_embedder(r) + zero + y
+        for k, block in enumerate(self.blocks):
+            x = block(x, c if self.decouple_at is None or k < self.decouple_at else c_late)  # [B, N, D]
+        x = self.final_layer(x, c_late)  # [B, N, p·p·C]
         return self.unpatchify(x)  # [B, C, H, W]
 
     def _check_tangent(self, tangent: tuple, batch: int) -> tuple[Rows, Tensor, Tensor, Tensor]:
@@ -358,13 +372,20 @@ class DiT(nn.Module):
         x = self.x_embedder(z).flatten(2).transpose(1, 2).contiguous()  # [B, N, D]
         dx = conv_patch_jvp(self.x_embedder, dz)  # [P, N, D]; the fixed positional embedding has no tangent
         x = x + self.pos_embed.to(x.dtype)
+        y = self.embed_labels(labels, z.shape[0], z.device)  # [B, D]; labels carry no tangent
         c_t, dc_t = self.t_embedder(t, (rows, dt))
-        c_d, dc_d = self.d_embedder(t - r, (rows, dt - dr))  # Δ = t − r, dΔ = dt − dr
-        c = c_t + c_d + self.embed_labels(labels, z.shape[0], z.device)  # [B, D]; labels carry no tangent
-        dc = dc_t + dc_d  # [P, D]
-        for block in self.blocks:
-            x, dx = block(x, c, (rows, dx, dc))
-        x, dx = self.final_layer(x, c, (rows, dx, dc))
+        if self.decouple_at is None:
+            c_d, dc_d = self.d_embedder(t - r, (rows, dt - dr))  # Δ = t − r, dΔ = dt − dr
+            c = c_late = c_t + c_d + y
+            dc = dc_late = dc_t + dc_d  # [P, D]
+        else:  # the Δ embedder at 0 has no tangent; the late blocks move with r
+            zero = self.d_embedder(torch.zeros_like(t))
+            c_r, dc_late = self.t_embedder(r, (rows, dr))
+            c, c_late, dc = c_t + zero + y, c_r + zero + y, dc_t
+        for k, block in enumerate(self.blocks):
+            early = self.decouple_at is None or k < self.decouple_at
+            x, dx = block(x, c if early else c_late, (rows, dx, dc if early else dc_late))
+        x, dx = self.final_layer(x, c_late, (rows, dx, dc_late))
         return self.unpatchify(x), self.unpatchify(dx)
 
 

@@ -32,11 +32,14 @@ from alphaflow.schedules import ScheduleConfig
 
 @dataclass
 class SplitMeanFlowOptions(ObjectiveOptions):
-    """SplitMeanFlow's defaults: the share of r = t rows (the boundary condition; docs/objectives.md#splitmeanflow
-    gives the measurement behind the default) and the family's adaptive weight."""
+    """SplitMeanFlow's defaults: the share of r = t rows (the boundary condition) and the plain MSE (p = 0). With
+    the adaptive weight (p = 1) the consistency rows, whose error is tiny beside the boundary rows', are weighted
+    up a thousandfold and training collapses to a trivial consistent solution; docs/objectives.md#splitmeanflow
+    gives the measurements behind both defaults."""
 
     name: str = "splitmeanflow"
     ratio_fm: ScheduleConfig = field(default_factory=lambda: ScheduleConfig.constant(0.75))
+    adaptive_p: float = 0.0
 
 
 def split_target(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None, lam: Tensor) -> Tensor:

@@ -39,7 +39,7 @@ from alphaflow.objectives import objective_from_options
 from alphaflow.config import Config
 from alphaflow.data import dataset_class
 from alphaflow.perf.memtrack import FakeRun
-from alphaflow.models import build_for_data
+from alphaflow.models import build_for_data, model_options
 from alphaflow.objectives import AlphaFlow, Objective, Sample
 from alphaflow.train.optim import EMA, gradient_norm, sanitize_and_clip
 from alphaflow.instrument.probes import probe_gradients, probe_sample
@@ -169,7 +169,7 @@ def _train_phase(cfg: Config, bf16: bool, world_size: int, shape, classes, probe
     objective = objective_from_options(cfg.objective, cfg.train.steps)
     run = FakeRun()
     with run:
-        net = build_for_data(cfg.model.name, shape, classes, time_scale=cfg.model.time_scale)
+        net = build_for_data(cfg.model.name, shape, classes, **model_options(cfg.model))
         weights = _state_bytes(net)
         ema = EMA(net, cfg.ema.halflife_steps, cfg.ema.rampup_ratio)
         o = cfg.optim
@@ -210,7 +210,7 @@ def _offline_probe_phase(cfg: Config, shape, classes) -> PhasePlan:
     batch = cfg.probe.batch_size
     run = FakeRun()
     with run:
-        net = build_for_data(cfg.model.name, shape, classes, time_scale=cfg.model.time_scale)
+        net = build_for_data(cfg.model.name, shape, classes, **model_options(cfg.model))
         sample = _fake_sample(run, _draw(objective, batch, shape, probe_ratio_fm=0.0))
         probe_gradients(net, run.fake((batch, *shape)), sample, guidance=objective.guidance, training=objective,
                         parts=cfg.probe.parts, chunk_size=cfg.probe.chunk_size)
@@ -226,7 +226,7 @@ def _eval_phase(cfg: Config, shape, classes) -> PhasePlan:
     batch = cfg.eval.batch_size
     run = FakeRun()
     with run, torch.no_grad():
-        net = build_for_data(cfg.model.name, shape, classes, time_scale=cfg.model.time_scale).eval()
+        net = build_for_data(cfg.model.name, shape, classes, **model_options(cfg.model)).eval()
         parts = {"weights": _state_bytes(net)}
         out = generate(net, run.fake((batch, *shape)), None, nfe=max(cfg.eval.nfe), sampler=sampler,
                        t_mid=cfg.sample.t_mid)

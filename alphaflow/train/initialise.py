@@ -8,6 +8,7 @@ fresh from this run's config. The run folder records the source in ``init.json``
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
@@ -30,10 +31,12 @@ def _load(module: nn.Module, state: dict, what: str, source: str) -> None:
     module.load_state_dict(state)
 
 
-def initialise_from(source: str, net: nn.Module, ema: EMA, data: Any, say: Callable[[str], None]) -> dict[str, Any]:
-    """Load ``source``'s newest checkpoint (a run folder) or the checkpoint file itself into ``net``, ``ema`` and
-    ``data``; returns the record for ``init.json`` (source, checkpoint path, its step)."""
-    path = init_checkpoint(source)
+def initialise_from(source: str, net: nn.Module, ema: EMA, data: Any, say: Callable[[str], None], *,
+                    seed: int | None = None, root: Path | None = None) -> dict[str, Any]:
+    """Load ``source``'s newest checkpoint (a finished run folder) or the checkpoint file itself into ``net``,
+    ``ema`` and ``data``; ``{seed}`` and ``{root}`` in ``source`` are this run's seed and parent folder
+    (``runfolder.init_checkpoint``). Returns the record for ``init.json`` (source, checkpoint path, its step)."""
+    path = init_checkpoint(source, seed=seed, root=root)
     ckpt = read_checkpoint(path)
     _load(net, ckpt["net"], "network", source)
     _load(ema.model, ckpt["ema"], "EMA", source)

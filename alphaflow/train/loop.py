@@ -25,7 +25,7 @@ from alphaflow.train.batches import EpochBatches
 from alphaflow.objectives import objective_from_options
 from alphaflow.config import Config, from_dict, to_dict
 from alphaflow.data import build_dataset, dataset_options
-from alphaflow.models import build_for_data
+from alphaflow.models import build_for_data, model_options
 from alphaflow.train.optim import EMA, build_optimizer, gradient_norm, sanitize_and_clip, warmup_factor
 from alphaflow.train.progress import Progress
 from alphaflow.train.callbacks import Callback, LogContext, OnlineProbe, check_served
@@ -155,7 +155,7 @@ def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     D.set_tf32(cfg.train.tf32, device)
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    net = build_for_data(cfg.model.name, data.shape, data.num_classes, time_scale=cfg.model.time_scale).to(device)
+    net = build_for_data(cfg.model.name, data.shape, data.num_classes, **model_options(cfg.model)).to(device)
     ema = EMA(net, cfg.ema.halflife_steps, cfg.ema.rampup_ratio)
     objective = objective_from_options(cfg.objective, cfg.train.steps)
     o = cfg.optim
@@ -169,7 +169,7 @@ def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         del ckpt, resumed  # its tensors were copied into the model, EMA and Adam: free the host copy
         say(f"resuming {run.root} from {path.name} (step {state['step']})")
     elif cfg.train.init_from:
-        record = initialise_from(cfg.train.init_from, net, ema, data, say)
+        record = initialise_from(cfg.train.init_from, net, ema, data, say, seed=cfg.seed, root=run.root.parent)
         D.on_main(info, lambda: atomic_write_bytes(run.root / INIT, (json.dumps(record) + "\n").encode(), what=INIT))
     else:
         data.fit_stats(torch.Generator().manual_seed(cfg.seed), cfg.data.stats_samples)

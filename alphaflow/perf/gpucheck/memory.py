@@ -22,7 +22,7 @@ from alphaflow.perf.bench import peak_memory, time_step
 from alphaflow.objectives import objective_from_options
 from alphaflow.config import load_config
 from alphaflow.perf.gpucheck.settings import Settings, Skip
-from alphaflow.models import build_for_data
+from alphaflow.models import build_for_data, model_options
 from alphaflow.train.optim import build_optimizer, sanitize_and_clip
 from alphaflow.instrument.probes import probe_gradients, probe_sample
 
@@ -165,7 +165,7 @@ def _train_phase(cfg, dev: torch.device, steps: int = 2) -> dict[str, Any]:
     data = build_dataset(cfg.data.name, path=cfg.data.path, resolution=cfg.data.resolution, seed=cfg.seed)
     data.fit_stats(torch.Generator().manual_seed(cfg.seed), cfg.data.stats_samples)
     torch.manual_seed(cfg.seed)
-    net = build_for_data(cfg.model.name, data.shape, data.num_classes, time_scale=cfg.model.time_scale).to(dev)
+    net = build_for_data(cfg.model.name, data.shape, data.num_classes, **model_options(cfg.model)).to(dev)
     ema = EMA(net, cfg.ema.halflife_steps, cfg.ema.rampup_ratio)
     objective = objective_from_options(cfg.objective, cfg.train.steps)
     o = cfg.optim
