@@ -38,7 +38,7 @@ class SplitMeanFlowOptions(ObjectiveOptions):
     gives the measurements behind both defaults."""
 
     name: str = "splitmeanflow"
-    ratio_fm: ScheduleConfig = field(default_factory=lambda: ScheduleConfig.constant(0.75))
+    ratio_fm: ScheduleConfig = field(default_factory=lambda: ScheduleConfig.constant(0.5))
     adaptive_p: float = 0.0
 
 

@@ -104,11 +104,10 @@ class ConflictCombiner:
         gram = self._gram(g_tfm, g_tcc)
         coef = coefficients(gram, self.cfg.mode, self.cfg.c)  # [K, 2]
         scale = coef.to(g_tfm[0].dtype)
-        for k, members in enumerate(self.groups):  # a·g_TFM + b·g_TCC in place, a few fused calls per group
+        for k, members in enumerate(self.groups):  # a·g_TFM + b·g_TCC into g_TFM: two fused passes per group
             ones, twos = [g_tfm[j] for j in members], [g_tcc[j] for j in members]
             torch._foreach_mul_(ones, scale[k, 0])
-            torch._foreach_mul_(twos, scale[k, 1])
-            torch._foreach_add_(ones, twos)
+            torch._foreach_addcmul_(ones, twos, [scale[k, 1]] * len(twos))  # b stays on the device: no host sync
         if g_extra:  # the third part passes unchanged
             torch._foreach_add_(g_tfm, g_extra)
         for p, g in zip(self.params, g_tfm):
