@@ -96,3 +96,15 @@ def test_two_process_ddp_with_pcgrad_keeps_ranks_identical(tmp_path):
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert_same_state(rank0, rank1)
     assert all(CONFLICT_KEYS <= set(r) for r in RunFolder(tmp_path).read_metrics())
+
+
+@pytest.mark.parametrize("mode", ["none", "pcgrad"])
+def test_two_process_ddp_with_modular_meanflows_differentiated_jvp_keeps_ranks_identical(tmp_path, mode):
+    """The prediction goes through DDP and the differentiated JVP through the unwrapped module, in one backward:
+    DDP still averages every gradient (the ranks stay identical), with and without a rule's third part."""
+    overrides = [*TINY, "objective.name=modular_meanflow", "objective.lam=1.0", f"conflict.mode={mode}",
+                 "train.threads=1"]
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), overrides), nprocs=2, join=True)
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert_same_state(rank0, rank1)
+    assert all("loss_d" in r for r in RunFolder(tmp_path).read_metrics())
