@@ -236,3 +236,17 @@ def test_decouple_at_is_checked_before_a_run():
         preflight(load_config(None, ["model.decouple_at=5"]))
     with pytest.raises(ValueError, match="model.decouple_at is an option of the DiT models"):
         preflight(load_config(None, ["model.name=MLP-B", "data.name=toy2d", "model.decouple_at=1"]))
+
+
+def test_splitmeanflow_on_a_sample_without_lambda_leaves_the_global_random_stream_alone(tiny_net, batch):
+    x, y = batch
+    sample = build_objective("meanflow").draw(x, y, generator=torch.Generator().manual_seed(10))  # no sample.split
+    assert sample.split is None
+    before = torch.get_rng_state()
+    a = build_objective("splitmeanflow")(tiny_net, x, sample=sample)
+    assert torch.equal(torch.get_rng_state(), before)
+    b = build_objective("splitmeanflow")(tiny_net, x, sample=sample)
+    assert torch.equal(a.target, b.target), "the fallback λ is reproducible"
+    sample.split = torch.full((x.shape[0],), 0.5, dtype=x.dtype)
+    c = build_objective("splitmeanflow")(tiny_net, x, sample=sample)
+    assert not torch.equal(a.target, c.target), "λ matters on this network"

@@ -61,7 +61,8 @@ class SplitMeanFlow(Objective):
     """The interval-splitting objective. Components: ``mse``, ``tfm``, ``tcc`` = 2⟨ṽ − sg u_tgt, u_θ⟩.
 
     λ is drawn with the sample (``draw``: ``sample.split``, from the caller's generator); a caller-given
-    sample without it gets λ from the global generator.
+    sample without it gets λ from a generator of its own with seed 0 (reproducible, and training's random
+    streams are not touched: a probe leaves training unchanged).
     """
 
     name = "splitmeanflow"
@@ -76,7 +77,10 @@ class SplitMeanFlow(Objective):
     def compute(self, net: Net, x: Tensor, sample: Sample, step: int) -> Terms:
         t, r, labels = sample.t, sample.r, sample.labels
         z, v_tilde = self.guided(net, x, sample)
-        lam = sample.split if sample.split is not None else torch.rand(x.shape[0], device=x.device, dtype=x.dtype)
+        lam = sample.split
+        if lam is None:  # a caller's sample (the probes'): a fixed stream, so the global ones stay untouched
+            lam = torch.rand(x.shape[0], generator=torch.Generator(x.device).manual_seed(0), device=x.device,
+                             dtype=x.dtype)
         target = v_tilde.detach().clone()
         rows = pair_rows(sample)  # a slice for a drawn sample: no host sync
         if row_count(rows, x.shape[0]):
