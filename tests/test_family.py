@@ -68,23 +68,38 @@ def test_a_sample_split_outside_the_unit_interval_is_refused(oracle):
 FAMILY = sorted(n for n, cls in OBJECTIVES.items() if cls.conflict_parts)
 
 
+class WithLogVariance(torch.nn.Module):
+    """A network with a learned log-variance lv(r, t) = a·t + b·r + c beside it (Decoupled MeanFlow's head)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.coef = torch.nn.Parameter(torch.tensor([0.3, -0.2, 0.1], dtype=DT))
+
+    def forward(self, z, r, t, labels=None):
+        return self.net(z, r, t, labels)
+
+    def log_variance(self, r, t):
+        return self.coef[0] * t + self.coef[1] * r + self.coef[2]
+
+
 @pytest.mark.parametrize("name", FAMILY)
 def test_every_objective_splits_its_weighted_loss_into_tfm_and_tcc_exactly(name, tiny_net, batch):
     """∇loss = ∇L_TFM^w + ∇L_TCC^w (the probes and conflict.mode rely on it) and mse = tfm + tcc + a θ-free
     constant, which for a stop-gradient target T is ‖T‖² − ‖ṽ‖² per sample."""
     x, y = batch
     options = {"lam": 0.5} if name == "modular_meanflow" else {}  # its default starts at λ = 0 (MeanFlow)
-    terms = build_objective(name, **options)(tiny_net, x, y, step=0, generator=torch.Generator().manual_seed(0))
-    params = list(tiny_net.parameters())
+    net = WithLogVariance(tiny_net) if getattr(OBJECTIVES[name], "needs_logvar", False) else tiny_net
+    terms = build_objective(name, **options)(net, x, y, step=0, generator=torch.Generator().manual_seed(0))
+    params = list(net.parameters())
     loss_grad = torch.autograd.grad(terms.loss.mean(), params, retain_graph=True)
     part_tfm, part_tcc = weighted_parts(terms)
-    g1 = torch.autograd.grad(part_tfm, params, retain_graph=True)
-    g2 = torch.autograd.grad(part_tcc, params, retain_graph=True)
+    grad = lambda value: torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)  # noqa: E731
     extra = weighted_extra(terms)
-    g3 = (torch.autograd.grad(extra, params, retain_graph=True, allow_unused=True) if extra is not None
-          else [None] * len(params))
-    for total, a, b, c in zip(loss_grad, g1, g2, g3):
-        torch.testing.assert_close(a + b + (0 if c is None else c), total, rtol=1e-10, atol=1e-13)
+    g1, g2 = grad(part_tfm), grad(part_tcc)
+    g3 = grad(extra) if extra is not None else [None] * len(params)
+    for total, *pieces in zip(loss_grad, g1, g2, g3):
+        torch.testing.assert_close(sum(0 if g is None else g for g in pieces), total, rtol=1e-10, atol=1e-13)
     v = velocity(x, terms.sample.eps)
     parts = regression_components(terms.pred, terms.target, v)
     const = (terms.target ** 2 - v ** 2).flatten(1).mean(1)
@@ -197,10 +212,11 @@ def test_a_conflict_rule_passes_modular_meanflows_third_part_unchanged(every, ti
 
 # ----------------------------------------------------------------------------- Decoupled MeanFlow (arXiv 2510.24474)
 
-def _dit(decouple_at=None, seed=8):
+def _dit(decouple_at=None, seed=8, logvar=False):
     from alphaflow.models import build_model
 
-    net = build_model("DiT-N/2", input_size=4, in_channels=1, num_classes=3, decouple_at=decouple_at).double()
+    net = build_model("DiT-N/2", input_size=4, in_channels=1, num_classes=3, decouple_at=decouple_at,
+                      logvar=logvar).double()
     with torch.no_grad():
         for p in net.parameters():  # off the zero init, the same values for every decouple_at
             p.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(seed + p.numel()))
@@ -250,3 +266,36 @@ def test_splitmeanflow_on_a_sample_without_lambda_leaves_the_global_random_strea
     sample.split = torch.full((x.shape[0],), 0.5, dtype=x.dtype)
     c = build_objective("splitmeanflow")(tiny_net, x, sample=sample)
     assert not torch.equal(a.target, c.target), "λ matters on this network"
+
+
+def test_decoupled_meanflow_is_meanflow_under_the_learned_uncertainty_weighting(tiny_net, batch):
+    """ℓ = log(e^(−lv)·mse + c) + lv per row with MeanFlow's target; lv's own gradient is the lv component's."""
+    x, y = batch
+    net = WithLogVariance(tiny_net)
+    sample = build_objective("meanflow").draw(x, y, generator=torch.Generator().manual_seed(11))
+    mf = build_objective("meanflow")(tiny_net, x, sample=sample)
+    terms = build_objective("decoupled_meanflow")(net, x, sample=sample)
+    torch.testing.assert_close(terms.target, mf.target, rtol=0, atol=0)
+    lv = net.log_variance(sample.r, sample.t)
+    expected = torch.log(torch.exp(-lv) * mf.components["mse"] + 0.01) + lv
+    torch.testing.assert_close(terms.loss, expected, rtol=1e-12, atol=1e-14)
+    (g_loss,) = torch.autograd.grad(terms.loss.mean(), [net.coef], retain_graph=True)
+    (g_lv,) = torch.autograd.grad(terms.components["lv"].mean(), [net.coef])
+    torch.testing.assert_close(g_loss, g_lv, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="needs a network with a log-variance head"):
+        build_objective("decoupled_meanflow")(tiny_net, x, sample=sample)
+
+
+def test_the_log_variance_head_starts_at_zero_and_preflight_asks_for_it():
+    from alphaflow.build import preflight
+    from alphaflow.config import load_config
+
+    net = _dit(logvar=True)
+    with torch.no_grad():
+        net.logvar_head.linear.weight.zero_()
+        net.logvar_head.linear.bias.zero_()
+    t = torch.rand(4, dtype=DT)
+    assert torch.equal(net.log_variance(t / 2, t), torch.zeros(4, dtype=DT))
+    with pytest.raises(ValueError, match="set model.logvar=true"):
+        preflight(load_config(None, ["objective.name=decoupled_meanflow"]))
+    preflight(load_config(None, ["objective.name=decoupled_meanflow", "model.logvar=true", "model.decouple_at=3"]))

@@ -90,3 +90,16 @@ def test_a_sweep_names_the_same_seed_of_another_variant_and_an_unfinished_source
     assert init_checkpoint(pattern, seed=0, root=root).parent.parent.name == "fm-s0-0123456789"
     with pytest.raises(ValueError, match=r"matches 0 folders"):
         init_checkpoint(pattern, seed=1, root=root)
+
+
+def test_decoupled_meanflow_starts_from_a_flow_matching_run_with_a_new_log_variance_head(source, tmp_path):
+    lines: list[str] = []
+    cfg = load_config(None, [*TINY, "objective.name=decoupled_meanflow", "model.decouple_at=1", "model.logvar=true",
+                             "train.steps=2", f"train.init_from={source}"])
+    preflight(cfg)
+    train(cfg, tmp_path / "dmf", log=lines.append)
+    mine = read_checkpoint(RunFolder(tmp_path / "dmf").checkpoints()[0][1])
+    assert "logvar_head.linear.weight" in mine["net"]
+    assert any("new here, as initialised: logvar_head.linear.bias, logvar_head.linear.weight" in line for line in lines)
+    rows = RunFolder(tmp_path / "dmf").read_metrics()
+    assert all("loss_lv" in r and "loss_tcc" in r for r in rows)

@@ -92,8 +92,8 @@ def test_offline_probe_writes_every_column(tmp_path):
     path = probe_run(tmp_path, batches=3, batch_size=8, log=lines.append)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]
-    # every term but d, which only an objective with a third gradient part (Modular MeanFlow) has
-    wanted = [*SIX, "loss_tfm", "loss_tcc", "loss_fmb", "loss_mf", *(f"gradnorm_{t}" for t in TERMS if t != "d")]
+    # every term but d and lv, which only objectives with a third gradient part (Modular, Decoupled MeanFlow) have
+    wanted = [*SIX, "loss_tfm", "loss_tcc", "loss_fmb", "loss_mf", *(f"gradnorm_{t}" for t in TERMS if t not in ("d", "lv"))]
     for row in rows:
         for name in wanted:
             assert name in row and f"{name}_p05" in row and f"{name}_p95" in row, name

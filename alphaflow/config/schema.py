@@ -27,6 +27,7 @@ class ModelConfig:
     name: str = "DiT-T/2"  # a key of alphaflow.models.MODELS
     time_scale: float = 1.0
     decouple_at: int | None = None  # DiT: the first K blocks see t, the rest and the final layer r (Decoupled MeanFlow)
+    logvar: bool = False  # DiT: a learned log-variance head lv(r, t) (Decoupled MeanFlow's loss weighting)
 
 
 @dataclass

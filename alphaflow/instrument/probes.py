@@ -10,6 +10,8 @@ On one batch, the same (t, r, ε, labels) for every term, we differentiate
     loss  the training objective's own loss at this step (optional)
     d     with it, a third part of that loss's gradient where the objective has one (``Terms.extra``: Modular
           MeanFlow's 2λ(t − r)·⟨sg(residual), du/dt⟩, the gradient through the JVP), unweighted
+    lv    ... or Decoupled MeanFlow's log-variance part, log(e^(−lv)·sg(mse) + c) + lv (its gradient reaches the
+          log-variance head only)
 
 each a batch mean of per-sample element means, and report every term's value (``loss_<term>``),
 gradient norm (``gradnorm_<term>``) and every pairwise cosine (``cos_<a>_<b>``, a before b in
@@ -43,7 +45,7 @@ from torch import Tensor, nn
 from alphaflow.jvp import unwrap
 from alphaflow.objectives import FlowMatching, Guidance, MeanFlow, Objective, Sample, draw_sample
 
-TERMS = ("tfm", "fmb", "tcc", "mf", "loss", "d")
+TERMS = ("tfm", "fmb", "tcc", "mf", "loss", "d", "lv")
 
 
 def parameter_groups(module: nn.Module) -> dict[str, list[str]]:
@@ -78,7 +80,7 @@ def term_losses(net: nn.Module, x: Tensor, sample: Sample, *, guidance: Guidance
     if training is not None:
         own = training(net, x, sample=sample, step=step)
         terms["loss"] = own.loss.mean()
-        for name in own.extra:  # a third part of the training loss's gradient (Modular MeanFlow's d)
+        for name in (*own.extra, *own.extra_unweighted):  # a third part of the loss's gradient (d, lv)
             terms[name] = own.components[name].mean()
     return terms
 

@@ -44,11 +44,13 @@ def build_for_data(name: str, shape: tuple[int, ...], num_classes: int, **kwargs
 
 
 def model_options(model_cfg: Any) -> dict[str, Any]:
-    """The build keywords a config's ``model`` section adds to the name: ``time_scale``, and ``decouple_at``
-    where it is set (the DiT only)."""
+    """The build keywords a config's ``model`` section adds to the name: ``time_scale``, and ``decouple_at`` and
+    ``logvar`` where they are set (the DiT only)."""
     options: dict[str, Any] = {"time_scale": model_cfg.time_scale}
     if getattr(model_cfg, "decouple_at", None) is not None:
         options["decouple_at"] = model_cfg.decouple_at
+    if getattr(model_cfg, "logvar", False):
+        options["logvar"] = True
     return options
 
 

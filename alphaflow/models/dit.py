@@ -1,15 +1,13 @@
 """DiT with adaLN-Zero for average-velocity networks u(z_t, r, t | y)  (docs/conventions.md#the-backbone;
 DiT arXiv 2212.09748, SiT arXiv 2401.08740).
 
-The whole backbone lives in this file: embedders, the transformer block, the final layer, the
-``DiT`` module with its one commented ``initialize_weights`` and the size registry
-(``"DiT-B/2"`` → constructor). The call contract is the project's (``alphaflow.conventions``):
+The backbone: embedders, the transformer block, the final layer and the ``DiT`` module with its one commented
+``initialize_weights`` (the size registry: ``registry.py``). The call contract (``alphaflow.conventions``):
 
     u = net(z, r, t, labels)      z: [B, C, H, W], r, t: [B], labels: [B] int64 or None → u: [B, C, H, W]
 
 Two-time conditioning (docs/conventions.md#the-backbone): c = emb_t(t) + emb_Δ(t − r) + emb_y(labels), two *separate*
-timestep embedders, times fed raw in [0, 1] (no ×1000, docs/official_code.md#timestep-scaling). The output
-is u directly.
+timestep embedders, times fed raw in [0, 1] (no ×1000, docs/official_code.md#timestep-scaling); the output is u.
 
 Attention is ``F.scaled_dot_product_attention``. Its fused CPU/GPU kernels have no forward-mode
 AD rule (docs/jvp.md#fused-attention-has-no-forward-mode-rule): wrap ``torch.func.jvp`` in
@@ -36,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alphaflow.conventions import NULL_LABEL
+from alphaflow.models.logvar import LogVarianceHead
 from alphaflow.models.tangent import (Linear, Rows, attention_jvp, conv_patch_jvp, gated_residual_jvp, linear_jvp,
                                       mlp_jvp, modulate_jvp, silu_jvp, sinusoid_jvp, split_heads, take)
 
@@ -210,10 +209,9 @@ class DiT(nn.Module):
     the label table always has K + 1 rows, the last one the null label; time_scale multiplies t
     before the sinusoid (1.0: raw t ∈ [0, 1], docs/official_code.md#timestep-scaling).
 
-    decouple_at = K (Decoupled MeanFlow, arXiv 2510.24474): the first K blocks are conditioned on (t, label) and
-    the later blocks and the final layer on (r, label), both through the same t embedder, with the Δ embedder held
-    at Δ = 0; so u(z, t, t) is exactly the plain DiT's at r = t and a flow-matching model's weights load as they
-    are. None (default): every block sees t, Δ = t − r and the label.
+    decouple_at = K (Decoupled MeanFlow, arXiv 2510.24474): blocks < K see (t, label), the rest and the final layer
+    (r, label), through the same t embedder, the Δ embedder at 0: at r = t the plain DiT, whose weights load as they
+    are. None: every block sees t, Δ = t − r and the label. logvar adds ``log_variance(r, t)``.
     """
 
     supports_tangent: ClassVar[bool] = True  # forward(..., tangent=...) exists (module docstring)
@@ -231,11 +229,11 @@ class DiT(nn.Module):
         num_classes: int = 1000,
         time_scale: float = 1.0,
         decouple_at: int | None = None,
+        logvar: bool = False,
     ):
         super().__init__()
         if decouple_at is not None and not 0 <= decouple_at <= depth:
             raise ValueError(f"decouple_at must lie in [0, depth={depth}] (blocks conditioned on t), got {decouple_at}")
-        self.decouple_at = decouple_at
         H, W = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
         if H % patch_size or W % patch_size:
             raise ValueError(f"input_size {(H, W)} must be divisible by patch_size {patch_size}")
@@ -244,6 +242,7 @@ class DiT(nn.Module):
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         self.input_size, self.in_channels, self.out_channels = (H, W), in_channels, in_channels
+        self.decouple_at = decouple_at
         self.patch_size, self.num_classes, self.num_heads = patch_size, num_classes, num_heads
         self.grid = (H // patch_size, W // patch_size)
 
@@ -256,6 +255,7 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
+        self.logvar_head = LogVarianceHead(time_scale=time_scale) if logvar else None
 
     def initialize_weights(self) -> None:
         """DiT's init (DiT arXiv 2212.09748; docs/conventions.md#the-backbone); the zero-inits make u_θ ≡ 0
@@ -283,6 +283,12 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+
+    def log_variance(self, r: Tensor, t: Tensor) -> Tensor:
+        """lv(r, t): [B], [B] → [B] from the head that ``logvar=True`` adds (``alphaflow.models.logvar``)."""
+        if self.logvar_head is None:
+            raise ValueError("this DiT has no log-variance head: build it with logvar=True (model.logvar=true)")
+        return self.logvar_head(r, t)
 
     def unpatchify(self, x: Tensor) -> Tensor:
         """[B, h·w, p·p·C] → [B, C, h·p, w·p]."""

@@ -141,6 +141,7 @@ class Terms:
     #                                    ∇loss.mean() = ∇mean(w·tfm) + ∇mean(w·tcc) (alphaflow.train.conflict)
     extra: tuple[str, ...] = ()        # components whose gradient completes that sum when the loss has a third
     #                                    part (Modular MeanFlow's "d"): ∇loss.mean() = ∇(w·tfm + w·tcc + w·Σ extra)
+    extra_unweighted: tuple[str, ...] = ()  # ... and ones that enter without w (Decoupled MeanFlow's log-variance)
 
 
 def check_labels(labels: Tensor | None, batch: int, *, name: str = "labels") -> None:

@@ -46,15 +46,22 @@ def weighted_parts(terms: Any) -> tuple[Tensor, Tensor]:
 
 
 def weighted_extra(terms: Any) -> Tensor | None:
-    """mean_i(w_i · Σ_e e_i) over ``terms.extra`` (a loss's third part, e.g. Modular MeanFlow's L_D), or None:
-    its gradient completes ∇L_TFM^w + ∇L_TCC^w to the loss's, and the rules leave it unchanged."""
-    names = getattr(terms, "extra", ())
-    if not names:
+    """mean_i(w_i · Σ_e e_i + Σ_f f_i) over ``terms.extra`` (e) and ``terms.extra_unweighted`` (f): a loss's
+    third part (Modular MeanFlow's L_D; Decoupled MeanFlow's log-variance), or None. Its gradient completes
+    ∇L_TFM^w + ∇L_TCC^w to the loss's, and the rules leave it unchanged."""
+    weighted, unweighted = getattr(terms, "extra", ()), getattr(terms, "extra_unweighted", ())
+    if not weighted and not unweighted:
         return None
-    total = sum(terms.components[n] for n in names)
-    dtype = torch.promote_types(total.dtype, torch.float32)
-    w = terms.weight.to(dtype) if isinstance(terms.weight, Tensor) else terms.weight
-    return (w * total.to(dtype)).mean()
+    total = None
+    if weighted:
+        part = sum(terms.components[n] for n in weighted)
+        dtype = torch.promote_types(part.dtype, torch.float32)
+        w = terms.weight.to(dtype) if isinstance(terms.weight, Tensor) else terms.weight
+        total = (w * part.to(dtype)).mean()
+    for n in unweighted:
+        value = terms.components[n].to(torch.promote_types(terms.components[n].dtype, torch.float32)).mean()
+        total = value if total is None else total + value
+    return total
 
 
 def no_sync(model: nn.Module) -> contextlib.AbstractContextManager:

@@ -18,17 +18,24 @@ from alphaflow.runfolder import init_checkpoint
 from alphaflow.train.optim import EMA
 
 
-def _load(module: nn.Module, state: dict, what: str, source: str) -> None:
-    """``module.load_state_dict(state)``, refused with the mismatching keys named instead of torch's wall of text."""
+# Heads a run may add to its source's network: they keep their own (zero) initialisation.
+NEW_HEADS = ("logvar_head.",)  # the log-variance head of model.logvar=true (Decoupled MeanFlow from a fm run)
+
+
+def _load(module: nn.Module, state: dict, what: str, source: str) -> list[str]:
+    """``module.load_state_dict(state)``, refused with the mismatching keys named instead of torch's wall of text;
+    keys of ``NEW_HEADS`` that the source lacks keep their initialisation. Returns those keys."""
     own = module.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    new = sorted(k for k in set(own) - set(state) if k.startswith(NEW_HEADS))
+    missing, unexpected = sorted(set(own) - set(state) - set(new)), sorted(set(state) - set(own))
     shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
     if missing or unexpected or shapes:
         parts = [f"{name}: {keys[:5]}{' …' if len(keys) > 5 else ''}" for name, keys in
                  (("missing", missing), ("unexpected", unexpected), ("other shape", shapes)) if keys]
         raise ValueError(f"train.init_from={source!r}: its {what} weights do not fit this run's model ("
                          + "; ".join(parts) + "); use the source's model.name and data")
-    module.load_state_dict(state)
+    module.load_state_dict(state, strict=not new)
+    return new
 
 
 def initialise_from(source: str, net: nn.Module, ema: EMA, data: Any, say: Callable[[str], None], *,
@@ -38,8 +45,9 @@ def initialise_from(source: str, net: nn.Module, ema: EMA, data: Any, say: Calla
     (``runfolder.init_checkpoint``). Returns the record for ``init.json`` (source, checkpoint path, its step)."""
     path = init_checkpoint(source, seed=seed, root=root)
     ckpt = read_checkpoint(path)
-    _load(net, ckpt["net"], "network", source)
+    new = _load(net, ckpt["net"], "network", source)
     _load(ema.model, ckpt["ema"], "EMA", source)
     data.load_state_dict(ckpt["data_stats"])
-    say(f"initialised from {path} (step {ckpt['step']}): weights and EMA; a fresh optimiser at step 0")
+    fresh = f"; new here, as initialised: {', '.join(new)}" if new else ""
+    say(f"initialised from {path} (step {ckpt['step']}): weights and EMA; a fresh optimiser at step 0{fresh}")
     return {"init_from": str(source), "checkpoint": str(path.resolve()), "step": int(ckpt["step"])}
