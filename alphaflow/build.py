@@ -21,7 +21,7 @@ def preflight(cfg: Config) -> None:
         names = ", ".join(sorted(n for n, c in OBJECTIVES.items() if c.conflict_parts))
         raise ConfigError(f"conflict.mode={cfg.conflict.mode} combines the gradients of L_TFM and L_TCC, and "
                           f"objective.name={cfg.objective.name} has no L_TCC; use one of {names}")
-    if getattr(objective, "needs_logvar", False) and not cfg.model.logvar:
+    if objective.needs_logvar and not cfg.model.logvar:
         raise ConfigError(f"objective.name={cfg.objective.name} weights its loss by a learned log-variance: set "
                           "model.logvar=true (and model.decouple_at=K, about 2/3 of the depth, for its architecture)")
     if cfg.train.init_from:

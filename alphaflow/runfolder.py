@@ -175,6 +175,10 @@ class RunFolder:
         job = read_json(self.job_path, problems)
         return job if isinstance(job, dict) else {}
 
+    def write_init(self, record: dict[str, Any]) -> None:
+        """init.json: where a run started from ``train.init_from`` came from (``alphaflow.train.initialise``)."""
+        atomic_write_bytes(self.root / INIT, (json.dumps(record) + "\n").encode(), what=INIT)
+
     def write_job(self, job: dict[str, Any]) -> None:
         atomic_write_bytes(self.job_path, json.dumps(job).encode())
 

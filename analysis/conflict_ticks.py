@@ -74,12 +74,14 @@ PANELS = (("probes", "cos_tfm_tcc", "cosine", r"probe: $\cos(\nabla L_{TFM}, \na
           ("ticks", "conflict_change", "relative change", "training: ‖update − sum‖ / ‖sum‖"))
 
 
-def fig_conflict(runs: Runs, *, path: str | Path | None = None) -> Figure:
+def fig_conflict(runs: Runs, *, online: pd.DataFrame | None = None, path: str | Path | None = None) -> Figure:
     """A 2×3 figure against training step, one color per variant (seeds pooled: mean line, seed-range band).
     Top: the online probes' cos(∇L_TFM, ∇L_TCC) and norm ratio (every run, the same measurement whatever its
     mode), and the share of steps the rule changed. Bottom: the interventions' own per-tick cosine, norm ratio
-    and relative change on the training batch (runs with a mode only). A panel without data says so."""
-    frames = {"probes": pool_seeds(online_probes(runs)), "ticks": pool_seeds(_as_curves(conflict_ticks(runs.metrics)))}
+    and relative change on the training batch (runs with a mode only). A panel without data says so.
+    ``online``: ``online_probes(runs)`` where the caller has it already."""
+    online = online_probes(runs) if online is None else online
+    frames = {"probes": pool_seeds(online), "ticks": pool_seeds(_as_curves(conflict_ticks(runs.metrics)))}
     names = sorted({n for f in frames.values() if not f.empty for n, _ in curves(f)})
     colors = palette(names)
     fig = Figure(figsize=(14, 7.5), layout="constrained")

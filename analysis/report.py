@@ -35,17 +35,16 @@ from .tables import conflict_by_variant, interval_table, quality_table
 LOSS = ("loss_mse", "loss")  # the first one any run logs is plotted
 
 
-def probe_frames(runs: Runs) -> tuple[pd.DataFrame, pd.DataFrame]:
+def probe_frames(runs: Runs, online: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(curves, table): the probe frame the figures draw and the one the conflict table summarises.
 
     Offline probes (probes.jsonl; raw weights where present) draw the curves when some run has two or more
     checkpoints, else the online ``probe_*`` values do, pooled over seeds (``pool_seeds``); the table uses
-    offline probes whenever there are any.
+    offline probes whenever there are any. ``online`` is ``online_probes(runs)``.
     """
     offline = runs.probes
     if not offline.empty and "weights" in offline.columns and (offline["weights"] == "raw").any():
         offline = offline[offline["weights"] == "raw"]
-    online = online_probes(runs)
     curves = offline if offline_makes_curves(offline, online) else pool_seeds(online)
     return curves, (offline if not offline.empty else online)
 
@@ -109,11 +108,11 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     value_cols = [c for c in summary.columns if c.startswith(("final_", "best_"))]
     variants = summarize_variants(summary, value_cols)
     quality = quality_table(runs.evals)
-    curves, probes = probe_frames(runs)
+    online = online_probes(runs)
+    curves, probes = probe_frames(runs, online)
     conflict = conflict_by_variant(probes)
     source = "offline probes, probes.jsonl" if not runs.probes.empty else "online probes over training"
     sections = [(source, conflict)]
-    online = online_probes(runs)
     if not runs.probes.empty and not online.empty:  # the checkpoint protocol and the curve over training
         sections.append(("online probes over training", conflict_by_variant(online)))
     ticks = ticks_by_variant(runs.metrics)
@@ -132,7 +131,7 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     if not curves.empty:
         figures += [p.name for p in save_figures(curves, out).values()]
     if not ticks.empty or "ratio_tfm_tcc" in online.columns:
-        fig_conflict(runs, path=out / "conflict.png")
+        fig_conflict(runs, online=online, path=out / "conflict.png")
         figures.append("conflict.png")
     top = headline(root, quality, sections, ticks)
     (out / "headline.md").write_text(top)

@@ -89,7 +89,7 @@ def test_every_objective_splits_its_weighted_loss_into_tfm_and_tcc_exactly(name,
     constant, which for a stop-gradient target T is ‖T‖² − ‖ṽ‖² per sample."""
     x, y = batch
     options = {"lam": 0.5} if name == "modular_meanflow" else {}  # its default starts at λ = 0 (MeanFlow)
-    net = WithLogVariance(tiny_net) if getattr(OBJECTIVES[name], "needs_logvar", False) else tiny_net
+    net = WithLogVariance(tiny_net) if OBJECTIVES[name].needs_logvar else tiny_net
     terms = build_objective(name, **options)(net, x, y, step=0, generator=torch.Generator().manual_seed(0))
     params = list(net.parameters())
     loss_grad = torch.autograd.grad(terms.loss.mean(), params, retain_graph=True)

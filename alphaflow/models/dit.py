@@ -26,7 +26,6 @@ indices, a slice of the batch, or None for all rows); dz: [P, C, H, W]; dr, dt: 
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alphaflow.conventions import NULL_LABEL
-from alphaflow.models.logvar import LogVarianceHead
+from alphaflow.models.logvar import LogVarianceHead, timestep_phases
 from alphaflow.models.tangent import (Linear, Rows, attention_jvp, conv_patch_jvp, gated_residual_jvp, linear_jvp,
                                       mlp_jvp, modulate_jvp, silu_jvp, sinusoid_jvp, split_heads, take)
 
@@ -98,10 +97,7 @@ class TimestepEmbedder(nn.Module):
 
     def phases(self, t: Tensor) -> Tensor:
         """a = time_scale·t·ω_k, ω_k = 10000^(−k/half): [B] → [B, half], in at least fp32. Linear in t."""
-        half = self.freq_dim // 2
-        dtype = torch.promote_types(t.dtype, torch.float32)  # float64 stays float64 (JVP checks)
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=dtype, device=t.device) / half)
-        return (self.time_scale * t.to(dtype))[:, None] * freqs[None]
+        return timestep_phases(t, self.freq_dim, self.time_scale)
 
     def forward(self, t: Tensor, tangent: tuple[Rows, Tensor] | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """t: [B] → [B, D]; with tangent = (rows, dt [P]) also the tangent [P, D] (SiLU′ from the rows' hidden)."""

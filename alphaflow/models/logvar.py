@@ -14,12 +14,18 @@ import torch
 from torch import Tensor, nn
 
 
-def sinusoid(t: Tensor, dim: int, time_scale: float = 1.0) -> Tensor:
-    """[cos(a), sin(a)] with a = time_scale·t·10000^(−k/half), k < half = dim/2: [B] → [B, dim], at least fp32."""
+def timestep_phases(t: Tensor, dim: int, time_scale: float = 1.0) -> Tensor:
+    """a = time_scale·t·10000^(−k/half), k < half = dim/2: [B] → [B, half], in at least fp32 (float64 stays
+    float64). Linear in t. The DiT's timestep embedder takes its sinusoid from here too."""
     half = dim // 2
     dtype = torch.promote_types(t.dtype, torch.float32)
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=dtype, device=t.device) / half)
-    args = (time_scale * t.to(dtype))[:, None] * freqs[None]
+    return (time_scale * t.to(dtype))[:, None] * freqs[None]
+
+
+def sinusoid(t: Tensor, dim: int, time_scale: float = 1.0) -> Tensor:
+    """[cos(a), sin(a)] of ``timestep_phases``: [B] → [B, dim]."""
+    args = timestep_phases(t, dim, time_scale)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 

@@ -224,6 +224,7 @@ class Objective:
     Options: type[ObjectiveOptions] = ObjectiveOptions
     default_sampler = "ode"  # what sample.sampler=auto means for this objective's networks
     conflict_parts = True    # its terms carry tfm and tcc, whose gradients sum to the loss's (conflict.mode)
+    needs_logvar = False     # its loss reads the network's learned log-variance (model.logvar=true)
 
     def __init__(self, *, ratio_fm: float | Schedule | dict | None = None, time_sampler: TimeSampler | None = None,
                  guidance: Guidance | dict | None = None, adaptive_p: float | None = None,

@@ -48,7 +48,7 @@ class DecoupledMeanFlow(Objective):
 
     name = "decoupled_meanflow"
     Options = DecoupledMeanFlowOptions
-    needs_logvar = True  # preflight: the network needs model.logvar=true
+    needs_logvar = True
 
     def __init__(self, *, logvar_c: float = 0.01, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -33,35 +33,30 @@ from alphaflow.instrument.probes import parameter_groups
 from alphaflow.train import distributed as D
 
 
+def _mean(terms: Any, name: str, *, weighted: bool = True) -> Tensor:
+    """mean_i(w_i·c_i) of component ``name`` (mean_i(c_i) unweighted), 0-dim, at least fp32 (bf16 parts are
+    promoted, as the trainer's loss is)."""
+    part = terms.components[name]
+    part = part.to(torch.promote_types(part.dtype, torch.float32))
+    w = terms.weight if weighted else 1.0
+    return ((w.to(part.dtype) if isinstance(w, Tensor) else w) * part).mean()
+
+
 def weighted_parts(terms: Any) -> tuple[Tensor, Tensor]:
-    """(L_TFM^w, L_TCC^w), 0-dim, at least fp32 (bf16 parts are promoted, as the trainer's loss is): their
-    gradients sum to that of ``terms.loss.mean()``."""
+    """(L_TFM^w, L_TCC^w): their gradients sum to that of ``terms.loss.mean()`` (with ``weighted_extra``'s)."""
     if "tfm" not in terms.components or "tcc" not in terms.components:
         raise ValueError("conflict.mode needs an objective whose terms carry the tfm and tcc components "
                          f"(got {sorted(terms.components)})")
-    tfm, tcc = terms.components["tfm"], terms.components["tcc"]
-    dtype = torch.promote_types(tfm.dtype, torch.float32)
-    w = terms.weight.to(dtype) if isinstance(terms.weight, Tensor) else terms.weight
-    return (w * tfm.to(dtype)).mean(), (w * tcc.to(dtype)).mean()
+    return _mean(terms, "tfm"), _mean(terms, "tcc")
 
 
 def weighted_extra(terms: Any) -> Tensor | None:
     """mean_i(w_i · Σ_e e_i + Σ_f f_i) over ``terms.extra`` (e) and ``terms.extra_unweighted`` (f): a loss's
     third part (Modular MeanFlow's L_D; Decoupled MeanFlow's log-variance), or None. Its gradient completes
     ∇L_TFM^w + ∇L_TCC^w to the loss's, and the rules leave it unchanged."""
-    weighted, unweighted = getattr(terms, "extra", ()), getattr(terms, "extra_unweighted", ())
-    if not weighted and not unweighted:
-        return None
-    total = None
-    if weighted:
-        part = sum(terms.components[n] for n in weighted)
-        dtype = torch.promote_types(part.dtype, torch.float32)
-        w = terms.weight.to(dtype) if isinstance(terms.weight, Tensor) else terms.weight
-        total = (w * part.to(dtype)).mean()
-    for n in unweighted:
-        value = terms.components[n].to(torch.promote_types(terms.components[n].dtype, torch.float32)).mean()
-        total = value if total is None else total + value
-    return total
+    parts = [_mean(terms, n) for n in getattr(terms, "extra", ())]
+    parts += [_mean(terms, n, weighted=False) for n in getattr(terms, "extra_unweighted", ())]
+    return sum(parts[1:], parts[0]) if parts else None
 
 
 def no_sync(model: nn.Module) -> contextlib.AbstractContextManager:

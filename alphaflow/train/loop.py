@@ -10,7 +10,6 @@ RNGs, the batch number), so a resumed run continues bit-for-bit where it stopped
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,8 +30,7 @@ from alphaflow.train.progress import Progress
 from alphaflow.train.callbacks import Callback, LogContext, OnlineProbe, check_served
 from alphaflow.train.conflict import ConflictCombiner, no_sync
 from alphaflow.errors import UsageError, format_bytes
-from alphaflow.files import atomic_write_bytes
-from alphaflow.runfolder import INIT, RunFolder
+from alphaflow.runfolder import RunFolder
 from alphaflow.train.initialise import initialise_from
 from alphaflow.runlock import run_lock
 from alphaflow.train.sample_grids import write_samples
@@ -170,7 +168,7 @@ def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         say(f"resuming {run.root} from {path.name} (step {state['step']})")
     elif cfg.train.init_from:
         record = initialise_from(cfg.train.init_from, net, ema, data, say, seed=cfg.seed, root=run.root.parent)
-        D.on_main(info, lambda: atomic_write_bytes(run.root / INIT, (json.dumps(record) + "\n").encode(), what=INIT))
+        D.on_main(info, lambda: run.write_init(record))
     else:
         data.fit_stats(torch.Generator().manual_seed(cfg.seed), cfg.data.stats_samples)
     if info.is_main and cfg.data.vae_path is not None and data.decodes_samples:
