@@ -24,10 +24,22 @@ def preflight(cfg: Config) -> None:
     if objective.needs_logvar and not cfg.model.logvar:
         raise ConfigError(f"objective.name={cfg.objective.name} weights its loss by a learned log-variance: set "
                           "model.logvar=true (and model.decouple_at=K, about 2/3 of the depth, for its architecture)")
+    if objective.needs_velocity_head and cfg.model.aux_head_depth is None:
+        raise ConfigError(f"objective.name={cfg.objective.name} reads the network's instantaneous-velocity head: set "
+                          "model.aux_head_depth=K (0: a second final layer on the trunk; the official B/2 forks 8 of "
+                          "its 12 blocks)")
+    if getattr(objective, "guides", False) and not cfg.model.guidance_embed:
+        raise ConfigError(f"objective.omega_max={cfg.objective.omega_max} trains guidance as a conditioning input: "
+                          "set model.guidance_embed=true")
     if cfg.train.init_from:
         init_checkpoint(cfg.train.init_from)  # the source exists and holds a checkpoint (it names the input)
     check_model_name(cfg.model.name)
-    check_decouple(cfg.model.name, cfg.model.decouple_at)
+    check_dit_option(cfg.model.name, "decouple_at", cfg.model.decouple_at)
+    check_dit_option(cfg.model.name, "aux_head_depth", cfg.model.aux_head_depth)
+    if cfg.model.decouple_at is not None and cfg.model.aux_head_depth is not None:
+        raise ConfigError("model.decouple_at and model.aux_head_depth do not combine; set one of them")
+    if cfg.model.guidance_embed and cfg.model.name not in MODELS:
+        raise ConfigError(f"model.guidance_embed is an option of the DiT models, not of model.name={cfg.model.name!r}")
     check_data_options(cfg.data.name, cfg.data.path)
     if cfg.data.vae_path is not None and not Path(cfg.data.vae_path).expanduser().exists():
         raise ValueError(f"data.vae_path {cfg.data.vae_path!r} does not exist (a local diffusers AutoencoderKL folder)")
@@ -35,15 +47,15 @@ def preflight(cfg: Config) -> None:
     check_eval(cfg)
 
 
-def check_decouple(name: str, decouple_at: int | None) -> None:
-    """``model.decouple_at`` is a DiT option, a block count in [0, depth]."""
-    if decouple_at is None:
+def check_dit_option(name: str, key: str, blocks: int | None) -> None:
+    """``model.<key>`` (decouple_at, aux_head_depth) is a DiT option, a block count in [0, depth]."""
+    if blocks is None:
         return
     if name not in MODELS:
-        raise ConfigError(f"model.decouple_at is an option of the DiT models, not of model.name={name!r}")
+        raise ConfigError(f"model.{key} is an option of the DiT models, not of model.name={name!r}")
     depth = MODELS[name].keywords["depth"]
-    if not 0 <= decouple_at <= depth:
-        raise ConfigError(f"model.decouple_at must lie in [0, {depth}] (the depth of {name}), got {decouple_at}")
+    if not 0 <= blocks <= depth:
+        raise ConfigError(f"model.{key} must lie in [0, {depth}] (the depth of {name}), got {blocks}")
 
 
 def check_eval(cfg: Config) -> None:

@@ -201,3 +201,19 @@ def generate(
     if nfe < 1:
         raise ValueError(f"nfe must be >= 1, got {nfe}")
     return SAMPLERS[sampler](net, noise, labels, nfe, t_mid, generator)
+
+
+def with_guidance(net: Callable[..., Tensor], omega: float, t_min: float = 0.0, t_max: float = 1.0) -> Net:
+    """A guidance-conditioned network (``model.guidance_embed``, improved MeanFlow, docs/objectives.md#improved-meanflow)
+    at a fixed scale ω and interval [t_min, t_max], as a ``net(z, r, t, labels)`` for the samplers here: every call
+    passes guide = (ω, t_min, t_max) on each row, so one pass gives the guided average velocity."""
+    if not omega >= 1.0:
+        raise ValueError(f"omega (the guidance scale the network was trained on, in [1, omega_max]) must be >= 1, got {omega}")
+    if not 0.0 <= t_min <= t_max <= 1.0:
+        raise ValueError(f"the guidance interval needs 0 <= t_min <= t_max <= 1, got [{t_min}, {t_max}]")
+
+    def guided(z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        guide = torch.tensor([omega, t_min, t_max], dtype=z.dtype, device=z.device).expand(z.shape[0], 3)
+        return net(z, r, t, labels, guide=guide)
+
+    return guided

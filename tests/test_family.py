@@ -59,7 +59,7 @@ def test_splitmeanflow_regresses_the_velocity_on_r_equals_t_rows_and_draws_its_l
 
 def test_a_sample_split_outside_the_unit_interval_is_refused(oracle):
     x, sample = pairs_sample(3, split=torch.tensor([0.5, 1.5, 0.2], dtype=DT))
-    with pytest.raises(ValueError, match=r"sample.split must be a \[3\] tensor of values in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"sample.split must be a \[3\] or \[3, k\] tensor of values in \[0, 1\]"):
         build_objective("splitmeanflow")(oracle, x, sample=sample)
 
 
@@ -90,6 +90,8 @@ def test_every_objective_splits_its_weighted_loss_into_tfm_and_tcc_exactly(name,
     x, y = batch
     options = {"lam": 0.5} if name == "modular_meanflow" else {}  # its default starts at λ = 0 (MeanFlow)
     net = WithLogVariance(tiny_net) if OBJECTIVES[name].needs_logvar else tiny_net
+    if OBJECTIVES[name].needs_velocity_head:  # iMF reads a DiT's velocity head
+        net = _dit(aux_head_depth=1)
     terms = build_objective(name, **options)(net, x, y, step=0, generator=torch.Generator().manual_seed(0))
     params = list(net.parameters())
     loss_grad = torch.autograd.grad(terms.loss.mean(), params, retain_graph=True)
@@ -165,7 +167,7 @@ def test_modular_meanflow_gradient_flows_through_the_jvp_and_splits_in_three(mod
     flat = lambda gs: torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()  # noqa: E731
                                  for g, p in zip(gs, params)])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("alphaflow.models.dit.layer_norm", primitive_layer_norm)
+        mp.setattr("alphaflow.models.dit_layers.layer_norm", primitive_layer_norm)
         reference = reference_modular_loss(net, x, sample, lam)
     torch.testing.assert_close(terms.components["mse"], reference, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(flat(grad(terms.loss.mean())), flat(grad(reference.mean())), rtol=1e-8, atol=1e-11)
@@ -212,11 +214,11 @@ def test_a_conflict_rule_passes_modular_meanflows_third_part_unchanged(every, ti
 
 # ----------------------------------------------------------------------------- Decoupled MeanFlow (arXiv 2510.24474)
 
-def _dit(decouple_at=None, seed=8, logvar=False):
+def _dit(decouple_at=None, seed=8, logvar=False, **options):
     from alphaflow.models import build_model
 
     net = build_model("DiT-N/2", input_size=4, in_channels=1, num_classes=3, decouple_at=decouple_at,
-                      logvar=logvar).double()
+                      logvar=logvar, **options).double()
     with torch.no_grad():
         for p in net.parameters():  # off the zero init, the same values for every decouple_at
             p.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(seed + p.numel()))

@@ -12,7 +12,7 @@ from alphaflow.config import load_config
 from alphaflow.models import build_model
 from alphaflow.objectives import MeanFlow, Sample
 from alphaflow.evaluate.offline_probe import probe_run
-from alphaflow.instrument.probes import TERMS, gram_matrices, gram_summary, parameter_groups, probe_gradients, term_losses
+from alphaflow.instrument.probes import EXTRA_TERMS, TERMS, gram_matrices, gram_summary, parameter_groups, probe_gradients, term_losses
 from alphaflow.runfolder import RunFolder
 from alphaflow.train.loop import train
 
@@ -92,8 +92,9 @@ def test_offline_probe_writes_every_column(tmp_path):
     path = probe_run(tmp_path, batches=3, batch_size=8, log=lines.append)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]
-    # every term but d and lv, which only objectives with a third gradient part (Modular, Decoupled MeanFlow) have
-    wanted = [*SIX, "loss_tfm", "loss_tcc", "loss_fmb", "loss_mf", *(f"gradnorm_{t}" for t in TERMS if t not in ("d", "lv"))]
+    # every term but the third parts that only some objectives have (Modular, Decoupled, improved MeanFlow)
+    wanted = [*SIX, "loss_tfm", "loss_tcc", "loss_fmb", "loss_mf",
+              *(f"gradnorm_{t}" for t in TERMS if t not in EXTRA_TERMS)]
     for row in rows:
         for name in wanted:
             assert name in row and f"{name}_p05" in row and f"{name}_p95" in row, name

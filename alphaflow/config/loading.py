@@ -132,7 +132,8 @@ def dump_yaml(cfg: Config) -> str:
 # defaults, so a run folder named before a section existed keeps its name (and resumes) afterwards.
 _LATER_SECTIONS = {"conflict": ConflictConfig}
 # Fields added to an existing section after that: (section, field) → default, left out the same way.
-_LATER_FIELDS = {("train", "init_from"): None, ("model", "decouple_at"): None, ("model", "logvar"): False}
+_LATER_FIELDS = {("train", "init_from"): None, ("model", "decouple_at"): None, ("model", "logvar"): False,
+                 ("model", "aux_head_depth"): None, ("model", "guidance_embed"): False}
 
 
 def without_later_defaults(config: dict) -> dict:

@@ -28,6 +28,8 @@ class ModelConfig:
     time_scale: float = 1.0
     decouple_at: int | None = None  # DiT: the first K blocks see t, the rest and the final layer r (Decoupled MeanFlow)
     logvar: bool = False  # DiT: a learned log-variance head lv(r, t) (Decoupled MeanFlow's loss weighting)
+    aux_head_depth: int | None = None  # DiT: iMF's velocity head (0: a second final layer; k: its own last k blocks)
+    guidance_embed: bool = False  # DiT: iMF's guidance conditioning on (ω, t_min, t_max)
 
 
 @dataclass

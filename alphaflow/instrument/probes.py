@@ -12,6 +12,7 @@ On one batch, the same (t, r, ε, labels) for every term, we differentiate
           MeanFlow's 2λ(t − r)·⟨sg(residual), du/dt⟩, the gradient through the JVP), unweighted
     lv    ... or Decoupled MeanFlow's log-variance part, log(e^(−lv)·sg(mse) + c) + lv (its gradient reaches the
           log-variance head only)
+    aux   ... or improved MeanFlow's velocity-head loss w_v·‖v̂ − sg v_g‖² (it reaches the trunk and the head)
 
 each a batch mean of per-sample element means, and report every term's value (``loss_<term>``),
 gradient norm (``gradnorm_<term>``) and every pairwise cosine (``cos_<a>_<b>``, a before b in
@@ -45,7 +46,8 @@ from torch import Tensor, nn
 from alphaflow.jvp import unwrap
 from alphaflow.objectives import FlowMatching, Guidance, MeanFlow, Objective, Sample, draw_sample
 
-TERMS = ("tfm", "fmb", "tcc", "mf", "loss", "d", "lv")
+EXTRA_TERMS = ("d", "lv", "aux")  # the third parts some objectives have (Terms.extra, Terms.extra_unweighted)
+TERMS = ("tfm", "fmb", "tcc", "mf", "loss", *EXTRA_TERMS)
 
 
 def parameter_groups(module: nn.Module) -> dict[str, list[str]]:

@@ -44,13 +44,15 @@ def build_for_data(name: str, shape: tuple[int, ...], num_classes: int, **kwargs
 
 
 def model_options(model_cfg: Any) -> dict[str, Any]:
-    """The build keywords a config's ``model`` section adds to the name: ``time_scale``, and ``decouple_at`` and
-    ``logvar`` where they are set (the DiT only)."""
+    """The build keywords a config's ``model`` section adds to the name: ``time_scale``, and ``decouple_at``,
+    ``logvar``, ``aux_head_depth`` and ``guidance_embed`` where they are set (the DiT only)."""
     options: dict[str, Any] = {"time_scale": model_cfg.time_scale}
-    if getattr(model_cfg, "decouple_at", None) is not None:
-        options["decouple_at"] = model_cfg.decouple_at
-    if getattr(model_cfg, "logvar", False):
-        options["logvar"] = True
+    for name in ("decouple_at", "aux_head_depth"):
+        if getattr(model_cfg, name, None) is not None:
+            options[name] = getattr(model_cfg, name)
+    for name in ("logvar", "guidance_embed"):
+        if getattr(model_cfg, name, False):
+            options[name] = True
     return options
 
 

@@ -1,5 +1,5 @@
-"""Objectives: flow matching, trajectory flow matching, MeanFlow, Shortcut, α-Flow, SplitMeanFlow, Modular MeanFlow
-and Decoupled MeanFlow.
+"""Objectives: flow matching, trajectory flow matching, MeanFlow, Shortcut, α-Flow, SplitMeanFlow, Modular MeanFlow,
+improved MeanFlow and Decoupled MeanFlow.
 
 Objectives never import models: they take any ``net(z, r, t, labels) -> u``.
 
@@ -20,6 +20,7 @@ from alphaflow.objectives.base import Objective, Sample, Terms, draw_sample
 from alphaflow.objectives.decoupled import DecoupledMeanFlow
 from alphaflow.objectives.flow_matching import FlowMatching, TrajectoryFlowMatching
 from alphaflow.objectives.guidance import Guidance
+from alphaflow.objectives.imf import ImprovedMeanFlow
 from alphaflow.objectives.meanflow import MeanFlow
 from alphaflow.objectives.modular import ModularMeanFlow
 from alphaflow.objectives.options import ObjectiveOptions, constructor_kwargs
@@ -27,7 +28,7 @@ from alphaflow.objectives.shortcut import Shortcut
 from alphaflow.objectives.splitmeanflow import SplitMeanFlow
 
 REGISTRY: tuple[type[Objective], ...] = (FlowMatching, TrajectoryFlowMatching, MeanFlow, Shortcut, AlphaFlow,
-                                         SplitMeanFlow, ModularMeanFlow, DecoupledMeanFlow)
+                                         SplitMeanFlow, ModularMeanFlow, ImprovedMeanFlow, DecoupledMeanFlow)
 
 OBJECTIVES: dict[str, type[Objective]] = {}
 OPTIONS: dict[str, type[ObjectiveOptions]] = {}  # the config's objective section: a tagged union on its name
@@ -78,4 +79,4 @@ def objective_from_options(options: ObjectiveOptions, total_steps: int) -> Objec
 __all__ = ["OBJECTIVES", "OPTIONS", "REGISTRY", "register", "build_objective", "objective_from_options", "draw_sample",
            "Objective", "ObjectiveOptions", "Sample", "Terms", "Guidance", "FlowMatching", "TrajectoryFlowMatching",
            "MeanFlow", "Shortcut", "AlphaFlow", "SplitMeanFlow",
-           "ModularMeanFlow", "DecoupledMeanFlow"]
+           "ModularMeanFlow", "ImprovedMeanFlow", "DecoupledMeanFlow"]

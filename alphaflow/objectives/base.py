@@ -45,7 +45,8 @@ class Sample:
     t, r: [B] with 0 ≤ r ≤ t ≤ 1; eps: [B, ...] like the data; labels: [B] int64 class
     indices with ``NULL_LABEL`` for unconditional rows (after guidance label dropout), or None.
 
-    split: [B] uniforms in [0, 1] that an objective draws for itself (SplitMeanFlow's λ), or None.
+    split: [B] or [B, k] uniforms in [0, 1] that an objective draws for itself (SplitMeanFlow's λ, iMF's guidance
+    draws), or None.
 
     num_fm: the sample's structure, where known: its first ``num_fm`` rows were drawn with r = t and
     the rest by the min–max rule (``Objective.draw`` sets it; None for a caller-given sample). With
@@ -58,7 +59,7 @@ class Sample:
     eps: Tensor
     labels: Tensor | None = None
     num_fm: int | None = None
-    split: Tensor | None = None  # [B] in [0, 1]: an objective's own per-row uniform draw (SplitMeanFlow's λ)
+    split: Tensor | None = None  # [B] or [B, k] in [0, 1]: an objective's own per-row uniforms (SplitMeanFlow's λ)
 
     def validate(self, x: Tensor) -> None:
         """Refuse a sample that does not fit the batch ``x`` [B, ...]; errors name the field."""
@@ -67,9 +68,11 @@ class Sample:
         if self.eps.shape != x.shape:
             raise ValueError(f"sample.eps must have the data's shape {tuple(x.shape)}, got {tuple(self.eps.shape)}")
         check_labels(self.labels, batch, name="sample.labels")
-        if self.split is not None and (self.split.shape != (batch,) or not bool(((self.split >= 0) & (self.split <= 1)).all())):
-            raise ValueError(f"sample.split must be a [{batch}] tensor of values in [0, 1], got shape "
-                             f"{tuple(self.split.shape)}")
+        split = self.split
+        if split is not None and (split.shape[:1] != (batch,) or split.ndim > 2
+                                  or not bool(((split >= 0) & (split <= 1)).all())):
+            raise ValueError(f"sample.split must be a [{batch}] or [{batch}, k] tensor of values in [0, 1], got shape "
+                             f"{tuple(split.shape)}")
         if self.num_fm is not None:
             if not 0 <= self.num_fm <= batch:
                 raise ValueError(f"sample.num_fm (leading r = t rows) must lie in [0, {batch}], got {self.num_fm}")
@@ -142,6 +145,19 @@ class Terms:
     extra: tuple[str, ...] = ()        # components whose gradient completes that sum when the loss has a third
     #                                    part (Modular MeanFlow's "d"): ∇loss.mean() = ∇(w·tfm + w·tcc + w·Σ extra)
     extra_unweighted: tuple[str, ...] = ()  # ... and ones that enter without w (Decoupled MeanFlow's log-variance)
+
+
+def own_uniforms(sample: Sample, x: Tensor, k: int | None = None) -> Tensor:
+    """``sample.split``, the objective's own uniforms: [B] (k None) or [B, k]. A caller's sample without them (the
+    probes') gets them from a generator of its own with seed 0: reproducible, and training's streams stay untouched."""
+    if sample.split is not None:
+        want = (x.shape[0],) if k is None else (x.shape[0], k)
+        if tuple(sample.split.shape) != want:
+            raise ValueError(f"sample.split must have shape {list(want)} for this objective, got "
+                             f"{tuple(sample.split.shape)}")
+        return sample.split
+    shape = (x.shape[0],) if k is None else (x.shape[0], k)
+    return torch.rand(shape, generator=torch.Generator(x.device).manual_seed(0), device=x.device, dtype=x.dtype)
 
 
 def check_labels(labels: Tensor | None, batch: int, *, name: str = "labels") -> None:
@@ -225,6 +241,7 @@ class Objective:
     default_sampler = "ode"  # what sample.sampler=auto means for this objective's networks
     conflict_parts = True    # its terms carry tfm and tcc, whose gradients sum to the loss's (conflict.mode)
     needs_logvar = False     # its loss reads the network's learned log-variance (model.logvar=true)
+    needs_velocity_head = False  # its loss reads the network's velocity head (model.aux_head_depth=K)
 
     def __init__(self, *, ratio_fm: float | Schedule | dict | None = None, time_sampler: TimeSampler | None = None,
                  guidance: Guidance | dict | None = None, adaptive_p: float | None = None,

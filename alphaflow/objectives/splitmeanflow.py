@@ -24,8 +24,8 @@ from torch import Tensor
 from alphaflow.amp import target_pass
 from alphaflow.conventions import expand_time
 from alphaflow.jvp import unwrap
-from alphaflow.objectives.base import (Net, Objective, Sample, Terms, keep_equal_time_rows, pair_rows, put_rows,
-                                       regression_components, row_count, take_rows)
+from alphaflow.objectives.base import (Net, Objective, Sample, Terms, keep_equal_time_rows, own_uniforms, pair_rows,
+                                       put_rows, regression_components, row_count, take_rows)
 from alphaflow.objectives.options import ObjectiveOptions
 from alphaflow.schedules import ScheduleConfig
 
@@ -77,10 +77,7 @@ class SplitMeanFlow(Objective):
     def compute(self, net: Net, x: Tensor, sample: Sample, step: int) -> Terms:
         t, r, labels = sample.t, sample.r, sample.labels
         z, v_tilde = self.guided(net, x, sample)
-        lam = sample.split
-        if lam is None:  # a caller's sample (the probes'): a fixed stream, so the global ones stay untouched
-            lam = torch.rand(x.shape[0], generator=torch.Generator(x.device).manual_seed(0), device=x.device,
-                             dtype=x.dtype)
+        lam = own_uniforms(sample, x)  # [B]; a caller's sample (the probes') gets a fixed stream
         target = v_tilde.detach().clone()
         rows = pair_rows(sample)  # a slice for a drawn sample: no host sync
         if row_count(rows, x.shape[0]):
