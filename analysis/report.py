@@ -6,8 +6,10 @@ writes runs.csv (``Runs.runs``), summary.csv (``summarize_runs``), variants.csv 
 of every final_*/best_* column), quality.csv (``tables.quality_table``: 1-/2-NFE Fréchet distances per
 variant with 95 % intervals over seeds, from eval.jsonl), conflict.csv (``tables.conflict_by_variant``),
 conflict_online.csv (the same from the online probes, when offline probes exist too), conflict_ticks.csv
-(``conflict_ticks.ticks_by_variant``: what the conflict interventions logged per tick), summary.md (those tables, failed runs and problems), headline.md (just the quality and conflict
-tables, what the command line prints) and figures: loss.png, schedules.png (α and ratio_fm as logged),
+(``conflict_ticks.ticks_by_variant``: what the conflict interventions logged per tick), third_parts.csv
+(``family.third_parts_by_variant``, where an objective's gradient has a third part), summary.md (those tables,
+failed runs and problems), headline.md (just the quality and conflict tables, what the command line prints) and
+figures: loss.png, schedules.png (α and ratio_fm as logged),
 samples.png (the last 1- and 2-NFE grids per variant) and, where runs hold gradient probes,
 fig2a/2b/2c/6.png (``plots.save_figures``), and conflict.png (``conflict_ticks.fig_conflict``) where runs logged
 the probes' norm ratio or conflict-intervention ticks. The figures' curves come from probes.jsonl where some run
@@ -22,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from .conflict_ticks import fig_conflict, ticks_by_variant
+from .family import third_parts_by_variant
 from .plots import save_figures
 from .probe_frames import markdown_table, offline_makes_curves, online_probes, pool_seeds
 from .records import STATUSES
@@ -57,10 +60,16 @@ TICKS_TEXT = ("Conflict interventions during training (docs/conflict.md#metrics;
               "the change, then mean over seeds [95 % t-interval].")
 
 
+THIRD_TEXT = ("The third part X of the loss's gradient where an objective has one (Modular MeanFlow's d, Decoupled "
+              "MeanFlow's lv, improved MeanFlow's aux), from the online probes after the first tenth of training: "
+              "cos(∇L_TFM, ∇X), cos(∇L_TCC, ∇X) and ‖∇X‖ / ‖∇L_TFM‖, mean over seeds [95 % t-interval].")
+
+
 def headline(root: Path, quality: pd.DataFrame, conflict: list[tuple[str, pd.DataFrame]],
-             ticks: pd.DataFrame | None = None) -> str:
+             ticks: pd.DataFrame | None = None, third: pd.DataFrame | None = None) -> str:
     """The tables a reader wants first: few-step quality, then each (source, table) of gradient conflict per
-    variant, then the conflict interventions' tick means (``conflict_ticks.ticks_by_variant``) if any."""
+    variant, the third gradient parts (``family.third_parts_by_variant``) and the conflict interventions' tick
+    means (``conflict_ticks.ticks_by_variant``) where there are any."""
     parts = [f"# {root}: the headline\n"]
     if quality.empty:
         parts.append("No eval.jsonl rows: run `alphaflow eval RUN_DIR` (or train with eval.final=true).\n")
@@ -71,6 +80,8 @@ def headline(root: Path, quality: pd.DataFrame, conflict: list[tuple[str, pd.Dat
         if not table.empty:
             parts += [f"Gradient conflict per variant ({source}): {CONFLICT_TEXT}\n",
                       markdown_table(interval_table(table), floatfmt=".3g")]
+    if third is not None and not third.empty:
+        parts += [THIRD_TEXT + "\n", markdown_table(interval_table(third, digits=3), floatfmt=".3g")]
     if ticks is not None and not ticks.empty:
         parts += [TICKS_TEXT + "\n", markdown_table(interval_table(ticks, digits=3), floatfmt=".3g")]
     return "\n".join(parts)
@@ -116,9 +127,11 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     if not runs.probes.empty and not online.empty:  # the checkpoint protocol and the curve over training
         sections.append(("online probes over training", conflict_by_variant(online)))
     ticks = ticks_by_variant(runs.metrics)
+    third = third_parts_by_variant(online)
     out.mkdir(parents=True, exist_ok=True)
     tables = {"runs": runs.runs, "summary": summary, "variants": variants, "quality": quality, "conflict": conflict,
-              "conflict_online": sections[1][1] if len(sections) > 1 else None, "conflict_ticks": ticks}
+              "conflict_online": sections[1][1] if len(sections) > 1 else None, "conflict_ticks": ticks,
+              "third_parts": third if not third.empty else None}
     for name, frame in tables.items():
         if frame is not None:
             frame.to_csv(out / f"{name}.csv", index=False)
@@ -133,7 +146,7 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     if not ticks.empty or "ratio_tfm_tcc" in online.columns:
         fig_conflict(runs, online=online, path=out / "conflict.png")
         figures.append("conflict.png")
-    top = headline(root, quality, sections, ticks)
+    top = headline(root, quality, sections, ticks, third)
     (out / "headline.md").write_text(top)
     (out / "summary.md").write_text(top + "\n" + _markdown(root, runs, summary, variants, value_cols, figures))
     return out

@@ -2,7 +2,7 @@
 
 Each notebook is a jupytext pair (notebooks/jupytext.toml): NAME.py in percent format is the source, NAME.ipynb the
 copy JupyterLab opens, committed without outputs; the checks of the committed files read both through jupytext and
-execute nothing. The fixture trains fm / meanflow / α-Flow / meanflow with pcgrad (2 seeds, DiT-N/2, 30 steps, online
+execute nothing. The fixture trains fm / meanflow / α-Flow / meanflow with pcgrad / imf (2 seeds, DiT-N/2, 30 steps, online
 probes) through the sweep API, probes and evaluates every run through the CLI, then executes all of notebooks/ in
 parallel kernels.
 """
@@ -34,8 +34,8 @@ from analysis.tables import interval_table, quality_column, quality_table, run_q
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-NAMES = ["01_gradient_conflict", "02_alpha_schedules", "03_samples", "04_conflict_interventions"]
-VARIANTS = ["fm", "meanflow", "alphaflow", "meanflow-pcgrad"]
+NAMES = ["01_gradient_conflict", "02_alpha_schedules", "03_samples", "04_conflict_interventions", "05_family"]
+VARIANTS = ["fm", "meanflow", "alphaflow", "meanflow-pcgrad", "imf"]
 SWEEP = """\
 name: notebooks-test
 base:
@@ -49,15 +49,19 @@ variants:
   meanflow: {objective.name: meanflow, objective.ratio_fm: 0.75}
   alphaflow: {objective.name: alphaflow, objective.ratio_fm: 0.5}
   meanflow-pcgrad: {objective.name: meanflow, objective.ratio_fm: 0.75, conflict.mode: pcgrad}
+  imf: {objective.name: imf, model.aux_head_depth: 0}
 seeds: [0, 1]
 """
 # image outputs each notebook must show with every piece present
-IMAGES = {"01_gradient_conflict": 5, "02_alpha_schedules": 3, "03_samples": 1, "04_conflict_interventions": 1}
+IMAGES = {"01_gradient_conflict": 5, "02_alpha_schedules": 3, "03_samples": 1, "04_conflict_interventions": 1,
+          "05_family": 1}
 # tagged table cells each notebook must show, and the variants each must name (None: all of VARIANTS)
 TABLES = {"01_gradient_conflict": {"conflict-table": None, "online-conflict-table": None},
           "02_alpha_schedules": {"quality-table": None}, "03_samples": {"quality-table": None},
           "04_conflict_interventions": {"ticks-table": ["meanflow-pcgrad"], "online-conflict-table": None,
-                                        "conflict-table": None, "quality-table": None}}
+                                        "conflict-table": None, "quality-table": None},
+          "05_family": {"quality-table": None, "online-conflict-table": None, "conflict-table": None,
+                        "third-parts-table": ["imf (aux)"]}}
 
 
 def _notebook(name: str) -> nbformat.NotebookNode:
@@ -191,7 +195,7 @@ def test_notebook_executes_and_shows_figures_and_tables(executed, name):
     assert all(o["output_type"] != "error" for c in code for o in _outputs(c))
     images = sum("image/png" in o.get("data", {}) for c in code for o in _outputs(c))
     assert images >= IMAGES[name], (name, images)
-    assert any("8 runs in 4 variants (8 done)" in _text(c) for c in code), name
+    assert any("10 runs in 5 variants (10 done)" in _text(c) for c in code), name
     assert not any("missing:" in _text(c) for c in code), "the fixture's root has every piece"
     for tag, expected in TABLES[name].items():
         (cell,) = [c for c in code if tag in c.metadata.get("tags", [])]
@@ -257,11 +261,12 @@ def test_grids_schedules_and_inventory_on_the_sweep(sweep_root, capsys):
     table = inventory(sweep_root, runs)
     assert (table[["online_probes", "probes", "evals", "grids"]] > 0).all().all()
     index = sample_index(sweep_root)
-    assert len(index) == 16 and set(index["nfe"]) == {1, 2} and set(index["step"]) == {30}
+    runs_n = 2 * len(VARIANTS)
+    assert len(index) == 2 * runs_n and set(index["nfe"]) == {1, 2} and set(index["step"]) == {30}
     fig = fig_sample_grids(sweep_root, evals=runs.evals)
-    assert len(fig.axes) == 8 and all(len(ax.images) == 1 for ax in fig.axes)
+    assert len(fig.axes) == 2 * len(VARIANTS) and all(len(ax.images) == 1 for ax in fig.axes)
     assert "fd_digits" in fig.axes[0].get_title()
     fig = fig_schedules(runs.metrics)
-    assert [len(ax.lines) for ax in fig.axes] == [8, 8]
+    assert [len(ax.lines) for ax in fig.axes] == [runs_n, runs_n]
     alpha = runs.metrics.groupby("variant", observed=True)["alpha"].agg(["first", "last"])
     assert alpha.loc["alphaflow"].tolist() == [1.0, 0.0] and alpha.loc["meanflow"].tolist() == [0.0, 0.0]

@@ -135,3 +135,29 @@ def test_submitting_without_the_data_path_is_refused_before_anything_runs(tmp_pa
     out = capsys.readouterr().err
     assert rc == 2 and "data.path" in out and "fm-b2-s1-" in out
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("path", [ROOT / "sweeps" / "family.yaml", IMAGENET / "family_b2.yaml"])
+def test_the_family_sweeps_hold_every_objective_and_pass_preflight(path, tmp_path):
+    """Every objective of the family, each run's config accepted by preflight (the ImageNet one with a data
+    folder faked only as far as its path check goes), decoupled_meanflow started from the same seed's fm run."""
+    from alphaflow.build import preflight
+    from alphaflow.objectives import OBJECTIVES
+
+    runs = by_variant(path)
+    assert set(runs) == set(OBJECTIVES) - {"tfm"}
+    for variant, configs in runs.items():
+        for cfg in configs:
+            assert cfg.objective.name == variant
+            if cfg.train.init_from is None:
+                if cfg.data.name == "latents":
+                    cfg.data.path = str(tmp_path)
+                    (tmp_path / "meta.json").write_text("{}")
+                preflight(cfg)
+    (dmf,) = {c.train.init_from for c in runs["decoupled_meanflow"]}
+    assert dmf == "{root}/fm-s{seed}-*" and all(c.model.logvar for c in runs["decoupled_meanflow"])
+    assert all(c.model.aux_head_depth is not None for c in runs["imf"])
+    if path.parent == IMAGENET:
+        imf = runs["imf"][0]
+        assert (imf.objective.omega_max, imf.objective.label_dropout, imf.model.aux_head_depth) == (8.0, 0.1, 8)
+        assert all(c.model.name == "DiT-B/2" and c.train.steps == 400_000 for v in runs.values() for c in v)
