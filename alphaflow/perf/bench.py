@@ -26,6 +26,8 @@ and, with ``--variants family`` (``FAMILY_VARIANTS``), the MeanFlow-family objec
     smf_p100       SplitMeanFlow, two no-grad forwards for the target, no JVP      ≈ 1 + 2/3 ≈ 1.67
     modular_p100   Modular MeanFlow at λ = 1: a JVP that is differentiated (``torch.func.jvp`` with grad,
                    attention on the math backend) beside the prediction's forward
+    imf_p100       improved MeanFlow without guidance: a no-grad pass for the head's velocity (the tangent),
+                   then MeanFlow's step with the head's loss beside it (the DiT gets ``aux_head_depth=0``)
 
 Measurements, each after ``warmup`` untimed rounds, on one fixed random batch (x ~ N(0, I), random
 labels; the values do not change the cost) and a model nudged off DiT's zero init:
@@ -56,7 +58,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from alphaflow.conventions import expand_time, interpolate, velocity
 from alphaflow.models import build_for_data
-from alphaflow.objectives import AlphaFlow, FlowMatching, MeanFlow, ModularMeanFlow, SplitMeanFlow
+from alphaflow.objectives import AlphaFlow, FlowMatching, ImprovedMeanFlow, MeanFlow, ModularMeanFlow, SplitMeanFlow
 from alphaflow.objectives.base import adaptive_loss, element_mean
 from alphaflow.config.schema import ConflictConfig
 from alphaflow.instrument.probes import gram_matrices, gram_summary
@@ -65,7 +67,7 @@ from alphaflow.train.distributed import DistInfo
 
 BASE_VARIANTS = ("fm", "alpha_mid", "mf_p100", "mf_p25", "official_p100", "probe")
 CONFLICT_VARIANTS = ("mf_pcgrad", "mf_project_tcc", "mf_balance", "mf_cagrad", "mf_pcgrad_groups", "mf_pcgrad_k10")
-FAMILY_VARIANTS = ("smf_p100", "modular_p100")
+FAMILY_VARIANTS = ("smf_p100", "modular_p100", "imf_p100")
 VARIANTS = BASE_VARIANTS + CONFLICT_VARIANTS + FAMILY_VARIANTS
 STEPS_PER_CALL = {"mf_pcgrad_k10": 10}  # variants whose one call runs several training steps
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM (NVIDIA's data sheet)
@@ -151,7 +153,8 @@ def make_steps(net: nn.Module, x: Tensor, labels: Tensor | None, *, bf16: bool =
             "mf_pcgrad_groups": conflict_step("pcgrad", per_group=True),
             "mf_pcgrad_k10": conflict_step("pcgrad", every=10, calls=STEPS_PER_CALL["mf_pcgrad_k10"]),
             "smf_p100": objective_step(SplitMeanFlow(ratio_fm=0.0)),
-            "modular_p100": objective_step(ModularMeanFlow(lam=1.0, ratio_fm=0.0))}
+            "modular_p100": objective_step(ModularMeanFlow(lam=1.0, ratio_fm=0.0)),
+            "imf_p100": objective_step(ImprovedMeanFlow(ratio_fm=0.0, label_dropout=0.0))}
 
 
 def _sync(device: torch.device) -> None:
@@ -285,7 +288,10 @@ def _check_inputs(*, batch: int, rounds: int, warmup: int, threads: int | None, 
 def _bench(model: str, batch: int, shape: tuple[int, ...], classes: int, dev: torch.device, bf16: bool,
            rounds: int, warmup: int, peak_flops: float, seed: int, variants: tuple[str, ...]) -> dict:
     torch.manual_seed(seed)
-    net = build_for_data(model, shape, classes).to(dev)  # ValueError with close matches
+    head = {"aux_head_depth": 0} if "imf_p100" in variants else {}  # iMF's velocity head: unused by the others
+    if head and not model.startswith("DiT-"):
+        raise ValueError(f"the variant imf_p100 needs a DiT (its velocity head), got --model {model}")
+    net = build_for_data(model, shape, classes, **head).to(dev)  # ValueError with close matches
     with torch.no_grad():  # off the zero init, so every term and gradient is non-zero
         for p in net.parameters():
             p.add_(0.02 * torch.randn_like(p))
