@@ -161,32 +161,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from alphaflow.evaluate.quality import EvalRequest, References, evaluate_run
-
-    cfg = _run_config_with(args.run_dir, args.overrides, ("eval", "sample"))
-    request = EvalRequest.from_config(cfg, nfe=args.nfe, sampler=args.sampler, t_mid=args.t_mid,
-                                      num_samples=args.num_samples, labels=args.labels, metrics=args.metric,
-                                      seed=args.seed, checkpoint=args.checkpoint, weights=args.weights,
-                                      batch_size=args.batch_size, decode_batch_size=args.decode_batch_size)
-    refs = References(cache_dir=args.cache, inception_weights=args.inception_weights, dinov2=args.dinov2,
-                      ref_stats=args.ref_stats, ref_images=args.ref_images)
-    evaluate_run(args.run_dir, request, refs, device=args.device)
-    return 0
-
-
-def _cmd_ref_stats(args: argparse.Namespace) -> int:
-    from alphaflow.evaluate.quality import compute_reference_stats
-
-    results = compute_reference_stats(args.data, path=args.data_path, resolution=args.resolution,
-                                      metrics=args.metric, cache_dir=args.cache, device=args.device,
-                                      inception_weights=args.inception_weights, dinov2=args.dinov2)
-    for metric, stats, file in results:
-        print(f"reference statistics of {args.data} ({metric}): {stats.count} samples, {stats.dim} features, "
-              f"cached in {file}")
-    return 0
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
@@ -200,23 +174,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0  # the targets are information, not a verdict on the exit code
 
 
-def _add_metric_args(p: argparse.ArgumentParser) -> None:
-    """--metric and the weights of the real-weight extractors, shared by eval and ref-stats."""
-    p.add_argument("--metric", action="append", default=None, metavar="METRIC",
-                   help="digits, fid or fdd; repeat or comma-separate for several (default: digits on the digits "
-                        "data, fid on image data)")
-    p.add_argument("--inception-weights", default=None, metavar="PATH",
-                   help="fid: pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: "
-                        "$ALPHAFLOW_INCEPTION_WEIGHTS)")
-    p.add_argument("--dinov2", default=None, metavar="PATH",
-                   help="fdd: local Hugging Face DINOv2 ViT-L/14 folder, e.g. facebook/dinov2-large saved with "
-                        "save_pretrained (default: $ALPHAFLOW_DINOV2)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alphaflow", description="α-Flow / MeanFlow / flow matching research framework")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_training_commands, _add_probe_and_sweep_commands, _add_evaluation_commands, _add_tool_commands):
+    from alphaflow.cli_eval import add_evaluation_commands
+
+    for add in (_add_training_commands, _add_probe_and_sweep_commands, add_evaluation_commands, _add_tool_commands):
         add(sub)
     from alphaflow.perf.gpucheck import add_parser as add_doctor_parser  # stdlib-only at import; options live there
 
@@ -294,45 +257,6 @@ def _add_probe_and_sweep_commands(sub: argparse._SubParsersAction) -> None:
                                                          "exit 1 if any run did not finish")
     p.add_argument("--wait-every", type=float, default=30.0, help="seconds between progress lines with --wait")
     p.set_defaults(func=_cmd_sweep)
-
-
-def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
-    """eval, ref-stats."""
-    p = sub.add_parser("eval", help="Fréchet distance of EMA samples at 1 and 2 NFE (appends RUN_DIR/eval.jsonl)",
-                       description="Defaults come from the run's config: eval.nfe, eval.final_samples, eval.metric, "
-                                   "eval.seed, eval.batch_size, sample.sampler, sample.t_mid; change them with "
-                                   "eval.*/sample.* key=value overrides, as for train, or with the flags.")
-    p.add_argument("run_dir")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="eval.* and sample.* keys, e.g. eval.nfe=[1,2,4]")
-    p.add_argument("--nfe", type=int, nargs="+", default=None, help="default: eval.nfe")
-    p.add_argument("--sampler", choices=("auto", "ode", "consistency", "euler"), default=None, help="default: sample.sampler")
-    p.add_argument("--t-mid", type=float, default=None, help="default: sample.t_mid")
-    p.add_argument("--num-samples", type=int, default=None, help="default: eval.final_samples")
-    p.add_argument("--labels", choices=("random", "balanced"), default=None, help="default: random")
-    _add_metric_args(p)
-    p.add_argument("--ref-stats", action="append", default=None, metavar="[METRIC=]FILE.npz",
-                   help="precomputed reference statistics (mu/sigma, e.g. ADM's VIRTUAL_imagenet256_labeled.npz, "
-                        "or mean/cov from ref-stats) instead of the training data's; METRIC= when several")
-    p.add_argument("--ref-images", default=None, metavar="FOLDER",
-                   help="latent runs: the image folder the latents were encoded from (reference statistics)")
-    p.add_argument("--checkpoint", default=None, help="last (default) or a step")
-    p.add_argument("--batch-size", type=int, default=None, help="samples generated at once (default: eval.batch_size)")
-    p.add_argument("--decode-batch-size", type=int, default=None,
-                   help="latent runs: samples decoded by the VAE at once (default: eval.decode_batch_size)")
-    p.add_argument("--weights", choices=("ema", "raw"), default=None, help="default: ema")
-    p.add_argument("--seed", type=int, default=None, help="default: eval.seed")
-    p.add_argument("--cache", default=None, help="feature-extractor and reference-statistics cache folder")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=_cmd_eval)
-
-    p = sub.add_parser("ref-stats", help="compute and cache the reference feature statistics of a dataset")
-    p.add_argument("--data", default="digits")
-    p.add_argument("--data-path", default=None)
-    p.add_argument("--resolution", type=int, default=256, help="imagefolder: centre-crop resolution")
-    _add_metric_args(p)
-    p.add_argument("--cache", default=None)
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=_cmd_ref_stats)
 
 
 def _add_tool_commands(sub: argparse._SubParsersAction) -> None:

@@ -133,7 +133,8 @@ def dump_yaml(cfg: Config) -> str:
 _LATER_SECTIONS = {"conflict": ConflictConfig}
 # Fields added to an existing section after that: (section, field) → default, left out the same way.
 _LATER_FIELDS = {("train", "init_from"): None, ("model", "decouple_at"): None, ("model", "logvar"): False,
-                 ("model", "aux_head_depth"): None, ("model", "guidance_embed"): False}
+                 ("model", "aux_head_depth"): None, ("model", "guidance_embed"): False,
+                 ("model", "pos_embed"): "sincos"}
 
 
 def without_later_defaults(config: dict) -> dict:
@@ -192,7 +193,8 @@ _POSITIVE = ("train.dist_timeout_min", "optim.lr", "optim.eps", "optim.grad_clip
              "model.time_scale", "objective.adaptive_c", "objective.clip")
 _NON_NEGATIVE = ("conflict.c", "seed", "probe.chunk_size", "train.keep_every", "train.sample_every", "optim.weight_decay", "optim.warmup_steps",
                  "data.workers", "objective.adaptive_p")
-_CHOICES = {"train.device": DEVICES, "train.precision": PRECISIONS, "sample.sampler": SAMPLERS, "conflict.mode": MODES}
+_CHOICES = {"train.device": DEVICES, "train.precision": PRECISIONS, "sample.sampler": SAMPLERS, "conflict.mode": MODES,
+            "model.pos_embed": ("sincos", "stored")}
 
 
 def validate(cfg: Config) -> None:

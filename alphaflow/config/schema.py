@@ -30,6 +30,7 @@ class ModelConfig:
     logvar: bool = False  # DiT: a learned log-variance head lv(r, t) (Decoupled MeanFlow's loss weighting)
     aux_head_depth: int | None = None  # DiT: iMF's velocity head (0: a second final layer; k: its own last k blocks)
     guidance_embed: bool = False  # DiT: iMF's guidance conditioning on (ω, t_min, t_max)
+    pos_embed: str = "sincos"  # DiT: "stored" keeps the positional embedding in checkpoints (imported networks)
 
 
 @dataclass

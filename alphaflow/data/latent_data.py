@@ -84,9 +84,12 @@ class LatentData(TrainData):
         self.num_classes = int(meta["num_classes"])
         self.classes = list(meta.get("classes", []))
         self.meta = meta
-        for name in (MEAN, LOGVAR):  # validate now; the memmaps themselves are opened per process in get
-            _open(self.root / name, (self.num, *self.shape), "f")
-        self.labels = np.array(_open(self.root / LABELS, (self.num,), "iu"), dtype=np.int64)
+        if self.num == 0:  # metadata only (an imported network's run folder): it samples, it has nothing to train on
+            self.labels = np.zeros(0, dtype=np.int64)
+        else:
+            for name in (MEAN, LOGVAR):  # validate now; the memmaps themselves are opened per process in get
+                _open(self.root / name, (self.num, *self.shape), "f")
+            self.labels = np.array(_open(self.root / LABELS, (self.num,), "iu"), dtype=np.int64)
         if self.num_classes > 0:
             valid = (self.labels >= 0) & (self.labels < self.num_classes)
         else:  # unconditional: every label is the null label
@@ -109,6 +112,9 @@ class LatentData(TrainData):
 
     def get(self, indices: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
         """Rows ``indices`` [b] → (raw [b, 2C, H, W] float32 = mean ‖ logvar on dim 1, labels [b] int64)."""
+        if self.num == 0:
+            raise ValueError(f"{self.root} holds no latents, only their shape (an imported network's run folder): "
+                             "set data.path to a folder written by `alphaflow extract-latents`")
         idx = as_index(indices, len(self))
         if self._arrays is None:
             self._arrays = (np.load(self.root / MEAN, mmap_mode="r"), np.load(self.root / LOGVAR, mmap_mode="r"))

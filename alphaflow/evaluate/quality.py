@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ from alphaflow.metrics import (EXTRACTORS, METRIC_NAMES, FeatureExtractor, Featu
                                frechet_distance)
 from alphaflow.metrics.choice import LATENT_REFERENCE, METRICS, extractor_for, parse_metrics
 from alphaflow.metrics.features import default_cache_dir
+from alphaflow.files import atomic_write_bytes
+from alphaflow.images import to_uint8
 from alphaflow.runfolder import append_jsonl, load_weights, select_checkpoints
 
 from alphaflow.train.sample_grids import sampler_for
@@ -143,8 +146,9 @@ def compute_reference_stats(data_name: str, *, path: str | None = None, resoluti
 @torch.no_grad()
 def sample_stats(net: torch.nn.Module, data: TrainData, extractors: Sequence[FeatureExtractor], *, nfe: int,
                  sampler: str, t_mid: float, num_samples: int, labels: str, seed: int,
-                 batch: int = 256) -> list[FeatureStats]:
-    """Each extractor's feature statistics of the same ``num_samples`` samples drawn from fixed seeds.
+                 batch: int = 256, keep: list | None = None) -> list[FeatureStats]:
+    """Each extractor's feature statistics of the same ``num_samples`` samples drawn from fixed seeds; with
+    ``keep`` (a list) the samples are appended to it too, as (uint8 [b, H, W, 3], labels [b] or None) batches.
 
     ``batch`` samples are generated at a time (a latent dataset decodes them ``decode_batch_size`` at a
     time). The noise is drawn batch by batch, so the samples depend on ``batch``: keep it fixed (``eval.batch_size``)
@@ -167,7 +171,21 @@ def sample_stats(net: torch.nn.Module, data: TrainData, extractors: Sequence[Fea
             raise ValueError(f"samples of {type(data).__name__} cannot be turned into images")
         for acc, extractor in zip(accs, extractors):
             acc.update(extractor(images.clamp(-1, 1)))
+        if keep is not None:
+            pixels = to_uint8(images.clamp(-1, 1).cpu()).permute(0, 2, 3, 1)  # [b, H, W, C]
+            keep.append((pixels.expand(-1, -1, -1, 3) if pixels.shape[3] == 1 else pixels, None if y is None else y.cpu()))
     return [acc.finalize() for acc in accs]
+
+
+def write_adm_npz(batches: list, path: str | Path) -> Path:
+    """Samples as ADM's evaluation suite reads them (openai/guided-diffusion, evaluations/evaluator.py):
+    ``arr_0`` uint8 [N, H, W, 3] and, for class-conditional samples, ``arr_1`` int64 [N] labels. Written atomically."""
+    images = torch.cat([b[0] for b in batches]).numpy()
+    arrays = [images] + ([torch.cat([b[1] for b in batches]).numpy()] if batches and batches[0][1] is not None else [])
+    buffer = io.BytesIO()
+    np.savez(buffer, *arrays)
+    atomic_write_bytes(Path(path), buffer.getvalue(), what=f"the samples {Path(path).name}")
+    return Path(path)
 
 
 def sample_features(net: torch.nn.Module, data: TrainData, extractor: FeatureExtractor, **kwargs) -> FeatureStats:
@@ -249,9 +267,20 @@ class References:
     ref_images: str | None = None
 
 
+def npz_paths(path: str | Path, nfe: Sequence[int]) -> dict[int, Path]:
+    """Where ``--save-npz FILE`` writes each NFE's samples: FILE itself for one NFE, FILE's stem + ``-nfe<k>.npz``
+    beside it for several."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"--save-npz takes a .npz file name, got {str(path)!r}")
+    return {k: path if len(nfe) == 1 else path.with_name(f"{path.stem}-nfe{k}.npz") for k in nfe}
+
+
 def evaluate_run(run_dir: str | Path, request: EvalRequest | None = None, refs: References | None = None, *,
-                 device: str = "auto", log: Callable[[str], None] = print) -> list[dict]:
+                 device: str = "auto", save_npz: str | Path | None = None,
+                 log: Callable[[str], None] = print) -> list[dict]:
     """Evaluate one checkpoint of a run at each NFE and metric; appends to and returns the eval.jsonl rows.
+    With ``save_npz`` the samples of each NFE are written too (``write_adm_npz``, ``npz_paths``).
 
     ``request``: what to measure (None: ``EvalRequest.from_config`` of the run's config); ``refs``: where
     weights and reference statistics come from (None: the cache and the environment).
@@ -285,9 +314,13 @@ def evaluate_run(run_dir: str | Path, request: EvalRequest | None = None, refs: 
     net.eval()
     sampler = sampler_for(objective_from_options(cfg.objective, cfg.train.steps), req.sampler)
     rows = []
+    npz = npz_paths(save_npz, req.nfe) if save_npz is not None else {}
     for k in req.nfe:
+        kept: list | None = [] if k in npz else None
         stats = sample_stats(net, data, feats, nfe=k, sampler=sampler, t_mid=req.t_mid, num_samples=req.num_samples,
-                             labels=req.labels, seed=req.seed, batch=req.batch_size)
+                             labels=req.labels, seed=req.seed, batch=req.batch_size, keep=kept)
+        if kept is not None:
+            log(f"step {step}  {k}-NFE {sampler}: {req.num_samples} samples written to {write_adm_npz(kept, npz[k])}")
         for f, s, (ref, ref_source) in zip(feats, stats, references):
             metric = METRIC_NAMES[f.name]
             row = {"step": step, "nfe": k, "sampler": sampler, "t_mid": req.t_mid, "num_samples": req.num_samples,

@@ -59,7 +59,8 @@ class DiT(nn.Module):
     0 is a second final layer on the shared trunk; k ≥ 1 (the official code's form) forks the last k blocks, the
     u branch keeping them and the v branch getting k blocks of its own. None (the default): no head, no cost.
     guidance_embed adds iMF's guidance conditioning: embedders of 1 − 1/ω, t_min and t_max summed into c
-    (``forward(..., guide=[B, 3])``; absent: ω = 1 on [0, 1], no guidance).
+    (``forward(..., guide=[B, 3])``; absent: ω = 1 on [0, 1], no guidance). pos_embed="stored" keeps the
+    positional embedding in the state dict (an imported network's values) instead of computing it.
     """
 
     supports_tangent: ClassVar[bool] = True  # forward(..., tangent=...) exists (module docstring)
@@ -80,8 +81,11 @@ class DiT(nn.Module):
         logvar: bool = False,
         aux_head_depth: int | None = None,
         guidance_embed: bool = False,
+        pos_embed: str = "sincos",
     ):
         super().__init__()
+        if pos_embed not in ("sincos", "stored"):
+            raise ValueError(f"pos_embed must be 'sincos' (computed) or 'stored' (held in the checkpoint), got {pos_embed!r}")
         if decouple_at is not None and not 0 <= decouple_at <= depth:
             raise ValueError(f"decouple_at must lie in [0, depth={depth}] (blocks conditioned on t), got {decouple_at}")
         if aux_head_depth is not None and not 0 <= aux_head_depth <= depth:
@@ -106,8 +110,10 @@ class DiT(nn.Module):
         self.t_embedder = TimestepEmbedder(hidden_size, time_scale=time_scale)  # receives t
         self.d_embedder = TimestepEmbedder(hidden_size, time_scale=time_scale)  # receives t − r
         self.y_embedder = nn.Embedding(num_classes + 1, hidden_size)  # row num_classes = null label
-        # Fixed, not trained; non-persistent so checkpoints do not pin the token grid.
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(hidden_size, *self.grid)[None], persistent=False)
+        # Fixed, not trained; non-persistent so checkpoints do not pin the token grid, unless "stored": an imported
+        # network's own values (alphaflow.official), which live in its checkpoints.
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(hidden_size, *self.grid)[None],
+                             persistent=pos_embed == "stored")
         self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.aux_head_depth = aux_head_depth
