@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+import alphaflow
+
 from alphaflow.cli import main
 from alphaflow.config import load_config
 from alphaflow.files import read_checkpoint
@@ -59,6 +61,12 @@ def test_eval_writes_the_samples_as_the_adm_suite_reads_them(tmp_path):
                              "train.ckpt_every=2", "train.sample_every=0", "train.threads=1"]), out, log=lambda _: None)
     assert main(["eval", str(out), "--nfe", "1", "2", "--num-samples", "12", "--save-npz", str(tmp_path / "s.npz"),
                  "--device", "cpu", "--cache", str(tmp_path / "cache")]) == 0
+    net, raw = alphaflow.load_model(out), alphaflow.load_model(out, "net")
+    ckpt = read_checkpoint(RunFolder(out).checkpoints()[0][1])
+    assert not net.training and all(torch.equal(v, ckpt["ema"][k]) for k, v in net.state_dict().items())
+    assert all(torch.equal(v, ckpt["net"][k]) for k, v in raw.state_dict().items())
+    z, t = torch.randn(3, 1, 8, 8), torch.rand(3)
+    assert net(z, t * 0.5, t, torch.tensor([0, 1, 2])).shape == (3, 1, 8, 8)
     for k in (1, 2):
         with np.load(tmp_path / f"s-nfe{k}.npz") as npz:
             assert npz["arr_0"].dtype == np.uint8 and npz["arr_0"].shape == (12, 8, 8, 3)
