@@ -4,6 +4,7 @@ pull against L_TFM and L_TCC.
 
     table = third_parts_by_variant(online_probes(load_runs(root)))   # per variant, 95 % t-intervals over seeds
     print(markdown_table(interval_table(table)))
+    fig_conflict_panels(pool_seeds(online_probes(runs)))            # Fig. 2a with one panel per objective
 
 Per run, over its probe points after the first ``skip`` share of training: the mean cos(∇L_TFM, ∇X),
 cos(∇L_TCC, ∇X) and ‖∇X‖ / ‖∇L_TFM‖ for the third part X the run's probes report; then pooled per variant.
@@ -11,11 +12,15 @@ cos(∇L_TCC, ∇X) and ‖∇X‖ / ‖∇L_TFM‖ for the third part X the run
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from .labels import variant_column
+from .plots import _cos_axes, curves, draw_quantity, save_figure
 from .summary import summarize_variants
 
 THIRD_PARTS = ("d", "lv", "aux")  # the probes' names for them (alphaflow.instrument.probes.EXTRA_TERMS)
@@ -52,3 +57,25 @@ def third_parts_by_variant(probes: pd.DataFrame, *, skip: float = 0.1, level: fl
         return pd.DataFrame(columns=["variant", "n"])
     per_run = per_run.assign(variant=per_run["variant"] + " (" + per_run["part"] + ")")
     return summarize_variants(per_run, list(VALUES), level=level)
+
+
+def fig_conflict_panels(df: pd.DataFrame, *, ncols: int = 4, path: str | Path | None = None) -> Figure:
+    """Fig. 2a as small multiples: one panel per curve of ``df`` (a variant, seeds pooled), cos(∇L_TFM, ∇L_TCC)
+    solid and cos(∇L_FM′, ∇L_TCC) dashed with their bands, so eight objectives stay readable side by side."""
+    groups = curves(df)
+    rows = max(1, math.ceil(len(groups) / ncols))
+    fig = Figure(figsize=(3.2 * min(ncols, max(len(groups), 1)), 2.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, min(ncols, max(len(groups), 1)), sharex=True, sharey=True, squeeze=False).ravel()
+    for ax, (name, g) in zip(axes, groups):
+        for column, style, color in (("cos_tfm_tcc", "-", "C0"), ("cos_fmb_tcc", "--", "C1")):
+            draw_quantity(ax, g, column, linestyle=style, colors={name: color}, label=False)
+        _cos_axes(ax)
+        ax.set_title(name.split(" (")[0], fontsize=9)
+        ax.label_outer()
+    for ax in axes[len(groups):]:
+        ax.set_visible(False)
+    if groups:
+        axes[0].plot([], [], "-", color="C0", label="cos(∇L_TFM, ∇L_TCC)")
+        axes[0].plot([], [], "--", color="C1", label="cos(∇L_FM′, ∇L_TCC)")
+        axes[0].legend(fontsize=7, loc="lower left")
+    return save_figure(fig, path)

@@ -11,7 +11,8 @@ conflict_online.csv (the same from the online probes, when offline probes exist 
 failed runs and problems), headline.md (just the quality and conflict tables, what the command line prints) and
 figures: loss.png, schedules.png (α and ratio_fm as logged),
 samples.png (the last 1- and 2-NFE grids per variant) and, where runs hold gradient probes,
-fig2a/2b/2c/6.png (``plots.save_figures``), and conflict.png (``conflict_ticks.fig_conflict``) where runs logged
+fig2a/2b/2c/6.png (``plots.save_figures``), conflict_panels.png (``family.fig_conflict_panels``: Fig. 2a with one panel
+per variant), and conflict.png (``conflict_ticks.fig_conflict``) where runs logged
 the probes' norm ratio or conflict-intervention ticks. The figures' curves come from probes.jsonl where some run
 was probed at two or more checkpoints, else from the online ``probe_*`` keys of metrics.jsonl; the
 conflict table prefers probes.jsonl (the paper's protocol) whenever it exists.
@@ -24,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from .conflict_ticks import fig_conflict, ticks_by_variant
-from .family import third_parts_by_variant
+from .family import fig_conflict_panels, third_parts_by_variant
 from .plots import save_figures
 from .probe_frames import markdown_table, offline_makes_curves, online_probes, pool_seeds
 from .records import STATUSES
@@ -143,6 +144,8 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     figures = ["loss.png", "schedules.png", "samples.png"]
     if not curves.empty:
         figures += [p.name for p in save_figures(curves, out).values()]
+        fig_conflict_panels(curves, path=out / "conflict_panels.png")  # Fig. 2a, one panel per variant
+        figures.append("conflict_panels.png")
     if not ticks.empty or "ratio_tfm_tcc" in online.columns:
         fig_conflict(runs, online=online, path=out / "conflict.png")
         figures.append("conflict.png")

@@ -41,8 +41,8 @@ ROOT = os.environ.get("ALPHAFLOW_SWEEP_ROOT", "runs/demo")
 
 # %%
 # %matplotlib inline
-from analysis import fig2a, load_runs
-from analysis.family import third_parts_by_variant
+from analysis import load_runs
+from analysis.family import fig_conflict_panels, third_parts_by_variant
 from analysis.notebook import inventory, pick_probes, resolve_root
 from analysis.tables import conflict_by_variant, interval_table, quality_table
 
@@ -63,13 +63,13 @@ interval_table(quality_table(runs.evals))
 # %% [markdown]
 # ## The conflict
 #
-# cos(∇L_TFM, ∇L_TCC) (solid) and cos(∇L_FM′, ∇L_TCC) (dashed) over training from the online probes, one color per
-# objective with its seeds' band; then the tables over training (online) and at the last checkpoint (offline):
+# cos(∇L_TFM, ∇L_TCC) (solid) and cos(∇L_FM′, ∇L_TCC) (dashed) over training from the online probes, one panel per
+# objective with its seeds' band (Fig. 2a of arXiv 2510.20771 as small multiples); then the tables over training (online) and at the last checkpoint (offline):
 # the mean cosines, the share of probes below −0.4 and the share where L_FM′ is in less conflict than L_TFM.
 
 # %%
 online = pick_probes(root, source="online")
-fig2a(online)
+fig_conflict_panels(online)
 
 # %% tags=["online-conflict-table"]
 interval_table(conflict_by_variant(online))
