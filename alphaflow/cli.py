@@ -84,27 +84,12 @@ def _cmd_extract_latents(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_config_with(run_dir: str, overrides: Sequence[str], sections: tuple[str, ...]):
-    """A run folder's config with ``key=value`` overrides of the given sections (``eval``, ``sample``, ``probe``)."""
-    from alphaflow.config import apply_overrides, from_dict, validate
-    from alphaflow.runfolder import RunFolder
-
-    config = RunFolder(run_dir).read_config()
-    if config is None:
-        raise ValueError(f"{run_dir} is not a run folder (no config.json)")
-    outside = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] not in sections]
-    if outside:
-        raise ValueError(f"{outside[0]!r}: only {', '.join(s + '.*' for s in sections)} keys can change here "
-                         "(the rest describes how the run was trained)")
-    cfg = apply_overrides(from_dict(config), overrides)
-    validate(cfg)
-    return cfg
-
-
 def _cmd_probe(args: argparse.Namespace) -> int:
     from alphaflow.evaluate.offline_probe import probe_run
 
-    p = _run_config_with(args.run_dir, args.overrides, ("probe",)).probe
+    from alphaflow.cli_eval import run_config_with
+
+    p = run_config_with(args.run_dir, args.overrides, ("probe",)).probe
     pick = lambda flag, value: value if flag is None else flag  # noqa: E731 (a flag beats the config)
     path = probe_run(args.run_dir, batches=pick(args.batches, p.batches), batch_size=pick(args.batch_size, p.batch_size),
                      checkpoints=args.checkpoints, weights=args.weights, parts=args.parts or p.parts,

@@ -5,13 +5,30 @@ from __future__ import annotations
 
 import argparse
 
-from alphaflow.cli import _run_config_with
+from typing import Sequence
+
+
+def run_config_with(run_dir: str, overrides: Sequence[str], sections: tuple[str, ...]):
+    """A run folder's config with ``key=value`` overrides of the given sections (``eval``, ``sample``, ``probe``)."""
+    from alphaflow.config import apply_overrides, from_dict, validate
+    from alphaflow.runfolder import RunFolder
+
+    config = RunFolder(run_dir).read_config()
+    if config is None:
+        raise ValueError(f"{run_dir} is not a run folder (no config.json)")
+    outside = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] not in sections]
+    if outside:
+        raise ValueError(f"{outside[0]!r}: only {', '.join(s + '.*' for s in sections)} keys can change here "
+                         "(the rest describes how the run was trained)")
+    cfg = apply_overrides(from_dict(config), overrides)
+    validate(cfg)
+    return cfg
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from alphaflow.evaluate.quality import EvalRequest, References, evaluate_run
 
-    cfg = _run_config_with(args.run_dir, args.overrides, ("eval", "sample"))
+    cfg = run_config_with(args.run_dir, args.overrides, ("eval", "sample"))
     request = EvalRequest.from_config(cfg, nfe=args.nfe, sampler=args.sampler, t_mid=args.t_mid,
                                       num_samples=args.num_samples, labels=args.labels, metrics=args.metric,
                                       seed=args.seed, checkpoint=args.checkpoint, weights=args.weights,
