@@ -1,10 +1,9 @@
-"""The commands on trained networks: ``eval``, ``ref-stats``, ``sample`` and ``import-official``
-(thin wrappers over ``alphaflow.evaluate`` and ``alphaflow.official``)."""
+"""The commands on trained networks: ``eval``, ``ref-stats``, ``sample`` and ``import-official`` (thin wrappers over
+``alphaflow.evaluate`` and ``alphaflow.official``), and ``run_config_with``, which ``probe`` shares."""
 
 from __future__ import annotations
 
 import argparse
-
 from typing import Sequence
 
 

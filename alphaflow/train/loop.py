@@ -69,7 +69,10 @@ def train(cfg: Config, out: str | Path, *, callbacks: list[Callback] | None = No
     lock = run_lock(out, say=say) if info.is_main else None  # the ranks of one run are one holder
     try:
         D.on_main(info, lambda: lock.acquire() if lock is not None else None)  # before anything touches ``out``
-        return _train(cfg, RunFolder(out), info, say, stop_at, should_stop, callbacks)
+        result = _train(cfg, RunFolder(out), info, say, stop_at, should_stop, callbacks)
+        if created:  # every rank done before the group goes: a rank tearing gloo down mid-exchange aborts the other
+            D.barrier(info)
+        return result
     finally:
         if lock is not None:
             lock.release()
