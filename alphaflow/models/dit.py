@@ -1,8 +1,8 @@
 """DiT with adaLN-Zero for average-velocity networks u(z_t, r, t | y)  (docs/conventions.md#the-backbone;
 DiT arXiv 2212.09748, SiT arXiv 2401.08740).
 
-The backbone: embedders, the transformer block, the final layer and the ``DiT`` module with its one commented
-``initialize_weights`` (the size registry: ``registry.py``). The call contract (``alphaflow.conventions``):
+The ``DiT`` module with its one commented ``initialize_weights`` and its options (the layers: ``dit_layers.py``;
+the size registry: ``registry.py``). The call contract (``alphaflow.conventions``):
 
     u = net(z, r, t, labels)      z: [B, C, H, W], r, t: [B], labels: [B] int64 or None → u: [B, C, H, W]
 
@@ -19,11 +19,10 @@ Tangent mode (``alphaflow.models.tangent``) computes the prediction and a JVP in
 
 u: [B, C, H, W] exactly the ordinary forward's (same ops, same autograd graph); du: [P, C, H, W], the
 no-grad directional derivative of u along (dz, dr, dt) on the P rows ``rows`` ([P] int64 row
-indices, a slice of the batch, or None for all rows); dz: [P, C, H, W]; dr, dt: [P]. Each module below takes an optional
-``tangent`` and then returns (primal, tangent). Hooks fire on every module the primal calls, except the
+indices, a slice of the batch, or None for all rows); dz: [P, C, H, W]; dr, dt: [P]. Each layer (dit_layers.py)
+takes an optional ``tangent`` and then returns (primal, tangent). Hooks fire on every module the primal calls, except the
 ``nn.Sequential`` containers of the MLP and the timestep embedder, whose layers are called one by one.
 """
-
 
 from __future__ import annotations
 
