@@ -267,20 +267,20 @@ class References:
     ref_images: str | None = None
 
 
-def npz_paths(path: str | Path, nfe: Sequence[int]) -> dict[int, Path]:
-    """Where ``--save-npz FILE`` writes each NFE's samples: FILE itself for one NFE, FILE's stem + ``-nfe<k>.npz``
-    beside it for several."""
+def per_nfe_paths(path: str | Path, nfe: Sequence[int], suffix: str, option: str) -> dict[int, Path]:
+    """Where a command's ``option FILE`` writes each NFE's output: FILE itself for one NFE, FILE's stem +
+    ``-nfe<k>`` + ``suffix`` beside it for several (``--save-npz`` here, ``alphaflow sample --out``)."""
     path = Path(path)
-    if path.suffix != ".npz":
-        raise ValueError(f"--save-npz takes a .npz file name, got {str(path)!r}")
-    return {k: path if len(nfe) == 1 else path.with_name(f"{path.stem}-nfe{k}.npz") for k in nfe}
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"{option} takes a {suffix} file name, got {str(path)!r}")
+    return {k: path if len(nfe) == 1 else path.with_name(f"{path.stem}-nfe{k}{suffix}") for k in nfe}
 
 
 def evaluate_run(run_dir: str | Path, request: EvalRequest | None = None, refs: References | None = None, *,
                  device: str = "auto", save_npz: str | Path | None = None,
                  log: Callable[[str], None] = print) -> list[dict]:
     """Evaluate one checkpoint of a run at each NFE and metric; appends to and returns the eval.jsonl rows.
-    With ``save_npz`` the samples of each NFE are written too (``write_adm_npz``, ``npz_paths``).
+    With ``save_npz`` the samples of each NFE are written too (``write_adm_npz``, ``per_nfe_paths``).
 
     ``request``: what to measure (None: ``EvalRequest.from_config`` of the run's config); ``refs``: where
     weights and reference statistics come from (None: the cache and the environment).
@@ -314,7 +314,7 @@ def evaluate_run(run_dir: str | Path, request: EvalRequest | None = None, refs: 
     net.eval()
     sampler = sampler_for(objective_from_options(cfg.objective, cfg.train.steps), req.sampler)
     rows = []
-    npz = npz_paths(save_npz, req.nfe) if save_npz is not None else {}
+    npz = per_nfe_paths(save_npz, req.nfe, ".npz", "--save-npz") if save_npz is not None else {}
     for k in req.nfe:
         kept: list | None = [] if k in npz else None
         stats = sample_stats(net, data, feats, nfe=k, sampler=sampler, t_mid=req.t_mid, num_samples=req.num_samples,

@@ -8,20 +8,13 @@ from typing import Callable, Sequence
 import torch
 
 from alphaflow.build import open_run
+from alphaflow.evaluate.quality import per_nfe_paths
 from alphaflow.images import save_grid_png
 from alphaflow.objectives import objective_from_options
 from alphaflow.runfolder import load_weights, select_checkpoints
 from alphaflow.sampling import generate
 from alphaflow.train.distributed import resolve_device
 from alphaflow.train.sample_grids import sampler_for
-
-
-def grid_paths(path: str | Path, nfe: Sequence[int]) -> dict[int, Path]:
-    """FILE.png for one NFE; FILE's stem + ``-nfe<k>.png`` beside it for several."""
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"--out takes a .png file name, got {str(path)!r}")
-    return {k: path if len(nfe) == 1 else path.with_name(f"{path.stem}-nfe{k}.png") for k in nfe}
 
 
 @torch.no_grad()
@@ -34,7 +27,7 @@ def sample_run(run_dir: str | Path, out: str | Path, *, nfe: Sequence[int] = (1,
         raise ValueError(f"--num and --nfe must be positive, got num={num}, nfe={list(nfe)}")
     if weights not in ("ema", "net"):
         raise ValueError(f"--weights must be ema or net, got {weights!r}")
-    paths = grid_paths(out, nfe)
+    paths = per_nfe_paths(out, nfe, ".png", "--out")
     dev = resolve_device(device)
     run, cfg, data, net = open_run(run_dir, dev)
     ((step, path),) = select_checkpoints(run, str(checkpoint))
