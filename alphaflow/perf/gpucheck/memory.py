@@ -9,6 +9,7 @@ import math
 import os
 import socket
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -278,6 +279,13 @@ def _ddp_worker(rank: int, world: int, port: int, overrides: list[str], out: str
     from alphaflow.train.loop import train as train_run
 
     train_run(load_config(None, overrides), out, log=lambda _msg: None)
+    # DDP keeps the gloo process group alive past destroy_process_group (its worker threads stay; checked with
+    # torch 2.13), and tearing such a group down during interpreter exit can abort the rank ("terminate called
+    # without an active exception": a CI flake after a finished run). Leave the way multiprocessing's forked
+    # children do, without finalisation: everything the run wrote is closed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ddp(folder: Path, *, device: str, model_name: str, steps: int, batch_size: int, world: int = 2,
