@@ -108,16 +108,22 @@ def _identity_of(runs: Runs) -> pd.DataFrame:
                          "ratio_fm": ratio, "seed": column("cfg.seed"), "label": table["label"]})
 
 
+SCHEDULE_COLUMNS = ("alpha",)  # metrics columns online_probes carries beside the probe values
+
+
 def online_probes(runs: Runs, prefix: str = "probe_") -> pd.DataFrame:
-    """The probe values the trainer logged in metrics (``probe_x`` → ``x``) with ``run``, ``label``, ``step``:
-    the frame ``plots`` draws (no percentile bands). Empty if no run logged any."""
+    """The probe values the trainer logged in metrics (``probe_x`` → ``x``) with ``run``, ``label``, ``step``
+    and, where the metrics have it, ``alpha`` (the curriculum's α at that step, which ``family.fig_conflict_panels``
+    draws beside the cosines): the frame ``plots`` draws (no percentile bands). Empty if no run logged any."""
     cols = [c for c in runs.metrics.columns if c.startswith(prefix)]
     if not cols:
         return pd.DataFrame(columns=["run", "label", "step"])
-    rows = runs.metrics[["run", "step", *cols]].dropna(subset=cols, how="all")
+    extra = [c for c in SCHEDULE_COLUMNS if c in runs.metrics.columns]
+    rows = runs.metrics[["run", "step", *extra, *cols]].dropna(subset=cols, how="all")
     rows = rows.assign(run=rows["run"].astype(str)).rename(columns={c: c[len(prefix):] for c in cols})
     labels = runs.runs[["run", "label"]].assign(run=runs.runs["run"].astype(str))
-    return rows.merge(labels, on="run", how="left")[["run", "label", "step", *[c[len(prefix):] for c in cols]]]
+    keep = ["run", "label", "step", *extra, *[c[len(prefix):] for c in cols]]
+    return rows.merge(labels, on="run", how="left")[keep]
 
 
 def pool_seeds(df: pd.DataFrame) -> pd.DataFrame:
@@ -163,17 +169,24 @@ def latest_per_step(df: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- the conflict table
 
-def summarize_conflict(df: pd.DataFrame) -> pd.DataFrame:
-    """Per run (and weights), over its checkpoints (``latest_per_step``), the numbers behind Fig. 2a:
+SHARE_COUNTS = {"frac_tfm_tcc_neg": "points_tfm_tcc", "frac_tfm_tcc_below_-0.4": "points_tfm_tcc",
+                "frac_fmb_above_tfm": "points_both"}  # each share column → the column counting its points
+
+
+def summarize_conflict(df: pd.DataFrame, *, skip: float = 0.0) -> pd.DataFrame:
+    """Per run (and weights), over its checkpoints (``latest_per_step``) with step > skip·its last step, the
+    numbers behind Fig. 2a:
 
     checkpoints, first/last step; mean, min and max of cos_tfm_tcc and cos_fmb_tcc;
     frac_tfm_tcc_neg (share with cos_tfm_tcc < 0), frac_tfm_tcc_below_-0.4 (share below −0.4, the
-    paper's "typically below −0.4"), frac_fmb_above_tfm (share with cos_fmb_tcc > cos_tfm_tcc).
-    Shares count checkpoints where the compared values are present.
+    paper's "typically below −0.4"), frac_fmb_above_tfm (share with cos_fmb_tcc > cos_tfm_tcc), and the
+    points each share counts (``SHARE_COUNTS``: checkpoints where the compared values are present).
+    ``skip`` = 0.1 leaves out the first tenth of training, where every curve starts from initialisation.
     """
     keys = ["run", "label"] + (["weights"] if "weights" in df.columns else [])
     out = []
     for key, g in latest_per_step(df).groupby(keys, sort=False, dropna=False):
+        g = g[g["step"] > skip * g["step"].max()] if skip > 0 else g
         a = g.get("cos_tfm_tcc", pd.Series(np.nan, index=g.index)).astype(float)
         b = g.get("cos_fmb_tcc", pd.Series(np.nan, index=g.index)).astype(float)
         both = a.notna() & b.notna()
@@ -182,6 +195,7 @@ def summarize_conflict(df: pd.DataFrame) -> pd.DataFrame:
                     "mean_cos_tfm_tcc": a.mean(), "mean_cos_fmb_tcc": b.mean(),
                     "frac_tfm_tcc_neg": (a.dropna() < 0).mean(), "frac_tfm_tcc_below_-0.4": (a.dropna() < -0.4).mean(),
                     "frac_fmb_above_tfm": (b[both] > a[both]).mean(),
+                    "points_tfm_tcc": int(a.notna().sum()), "points_both": int(both.sum()),
                     "min_cos_tfm_tcc": a.min(), "max_cos_tfm_tcc": a.max(),
                     "min_cos_fmb_tcc": b.min(), "max_cos_fmb_tcc": b.max()})
     return pd.DataFrame(out)

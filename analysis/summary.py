@@ -1,12 +1,13 @@
 """Aggregate a ``Runs``: one row per run (final and best values), then per variant across seeds.
 
-    summary = summarize_runs(load_runs(root), metrics=("loss", "loss_mse"))
+    summary = summarize_runs(load_runs(root))   # final_/best_ of loss_mse, loss_tfm, loss_tcc
     variants = summarize_variants(summary, ["final_loss_mse", "best_loss_mse"])
     print(markdown_table(variants))
 
 The interval over seeds is Student's t: mean ± t_{0.975, n−1} · sd / √n with the sample standard
 deviation (ddof = 1). It needs n ≥ 2; with a single run the sd and the interval are NaN (blank in
-tables) rather than a misleading zero width.
+tables) rather than a misleading zero width. A share (k of n events) gets Wilson's score interval instead
+(``wilson_interval``), which stays inside [0, 1].
 """
 
 from __future__ import annotations
@@ -34,15 +35,39 @@ def t_interval(values: Sequence[float] | pd.Series, level: float = 0.95) -> tupl
     return n, mean, sd, mean - half, mean + half
 
 
+def wilson_interval(successes: float, n: float, level: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval for a share k/n (E. B. Wilson, JASA 1927): with z = Φ⁻¹((1+level)/2),
+    p̂ = k/n, centre (p̂ + z²/2n)/(1 + z²/n) and half-width z/(1 + z²/n)·√(p̂(1 − p̂)/n + z²/4n²). It stays in
+    [0, 1] and keeps a width at p̂ = 0 or 1, where the normal (and the t) interval collapses or leaves [0, 1].
+    NaN where n = 0."""
+    if n <= 0:
+        return math.nan, math.nan
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must lie in [0, n], got {successes} of {n}")
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    p = successes / n
+    scale = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / scale
+    half = z / scale * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)  # exactly 0 and 1 at the ends, not round-off
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
+
+
 def varying(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     """The ``columns`` whose values (NaN included) are not all equal across the rows of ``frame``."""
     return [c for c in columns if frame[c].astype(str).nunique(dropna=False) > 1]
 
 
-def summarize_runs(runs: Runs, metrics: Sequence[str] = ("loss", "loss_mse")) -> pd.DataFrame:
+SUMMARY_METRICS = ("loss_mse", "loss_tfm", "loss_tcc")  # unweighted: the adaptive-weighted ``loss`` ends near 1 in
+#                                                         every run (that is what the weight does), so it tells runs apart by nothing
+
+
+def summarize_runs(runs: Runs, metrics: Sequence[str] = SUMMARY_METRICS) -> pd.DataFrame:
     """One row per run: run, variant, status, last_step, steps (``cfg.train.steps``), then for each metric
     ``final_<m>`` (its value at the largest step where it was logged) and ``best_<m>`` (its minimum),
-    then the cfg.* columns that differ between runs. A metric a run never logged is NaN there.
+    then the cfg.* columns that differ between runs. A metric a run never logged is NaN there (flow matching
+    logs no ``loss_tfm`` / ``loss_tcc``: it has no r < t rows).
     """
     table = runs.runs
     out = table[["run", "variant", "status", "last_step"]].copy()

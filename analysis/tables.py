@@ -4,18 +4,21 @@
     print(markdown_table(interval_table(quality)))        # "mean [lo, hi]" cells, as the report writes them
     print(markdown_table(interval_table(conflict_by_variant(load_probes(root)))))
 
-The intervals are ``summary.t_interval``'s (Student's t over the seeds of a variant; NaN with one seed).
+The intervals are ``summary.t_interval``'s (Student's t over the seeds of a variant; NaN with one seed), except
+for shares of probe points, which pool the points of a variant's runs under Wilson's interval
+(``summary.wilson_interval``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pandas as pd
 
-from .probe_frames import summarize_conflict
+from .probe_frames import SHARE_COUNTS, summarize_conflict
 from .labels import variant_column
-from .summary import summarize_variants
+from .summary import summarize_variants, wilson_interval
 
 STATS = ("n", "mean", "sd", "lo", "hi")  # the suffixes summarize_variants gives each value column
 CONFLICT = ("mean_cos_tfm_tcc", "mean_cos_fmb_tcc", "frac_tfm_tcc_below_-0.4", "frac_fmb_above_tfm")
@@ -80,22 +83,39 @@ def quality_table(evals: pd.DataFrame, *, nfe: Sequence[int] = (1, 2), metric: s
     return table
 
 
-def conflict_by_variant(probes: pd.DataFrame, values: Sequence[str] = CONFLICT, *,
+def conflict_by_variant(probes: pd.DataFrame, values: Sequence[str] = CONFLICT, *, skip: float = 0.0,
                         level: float = 0.95) -> pd.DataFrame:
     """``probes.summarize_conflict`` per run, pooled per variant (the run name without seed and hash):
     ``n`` runs, then ``<value>_n/_mean/_sd/_lo/_hi`` for each of ``values`` (default: the mean cosines
-    behind Fig. 2a and the shares of checkpoints with cos(∇L_TFM, ∇L_TCc) < −0.4 and with FM′ above TFM).
+    behind Fig. 2a and the shares of probe points with cos(∇L_TFM, ∇L_TCC) < −0.4 and with FM′ above TFM).
 
-    ``probes`` is a ``load_probes`` / ``load_online_probes`` frame (or ``Runs.probes``); empty in, empty out.
+    A mean cosine is averaged per run, then over the seeds with the ``level`` t-interval (``_n`` = runs). A
+    share pools the probe points of all the variant's runs (``_n`` = points, ``_mean`` = k/n, ``_sd`` NaN) with
+    Wilson's interval, inside [0, 1] (the points of one run are not independent, so read it as the spread of
+    the pooled count, not of a new training run). ``skip``: leave out each run's points at step ≤
+    skip·its last step (0.1: the first tenth). ``probes`` is a ``load_probes`` / ``load_online_probes`` frame
+    (or ``Runs.probes``); empty in, empty out.
     """
     if probes.empty or "run" not in probes.columns:
         return pd.DataFrame(columns=["variant", "n"])
-    per_run = summarize_conflict(probes)
+    per_run = summarize_conflict(probes, skip=skip)
     per_run.insert(1, "variant", per_run["run"].map(dict(zip(probes["run"], variant_column(probes)))))
     keys = ["variant"] + (["weights"] if "weights" in per_run.columns and per_run["weights"].nunique() > 1 else [])
     if len(keys) > 1:  # raw and EMA probes pool separately
         per_run["variant"] = per_run["variant"] + " [" + per_run["weights"].astype(str) + "]"
-    return summarize_variants(per_run, [v for v in values if v in per_run.columns], level=level)
+    present = [v for v in values if v in per_run.columns]
+    table = summarize_variants(per_run, present, level=level)
+    for share in (v for v in present if v in SHARE_COUNTS):
+        counts = per_run.assign(_k=per_run[share].fillna(0) * per_run[SHARE_COUNTS[share]])
+        pooled = counts.groupby("variant")[["_k", SHARE_COUNTS[share]]].sum()
+        k = table["variant"].map(pooled["_k"].round())
+        n = table["variant"].map(pooled[SHARE_COUNTS[share]])
+        table[f"{share}_n"] = n.astype(int)
+        table[f"{share}_mean"] = [ki / ni if ni else math.nan for ki, ni in zip(k, n)]
+        table[f"{share}_sd"] = math.nan
+        bounds = [wilson_interval(ki, ni, level) for ki, ni in zip(k, n)]
+        table[f"{share}_lo"], table[f"{share}_hi"] = [b[0] for b in bounds], [b[1] for b in bounds]
+    return table
 
 
 def interval_columns(table: pd.DataFrame) -> list[str]:
