@@ -86,6 +86,36 @@ def test_probes_leave_training_unchanged(tmp_path):
     assert [strip(r) for r in rows_plain] == [strip(r) for r in rows_probed]
 
 
+def test_online_probe_averages_its_batches_and_leaves_training_unchanged(tmp_path, monkeypatch):
+    """probe.online_batches = 3: the step's batch and two fresh ones, each probed alone, the row holds their mean."""
+    from alphaflow.train.callbacks import OnlineProbe
+
+    seen: list[tuple[int, torch.Tensor, dict]] = []
+    probe_one = OnlineProbe._probe
+
+    def recording(self, ctx, x, y, gen):
+        values = probe_one(self, ctx, x, y, gen)
+        seen.append((ctx.step, x.clone(), values))
+        return values
+
+    monkeypatch.setattr(OnlineProbe, "_probe", recording)
+    one = train(load_config(None, [*TINY, "probe.every=2"]), tmp_path / "one", log=lambda _: None)
+    firsts = {step: values for step, _, values in seen}
+    seen.clear()
+    three = train(load_config(None, [*TINY, "probe.every=2", "probe.online_batches=3"]), tmp_path / "three",
+                  log=lambda _: None)
+    for key, value in one.model.state_dict().items():
+        assert torch.equal(value, three.model.state_dict()[key]), key
+    rows = [r for r in RunFolder(tmp_path / "three").read_metrics() if "probe_cos_tfm_tcc" in r]
+    assert [r["step"] for r in rows] == [2, 4, 6] and len(seen) == 9
+    for row in rows:
+        batches = [(x, values) for step, x, values in seen if step == row["step"]]
+        assert len(batches) == 3 and not torch.equal(batches[0][0], batches[1][0])
+        assert batches[0][1] == firsts[row["step"]], "the first batch is the step's own, probed as with one batch"
+        for key in ("cos_tfm_tcc", "cos_fmb_tcc", "gradnorm_tfm", "loss_tcc"):
+            assert row[f"probe_{key}"] == pytest.approx(sum(v[key] for _, v in batches) / 3, rel=1e-12)
+
+
 def test_offline_probe_writes_every_column(tmp_path):
     train(load_config(None, [*TINY, "train.keep_every=2"]), tmp_path, log=lambda _: None)
     lines: list[str] = []

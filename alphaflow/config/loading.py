@@ -134,7 +134,7 @@ _LATER_SECTIONS = {"conflict": ConflictConfig}
 # Fields added to an existing section after that: (section, field) → default, left out the same way.
 _LATER_FIELDS = {("train", "init_from"): None, ("model", "decouple_at"): None, ("model", "logvar"): False,
                  ("model", "aux_head_depth"): None, ("model", "guidance_embed"): False,
-                 ("model", "pos_embed"): "sincos"}
+                 ("model", "pos_embed"): "sincos", ("probe", "online_batches"): 1}
 
 
 def without_later_defaults(config: dict) -> dict:
@@ -187,7 +187,7 @@ def _check_types(cfg: Config) -> None:
 # Numeric rules by key: (rule, test). Optional fields may also be null.
 _AT_LEAST_ONE = ("conflict.every", "train.steps", "train.batch_size", "train.log_every", "train.ckpt_every", "train.max_nonfinite",
                  "train.threads", "data.resolution", "data.toy_size", "data.stats_samples", "sample.num",
-                 "probe.batches", "probe.batch_size", "eval.batch_size", "eval.decode_batch_size")
+                 "probe.batches", "probe.batch_size", "probe.online_batches", "eval.batch_size", "eval.decode_batch_size")
 _AT_LEAST_TWO = ("eval.num_samples", "eval.final_samples")  # a covariance needs two samples
 _POSITIVE = ("train.dist_timeout_min", "optim.lr", "optim.eps", "optim.grad_clip", "ema.halflife_steps", "ema.rampup_ratio",
              "model.time_scale", "objective.adaptive_c", "objective.clip")

@@ -105,6 +105,7 @@ class ProbeConfig:
     share of r = t rows."""
 
     every: int = 0
+    online_batches: int = 1  # batches per online probe: the step's own, then fresh ones of its size (mean over them)
     ratio_fm: float = 0.0
     parts: bool = False   # also per DiT block / embedder / final layer
     loss: bool = True     # also the training objective's own loss as a term

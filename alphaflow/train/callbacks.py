@@ -69,7 +69,10 @@ def check_served(cfg: Config, callbacks: list[Callback]) -> None:
 
 class OnlineProbe(Callback):
     """``probe.every``: the terms' gradients on this step's batch with a fresh (t, r, ε) from a generator of
-    its own (so training's random streams are untouched); averaged over ranks, keys prefixed ``probe_``."""
+    its own (so training's random streams are untouched), plus ``probe.online_batches`` − 1 further batches of
+    the same size drawn from the training data by that generator; each batch is probed on its own and the
+    values are averaged over the batches (the paper's protocol: per-batch cosines, then their mean), then over
+    ranks; keys prefixed ``probe_``."""
 
     serves = ("probe.every",)
 
@@ -80,11 +83,23 @@ class OnlineProbe(Callback):
         p = self.cfg.probe
         if not p.every or ctx.step % p.every:
             return {}
-        gen = torch.Generator(device=ctx.x.device).manual_seed(p.seed * 1_000_003 + ctx.step * 1_009 + ctx.info.rank)
-        sample = probe_sample(ctx.x, ctx.y, ctx.objective, ratio_fm=p.ratio_fm, generator=gen)
-        values = probe_gradients(ctx.net, ctx.x, sample, guidance=ctx.objective.guidance,
-                                 training=ctx.objective if p.loss else None,
-                                 step=ctx.step - 1, parts=p.parts,  # step − 1: the update just taken
-                                 chunk_size=p.chunk_size)
-        keys = sorted(values)
-        return {f"probe_{k}": v for k, v in zip(keys, D.mean_over_ranks([values[k] for k in keys], ctx.info))}
+        seed = p.seed * 1_000_003 + ctx.step * 1_009 + ctx.info.rank
+        gen = torch.Generator(device=ctx.x.device).manual_seed(seed)
+        rows = [self._probe(ctx, ctx.x, ctx.y, gen)]
+        if p.online_batches > 1:
+            picks = torch.Generator().manual_seed(seed)
+            for _ in range(p.online_batches - 1):
+                raw, labels = ctx.data.get(torch.randint(len(ctx.data), (ctx.x.shape[0],), generator=picks))
+                x = ctx.data.prepare(raw.to(ctx.x.device), gen)
+                rows.append(self._probe(ctx, x, labels.to(ctx.x.device) if ctx.y is not None else None, gen))
+        keys = sorted(rows[0])
+        means = [sum(row[k] for row in rows) / len(rows) for k in keys]
+        return {f"probe_{k}": v for k, v in zip(keys, D.mean_over_ranks(means, ctx.info))}
+
+    def _probe(self, ctx: LogContext, x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> dict[str, float]:
+        p = self.cfg.probe
+        sample = probe_sample(x, y, ctx.objective, ratio_fm=p.ratio_fm, generator=gen)
+        return probe_gradients(ctx.net, x, sample, guidance=ctx.objective.guidance,
+                               training=ctx.objective if p.loss else None,
+                               step=ctx.step - 1, parts=p.parts,  # step − 1: the update just taken
+                               chunk_size=p.chunk_size)

@@ -77,7 +77,7 @@ def expected(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     from analysis.loading import load_runs
     from analysis.summary import summarize_runs, summarize_variants
 
-    summary = summarize_runs(load_runs(root, cache=False))
+    summary = summarize_runs(load_runs(root, cache=False), metrics=("loss", "loss_mse"))
     return summary, summarize_variants(summary, ["final_loss_mse", "best_loss_mse", "final_loss"])
 
 
