@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .labels import variant_column
@@ -25,6 +26,7 @@ from .summary import summarize_variants
 
 THIRD_PARTS = ("d", "lv", "aux")  # the probes' names for them (alphaflow.instrument.probes.EXTRA_TERMS)
 VALUES = ("cos_tfm_x", "cos_tcc_x", "norm_x_over_tfm")
+CONFLICT_LINE = -0.4  # "typically below −0.4" (arXiv 2510.20771 §3.2, Fig. 2a)
 
 
 def third_parts(probes: pd.DataFrame, parts: Sequence[str] = THIRD_PARTS, *, skip: float = 0.1) -> pd.DataFrame:
@@ -61,7 +63,9 @@ def third_parts_by_variant(probes: pd.DataFrame, *, skip: float = 0.1, level: fl
 
 def fig_conflict_panels(df: pd.DataFrame, *, ncols: int = 4, path: str | Path | None = None) -> Figure:
     """Fig. 2a as small multiples: one panel per curve of ``df`` (a variant, seeds pooled), cos(∇L_TFM, ∇L_TCC)
-    solid and cos(∇L_FM′, ∇L_TCC) dashed with their bands, so eight objectives stay readable side by side."""
+    solid and cos(∇L_FM′, ∇L_TCC) dashed with their bands and the paper's −0.4 line, so eight objectives stay
+    readable side by side. Where a panel's ``alpha`` column varies (the α-Flow curriculum), α is drawn in gray on
+    a right-hand axis over the same steps. ``df``: ``pool_seeds(online_probes(runs))`` or ``load_probes`` rows."""
     groups = curves(df)
     rows = max(1, math.ceil(len(groups) / ncols))
     fig = Figure(figsize=(3.2 * min(ncols, max(len(groups), 1)), 2.6 * rows), layout="constrained")
@@ -70,8 +74,11 @@ def fig_conflict_panels(df: pd.DataFrame, *, ncols: int = 4, path: str | Path | 
         for column, style, color in (("cos_tfm_tcc", "-", "C0"), ("cos_fmb_tcc", "--", "C1")):
             draw_quantity(ax, g, column, linestyle=style, colors={name: color}, label=False)
         _cos_axes(ax)
+        ax.axhline(CONFLICT_LINE, color="0.5", lw=0.8, ls=":", zorder=0)
         ax.set_title(name.split(" (")[0], fontsize=9)
         ax.label_outer()
+        if "alpha" in g.columns and g["alpha"].nunique() > 1:
+            _draw_alpha(ax, g)
     for ax in axes[len(groups):]:
         ax.set_visible(False)
     if groups:
@@ -79,3 +86,13 @@ def fig_conflict_panels(df: pd.DataFrame, *, ncols: int = 4, path: str | Path | 
         axes[0].plot([], [], "--", color="C1", label="cos(∇L_FM′, ∇L_TCC)")
         axes[0].legend(fontsize=7, loc="lower left")
     return save_figure(fig, path)
+
+
+def _draw_alpha(ax: Axes, g: pd.DataFrame) -> None:
+    """α against step on a twin axis of ``ax`` (0 to 1, gray), labelled on its right."""
+    twin = ax.twinx()
+    twin.plot(g["step"].to_numpy(float), g["alpha"].to_numpy(float), color="0.45", lw=1.2, ls="-.", label="α")
+    twin.set_ylim(-0.05, 1.05)
+    twin.set_ylabel("α", color="0.45")
+    twin.tick_params(axis="y", colors="0.45", labelsize=7)
+    twin.legend(fontsize=7, loc="upper right")

@@ -15,7 +15,9 @@ fig2a/2b/2c/6.png (``plots.save_figures``), conflict_panels.png (``family.fig_co
 per variant), and conflict.png (``conflict_ticks.fig_conflict``) where runs logged
 the probes' norm ratio or conflict-intervention ticks. The figures' curves come from probes.jsonl where some run
 was probed at two or more checkpoints, else from the online ``probe_*`` keys of metrics.jsonl; the
-conflict table prefers probes.jsonl (the paper's protocol) whenever it exists.
+conflict table prefers probes.jsonl (the paper's protocol) whenever it exists. The headline leads with the table
+over training: the offline one where runs were probed at two or more checkpoints, else the online one (after the
+first tenth of training), with the offline probe of the last checkpoint below it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pandas as pd
 from .conflict_ticks import fig_conflict, ticks_by_variant
 from .family import fig_conflict_panels, third_parts_by_variant
 from .plots import save_figures
-from .probe_frames import markdown_table, offline_makes_curves, online_probes, pool_seeds
+from .probe_frames import checkpoints_per_run, markdown_table, offline_makes_curves, online_probes, pool_seeds
 from .records import STATUSES
 from .runplots import fig_metric
 from .loading import Runs, load_runs
@@ -53,8 +55,10 @@ def probe_frames(runs: Runs, online: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
     return curves, (offline if not offline.empty else online)
 
 
-CONFLICT_TEXT = ("mean cos(∇L_TFM, ∇L_TCC) and cos(∇L_FM′, ∇L_TCC), the share of probes with cos(∇L_TFM, ∇L_TCC) "
-                 "< −0.4 and with FM′ above TFM, mean over seeds [95 % t-interval].")
+CONFLICT_TEXT = ("mean cos(∇L_TFM, ∇L_TCC) and cos(∇L_FM′, ∇L_TCC) per run, then mean over seeds [95 % t-interval]; "
+                 "the share of probe points with cos(∇L_TFM, ∇L_TCC) < −0.4 and with FM′ above TFM, pooled over the "
+                 "seeds [95 % Wilson interval].")
+ONLINE_SKIP = 0.1  # the online table leaves out the first tenth of training, where every curve leaves initialisation
 TICKS_TEXT = ("Conflict interventions during training (docs/conflict.md#metrics; runs with a conflict.mode): per run "
               "the mean over its ticks of cos(g_TFM, g_TCC) on the training batch, the norm ratio "
               "‖g_TFM + g_TCC‖ / (‖g_TFM‖ + ‖g_TCC‖), the share of steps the rule changed and the relative size of "
@@ -110,6 +114,13 @@ def _markdown(root: Path, runs: Runs, summary: pd.DataFrame, variants: pd.DataFr
     return "\n".join(parts)
 
 
+def _offline_source(probes: pd.DataFrame) -> str:
+    """How the headline names the offline probes: the checkpoint protocol, or just the last checkpoint."""
+    if checkpoints_per_run(probes) < 2:
+        return "offline probes of each run's last checkpoint, probes.jsonl"
+    return "offline probes, probes.jsonl"
+
+
 def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     """Load ``root`` (cached), write the tables, summary.md, headline.md and figures into ``out`` (default
     ``root/report``); returns ``out``."""
@@ -122,16 +133,19 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     quality = quality_table(runs.evals)
     online = online_probes(runs)
     curves, probes = probe_frames(runs, online)
-    conflict = conflict_by_variant(probes)
-    source = "offline probes, probes.jsonl" if not runs.probes.empty else "online probes over training"
-    sections = [(source, conflict)]
-    if not runs.probes.empty and not online.empty:  # the checkpoint protocol and the curve over training
-        sections.append(("online probes over training", conflict_by_variant(online)))
+    offline = not runs.probes.empty
+    conflict = conflict_by_variant(probes, skip=0.0 if offline else ONLINE_SKIP)
+    online_source = "online probes after the first tenth of training"
+    both = offline and not online.empty  # the checkpoint protocol and the curve over training
+    conflict_online = conflict_by_variant(online, skip=ONLINE_SKIP) if both else None
+    sections = [(_offline_source(runs.probes) if offline else online_source, conflict)]
+    if conflict_online is not None:  # over training first where the offline probes are one point per run
+        sections.insert(0 if checkpoints_per_run(runs.probes) < 2 else 1, (online_source, conflict_online))
     ticks = ticks_by_variant(runs.metrics)
     third = third_parts_by_variant(online)
     out.mkdir(parents=True, exist_ok=True)
     tables = {"runs": runs.runs, "summary": summary, "variants": variants, "quality": quality, "conflict": conflict,
-              "conflict_online": sections[1][1] if len(sections) > 1 else None, "conflict_ticks": ticks,
+              "conflict_online": conflict_online, "conflict_ticks": ticks,
               "third_parts": third if not third.empty else None}
     for name, frame in tables.items():
         if frame is not None:

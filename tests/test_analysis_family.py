@@ -30,3 +30,21 @@ def test_third_parts_averages_after_the_skip_and_pools_seeds():
     assert table.loc["imf (aux)", "cos_tcc_x_mean"] == pytest.approx(-0.2)
     assert table.loc["imf (aux)", "norm_x_over_tfm_lo"] < 0.75 < table.loc["imf (aux)", "norm_x_over_tfm_hi"]
     assert third_parts_by_variant(frame()[frame()["variant"] == "meanflow"]).empty
+
+
+def test_conflict_panels_draw_alpha_on_a_twin_axis_only_where_it_varies():
+    from analysis.family import fig_conflict_panels
+
+    steps = [50, 100, 150]
+    rows = [{"run": name, "label": name, "step": s, "alpha": a, "cos_tfm_tcc": -0.5, "cos_fmb_tcc": 0.1}
+            for name, alphas in (("alphaflow", (1.0, 0.5, 0.0)), ("meanflow", (0.0, 0.0, 0.0)))
+            for s, a in zip(steps, alphas)]
+    fig = fig_conflict_panels(pd.DataFrame(rows))
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert set(panels) == {"alphaflow", "meanflow"}
+    twins = [ax for ax in fig.axes if not ax.get_title() and ax.get_ylabel() == "α"]
+    assert len(twins) == 1, "one α axis: the α-Flow panel's (MeanFlow's α is constant)"
+    (alpha_line,) = twins[0].lines
+    assert alpha_line.get_ydata().tolist() == [1.0, 0.5, 0.0]
+    assert twins[0].bbox.bounds == panels["alphaflow"].bbox.bounds, "drawn over the α-Flow panel"
+    assert any(line.get_ydata()[0] == -0.4 for line in panels["meanflow"].lines), "the paper's −0.4 line"

@@ -323,3 +323,20 @@ def test_pool_seeds_averages_online_probes_per_variant_with_the_seed_range_as_ba
     assert out.loc[("mf", 50), "label"] == "mf (2 seeds, band: seed range)" and out.loc[("fm", 50), "label"] == "fm"
     single = df[df["run"] != "mf-s1-abcdef0123"]
     assert pool_seeds(single).equals(single), "one run per variant: nothing to pool"
+
+
+def test_headline_leads_with_the_online_table_when_the_offline_probes_are_one_point_per_run(sweep):
+    run = sweep / "meanflow-fm75-s0-8ae0788347"
+    probes = run / "probes.jsonl"
+    probes.write_text(probes.read_text().splitlines()[-1] + "\n")  # probe.final: the last checkpoint only
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    for row in rows:
+        row.update(probe_cos_tfm_tcc=-0.5 - row["step"] / 1000, probe_cos_fmb_tcc=0.1)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    head = (write_report(sweep) / "headline.md").read_text()
+    online = head.index("Gradient conflict per variant (online probes after the first tenth of training)")
+    offline = head.index("Gradient conflict per variant (offline probes of each run's last checkpoint, probes.jsonl)")
+    assert online < offline
+    table = pd.read_csv(sweep / "report" / "conflict_online.csv").set_index("variant")
+    assert table.loc["meanflow-fm75", "frac_tfm_tcc_below_-0.4_mean"] == 1.0
+    assert table.loc["meanflow-fm75", "frac_tfm_tcc_below_-0.4_n"] == sum(r["step"] > 0.1 * rows[-1]["step"] for r in rows)
