@@ -44,7 +44,26 @@ seeds: [0, 1]
     assert first.name.endswith(config_hash(first.config)) and "lr0.001" in first.name and "-s0-" in first.name
 
 
+def test_seeds_per_variant_give_each_variant_its_own_seeds(tmp_path):
+    path = write(tmp_path, """
+variants:
+  fm: {objective.name: fm}
+  mf: {objective.name: meanflow}
+grid: {optim.lr: [0.001, 0.0003]}
+seeds: {fm: [0, 1], mf: [0, 1, 2]}
+""")
+    runs = load_sweep(path).runs
+    seeds: dict[str, list[int]] = {}
+    for r in runs:
+        seeds.setdefault(r.variant, []).append(r.config.seed)
+    assert len(runs) == 2 * 2 + 3 * 2
+    assert seeds == {"fm-lr0.001": [0, 1], "fm-lr0.0003": [0, 1], "mf-lr0.001": [0, 1, 2], "mf-lr0.0003": [0, 1, 2]}
+
+
 @pytest.mark.parametrize("text,message", [
+    ("variants: {a: {}, b: {}}\nseeds: {a: [0]}\n", "one list per variant"),
+    ("variants: {a: {}}\nseeds: {a: []}\n", "every 'seeds' entry needs a non-empty list"),
+    ("seeds: 3\n", "'seeds' needs a non-empty list"),
     ("name: x\nvariant: {}\n", "unknown sweep keys"),
     ("zip: {seed: [1, 2], train.steps: [5]}\n", "same length"),
     ("variants: {bad: {train.step: 5}}\n", "variant bad"),
@@ -101,17 +120,19 @@ def test_alpha_schedule_variants_are_the_papers():
     assert by_variant["constant-0"](0) == 0.0
 
 
-def test_demo_sweep_is_three_objectives_by_three_seeds_with_probes_and_evaluation():
+def test_demo_sweep_is_three_objectives_with_probes_and_evaluation_in_an_even_number_of_runs():
     sweep = load_sweep(ROOT / "sweeps" / "demo.yaml")
-    assert len(sweep.runs) == 9
-    objectives = {r.name.rsplit("-s", 1)[0]: r.config.objective.name for r in sweep.runs}
-    assert objectives == {"fm": "fm", "meanflow": "meanflow", "alphaflow": "alphaflow"}
-    assert sorted({r.config.seed for r in sweep.runs}) == [0, 1, 2]
+    seeds: dict[str, list[int]] = {}
+    for r in sweep.runs:
+        seeds.setdefault(r.config.objective.name, []).append(r.config.seed)
+    assert seeds == {"fm": [0, 1], "meanflow": [0, 1, 2], "alphaflow": [0, 1, 2]}
+    assert len(sweep.runs) % 2 == 0, "two shells on two cores: the runs split evenly"
     for r in sweep.runs:
         c = r.config
-        assert c.data.name == "digits" and c.train.threads == 1 and c.probe.every > 0
+        assert c.data.name == "digits" and c.train.threads == 1 and c.probe.every > 0 and c.probe.online_batches > 1
         assert c.probe.final and c.eval.final and c.sample.nfe == [1, 2]
-    assert "sweeps/demo.yaml" in (ROOT / "Makefile").read_text()
+    assert "sweeps/demo.yaml" in (ROOT / "scripts" / "demo.sh").read_text()
+    assert "scripts/demo.sh" in (ROOT / "Makefile").read_text()
 
 
 

@@ -8,7 +8,8 @@
       meanflow-fm75: {objective.name: meanflow, objective.ratio_fm: 0.75}
     grid: {optim.lr: [1.0e-3, 3.0e-4]}   # Cartesian product (optional)
     zip: {a.b: [1, 2], c.d: [3, 4]}      # axes taken together (optional, equal lengths)
-    seeds: [0, 1]                        # sets the top-level seed (optional)
+    seeds: [0, 1]                        # sets the top-level seed (optional); per variant instead:
+                                         #   seeds: {meanflow-fm0: [0, 1, 2], meanflow-fm75: [0, 1]}
     resources: {timeout_min: 60, gpus_per_node: 1, tasks_per_node: 1, cpus_per_task: 8, mem_gb: 32,
                 partition: learn, array_parallelism: 16, slurm: {account: my-account, qos: normal}}
 
@@ -76,8 +77,16 @@ def _check_axes(path: Path, spec: dict) -> None:
             if not isinstance(values, list) or not values:
                 raise ValueError(f"{path}: {section} axis {key!r} needs a non-empty list of values, got {values!r}")
     seeds = spec.get("seeds")
-    if seeds is not None and (not isinstance(seeds, list) or not seeds):
-        raise ValueError(f"{path}: 'seeds' needs a non-empty list, got {seeds!r}")
+    if isinstance(seeds, dict):  # per variant: every variant named, each with a non-empty list
+        named = set((spec.get("variants") or {}))
+        if set(seeds) != named:
+            raise ValueError(f"{path}: 'seeds' as a mapping needs one list per variant {sorted(named)}, got "
+                             f"{sorted(seeds)}")
+        bad = {k: v for k, v in seeds.items() if not isinstance(v, list) or not v}
+        if bad:
+            raise ValueError(f"{path}: every 'seeds' entry needs a non-empty list, got {bad!r}")
+    elif seeds is not None and (not isinstance(seeds, list) or not seeds):
+        raise ValueError(f"{path}: 'seeds' needs a non-empty list (or a mapping variant → list), got {seeds!r}")
     owners: dict[str, str] = {}
     variant_keys = {k for extra in (spec.get("variants") or {}).values() for k in (extra or {})}
     for section, keys in (("grid", grid), ("zip", zipped), ("variants", variant_keys),
@@ -130,10 +139,14 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
                          f"{ {k: len(v) for k, v in zipped.items()} }")
     zip_rows = list(zip(*zipped.values())) if zipped else [()]
     seeds = spec.get("seeds") or [None]
+    per_variant = seeds if isinstance(seeds, dict) else {v: seeds for v in variants}
     name = spec.get("name", path.stem)
     runs = []
-    for (variant, extra), combo, row, seed in itertools.product(
-            variants.items(), itertools.product(*grid.values()), zip_rows, seeds):
+    points = [(variant, extra, combo, row, seed)
+              for (variant, extra), combo, row in itertools.product(variants.items(),
+                                                                    itertools.product(*grid.values()), zip_rows)
+              for seed in per_variant[variant]]
+    for variant, extra, combo, row, seed in points:
         axes = {**dict(zip(grid, combo)), **dict(zip(zipped, row))}
         overrides = base + _flatten(extra or {}) + [f"{k}={json.dumps(v)}" for k, v in axes.items()]
         if seed is not None:
