@@ -6,7 +6,7 @@
 # Each shell trains the next run nobody has claimed (a run folder's lock keeps two shells off one run;
 # docs/locking.md), so SHELLS processes share the runs without a scheduler: submitit's local executor would
 # start all of them at once (it ignores array_parallelism, submitit issue #1685), and one-thread runs
-# beyond the core count only slow each other down. Every 30 s a line gives each run's state and step;
+# beyond the core count only slow each other down. Every 30 s a line gives each shell's run and step;
 # each shell's training log is in ROOT/logs/. A rerun resumes: done runs are skipped, cut ones resume.
 set -u
 ROOT=${1:-runs/demo}
@@ -25,11 +25,16 @@ for i in $(seq 1 "$SHELLS"); do
   sleep 2  # the first shell claims its run before the next one looks
 done
 
-progress() {  # "3 done, 2 running (meanflow-s1 650, alphaflow-s0 300), 3 new" from `alphaflow sweep --status`
-  "$BIN/alphaflow" sweep "$SWEEP" --root "$ROOT" --status 2>/dev/null | awk '
-    NR > 1 { n[$1]++; if ($1 == "running") { sub(/-[0-9a-f]+$/, "", $3); run = run sep $3 " " $2; sep = ", " } }
-    END { line = ""; for (s in n) { line = line (line ? ", " : "") n[s] " " s (s == "running" ? " (" run ")" : "") }
-          print line }'
+progress() {  # "shell 1: meanflow-s0 650/1500, 2 finished | shell 2: ..." from the shells' own logs (no Python)
+  local i line=""
+  for i in $(seq 1 "$SHELLS"); do
+    line="$line${line:+ | }shell $i: $(awk '
+      /^--- / { run = $2; sub(/-[0-9a-f]+$/, "", run); step = "starting" }
+      /^step [0-9]+\/[0-9]+ / { step = $2 }
+      /^finished / { done++ }
+      END { printf "%s %s, %d finished", (run ? run : "-"), step, done }' "$ROOT/logs/shell-$i.log" 2>/dev/null)"
+  done
+  echo "$line"
 }
 
 while :; do
@@ -48,7 +53,8 @@ for i in "${!pids[@]}"; do
     tail -n 20 "$ROOT/logs/shell-$((i + 1)).log" >&2
   fi
 done
-echo "[$(( $(date +%s) - start )) s] trained: $(progress)"
+echo "[$(( $(date +%s) - start )) s] trained"
+"$BIN/alphaflow" sweep "$SWEEP" --root "$ROOT" --status
 [ "$failed" = 0 ] || exit 1
 "$BIN/alphaflow" report "$ROOT" || exit 1
 echo "demo: $(( $(date +%s) - start )) s from the reference statistics to the report"
