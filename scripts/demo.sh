@@ -37,12 +37,14 @@ progress() {  # "shell 1: meanflow-s0 650/1500, 2 finished | shell 2: ..." from 
   echo "$line"
 }
 
+tick=0
 while :; do
   alive=0
   for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
   [ "$alive" = 1 ] || break
-  sleep 30
-  echo "[$(( $(date +%s) - start )) s] $(progress)"
+  sleep 5  # notice the end within seconds; print every 30 s
+  tick=$(( (tick + 1) % 6 ))
+  [ "$tick" = 0 ] && echo "[$(( $(date +%s) - start )) s] $(progress)"
 done
 
 failed=0
