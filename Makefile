@@ -15,10 +15,16 @@ PIP_TORCH := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+# what training, sweeps and the report need (the demo waits for nothing more) ...
+$(VENV)/.installed-run: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned, so nothing later can swap in a CUDA build
 	$(PY) -m pip install --quiet $(PIP_TORCH) -c constraints.txt torch
+	$(PY) -m pip install --quiet $(PIP_TORCH) -c constraints.txt -e '.[analysis,launch]'
+	touch $@
+
+# ... then everything else of the dev extra: tests, notebooks, trackers, latents, eval models
+$(VENV)/.installed: $(VENV)/.installed-run
 	$(PY) -m pip install --quiet $(PIP_TORCH) -c constraints.txt -e '.[dev]'
 	touch $@
 
@@ -32,7 +38,7 @@ test-fast: setup
 # (DEMO_ROOT to move it; scripts/demo.sh says why not submitit's local executor)
 DEMO_ROOT ?= runs/demo
 DEMO_SHELLS ?= 2
-demo: setup
+demo: $(VENV)/.installed-run
 	ALPHAFLOW_BIN=$(VENV)/bin bash scripts/demo.sh $(DEMO_ROOT) $(DEMO_SHELLS)
 
 # the notebooks read ALPHAFLOW_SWEEP_ROOT if set, else DEMO_ROOT (relative to the repository root)
