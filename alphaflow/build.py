@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from alphaflow.config import Config, ConfigError, from_dict
+from alphaflow.config.extras import check_trackers
 from alphaflow.data import TrainData, check_data_options, dataset_class, dataset_from_config
 from alphaflow.models import MODELS, build_for_data, check_model_name, model_options
 from alphaflow.runfolder import RunFolder, init_checkpoint
@@ -44,6 +45,7 @@ def preflight(cfg: Config) -> None:
     if cfg.data.vae_path is not None and not Path(cfg.data.vae_path).expanduser().exists():
         raise ValueError(f"data.vae_path {cfg.data.vae_path!r} does not exist (a local diffusers AutoencoderKL folder)")
     check_compile(cfg)
+    check_trackers(cfg)
     check_eval(cfg)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from alphaflow.config.merge import ConfigError, _apply, _did_you_mean, _hints, _optional, _type_name, apply_overrides
-from alphaflow.config.schema import DEVICES, PRECISIONS, SAMPLERS, Config, ConflictConfig
+from alphaflow.config.schema import DEVICES, PRECISIONS, SAMPLERS, Config, ConflictConfig, LogConfig
 from alphaflow.conflict import MODES
 from alphaflow.objectives import OPTIONS
 from alphaflow.schedules import ScheduleConfig, check_unit_interval
@@ -130,7 +130,7 @@ def dump_yaml(cfg: Config) -> str:
 
 # Sections added after runs were first named by their hash: left out of the hash while they hold their
 # defaults, so a run folder named before a section existed keeps its name (and resumes) afterwards.
-_LATER_SECTIONS = {"conflict": ConflictConfig}
+_LATER_SECTIONS = {"conflict": ConflictConfig, "log": LogConfig}
 # Fields added to an existing section after that: (section, field) → default, left out the same way.
 _LATER_FIELDS = {("train", "init_from"): None, ("model", "decouple_at"): None, ("model", "logvar"): False,
                  ("model", "aux_head_depth"): None, ("model", "guidance_embed"): False,

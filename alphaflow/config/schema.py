@@ -154,6 +154,14 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    """Experiment trackers fed from the metrics rows (docs/trackers.md; ``pip install 'alphaflow[trackers]'``):
+    ``tensorboard`` writes event files into RUN_DIR/tensorboard. metrics.jsonl stays the source of truth."""
+
+    tensorboard: bool = False
+
+
+@dataclass
 class Config:
     """The whole run. ``Config()`` is the embedded default recipe (``recipes/digits.yaml``)."""
 
@@ -168,5 +176,6 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     conflict: ConflictConfig = field(default_factory=ConflictConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 

@@ -1,7 +1,8 @@
 """Callbacks: work that runs inside a training run without the loop knowing what it is.
 
 The loop calls ``on_log`` at every metrics row (on every rank, so a callback may average over ranks; keys it
-returns land in that row) and ``on_end`` once the last step is saved, before DONE (a crash there reruns
+returns land in that row), ``on_row`` with the finished row once it is in metrics.jsonl (main rank; the
+trackers of ``alphaflow.train.trackers``) and ``on_end`` once the last step is saved, before DONE (a crash there reruns
 only the end-of-run work on resume). A callback names the config keys it serves in ``serves``; ``train``
 refuses a config that turns on a key no callback serves (``eval.every`` without the evaluation callbacks,
 say) instead of silently skipping it. The online gradient probe (``probe.every``) is the loop's own.
@@ -9,44 +10,14 @@ say) instead of silently skipping it. The online gradient probe (``probe.every``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch import nn
 
 from alphaflow.config import Config
 from alphaflow.instrument.probes import probe_gradients, probe_sample
-from alphaflow.objectives import Objective
 from alphaflow.train import distributed as D
-
-
-@dataclass
-class LogContext:
-    """What a callback sees at a metrics row: the step just taken, its batch (x [B, ...], y [B] or None),
-    the unwrapped network, its EMA copy, the objective, the process group and the training data."""
-
-    step: int
-    x: torch.Tensor
-    y: torch.Tensor | None
-    net: nn.Module
-    ema: nn.Module
-    objective: Objective
-    info: D.DistInfo
-    data: Any = None  # the run's TrainData
-
-
-class Callback:
-    """Base class; override what you need."""
-
-    serves: tuple[str, ...] = ()  # config keys this callback implements, e.g. ("eval.every",)
-
-    def on_log(self, ctx: LogContext) -> dict[str, Any]:
-        return {}
-
-    def on_end(self, run_dir: Path, device: torch.device, info: D.DistInfo, log: Callable[[str], None]) -> None:
-        pass
+from alphaflow.train.hooks import Callback, LogContext  # re-exported: the interface lives in hooks.py
 
 
 # config keys that ask for work a callback does: key → whether this config turns it on

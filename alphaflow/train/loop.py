@@ -28,6 +28,7 @@ from alphaflow.models import build_for_data, model_options
 from alphaflow.train.optim import EMA, build_optimizer, gradient_norm, sanitize_and_clip, warmup_factor
 from alphaflow.train.progress import Progress
 from alphaflow.train.callbacks import Callback, LogContext, OnlineProbe, check_served
+from alphaflow.train.trackers import append_row, tracker_callbacks
 from alphaflow.train.conflict import ConflictCombiner, no_sync
 from alphaflow.errors import UsageError, format_bytes
 from alphaflow.runfolder import RunFolder
@@ -62,7 +63,7 @@ def train(cfg: Config, out: str | Path, *, callbacks: list[Callback] | None = No
     ``should_stop``: polled after every step (e.g. a preemption flag set by a signal handler); when any
     rank says yes, every rank stops at that same step boundary with a checkpoint.
     """
-    callbacks = [OnlineProbe(cfg), *(callbacks or [])]
+    callbacks = [OnlineProbe(cfg), *(callbacks or []), *tracker_callbacks(cfg, out)]  # trackers last: they read all
     check_served(cfg, callbacks)
     info, created = D.init_distributed(cfg.train.device, cfg.train.dist_timeout_min)
     say = (log or print) if info.is_main else (lambda _msg: None)
@@ -267,7 +268,7 @@ def _maintain(s: _Session, x: torch.Tensor, y: torch.Tensor | None, lr: float, t
         ctx = LogContext(step, x, y, s.net, s.ema.model, s.objective, info, s.data)
         for callback in s.callbacks:
             row.update(callback.on_log(ctx))
-        D.on_main(info, lambda: s.run.append_metrics(row))
+        D.on_main(info, lambda: append_row(s.run, row, s.callbacks))
         # the adaptive weight normalises the loss to ≈ 1 per sample; the unweighted mse shows progress
         progress.tick(step, {"loss": row.get("loss", float("nan")), "mse": row.get("loss_mse", float("nan")),
                              "alpha": row["alpha"]})
@@ -370,8 +371,7 @@ def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def _save(run: RunFolder, cfg: Config, state: dict, net, ema: EMA, opt, data, gen, info: D.DistInfo, *,
-          keep: bool) -> None:
+def _save(run: RunFolder, cfg: Config, state: dict, net, ema: EMA, opt, data, gen, info: D.DistInfo, *, keep: bool):
     rngs = D.gather_objects(_rng_state(gen, info.device), info)  # every rank's RNGs, for an exact resume
     D.on_main(info, lambda: run.save_checkpoint(
         {"format": CHECKPOINT_FORMAT, "step": state["step"], "config": to_dict(cfg), "net": net.state_dict(),

@@ -1,0 +1,20 @@
+"""Optional packages a config asks for (the ``trackers`` extra), checked before anything runs: by
+``alphaflow.build.preflight`` (the command line and the sweeps) and by ``train`` itself (docs/trackers.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from alphaflow.config.merge import ConfigError
+from alphaflow.config.schema import Config
+
+TRACKER_PACKAGES = {"log.tensorboard": "tensorboard"}  # a tracker's config key → the module it needs
+TRACKERS_INSTALL = "pip install 'alphaflow[trackers]'"
+
+
+def check_trackers(cfg: Config) -> None:
+    """Refuse a tracker that is asked for but not installed, naming the key and the install command."""
+    wanted = {"log.tensorboard": cfg.log.tensorboard}
+    for key, package in TRACKER_PACKAGES.items():
+        if wanted[key] and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"{key}=true needs the {package!r} package, which is not installed: {TRACKERS_INSTALL}")
