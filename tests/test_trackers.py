@@ -64,11 +64,91 @@ def test_a_resumed_run_replaces_the_replayed_steps_in_tensorboard(tmp_path):
     assert logged == {1: 1.0, 2: 2.0, 3: 30.0, 4: 40.0, 5: 50.0}
 
 
-def test_a_tracker_that_is_not_installed_is_refused_with_the_install_command(monkeypatch):
+@pytest.mark.parametrize("setting,package", [("log.tensorboard=true", "tensorboard"), ("log.wandb=offline", "wandb")])
+def test_a_tracker_that_is_not_installed_is_refused_with_the_install_command(monkeypatch, setting, package):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
-    cfg = load_config(None, ["log.tensorboard=true"])
-    with pytest.raises(ConfigError, match=r"log.tensorboard=true needs the 'tensorboard' package.*"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a))
+    cfg = load_config(None, [setting])
+    with pytest.raises(ConfigError, match=rf"{setting} needs the '{package}' package.*"
                                           r"pip install 'alphaflow\[trackers\]'"):
         preflight(cfg)
     check_trackers(load_config(None, []))  # nothing asked for: nothing to check
+
+
+def test_an_unknown_wandb_mode_is_refused_naming_the_modes():
+    with pytest.raises(ConfigError, match=r"log.wandb must be one of \['disabled', 'offline', 'online'\]"):
+        load_config(None, ["log.wandb=offlne"])
+
+
+# ----------------------------------------------------------------------------- wandb, offline (no network)
+
+def wandb_records(run_dir):
+    """Every record of the offline runs under RUN_DIR/wandb, in order: wandb's transaction log is a LevelDB-style
+    log (a 7-byte ':W&B' header, then 32 KiB blocks of records with a 7-byte header: crc, length, type) of
+    ``wandb_internal_pb2.Record`` messages."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    out = []
+    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        data, pos, pending = path.read_bytes(), 7, b""
+        assert data[:4] == b":W&B", path
+        while pos + 7 <= len(data):
+            left = 32768 - pos % 32768
+            if left < 7:  # a block's tail too short for a header is padding
+                pos += left
+                continue
+            length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+            chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+            if kind in (1, 4):  # FULL, LAST
+                record = pb.Record()
+                record.ParseFromString(pending + chunk)
+                out.append(record)
+                pending = b""
+            elif kind in (2, 3):  # FIRST, MIDDLE
+                pending += chunk
+            else:
+                break
+    return out
+
+
+def history(records) -> dict[int, dict[str, float]]:
+    rows: dict[int, dict[str, float]] = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "history":
+            items = {i.key or "/".join(i.nested_key): i.value_json for i in r.history.item}
+            step = int(json.loads(items.pop("_step")))
+            rows.setdefault(step, {}).update({k: json.loads(v) for k, v in items.items() if not k.startswith("_")})
+    return rows
+
+
+def test_an_offline_wandb_run_holds_the_metrics_rows_and_a_resumed_run_keeps_its_id(tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="the trackers extra: pip install 'alphaflow[trackers]'")
+    from alphaflow.evaluate.callbacks import train_with_evaluation
+
+    for key in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_MODE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    wandb_on = ["log.tensorboard=false", "log.wandb=offline", "train.steps=6", "train.ckpt_every=2",
+                "eval.final=true", "eval.final_samples=64", "eval.nfe=[1]"]
+    train_with_evaluation(load_config(None, TINY + wandb_on), run, stop_at=2, log=lambda _m: None)
+    first_id = (run / "wandb_id.txt").read_text().strip()
+    train_with_evaluation(load_config(None, TINY + wandb_on), run, log=lambda _m: None)  # resumes at step 2
+    assert (run / "wandb_id.txt").read_text().strip() == first_id
+    offline = sorted(run.glob("wandb/offline-run-*"))
+    assert len(offline) == 2 and all(p.name.endswith(f"-{first_id}") for p in offline), "one wandb run, two attempts"
+    records = wandb_records(run)
+    runs = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert {r.run_id for r in runs} == {first_id} and {r.project for r in runs} == {"alphaflow"}
+    config_keys = {i.key for r in runs for i in r.config.update}  # the config travels with the run record
+    assert {"model", "objective", "train", "log"} <= config_keys
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = history(records)
+    assert sorted(logged) == [r["step"] for r in rows] == [2, 4, 6]
+    for r in rows:
+        for key in ("loss", "loss_mse", "alpha", "probe_cos_tfm_tcc"):
+            assert logged[r["step"]][key] == pytest.approx(r[key], rel=1e-9), (r["step"], key)
+    (evaluation,) = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    summary = {i.key: json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "summary"
+               for i in r.summary.update}
+    assert summary["final_fd_digits_nfe1"] == pytest.approx(evaluation["value"], rel=1e-9)

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from alphaflow.config.merge import ConfigError, _apply, _did_you_mean, _hints, _optional, _type_name, apply_overrides
-from alphaflow.config.schema import DEVICES, PRECISIONS, SAMPLERS, Config, ConflictConfig, LogConfig
+from alphaflow.config.schema import DEVICES, PRECISIONS, SAMPLERS, WANDB_MODES, Config, ConflictConfig, LogConfig
 from alphaflow.conflict import MODES
 from alphaflow.objectives import OPTIONS
 from alphaflow.schedules import ScheduleConfig, check_unit_interval
@@ -194,7 +194,7 @@ _POSITIVE = ("train.dist_timeout_min", "optim.lr", "optim.eps", "optim.grad_clip
 _NON_NEGATIVE = ("conflict.c", "seed", "probe.chunk_size", "train.keep_every", "train.sample_every", "optim.weight_decay", "optim.warmup_steps",
                  "data.workers", "objective.adaptive_p")
 _CHOICES = {"train.device": DEVICES, "train.precision": PRECISIONS, "sample.sampler": SAMPLERS, "conflict.mode": MODES,
-            "model.pos_embed": ("sincos", "stored")}
+            "model.pos_embed": ("sincos", "stored"), "log.wandb": WANDB_MODES}
 
 
 def validate(cfg: Config) -> None:

@@ -16,6 +16,7 @@ from alphaflow.objectives.alpha import AlphaFlowOptions
 # trainer's choice: euler for fm, ode otherwise); a test keeps them equal.
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+WANDB_MODES = ("disabled", "offline", "online")
 SAMPLERS = ("auto", "ode", "consistency", "euler")
 
 # Sections that are tagged unions: base class → (tag field, tag → variant class).
@@ -156,9 +157,14 @@ class EvalConfig:
 @dataclass
 class LogConfig:
     """Experiment trackers fed from the metrics rows (docs/trackers.md; ``pip install 'alphaflow[trackers]'``):
-    ``tensorboard`` writes event files into RUN_DIR/tensorboard. metrics.jsonl stays the source of truth."""
+    ``tensorboard`` writes event files into RUN_DIR/tensorboard; ``wandb`` is disabled, offline (a run in
+    RUN_DIR/wandb, no network; ``wandb sync`` uploads it later) or online, in ``wandb_project`` (and
+    ``wandb_entity``). metrics.jsonl stays the source of truth."""
 
     tensorboard: bool = False
+    wandb: str = "disabled"
+    wandb_project: str = "alphaflow"
+    wandb_entity: str | None = None
 
 
 @dataclass

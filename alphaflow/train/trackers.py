@@ -1,4 +1,4 @@
-"""Experiment trackers (docs/trackers.md): TensorBoard event files fed from the run's own records.
+"""Experiment trackers (docs/trackers.md): TensorBoard event files and wandb runs fed from the run's own records.
 
 metrics.jsonl stays the source of truth. A tracker is a callback that receives each metrics row after the
 trainer has appended it (main rank only, ``Callback.on_row``), the sample grids once they are on disk, and at
@@ -7,6 +7,7 @@ the end the rows of eval.jsonl. The tracker packages are an optional extra (``pi
 (``alphaflow.config.extras.check_trackers``, part of ``alphaflow.build.preflight``).
 
     log.tensorboard=true     RUN_DIR/tensorboard/events.out.tfevents.*     tensorboard --logdir runs/
+    log.wandb=offline        RUN_DIR/wandb/offline-run-*/ (no network)    wandb sync RUN_DIR/wandb/offline-run-*
 
 A scalar's tag is its metrics key (``loss_mse``, ``alpha``, ``probe_cos_tfm_tcc``, ``eval_fd_digits_nfe1``), at
 the row's step; a sample grid is ``samples/nfe<k>``; a final evaluation row of eval.jsonl is
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
+import string
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,18 +29,23 @@ import torch
 
 from alphaflow.config import Config
 from alphaflow.config.extras import check_trackers
+from alphaflow.files import atomic_write_bytes, read_jsonl
 from alphaflow.runfolder import RunFolder
 from alphaflow.train import distributed as D
 from alphaflow.train.hooks import Callback
 
 _GRID = re.compile(r"^step-(\d+)-nfe(\d+)\.png$")
+WANDB_ID = "wandb_id.txt"  # in the run folder: the wandb run a resumed or requeued run continues
 
 
 def tracker_callbacks(cfg: Config, run_dir: str | Path) -> list[Callback]:
     """The tracker callbacks of ``cfg`` for the run in ``run_dir`` (none by default); a tracker that is not
     installed is refused here too, for callers of ``train`` that skip the command's preflight."""
     check_trackers(cfg)
-    return [TensorBoardTracker(run_dir)] if cfg.log.tensorboard else []
+    trackers: list[Callback] = [TensorBoardTracker(run_dir)] if cfg.log.tensorboard else []
+    if cfg.log.wandb != "disabled":
+        trackers.append(WandbTracker(cfg, run_dir))
+    return trackers
 
 
 def append_row(run: RunFolder, row: dict[str, Any], callbacks: list[Callback]) -> None:
@@ -45,6 +53,30 @@ def append_row(run: RunFolder, row: dict[str, Any], callbacks: list[Callback]) -
     run.append_metrics(row)
     for callback in callbacks:
         callback.on_row(row)
+
+
+def final_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of RUN_DIR/eval.jsonl with a finite ``value`` ([] without the file)."""
+    path = run_dir / "eval.jsonl"
+    rows = read_jsonl(path) if path.exists() else []
+    return [r for r in rows if isinstance(r.get("value"), (int, float)) and math.isfinite(r["value"])]
+
+
+def new_grids(run_dir: Path, logged: set[str]) -> list[tuple[int, int, np.ndarray]]:
+    """(step, nfe, RGB array [H, W, 3] uint8) of each sample grid in RUN_DIR/samples not in ``logged`` (by file
+    name), oldest first; their names are added to ``logged``."""
+    from PIL import Image
+
+    out = []
+    folder = run_dir / "samples"
+    for path in sorted(folder.glob("step-*-nfe*.png")) if folder.is_dir() else []:
+        match = _GRID.match(path.name)
+        if match is None or path.name in logged:
+            continue
+        with Image.open(path) as image:
+            out.append((int(match.group(1)), int(match.group(2)), np.asarray(image.convert("RGB"))))
+        logged.add(path.name)
+    return out
 
 
 def scalars(row: dict[str, Any]) -> dict[str, float]:
@@ -81,29 +113,75 @@ class TensorBoardTracker(Callback):
         writer.flush()
 
     def _add_grids(self, writer) -> None:
-        from PIL import Image
-
-        folder = self.run_dir / "samples"
-        for path in sorted(folder.glob("step-*-nfe*.png")) if folder.is_dir() else []:
-            match = _GRID.match(path.name)
-            if match is None or path.name in self.logged:
-                continue
-            with Image.open(path) as image:
-                array = np.asarray(image.convert("RGB"))
-            writer.add_image(f"samples/nfe{int(match.group(2))}", array, int(match.group(1)), dataformats="HWC")
-            self.logged.add(path.name)
+        for step, nfe, array in new_grids(self.run_dir, self.logged):
+            writer.add_image(f"samples/nfe{nfe}", array, step, dataformats="HWC")
 
     def on_end(self, run_dir: Path, device: torch.device, info: D.DistInfo, log: Callable[[str], None]) -> None:
         if not info.is_main:
             return
-        from alphaflow.files import read_jsonl
-
-        evals = read_jsonl(self.run_dir / "eval.jsonl") if (self.run_dir / "eval.jsonl").exists() else []
         writer = self._open(None)  # a resume that only redoes the end work replays no rows: nothing to purge
-        for r in evals:
-            value = r.get("value")
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                writer.add_scalar(f"final_{r.get('metric', 'metric')}_nfe{r.get('nfe')}", float(value), int(r["step"]))
+        for r in final_rows(self.run_dir):
+            writer.add_scalar(f"final_{r.get('metric', 'metric')}_nfe{r.get('nfe')}", float(r["value"]), int(r["step"]))
         self._add_grids(writer)
         writer.close()
         self.writer = None
+
+
+class WandbTracker(Callback):
+    """``log.wandb``: every metrics row's scalars (``run.log(..., step=row["step"])``), the sample grids and, at the
+    end, eval.jsonl's final rows in the run summary, with the resolved config as the wandb config. The wandb run
+    id is kept in RUN_DIR/wandb_id.txt, so a resumed or requeued run continues the same wandb run; ``offline``
+    writes RUN_DIR/wandb/offline-run-*/ and never touches the network (``wandb sync`` uploads it later)."""
+
+    serves = ("log.wandb",)
+
+    def __init__(self, cfg: Config, run_dir: str | Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run = None
+        self.logged: set[str] = set()
+
+    def run_id(self) -> str:
+        """The run folder's wandb id, made (and written atomically) on first use."""
+        path = self.run_dir / WANDB_ID
+        if path.exists():
+            return path.read_text().strip()
+        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # wandb's form
+        atomic_write_bytes(path, (run_id + "\n").encode(), what="the wandb run id")
+        return run_id
+
+    def _open(self):
+        if self.run is None:
+            import wandb
+
+            from alphaflow.config import to_dict
+
+            log = self.cfg.log
+            self.run = wandb.init(project=log.wandb_project, entity=log.wandb_entity, id=self.run_id(),
+                                  resume="allow", mode=log.wandb, dir=str(self.run_dir), name=self.run_dir.name,
+                                  config=to_dict(self.cfg))
+        return self.run
+
+    def on_row(self, row: dict[str, Any]) -> None:
+        run = self._open()
+        values: dict[str, Any] = scalars(row)
+        values.update(self._new_grids())
+        run.log(values, step=int(row["step"]))  # wandb keeps the first value of a step it has seen (a replay)
+
+    def _new_grids(self) -> dict[str, Any]:
+        import wandb
+
+        return {f"samples/nfe{nfe}": wandb.Image(array, caption=f"step {step}")
+                for step, nfe, array in new_grids(self.run_dir, self.logged)}
+
+    def on_end(self, run_dir: Path, device: torch.device, info: D.DistInfo, log: Callable[[str], None]) -> None:
+        if not info.is_main:
+            return
+        run = self._open()
+        for r in final_rows(self.run_dir):
+            run.summary[f"final_{r.get('metric', 'metric')}_nfe{r.get('nfe')}"] = float(r["value"])
+        grids = self._new_grids()
+        if grids:
+            run.log(grids)
+        run.finish()
+        self.run = None
