@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -51,6 +52,7 @@ import torch
 
 from alphaflow.files import (append_jsonl, atomic_copy, atomic_write_bytes, read_checkpoint,  # noqa: F401 (re-exported)
                              read_json, read_jsonl, save_torch_atomic, scan_jsonl)
+from alphaflow.errors import format_bytes
 from alphaflow.runlock import lock_holder
 
 CONFIG, METRICS, CHECKPOINTS, SAMPLES, DONE = "config.json", "metrics.jsonl", "checkpoints", "samples", "DONE"
@@ -207,6 +209,13 @@ class RunFolder:
             if m:
                 found.append((int(m.group(2)), 0 if m.group(1) == "latest" else 1, p))
         return [(step, p) for step, _, p in sorted(found, key=lambda s: (-s[0], s[1]))]
+
+    def warn_if_short_of_space(self, need: int, what: str, say: Callable[[str], None]) -> None:
+        """A line through ``say`` when the folder's file system has less than ``need`` bytes free (for ``what``)."""
+        free = shutil.disk_usage(self.root).free
+        if free < need:
+            say(f"warning: {self.root} has {format_bytes(free)} free, less than {what} need ({format_bytes(need)}); "
+                "a checkpoint that does not fit stops the run (the previous one is kept)")
 
     def save_checkpoint(self, state: dict[str, Any], step: int, *, keep: bool = False) -> Path:
         """Atomically write the rolling checkpoint (and a permanent copy if ``keep``); prune old rolling ones.

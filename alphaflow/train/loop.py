@@ -10,7 +10,6 @@ RNGs, the batch number), so a resumed run continues bit-for-bit where it stopped
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +27,9 @@ from alphaflow.models import build_for_data, model_options
 from alphaflow.train.optim import EMA, build_optimizer, gradient_norm, sanitize_and_clip, warmup_factor
 from alphaflow.train.progress import Progress
 from alphaflow.train.callbacks import Callback, LogContext, OnlineProbe, check_served
-from alphaflow.train.trackers import append_row, tracker_callbacks
+from alphaflow.train.trackers import append_row, close_trackers, tracker_callbacks
 from alphaflow.train.conflict import ConflictCombiner, no_sync
-from alphaflow.errors import UsageError, format_bytes
+from alphaflow.errors import UsageError
 from alphaflow.runfolder import RunFolder
 from alphaflow.train.initialise import initialise_from
 from alphaflow.runlock import run_lock
@@ -75,6 +74,7 @@ def train(cfg: Config, out: str | Path, *, callbacks: list[Callback] | None = No
             D.barrier(info)
         return result
     finally:
+        close_trackers(callbacks)  # a wandb run ends with its trainer, also one that stopped early or failed
         if lock is not None:
             lock.release()
         if created:  # a process group the caller made stays theirs
@@ -178,8 +178,8 @@ def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     if info.is_main and cfg.data.vae_path is not None and data.decodes_samples:
         data.attach_decoder(cfg.data.vae_path, device, batch_size=cfg.eval.decode_batch_size)  # grids are images
     D.on_main(info, lambda: run.truncate_metrics(state["step"]))  # rows past the checkpoint are replayed, once
-    if info.is_main:
-        _warn_if_short_of_space(run, net, say)
+    if info.is_main:  # the next two checkpoints: fp32 weights, EMA and Adam's two moments, 16 bytes per parameter
+        run.warn_if_short_of_space(2 * 16 * sum(p.numel() for p in net.parameters()), "the next two checkpoints", say)
     return _Session(cfg, run, info, say, callbacks, bf16, data, net, _wrap(net, cfg, info), ema, objective, opt, gen,
                     state)
 
@@ -346,16 +346,6 @@ def _log_row(state: dict[str, Any], lr: float, logs: dict, info: D.DistInfo, bat
 
 
 # -------------------------------------------------------------------- checkpoints
-
-def _warn_if_short_of_space(run: RunFolder, net: torch.nn.Module, say: Callable[[str], None]) -> None:
-    """A line before training when the run folder's file system has less free space than the next two
-    checkpoints take (fp32 weights, EMA and Adam's two moments: 16 bytes per parameter)."""
-    need = 2 * 16 * sum(p.numel() for p in net.parameters())
-    free = shutil.disk_usage(run.root).free
-    if free < need:
-        say(f"warning: {run.root} has {format_bytes(free)} free, less than the next two checkpoints need "
-            f"({format_bytes(need)}); a checkpoint that does not fit stops the run (the previous one is kept)")
-
 
 def _host_state(state: dict[str, Any]) -> dict[str, Any]:
     """The loop state with the tick's device sums as host floats (exact: float64 to float), for the checkpoint."""

@@ -55,6 +55,13 @@ def append_row(run: RunFolder, row: dict[str, Any], callbacks: list[Callback]) -
         callback.on_row(row)
 
 
+def close_trackers(callbacks: list[Callback]) -> None:
+    """End what the trackers hold open (``on_end`` does it for a finished run; this for every other exit)."""
+    for callback in callbacks:
+        if isinstance(callback, (TensorBoardTracker, WandbTracker)):
+            callback.close()
+
+
 def final_rows(run_dir: Path) -> list[dict[str, Any]]:
     """The rows of RUN_DIR/eval.jsonl with a finite ``value`` ([] without the file)."""
     path = run_dir / "eval.jsonl"
@@ -123,8 +130,13 @@ class TensorBoardTracker(Callback):
         for r in final_rows(self.run_dir):
             writer.add_scalar(f"final_{r.get('metric', 'metric')}_nfe{r.get('nfe')}", float(r["value"]), int(r["step"]))
         self._add_grids(writer)
-        writer.close()
-        self.writer = None
+        self.close()
+
+    def close(self) -> None:
+        """Flush and close the event file (again is a no-op)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 class WandbTracker(Callback):
@@ -183,5 +195,10 @@ class WandbTracker(Callback):
         grids = self._new_grids()
         if grids:
             run.log(grids)
-        run.finish()
-        self.run = None
+        self.close()
+
+    def close(self) -> None:
+        """Finish the wandb run (again is a no-op); a resumed attempt reopens it by its id."""
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
