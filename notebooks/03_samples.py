@@ -14,12 +14,12 @@
 # `alphaflow eval` measured?
 #
 # **Sweep.** `make demo` runs `sweeps/demo.yaml` into `runs/demo`, the default root. It trains flow matching
-# (`fm`), MeanFlow (`meanflow`) and α-Flow with the sigmoid curriculum (`alphaflow`), three seeds each, and
+# (`fm`, two seeds), MeanFlow (`meanflow`) and α-Flow with the sigmoid curriculum (`alphaflow`), three seeds each, and
 # probes the gradients online every `probe.every` steps. Each run ends with an offline probe of its last
 # checkpoint (`probe.final`) and with its 1- and 2-NFE Fréchet distances (`eval.final`). By hand:
 #
 # ```bash
-# alphaflow sweep sweeps/demo.yaml --root runs/demo --executor local --wait
+# alphaflow sweep sweeps/demo.yaml --root runs/demo --executor inline   # in two shells at once (scripts/demo.sh)
 # alphaflow probe runs/demo/RUN; alphaflow eval runs/demo/RUN    # for runs trained without probe/eval.final
 # ```
 #
