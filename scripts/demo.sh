@@ -19,6 +19,8 @@ start=$(date +%s)
 "$BIN/alphaflow" ref-stats --data digits || exit 1   # train and cache the feature classifier once, not per run
 mkdir -p "$ROOT/logs"
 pids=()
+# background jobs of a script ignore Ctrl-C, so pass it on: the runs keep their checkpoints, and a rerun resumes
+trap 'echo "demo.sh: stopping the shells" >&2; kill "${pids[@]}" 2>/dev/null; wait; exit 130' INT TERM
 for i in $(seq 1 "$SHELLS"); do
   "$BIN/alphaflow" sweep "$SWEEP" --root "$ROOT" --executor inline > "$ROOT/logs/shell-$i.log" 2>&1 &
   pids+=($!)
