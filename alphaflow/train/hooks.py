@@ -45,3 +45,13 @@ class Callback:
 
     def on_end(self, run_dir: Path, device: torch.device, info: D.DistInfo, log: Callable[[str], None]) -> None:
         """End-of-run work, after the last checkpoint and before DONE (every rank)."""
+
+    def close(self) -> None:
+        """Release what the callback holds open (a file, a tracker's run); ``train`` calls it on every exit,
+        finished, stopped or failed, and a second call does nothing."""
+
+
+def close_all(callbacks: list[Callback]) -> None:
+    """``close`` every callback (``train``'s last step, whatever ended the run)."""
+    for callback in callbacks:
+        callback.close()

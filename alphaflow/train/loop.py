@@ -27,7 +27,8 @@ from alphaflow.models import build_for_data, model_options
 from alphaflow.train.optim import EMA, build_optimizer, gradient_norm, sanitize_and_clip, warmup_factor
 from alphaflow.train.progress import Progress
 from alphaflow.train.callbacks import Callback, LogContext, OnlineProbe, check_served
-from alphaflow.train.trackers import append_row, close_trackers, tracker_callbacks
+from alphaflow.train.hooks import close_all
+from alphaflow.train.trackers import append_row, tracker_callbacks
 from alphaflow.train.conflict import ConflictCombiner, no_sync
 from alphaflow.errors import UsageError
 from alphaflow.runfolder import RunFolder
@@ -74,7 +75,7 @@ def train(cfg: Config, out: str | Path, *, callbacks: list[Callback] | None = No
             D.barrier(info)
         return result
     finally:
-        close_trackers(callbacks)  # a wandb run ends with its trainer, also one that stopped early or failed
+        close_all(callbacks)  # e.g. a wandb run ends with its trainer, also one that stopped early or failed
         if lock is not None:
             lock.release()
         if created:  # a process group the caller made stays theirs

@@ -55,18 +55,13 @@ def append_row(run: RunFolder, row: dict[str, Any], callbacks: list[Callback]) -
         callback.on_row(row)
 
 
-def close_trackers(callbacks: list[Callback]) -> None:
-    """End what the trackers hold open (``on_end`` does it for a finished run; this for every other exit)."""
-    for callback in callbacks:
-        if isinstance(callback, (TensorBoardTracker, WandbTracker)):
-            callback.close()
-
-
-def final_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """The rows of RUN_DIR/eval.jsonl with a finite ``value`` ([] without the file)."""
+def final_scalars(run_dir: Path) -> list[tuple[str, float, int]]:
+    """(``final_<metric>_nfe<k>``, value, step) for each row of RUN_DIR/eval.jsonl with a finite value ([] without
+    the file): the final evaluation as both trackers name it."""
     path = run_dir / "eval.jsonl"
     rows = read_jsonl(path) if path.exists() else []
-    return [r for r in rows if isinstance(r.get("value"), (int, float)) and math.isfinite(r["value"])]
+    return [(f"final_{r.get('metric', 'metric')}_nfe{r.get('nfe')}", float(r["value"]), int(r["step"]))
+            for r in rows if isinstance(r.get("value"), (int, float)) and math.isfinite(r["value"])]
 
 
 def new_grids(run_dir: Path, logged: set[str]) -> list[tuple[int, int, np.ndarray]]:
@@ -127,8 +122,8 @@ class TensorBoardTracker(Callback):
         if not info.is_main:
             return
         writer = self._open(None)  # a resume that only redoes the end work replays no rows: nothing to purge
-        for r in final_rows(self.run_dir):
-            writer.add_scalar(f"final_{r.get('metric', 'metric')}_nfe{r.get('nfe')}", float(r["value"]), int(r["step"]))
+        for tag, value, step in final_scalars(self.run_dir):
+            writer.add_scalar(tag, value, step)
         self._add_grids(writer)
         self.close()
 
@@ -190,8 +185,8 @@ class WandbTracker(Callback):
         if not info.is_main:
             return
         run = self._open()
-        for r in final_rows(self.run_dir):
-            run.summary[f"final_{r.get('metric', 'metric')}_nfe{r.get('nfe')}"] = float(r["value"])
+        for tag, value, _step in final_scalars(self.run_dir):
+            run.summary[tag] = value
         grids = self._new_grids()
         if grids:
             run.log(grids)
