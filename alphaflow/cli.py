@@ -113,6 +113,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from alphaflow.launch.sweeps import load_sweep
 
     sweep = load_sweep(args.file, args.overrides)
+    if args.smoke:
+        return _cmd_smoke(args, sweep)
+    if args.smoke_steps is not None:
+        raise UsageError("--smoke-steps sets the steps of a rehearsal; add --smoke")
     root = Path(args.root or f"runs/{sweep.name}")
     if not (args.dry_run or args.status):
         _preflight_runs(sweep.runs)
@@ -122,28 +126,63 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if kind != "inline":
         launcher.executor_parameters(sweep.resources)  # refuse unknown resources before anything runs
         sweep.resources = launcher.with_defaults(sweep.resources, sweep.runs)
-    from alphaflow.runfolder import RunFolder, run_status
-
     if args.dry_run or args.status:
-        state = launcher.scheduler_state(root) if args.status else None
-        print(f"{'state':<11} {'step':>7}  run")
-        for r in sweep.runs:
-            st = run_status(root / r.name, state)
-            extra = f"   [{st.detail}]" if st.detail else ("" if args.status else "   " + " ".join(r.overrides))
-            print(f"{st.state:<11} {RunFolder(root / r.name).last_step():>7}  {r.name}{extra}")
-        if args.dry_run and kind == "slurm":
-            print("\n# the batch script of the job array:\n" + launcher.sbatch_script(root, sweep.resources, sweep.name,
-                                                                                    len(sweep.runs)))
-        return 0
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--root {root}: cannot create this folder ({exc.strerror or exc})") from None
+        return _cmd_sweep_listing(args, sweep, root, kind)
+    _make_root(root)
     jobs = launcher.submit(sweep.runs, root, executor=kind, resources=sweep.resources, name=sweep.name,
                            retry_failed=args.retry_failed)
     if args.wait and jobs:
         return 1 if launcher.wait(jobs, sweep.runs, root, every=args.wait_every) else 0
     return 0
+
+
+def _cmd_sweep_listing(args: argparse.Namespace, sweep, root: Path, kind: str) -> int:
+    """--dry-run (the runs and their overrides; for slurm the batch script) or --status (each run's state)."""
+    from alphaflow.launch import executors as launcher
+    from alphaflow.runfolder import RunFolder, run_status
+
+    state = launcher.scheduler_state(root) if args.status else None
+    print(f"{'state':<11} {'step':>7}  run")
+    for r in sweep.runs:
+        st = run_status(root / r.name, state)
+        extra = f"   [{st.detail}]" if st.detail else ("" if args.status else "   " + " ".join(r.overrides))
+        print(f"{st.state:<11} {RunFolder(root / r.name).last_step():>7}  {r.name}{extra}")
+    if args.dry_run and kind == "slurm":
+        print("\n# the batch script of the job array:\n" + launcher.sbatch_script(root, sweep.resources, sweep.name,
+                                                                                len(sweep.runs)))
+    return 0
+
+
+def _make_root(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--root {root}: cannot create this folder ({exc.strerror or exc})") from None
+
+
+def _cmd_smoke(args: argparse.Namespace, real) -> int:
+    """``sweep FILE --smoke``: every run shrunk and trained here for a few CPU steps (``alphaflow.launch.smoke``)."""
+    from alphaflow.launch import smoke
+
+    if args.executor not in ("auto", "inline"):
+        raise UsageError(f"--smoke trains every run in this process on this CPU; --executor {args.executor} is for "
+                         "the real sweep (the rehearsal prints its batch script)")
+    if args.retry_failed or args.wait:
+        raise UsageError("--smoke retries failed runs and waits for every run by itself; drop --retry-failed/--wait")
+    steps = smoke.SMOKE_STEPS if args.smoke_steps is None else args.smoke_steps
+    sweep, shrunk = smoke.smoke_sweep(real, steps)
+    root = Path(args.root or f"runs/{sweep.name}")
+    if args.status:
+        return _cmd_sweep_listing(args, sweep, root, "inline")
+    if not args.dry_run:
+        _preflight_runs(real.runs)  # the real configs too: a block count or path check the shrinking could hide
+        _preflight_runs(sweep.runs)
+    print(smoke.describe(args.file, sweep, shrunk, root, steps))
+    print(smoke.resources_summary(sweep, real.runs, Path(f"runs/{real.name}")), flush=True)
+    if args.dry_run:
+        return _cmd_sweep_listing(args, sweep, root, "inline")
+    _make_root(root)
+    return 1 if smoke.rehearse(sweep, root) else 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -241,6 +280,10 @@ def _add_probe_and_sweep_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", action="store_true", help="stay until every submitted job has ended, showing progress; "
                                                          "exit 1 if any run did not finish")
     p.add_argument("--wait-every", type=float, default=30.0, help="seconds between progress lines with --wait")
+    p.add_argument("--smoke", action="store_true",
+                   help="rehearse every run here for a few CPU steps: model size, batches, steps and intervals shrunk "
+                        "(listed), the rest as in the file; into runs/<sweep>-smoke unless --root")
+    p.add_argument("--smoke-steps", type=int, default=None, metavar="N", help="steps per run with --smoke (default 4)")
     p.set_defaults(func=_cmd_sweep)
 
 
@@ -304,6 +347,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     or ``ALPHAFLOW_DEBUG=1``, shows the traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("ALPHAFLOW_DEBUG", "") not in ("", "0")
-    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    parser = build_parser()
+    args, extra = parser.parse_known_args([a for a in argv if a != "--debug"])
+    # key=value after a flag (`sweep FILE --smoke data.path=X`): argparse has closed the overrides by then
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*(args.overrides or []), *extra]
     return run_command(f"alphaflow {args.command}", lambda: args.func(args), debug=debug,
                        resumable=args.command in ("train", "sweep"))

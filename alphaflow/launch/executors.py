@@ -200,7 +200,7 @@ def _states(runs: list[SweepRun], root: Path) -> list[str]:
     return [run_status(root / r.name, lookup).state for r in runs]
 
 
-def _prepare(root: Path, r: SweepRun) -> RunFolder:
+def prepare_run(root: Path, r: SweepRun) -> RunFolder:
     """Write config.json and run.json and drop a stale error.txt: from here on the run is at least incomplete."""
     run = RunFolder(root / r.name)
     run.write_config(to_dict(r.config))
@@ -229,7 +229,7 @@ def run_inline(runs: list[SweepRun], root: str | Path, *, name: str = "", resour
             continue
         log(f"--- {r.name} ({state})")
         try:
-            train(r.config, _prepare(root, r).root, log=log)
+            train(r.config, prepare_run(root, r).root, log=log)
         except RunLocked as exc:  # started by another process between the check and the lock: it is that one's
             log(f"skipped: {exc}")
     return []
@@ -252,7 +252,7 @@ def submit_array(kind: str, runs: list[SweepRun], root: str | Path, *, name: str
         log("nothing to submit")
         return []
     for r in todo:
-        _prepare(root, r)
+        prepare_run(root, r)
     parallel = resources.get("array_parallelism")
     if kind == "local" and len(todo) > 1 and parallel is not None and parallel < len(todo):
         log(f"warning: submitit's local executor starts all {len(todo)} jobs at once; resources.array_parallelism="
