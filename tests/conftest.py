@@ -90,7 +90,7 @@ def latents(tmp_path_factory):
 SLOW_MODULES = {"test_trainer", "test_launcher", "test_launcher_races", "test_conflict_training", "test_launcher_slurm", "test_slurm_cluster", "test_notebooks",
                 "test_compile", "test_evaluate", "test_run_eval", "test_gpucheck", "test_readme", "test_sweeps",
                 "test_memplan", "test_bench", "test_metrics_digits", "test_features", "test_bf16_objectives",
-                "test_host_syncs", "test_extractors", "test_official_runs"}
+                "test_host_syncs", "test_extractors", "test_official_runs", "test_smoke_imagenet"}
 
 
 def pytest_collection_modifyitems(config, items):
