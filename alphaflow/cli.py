@@ -7,9 +7,12 @@ import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from alphaflow.errors import UsageError, run_command
+
+if TYPE_CHECKING:  # the launcher is imported by the commands that use it
+    from alphaflow.launch.sweeps import Sweep
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -136,7 +139,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_sweep_listing(args: argparse.Namespace, sweep, root: Path, kind: str) -> int:
+def _cmd_sweep_listing(args: argparse.Namespace, sweep: Sweep, root: Path, kind: str) -> int:
     """--dry-run (the runs and their overrides; for slurm the batch script) or --status (each run's state)."""
     from alphaflow.launch import executors as launcher
     from alphaflow.runfolder import RunFolder, run_status
@@ -160,7 +163,7 @@ def _make_root(root: Path) -> None:
         raise UsageError(f"--root {root}: cannot create this folder ({exc.strerror or exc})") from None
 
 
-def _cmd_smoke(args: argparse.Namespace, real) -> int:
+def _cmd_smoke(args: argparse.Namespace, real: Sweep) -> int:
     """``sweep FILE --smoke``: every run shrunk and trained here for a few CPU steps (``alphaflow.launch.smoke``)."""
     from alphaflow.launch import smoke
 

@@ -20,7 +20,7 @@ KEPT = ("seed", "objective", "optim", "ema", "conflict")
 
 
 def test_every_committed_sweep_file_is_found():
-    assert len(SWEEPS) >= 15 and any(p.parent.name == "imagenet" for p in SWEEPS)
+    assert len(SWEEPS) >= 16 and any(p.parent.name == "imagenet" for p in SWEEPS)
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: f"{p.parent.name}/{p.name}")
