@@ -181,7 +181,7 @@ def _cmd_smoke(args: argparse.Namespace, real: Sweep) -> int:
         _preflight_runs(real.runs)  # the real configs too: a block count or path check the shrinking could hide
         _preflight_runs(sweep.runs)
     print(smoke.describe(args.file, sweep, shrunk, root, steps))
-    print(smoke.resources_summary(sweep, real.runs, Path(f"runs/{real.name}")), flush=True)
+    print(smoke.resources_summary(real, Path(f"runs/{real.name}")), flush=True)
     if args.dry_run:
         return _cmd_sweep_listing(args, sweep, root, "inline")
     _make_root(root)

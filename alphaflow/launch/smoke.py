@@ -146,8 +146,8 @@ def smoke_sweep(sweep: Sweep, steps: int = SMOKE_STEPS) -> tuple[Sweep, list[Shr
 
 def describe(file: str | Path, sweep: Sweep, shrunk: list[Shrunk], root: Path, steps: int) -> str:
     """The rehearsal's header: what it runs where, and the table of what it shrank."""
-    lines = [f"smoke rehearsal of {file}: {len(sweep.runs)} runs of {sweep.name[:-len('-smoke')]}, {steps} steps "
-             f"each on this CPU, in this process, into {root}",
+    lines = [f"smoke rehearsal of {file}: {len(sweep.runs)} runs, {steps} steps each on this CPU, in this process, "
+             f"into {root}",
              "shrunk to fit this machine (everything else as in the file: objective, schedules, guidance, conflict, "
              "data, optimiser, EMA):"]
     width = max((len(s.key) for s in shrunk), default=0)
@@ -160,14 +160,14 @@ def describe(file: str | Path, sweep: Sweep, shrunk: list[Shrunk], root: Path, s
     return "\n".join(lines)
 
 
-def resources_summary(sweep: Sweep, real_runs: list[SweepRun], root: Path) -> str:
-    """The file's resources, checked and completed as the real submission would (``executor_parameters``,
-    ``with_defaults``), and the ``#SBATCH`` lines of the batch script SLURM would get for the real runs."""
+def resources_summary(real: Sweep, root: Path) -> str:
+    """The file's resources, checked and completed as the real submission of ``real`` (the unshrunk sweep) under
+    ``root`` would (``executor_parameters``, ``with_defaults``), and the ``#SBATCH`` lines of its batch script."""
     from alphaflow.launch import executors  # imports submitit: the launcher's job
 
-    executors.executor_parameters(sweep.resources)
-    resources = executors.with_defaults(sweep.resources, real_runs)
-    script = executors.sbatch_script(root, resources, sweep.name[:-len("-smoke")], len(real_runs))
+    executors.executor_parameters(real.resources)
+    resources = executors.with_defaults(real.resources, real.runs)
+    script = executors.sbatch_script(root, resources, real.name, len(real.runs))
     header = [line for line in script.splitlines() if line.startswith("#SBATCH")]
     given = " ".join(f"{k}={v}" for k, v in resources.items())
     return "\n".join([f"resources (checked, not used here): {given or '(defaults)'}",

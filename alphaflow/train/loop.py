@@ -362,7 +362,8 @@ def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def _save(run: RunFolder, cfg: Config, state: dict, net, ema: EMA, opt, data, gen, info: D.DistInfo, *, keep: bool):
+def _save(run: RunFolder, cfg: Config, state: dict, net, ema: EMA, opt, data, gen, info: D.DistInfo, *,
+          keep: bool) -> None:
     rngs = D.gather_objects(_rng_state(gen, info.device), info)  # every rank's RNGs, for an exact resume
     D.on_main(info, lambda: run.save_checkpoint(
         {"format": CHECKPOINT_FORMAT, "step": state["step"], "config": to_dict(cfg), "net": net.state_dict(),
