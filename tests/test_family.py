@@ -195,12 +195,13 @@ def test_a_conflict_rule_passes_modular_meanflows_third_part_unchanged(every, ti
     from alphaflow.config.schema import ConflictConfig
     from alphaflow.train.conflict import ConflictCombiner
     from alphaflow.train.distributed import DistInfo
+    from alphaflow.train.step import LoopState
 
     x, y = batch
     objective = build_objective("modular_meanflow", lam=0.5)
     params = list(tiny_net.parameters())
     combiner = ConflictCombiner(ConflictConfig(mode="cagrad", c=0.0, every=every), tiny_net, params, DistInfo())
-    state: dict = {}
+    state = LoopState()
     for step in range(2):
         terms = objective(tiny_net, x, y, generator=torch.Generator().manual_seed(step))
         expected = torch.autograd.grad(terms.loss.mean(), params, retain_graph=True)

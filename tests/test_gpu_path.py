@@ -15,6 +15,7 @@ import torch
 
 import alphaflow.train.distributed as D
 import alphaflow.train.loop as trainer_module
+from alphaflow.train.step import LoopState, StepOutput
 from alphaflow.data.latent_data import LatentData
 from alphaflow.models import build_model
 from alphaflow.objectives import MeanFlow
@@ -52,11 +53,11 @@ def test_a_collective_refuses_a_tensor_off_the_runs_device():
 
 def test_the_log_tick_reduces_on_the_runs_device(recorded_collectives):
     """The per-tick means were a float64 CPU tensor: NCCL refuses it at the first log step of an 8-GPU run."""
-    state = {"step": 2, "images": 32, "wall": 1.0, "tick": trainer_module._new_tick()}
+    state = LoopState(step=2, images=32, wall=1.0)
     for _ in range(2):
-        loss = torch.tensor(0.5)
         terms = type("T", (), {"components": {"mse": torch.tensor([1.0, 3.0])}})()
-        trainer_module._accumulate(state["tick"], terms, loss, torch.tensor(2.0), True)
+        out = StepOutput(terms, torch.tensor(0.5), torch.tensor(2.0), finite=True, stop=False)
+        trainer_module._accumulate(state.tick, out)
     row = trainer_module._log_row(state, 1e-3, {"alpha": 0.5}, fake_rank(), 16)
     assert recorded_collectives == [META] and {"loss", "loss_mse", "grad_norm"} <= row.keys()
 

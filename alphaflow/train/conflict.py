@@ -69,7 +69,8 @@ class ConflictCombiner:
     """Combines g_TFM and g_TCC by ``cfg.mode`` at every step (module docstring).
 
     ``net``: the unwrapped network, whose parameters are ``params`` (the trainer's list, in its order).
-    ``state``: the trainer's checkpointed loop state; the reused coefficients live in ``state["conflict_coef"]``.
+    ``state``: the trainer's checkpointed loop state (``alphaflow.train.step.LoopState``); the reused coefficients
+    live in ``state.conflict_coef``.
     """
 
     def __init__(self, cfg: ConflictConfig, net: nn.Module, params: list[nn.Parameter], info: D.DistInfo) -> None:
@@ -84,17 +85,17 @@ class ConflictCombiner:
             group_of[members] = k
         self.group_of = group_of.to(params[0].device if params else "cpu")
 
-    def exact(self, step: int, state: dict[str, Any]) -> bool:
-        """Whether ``step`` computes both gradients (else it reuses ``state["conflict_coef"]``)."""
-        return self.cfg.every == 1 or step % self.cfg.every == 0 or state.get("conflict_coef") is None
+    def exact(self, step: int, state: Any) -> bool:
+        """Whether ``step`` computes both gradients (else it reuses ``state.conflict_coef``)."""
+        return self.cfg.every == 1 or step % self.cfg.every == 0 or state.conflict_coef is None
 
-    def backward(self, terms: Any, step: int, state: dict[str, Any]) -> dict[str, Tensor]:
+    def backward(self, terms: Any, step: int, state: Any) -> dict[str, Tensor]:
         """Fill every ``p.grad`` with the combined gradient; returns this step's ``conflict_*`` scalars (0-dim
         device tensors; none on a reuse step)."""
         part_tfm, part_tcc = weighted_parts(terms)
         part_extra = weighted_extra(terms)
         if not self.exact(step, state):
-            coef = torch.as_tensor(state["conflict_coef"], dtype=part_tfm.dtype, device=part_tfm.device)
+            coef = torch.as_tensor(state.conflict_coef, dtype=part_tfm.dtype, device=part_tfm.device)
             total = coef[0, 0] * part_tfm + coef[0, 1] * part_tcc
             (total if part_extra is None else total + part_extra).backward()
             return {}
@@ -117,10 +118,10 @@ class ConflictCombiner:
         self._pending = coef.detach() if self.cfg.every > 1 else None
         return {f"conflict_{name}": value for name, value in conflict_stats(gram, coef).items()}
 
-    def commit(self, state: dict[str, Any]) -> None:
+    def commit(self, state: Any) -> None:
         """After a finite step: keep its coefficients for the reuse steps (a skipped step's are dropped)."""
         if self._pending is not None:
-            state["conflict_coef"] = self._pending
+            state.conflict_coef = self._pending
             self._pending = None
 
     def _grads(self, value: Tensor, *, retain: bool) -> list[Tensor]:

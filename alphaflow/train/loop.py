@@ -24,12 +24,13 @@ from alphaflow.objectives import objective_from_options
 from alphaflow.config import Config, from_dict, to_dict
 from alphaflow.data import build_dataset, dataset_options
 from alphaflow.models import build_for_data, model_options
-from alphaflow.train.optim import EMA, build_optimizer, gradient_norm, sanitize_and_clip, warmup_factor
+from alphaflow.train.optim import EMA, build_optimizer, warmup_factor
+from alphaflow.train.step import LoopState, StepOutput, StepParts, Tick, training_step
 from alphaflow.train.progress import Progress
 from alphaflow.train.callbacks import Callback, LogContext, OnlineProbe, check_served
 from alphaflow.train.hooks import close_all
 from alphaflow.train.trackers import append_row, tracker_callbacks
-from alphaflow.train.conflict import ConflictCombiner, no_sync
+from alphaflow.train.conflict import ConflictCombiner
 from alphaflow.errors import UsageError
 from alphaflow.runfolder import RunFolder
 from alphaflow.train.initialise import initialise_from
@@ -85,8 +86,8 @@ def train(cfg: Config, out: str | Path, *, callbacks: list[Callback] | None = No
 @dataclass
 class _Session:
     """Everything one training run holds: the config, its folder, the process group, the network and its
-    wrapper, EMA, optimiser, objective, data, the generator and the mutable ``state`` (step, images, wall,
-    nonfinite, tick) that a checkpoint saves."""
+    wrapper, EMA, optimiser, objective, data, the generator and the loop ``state`` that a checkpoint saves;
+    ``parts``: what ``training_step`` acts on."""
 
     cfg: Config
     run: RunFolder
@@ -101,14 +102,19 @@ class _Session:
     objective: Any
     opt: torch.optim.Optimizer
     gen: torch.Generator
-    state: dict[str, Any]
-    params: list[torch.nn.Parameter] = field(default_factory=list)  # net's, listed once for the per-step norm
-    conflict: ConflictCombiner | None = None  # conflict.mode other than none: how g_TFM and g_TCC combine
+    state: LoopState
+    parts: StepParts = field(init=False)
 
     def __post_init__(self) -> None:
-        self.params = list(self.net.parameters())
-        if self.cfg.conflict.mode != "none":
-            self.conflict = ConflictCombiner(self.cfg.conflict, self.net, self.params, self.info)
+        params = list(self.net.parameters())  # listed once, for the per-step norm
+        conflict = (ConflictCombiner(self.cfg.conflict, self.net, params, self.info)
+                    if self.cfg.conflict.mode != "none" else None)  # how g_TFM and g_TCC combine
+        self.parts = StepParts(self.net, self.model, self.objective, self.opt, self.ema, self.info, self.bf16,
+                               self.cfg.optim.grad_clip, conflict, params)
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return self.parts.params
 
     @property
     def device(self) -> torch.device:
@@ -130,24 +136,24 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     s = _start(cfg, run, info, say, callbacks, data)
     batches = EpochBatches(s.data, global_batch=cfg.train.batch_size, seed=cfg.seed, rank=info.rank,
                            world_size=info.world_size, pin_memory=s.device.type == "cuda")
-    progress = Progress(cfg.train.steps, s.state["step"], enabled=info.is_main, say=say)
+    progress = Progress(cfg.train.steps, s.state.step, enabled=info.is_main, say=say)
     t_last = time.perf_counter()
     stop = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
-    for raw, labels in batches.iterate(s.state["step"], stop, cfg.data.workers):
-        x, y, lr, terms, stopping = _step(s, raw, labels, should_stop)
+    for raw, labels in batches.iterate(s.state.step, stop, cfg.data.workers):
+        x, y, lr, out = _step(s, raw, labels, should_stop)
         progress.step()
         now = time.perf_counter()
-        s.state["wall"] += now - t_last
-        stop = _maintain(s, x, y, lr, terms, stop, stopping, progress)
+        s.state.wall += now - t_last
+        stop = _maintain(s, x, y, lr, out, stop, progress)
         t_last = time.perf_counter()  # maintenance time is not training time
-        if s.state["step"] == stop:
+        if s.state.step == stop:
             break
     progress.close()
-    if s.state["step"] < cfg.train.steps:
-        say(f"stopped at step {s.state['step']} of {cfg.train.steps}; run the same command again to resume")
-        return TrainResult(run, s.net, s.ema.model, s.state["step"], False)
+    if s.state.step < cfg.train.steps:
+        say(f"stopped at step {s.state.step} of {cfg.train.steps}; run the same command again to resume")
+        return TrainResult(run, s.net, s.ema.model, s.state.step, False)
     _finish(s)
-    return TrainResult(run, s.net, s.ema.model, s.state["step"], True)
+    return TrainResult(run, s.net, s.ema.model, s.state.step, True)
 
 
 def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], None],
@@ -164,13 +170,13 @@ def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     o = cfg.optim
     opt = build_optimizer(net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + info.rank)
-    state: dict[str, Any] = {"step": 0, "images": 0, "wall": 0.0, "nonfinite": 0, "tick": _new_tick()}
+    state = LoopState()
     resumed = run.load_checkpoint(map_location="cpu", report=say)
     if resumed is not None:
         ckpt, path = resumed
         state = _restore(ckpt, net, ema, opt, data, gen, info, say)
         del ckpt, resumed  # its tensors were copied into the model, EMA and Adam: free the host copy
-        say(f"resuming {run.root} from {path.name} (step {state['step']})")
+        say(f"resuming {run.root} from {path.name} (step {state.step})")
     elif cfg.train.init_from:
         record = initialise_from(cfg.train.init_from, net, ema, data, say, seed=cfg.seed, root=run.root.parent)
         D.on_main(info, lambda: run.write_init(record))
@@ -178,7 +184,7 @@ def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         data.fit_stats(torch.Generator().manual_seed(cfg.seed), cfg.data.stats_samples)
     if info.is_main and cfg.data.vae_path is not None and data.decodes_samples:
         data.attach_decoder(cfg.data.vae_path, device, batch_size=cfg.eval.decode_batch_size)  # grids are images
-    D.on_main(info, lambda: run.truncate_metrics(state["step"]))  # rows past the checkpoint are replayed, once
+    D.on_main(info, lambda: run.truncate_metrics(state.step))  # rows past the checkpoint are replayed, once
     if info.is_main:  # the next two checkpoints: fp32 weights, EMA and Adam's two moments, 16 bytes per parameter
         run.warn_if_short_of_space(2 * 16 * sum(p.numel() for p in net.parameters()), "the next two checkpoints", say)
     return _Session(cfg, run, info, say, callbacks, bf16, data, net, _wrap(net, cfg, info), ema, objective, opt, gen,
@@ -207,65 +213,38 @@ def _wrap(net: torch.nn.Module, cfg: Config, info: D.DistInfo) -> torch.nn.Modul
     return model
 
 
-def _step(s: _Session, raw: torch.Tensor, labels: torch.Tensor, should_stop: Callable[[], bool] | None):
-    """One optimiser step on the batch: (x, y, lr, terms, whether any rank asked to stop)."""
-    cfg, o, state, device = s.cfg, s.cfg.optim, s.state, s.device
-    step = state["step"]
+def _step(s: _Session, raw: torch.Tensor, labels: torch.Tensor,
+          should_stop: Callable[[], bool] | None) -> tuple[torch.Tensor, torch.Tensor | None, float, StepOutput]:
+    """Prepare the batch, take ``training_step`` on it, count the step: (x, y, lr, the step's output)."""
+    cfg, state, device = s.cfg, s.state, s.device
     x = s.data.prepare(raw.to(device, non_blocking=True), s.gen)
     y = labels.to(device, non_blocking=True) if s.data.num_classes > 0 else None
-    lr = o.lr * warmup_factor(step, o.warmup_steps)
-    for group in s.opt.param_groups:
-        group["lr"] = lr
-    exact = s.conflict is not None and s.conflict.exact(step, state)  # two backward passes, reduced by hand
-    with no_sync(s.model) if exact else contextlib.nullcontext():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.bf16):
-            terms = s.objective(s.model, x, y, step=step, generator=s.gen)
-    loss = terms.loss.float().mean()
-    s.opt.zero_grad(set_to_none=True)
-    conflict: dict[str, torch.Tensor] = {}
-    if s.conflict is None:
-        loss.backward()
+    lr = cfg.optim.lr * warmup_factor(state.step, cfg.optim.warmup_steps)
+    out = training_step(s.parts, state, x, y, lr=lr, generator=s.gen, should_stop=should_stop)
+    if out.finite:
+        state.nonfinite = 0
     else:
-        conflict = s.conflict.backward(terms, step, state)
-    # One reduction per step carries the cross-rank decisions (loss finite? gradients finite? anyone asked
-    # to stop?) and its host transfer is the step's only device sync. new_full is a fill on the device, not
-    # a copy. The gradient norm is the same on every rank: DDP has averaged the gradients in backward.
-    params = s.params
-    norm = gradient_norm(params)
-    flags = torch.stack([torch.isfinite(loss.detach()).float(), torch.isfinite(norm).float(),
-                         loss.new_full((), float(should_stop is not None and should_stop()))])
-    all_finite, grads_finite, any_stop = D.all_reduce_mean(flags, s.info).tolist()
-    finite = all_finite == 1.0
-    if finite:
-        state["nonfinite"] = 0
-        if s.conflict is not None:
-            s.conflict.commit(state)
-        grad_norm = sanitize_and_clip(params, o.grad_clip, norm=norm, finite=grads_finite == 1.0)
-        s.opt.step()
-        s.ema.update(s.net, step + 1)
-    else:
-        state["nonfinite"] += 1
-        grad_norm = loss.new_full((), float("nan"))
-        if state["nonfinite"] >= cfg.train.max_nonfinite:
+        state.nonfinite += 1
+        if state.nonfinite >= cfg.train.max_nonfinite:
             raise NonFiniteLossError(
-                f"the loss was non-finite for {state['nonfinite']} consecutive steps (train.max_nonfinite="
-                f"{cfg.train.max_nonfinite}), last at step {step + 1}; the run stopped without saving this state. "
-                f"Checkpoints and metrics up to the last good tick are kept in {s.run.root}. "
+                f"the loss was non-finite for {state.nonfinite} consecutive steps (train.max_nonfinite="
+                f"{cfg.train.max_nonfinite}), last at step {state.step + 1}; the run stopped without saving this "
+                f"state. Checkpoints and metrics up to the last good tick are kept in {s.run.root}. "
                 "Lower optim.lr, set optim.grad_clip, or check the data.")
-    state["step"] = step + 1
-    state["images"] += cfg.train.batch_size
-    _accumulate(state["tick"], terms, loss, grad_norm, finite, conflict)
-    return x, y, lr, terms, any_stop > 0
+    state.step += 1
+    state.images += cfg.train.batch_size
+    _accumulate(state.tick, out)
+    return x, y, lr, out
 
 
-def _maintain(s: _Session, x: torch.Tensor, y: torch.Tensor | None, lr: float, terms, stop: int, stopping: bool,
+def _maintain(s: _Session, x: torch.Tensor, y: torch.Tensor | None, lr: float, out: StepOutput, stop: int,
               progress: Progress) -> int:
     """After a step: the metrics row (with the callbacks' keys), checkpoints, sample grids. Returns the step to
     stop at (moved to this step when a rank asked to stop)."""
-    cfg, info, step = s.cfg, s.info, s.state["step"]
+    cfg, info, step = s.cfg, s.info, s.state.step
     last = step == cfg.train.steps
     if step % cfg.train.log_every == 0 or last:
-        row = _log_row(s.state, lr, terms.logs, info, cfg.train.batch_size)
+        row = _log_row(s.state, lr, out.terms.logs, info, cfg.train.batch_size)
         ctx = LogContext(step, x, y, s.net, s.ema.model, s.objective, info, s.data)
         for callback in s.callbacks:
             row.update(callback.on_log(ctx))
@@ -273,7 +252,7 @@ def _maintain(s: _Session, x: torch.Tensor, y: torch.Tensor | None, lr: float, t
         # the adaptive weight normalises the loss to ≈ 1 per sample; the unweighted mse shows progress
         progress.tick(step, {"loss": row.get("loss", float("nan")), "mse": row.get("loss_mse", float("nan")),
                              "alpha": row["alpha"]})
-    if stopping and not last:
+    if out.stop and not last:
         stop = step  # a preemption: checkpoint here and leave the loop
     if step % cfg.train.ckpt_every == 0 or last or step == stop:
         keep = cfg.train.keep_every > 0 and step % cfg.train.keep_every == 0
@@ -295,84 +274,68 @@ def _finish(s: _Session) -> None:
 
     def mark_done() -> None:
         rows = s.run.read_metrics()
-        s.run.mark_done({"step": s.state["step"], "images": s.state["images"], "wall": s.state["wall"],
+        s.run.mark_done({"step": s.state.step, "images": s.state.images, "wall": s.state.wall,
                          "final_loss": rows[-1]["loss"] if rows else None})
     D.on_main(s.info, mark_done)
-    s.say(f"finished {s.run.root} at step {s.state['step']}")
+    s.say(f"finished {s.run.root} at step {s.state.step}")
 
 
 # -------------------------------------------------------------------- per-tick metrics
 
-def _new_tick() -> dict[str, Any]:
-    return {"steps": 0, "finite": 0, "nonfinite": 0, "sums": {}, "wall": 0.0}
-
-
-def _accumulate(tick: dict[str, Any], terms, loss: torch.Tensor, grad_norm: torch.Tensor, finite: bool,
-                extra: dict[str, torch.Tensor] | None = None) -> None:
+def _accumulate(tick: Tick, out: StepOutput) -> None:
     """Sum the step's scalars on the device (no host transfer); a log row reports their means over the tick
-    (EDM-style), each over the steps that had it (``extra``, the conflict scalars, skips reuse steps). The
-    sums are float64, so a long tick loses nothing to round-off."""
-    tick["steps"] += 1
-    if not finite:
-        tick["nonfinite"] += 1
+    (EDM-style), each over the steps that had it (the conflict scalars skip reuse steps). The sums are float64,
+    so a long tick loses nothing to round-off."""
+    tick.steps += 1
+    if not out.finite:
+        tick.nonfinite += 1
         return
-    tick["finite"] += 1
-    values = {"loss": loss.detach(), "grad_norm": grad_norm, **(extra or {})}
-    values.update({f"loss_{name}": c.detach().float().mean() for name, c in terms.components.items()})
-    counts = tick.setdefault("counts", {})
+    tick.finite += 1
+    values = {"loss": out.loss, "grad_norm": out.grad_norm, **out.conflict}
+    values.update({f"loss_{name}": c.detach().float().mean() for name, c in out.terms.components.items()})
     for key, value in values.items():
         value = value.detach().to(torch.float64)
-        tick["sums"][key] = tick["sums"][key] + value if key in tick["sums"] else value
-        counts[key] = counts.get(key, 0) + 1
+        tick.sums[key] = tick.sums[key] + value if key in tick.sums else value
+        tick.counts[key] = tick.counts.get(key, 0) + 1
 
 
-def _log_row(state: dict[str, Any], lr: float, logs: dict, info: D.DistInfo, batch_size: int) -> dict[str, Any]:
-    tick = state["tick"]
-    keys = sorted(tick["sums"])
+def _log_row(state: LoopState, lr: float, logs: dict, info: D.DistInfo, batch_size: int) -> dict[str, Any]:
+    """The metrics row of the tick that ends here (means over its steps, averaged over ranks); starts a new tick."""
+    tick = state.tick
+    keys = sorted(tick.sums)
     means: list[float] = []
     if keys:  # one tensor on the run's device, one all-reduce, one host transfer per log tick
-        counts = tick.get("counts", {})  # a checkpoint of an earlier version has none: every key on every step
-        sums = torch.stack([torch.as_tensor(tick["sums"][k], dtype=torch.float64, device=info.device)  # a resumed
-                            / max(counts.get(k, tick["finite"]), 1) for k in keys])          # tick holds floats
+        sums = torch.stack([torch.as_tensor(tick.sums[k], dtype=torch.float64, device=info.device)  # a resumed
+                            / max(tick.counts.get(k, tick.finite), 1) for k in keys])       # tick holds floats
         means = D.all_reduce_mean(sums, info).tolist()
-    seconds = state["wall"] - tick["wall"]
-    row = {"step": state["step"], "images": state["images"], "wall": round(state["wall"], 3), "lr": lr,
+    seconds = state.wall - tick.wall
+    row = {"step": state.step, "images": state.images, "wall": round(state.wall, 3), "lr": lr,
            "alpha": float(logs.get("alpha", float("nan"))), "ratio_fm": float(logs.get("ratio_fm", float("nan"))),
            **{k: float(v) for k, v in logs.items() if k not in ("alpha", "ratio_fm") and isinstance(v, (int, float))},
-           **dict(zip(keys, means)), "nonfinite": tick["nonfinite"],
-           "images_per_sec": tick["steps"] * batch_size / max(seconds, 1e-9)}
-    state["tick"] = _new_tick()
-    state["tick"]["wall"] = state["wall"]
+           **dict(zip(keys, means)), "nonfinite": tick.nonfinite,
+           "images_per_sec": tick.steps * batch_size / max(seconds, 1e-9)}
+    state.tick = Tick(wall=state.wall)
     return row
 
 
 # -------------------------------------------------------------------- checkpoints
-
-def _host_state(state: dict[str, Any]) -> dict[str, Any]:
-    """The loop state with the tick's device sums as host floats (exact: float64 to float), for the checkpoint."""
-    tick = state["tick"]
-    host = {**state, "tick": {**tick, "sums": {k: float(v) for k, v in tick["sums"].items()}}}
-    if isinstance(state.get("conflict_coef"), torch.Tensor):  # the reused conflict coefficients, [1, 2]
-        host["conflict_coef"] = state["conflict_coef"].tolist()
-    return host
-
 
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
     return {"generator": gen.get_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def _save(run: RunFolder, cfg: Config, state: dict, net, ema: EMA, opt, data, gen, info: D.DistInfo, *,
+def _save(run: RunFolder, cfg: Config, state: LoopState, net, ema: EMA, opt, data, gen, info: D.DistInfo, *,
           keep: bool) -> None:
     rngs = D.gather_objects(_rng_state(gen, info.device), info)  # every rank's RNGs, for an exact resume
     D.on_main(info, lambda: run.save_checkpoint(
-        {"format": CHECKPOINT_FORMAT, "step": state["step"], "config": to_dict(cfg), "net": net.state_dict(),
+        {"format": CHECKPOINT_FORMAT, "step": state.step, "config": to_dict(cfg), "net": net.state_dict(),
          "ema": ema.state_dict(), "opt": opt.state_dict(), "data_stats": data.state_dict(),
-         "state": _host_state(state), "rng": rngs}, state["step"], keep=keep))
+         "state": state.to_checkpoint(), "rng": rngs}, state.step, keep=keep))
 
 
 def _restore(ckpt: dict, net, ema: EMA, opt, data, gen: torch.Generator, info: D.DistInfo,
-             say: Callable[[str], None]) -> dict[str, Any]:
+             say: Callable[[str], None]) -> LoopState:
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint format {ckpt.get('format')!r} is not {CHECKPOINT_FORMAT}; cannot resume")
     net.load_state_dict(ckpt["net"])
@@ -389,4 +352,4 @@ def _restore(ckpt: dict, net, ema: EMA, opt, data, gen: torch.Generator, info: D
     else:
         say(f"warning: the checkpoint was written by {len(rngs)} processes, this run has {info.world_size}; "
             "random streams restart from the seed (the run continues, but not bit-for-bit)")
-    return ckpt["state"]
+    return LoopState.from_checkpoint(ckpt["state"])

@@ -1,0 +1,154 @@
+"""One training step, written once: the trainer, ``alphaflow plan``, ``alphaflow bench`` and the GPU check call it.
+
+    training_step(parts, state, x, y, lr=..., generator=...) -> StepOutput
+
+in paragraphs (each under ``torch.profiler.record_function``, so a GPU trace and ``alphaflow bench --census``
+name them): set the learning rate; the objective's terms under bf16 autocast (its target passes, α-Flow's jump,
+MeanFlow's tangent, guidance, ride inside); zero the gradients and backward (or the conflict rule's two backward
+passes, without DDP's all-reduce, reduced by hand); one all-reduce of three flags (loss finite? gradients finite?
+did any rank ask to stop?), the step's only host sync; then, on a finite step, gradient hygiene and clipping,
+Adam and the EMA. A non-finite step changes nothing but the counters the caller keeps.
+
+The loop's state is typed (``LoopState``, ``Tick``): what a checkpoint saves of the loop besides the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.profiler import record_function
+
+from alphaflow.objectives import Objective, Sample
+from alphaflow.objectives.base import Terms
+from alphaflow.train import distributed as D
+from alphaflow.train.conflict import ConflictCombiner, no_sync
+from alphaflow.train.optim import EMA, gradient_norm, sanitize_and_clip
+
+__all__ = ["Tick", "LoopState", "StepParts", "StepOutput", "training_step"]
+
+
+@dataclass
+class Tick:
+    """Sums of the step scalars since the last metrics row (device float64 tensors; floats after a resume)."""
+
+    steps: int = 0
+    finite: int = 0
+    nonfinite: int = 0
+    sums: dict[str, Tensor | float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # steps that had each key (conflict scalars skip some)
+    wall: float = 0.0  # LoopState.wall when the tick began
+
+
+@dataclass
+class LoopState:
+    """The loop's counters, saved in every checkpoint (``to_checkpoint``/``from_checkpoint``)."""
+
+    step: int = 0
+    images: int = 0
+    wall: float = 0.0  # seconds of training (maintenance excluded)
+    nonfinite: int = 0  # consecutive non-finite steps
+    tick: Tick = field(default_factory=Tick)
+    conflict_coef: Tensor | list | None = None  # conflict.every > 1: the reused coefficients, [K, 2]
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """Host values only (the tick's device sums as floats: float64 → float is exact)."""
+        tick = self.tick
+        coef = self.conflict_coef.tolist() if isinstance(self.conflict_coef, Tensor) else self.conflict_coef
+        return {"step": self.step, "images": self.images, "wall": self.wall, "nonfinite": self.nonfinite,
+                "tick": {"steps": tick.steps, "finite": tick.finite, "nonfinite": tick.nonfinite, "wall": tick.wall,
+                         "sums": {k: float(v) for k, v in tick.sums.items()}, "counts": dict(tick.counts)},
+                **({"conflict_coef": coef} if coef is not None else {})}
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any]) -> "LoopState":
+        """The inverse of ``to_checkpoint``; a checkpoint of an earlier version has no tick counts (every key was
+        then counted on every finite step)."""
+        t = saved.get("tick", {})
+        counts = t.get("counts") or {k: t.get("finite", 0) for k in t.get("sums", {})}
+        tick = Tick(t.get("steps", 0), t.get("finite", 0), t.get("nonfinite", 0), dict(t.get("sums", {})),
+                    dict(counts), t.get("wall", 0.0))
+        return cls(saved["step"], saved["images"], saved["wall"], saved.get("nonfinite", 0), tick,
+                   saved.get("conflict_coef"))
+
+
+@dataclass
+class StepParts:
+    """What one step acts on. ``net``: the plain network (EMA, norms); ``model``: what the prediction pass goes
+    through (``net`` itself, DDP-wrapped and/or compiled); ``ema`` None: no EMA (a measurement)."""
+
+    net: nn.Module
+    model: nn.Module
+    objective: Objective
+    opt: torch.optim.Optimizer
+    ema: EMA | None
+    info: D.DistInfo
+    bf16: bool
+    grad_clip: float | None
+    conflict: ConflictCombiner | None = None
+    params: list[nn.Parameter] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.params:
+            self.params = list(self.net.parameters())
+
+
+@dataclass
+class StepOutput:
+    terms: Terms                   # the objective's per-sample terms (their graph freed by backward)
+    loss: Tensor                   # 0-d, the optimised mean (fp32)
+    grad_norm: Tensor              # 0-d, before clipping; NaN on a non-finite step
+    finite: bool                   # the loss was finite on every rank (the update ran)
+    stop: bool                     # some rank's ``should_stop`` said yes
+    conflict: dict[str, Tensor] = field(default_factory=dict)  # the conflict rule's scalars (exact steps)
+
+
+def training_step(parts: StepParts, state: LoopState, x: Tensor, y: Tensor | None, *, lr: float,
+                  generator: torch.Generator | None = None, sample: Sample | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> StepOutput:
+    """One optimiser step on the batch x: [B, ...] (prepared data), y: [B] int64 or None.
+
+    ``state.step`` is the step being taken (0-based: schedules read it, the EMA is updated to step + 1); the
+    caller advances the counters. ``sample``: the objective's (t, r, ε, ...) given instead of drawn from
+    ``generator`` (the memory plan and the census, on fake tensors). Returns what the caller logs.
+    """
+    p, step = parts, state.step
+    for group in p.opt.param_groups:
+        group["lr"] = lr
+    exact = p.conflict is not None and p.conflict.exact(step, state)  # two backward passes, reduced by hand
+    with record_function("alphaflow.forward"), (no_sync(p.model) if exact else contextlib.nullcontext()), \
+            torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=p.bf16):
+        if sample is None:
+            terms = p.objective(p.model, x, y, step=step, generator=generator)
+        else:
+            terms = p.objective(p.model, x, step=step, sample=sample)
+    loss = terms.loss.float().mean()
+    with record_function("alphaflow.backward"):
+        p.opt.zero_grad(set_to_none=True)
+        conflict: dict[str, Tensor] = {}
+        if p.conflict is None:
+            loss.backward()
+        else:
+            conflict = p.conflict.backward(terms, step, state)
+    # One reduction carries the cross-rank decisions and its host transfer is the step's only device sync. The
+    # gradient norm is the same on every rank: DDP has averaged the gradients in backward.
+    norm = gradient_norm(p.params)
+    flags = torch.stack([torch.isfinite(loss.detach()).float(), torch.isfinite(norm).float(),
+                         loss.new_full((), float(should_stop is not None and should_stop()))])
+    all_finite, grads_finite, any_stop = D.all_reduce_mean(flags, p.info).tolist()
+    finite = all_finite == 1.0
+    if finite:
+        if p.conflict is not None:
+            p.conflict.commit(state)
+        with record_function("alphaflow.optimizer"):
+            grad_norm = sanitize_and_clip(p.params, p.grad_clip, norm=norm, finite=grads_finite == 1.0)
+            p.opt.step()
+        if p.ema is not None:
+            with record_function("alphaflow.ema"):
+                p.ema.update(p.net, step + 1)
+    else:
+        grad_norm = loss.new_full((), float("nan"))
+    return StepOutput(terms, loss.detach(), grad_norm, finite, any_stop > 0, conflict)
