@@ -193,6 +193,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from alphaflow.perf.bench import format_table, resolve_variants, run_bench
 
+    if args.census:
+        from alphaflow.perf.census import format_census, run_census
+
+        variants = tuple(v for v in resolve_variants(args.variants) if v not in ("probe", "official_p100"))
+        census = run_census(args.model, batch=args.batch, shape=tuple(args.shape), classes=args.classes,
+                            precision=args.precision, variants=variants, gpu=args.gpu)
+        print(json.dumps(census) if args.json else format_census(census))
+        return 0
     results = run_bench(args.model, batch=args.batch, shape=tuple(args.shape), classes=args.classes,
                         variants=resolve_variants(args.variants), device=args.device, precision=args.precision,
                         rounds=args.rounds, warmup=args.warmup, threads=args.threads, seed=args.seed,
@@ -326,6 +334,10 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
                    help="comma list of variants or groups: base (default), conflict (fm, mf_p100 and the "
                         "conflict.mode steps), family (SplitMeanFlow, Modular MeanFlow), all")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--census", action="store_true",
+                   help="count one trainer step per variant on fake tensors (FLOPs by dtype, bytes, kernels, the "
+                        "largest no-grad tensor) and estimate its time and MFU on --gpu; runs on any laptop")
+    p.add_argument("--gpu", choices=("h100", "h200"), default="h100", help="the roofline of --census (default h100)")
     p.set_defaults(func=_cmd_bench)
 
 

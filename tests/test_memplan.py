@@ -10,7 +10,8 @@ import torch
 
 from alphaflow.perf.bench import peak_memory
 from alphaflow.config import load_config
-from alphaflow.perf.memplan import OVERHEAD_BYTES, _drawn_samples_only, _fake_sample, plan_memory
+from alphaflow.perf.fakestep import drawn_samples_only, fake_sample
+from alphaflow.perf.memplan import OVERHEAD_BYTES, plan_memory
 from alphaflow.perf.memtrack import FakeRun, rounded
 from alphaflow.models import build_model
 from alphaflow.objectives import AlphaFlow, MeanFlow
@@ -55,9 +56,9 @@ def _planned_and_measured(phase, objective, chunk=0):
     real_opt.zero_grad(set_to_none=True)
     measured, _ = peak_memory(call, torch.device("cpu"))
     run = FakeRun()
-    with _drawn_samples_only(), run:
+    with drawn_samples_only(), run:
         net, opt, ema = _state()
-        fx, fs = run.fake(x.shape), _fake_sample(run, sample)
+        fx, fs = run.fake(x.shape), fake_sample(run, sample)
         fake_call = (lambda: _train_step(net, opt, ema, objective, fx, fs)) if phase == "train" else \
             (lambda: _probe(net, objective, fx, fs, chunk))
         fake_call()

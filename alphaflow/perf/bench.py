@@ -1,17 +1,19 @@
 """``alphaflow bench``: the cost of one training step of each objective against flow matching.
 
-A step here is the objective's forward (with its target passes: α-Flow's extra forward, MeanFlow's
-JVP) plus ``loss.mean().backward()``; the optimiser step is NOT included (it costs the same for every
-objective, and the cost model of docs/jvp.md counts forwards and backwards only). Gradients are set to
-None before every step. Variants (``VARIANTS``), with the cost model's FLOP ratio to flow matching:
+A step here is the trainer's step, ``alphaflow.train.step.training_step``: the objective's forward (with its
+target passes: α-Flow's extra forward, MeanFlow's JVP), backward (or a conflict rule's two), clipping, Adam and
+the EMA, all variants sharing one Adam and one EMA (the update costs the same for every objective, so the ratios
+sit a little closer to 1 than forward-plus-backward ratios would). Gradients are set to None before every step.
+``--census`` counts the same step on fake tensors instead (``alphaflow.perf.census``). Variants (``VARIANTS``),
+with the cost model's FLOP ratio to flow matching:
 
     fm             flow matching, r = t on every row                       1.00
     alpha_mid      α-Flow at constant α = 0.5, its default ratio_fm 0.5     1 + p/3 ≈ 1.17
     mf_p100        MeanFlow, the JVP on every row (ratio_fm = 0)            ≈ 1.35 ideal
     mf_p25         MeanFlow, the JVP on 25 % of rows (ratio_fm = 0.75)      ≈ 1.09 ideal
-    official_p100  the official code's pattern at p = 1 (``official_step``)  ≈ 2.0 in stock eager PyTorch
-    probe          MeanFlow forward at p = 1, the gradients of L_TFM and L_TCC, their cosine (the
-                   training gradient is their sum, so this is a MeanFlow step plus one backward)
+    official_p100  the official code's pattern at p = 1 (``OfficialPattern``)  ≈ 2.0 in stock eager PyTorch
+    probe          the online probe alone, not a step: MeanFlow forward at p = 1, the gradients of L_TFM
+                   and L_TCC, their cosine (one backward more than a MeanFlow step, no update)
 
 and, with ``--variants conflict`` (``CONFLICT_VARIANTS``), the MeanFlow step at p = 1 with each conflict
 intervention (``conflict.mode``, docs/conflict.md): the forward once, two backward passes, the rule:
@@ -45,7 +47,6 @@ labels; the values do not change the cost) and a model nudged off DiT's zero ini
 from __future__ import annotations
 
 import functools
-import itertools
 import statistics
 import time
 from typing import Callable
@@ -58,12 +59,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from alphaflow.conventions import expand_time, interpolate, velocity
 from alphaflow.models import build_for_data
-from alphaflow.objectives import AlphaFlow, FlowMatching, ImprovedMeanFlow, MeanFlow, ModularMeanFlow, SplitMeanFlow
-from alphaflow.objectives.base import adaptive_loss, element_mean
+from alphaflow.objectives import (AlphaFlow, FlowMatching, ImprovedMeanFlow, MeanFlow, ModularMeanFlow, Objective, Sample,
+                                  SplitMeanFlow)
+from alphaflow.objectives.base import Terms, adaptive_loss, element_mean
 from alphaflow.config.schema import ConflictConfig
 from alphaflow.instrument.probes import gram_matrices, gram_summary
 from alphaflow.train.conflict import ConflictCombiner
 from alphaflow.train.distributed import DistInfo
+from alphaflow.train.optim import EMA, build_optimizer
+from alphaflow.train.step import LoopState, StepParts, training_step
 
 BASE_VARIANTS = ("fm", "alpha_mid", "mf_p100", "mf_p25", "official_p100", "probe")
 CONFLICT_VARIANTS = ("mf_pcgrad", "mf_project_tcc", "mf_balance", "mf_cagrad", "mf_pcgrad_groups", "mf_pcgrad_k10")
@@ -84,45 +88,57 @@ TARGETS = (("mf_p100 time", "mf_p100", "ratio", 1.4), ("mf_p25 time", "mf_p25", 
 Step = Callable[[], None]
 
 
-def official_step(net: nn.Module, x: Tensor, labels: Tensor | None, drawer: MeanFlow,
-                  generator: torch.Generator | None = None) -> Tensor:
-    """One step of the official code's MeanFlow pattern (docs/official_code.md#jvp-implementation,
-    docs/jvp.md#how-alphaflow-bench-measures); returns the loss.
+class OfficialPattern(MeanFlow):
+    """MeanFlow trained the official code's way (docs/official_code.md#jvp-implementation,
+    docs/jvp.md#how-alphaflow-bench-measures), as an objective the trainer's step can run.
 
-    du/dt by ``torch.autograd.functional.jvp`` (the double-backward trick: no forward-mode rules, two
-    extra backward-like passes, no graph kept) with attention on the MATH backend, then an ordinary
-    forward and backward. Same time sampling and target as ``MeanFlow``: u_tgt = ṽ − (t − r)·du/dt,
-    min–max (r, t) pairs, the adaptive weight. x: [B, ...]; labels: [B] or None.
+    du/dt by ``torch.autograd.functional.jvp`` (the double-backward trick: no forward-mode rules, two extra
+    backward-like passes, no graph kept) with attention on the MATH backend, then an ordinary forward. Same time
+    sampling, target u_tgt = ṽ − (t − r)·du/dt and adaptive weight as ``MeanFlow``. x: [B, ...].
     """
-    s = drawer.draw(x, labels, generator=generator)
-    z, v = interpolate(x, s.eps, s.t), velocity(x, s.eps)
-    with sdpa_kernel([SDPBackend.MATH]):
-        _, dudt = torch.autograd.functional.jvp(lambda z_, r_, t_: net(z_, r_, t_, s.labels), (z, s.r, s.t),
-                                                (v, torch.zeros_like(s.r), torch.ones_like(s.t)))
-    target = (v - expand_time(s.t - s.r, dudt) * dudt).detach()
-    pred = net(z, s.r, s.t, s.labels)
-    loss = adaptive_loss(element_mean((pred.float() - target.float()) ** 2), 1.0, p=drawer.adaptive_p,
-                         c=drawer.adaptive_c).mean()
-    loss.backward()
-    return loss
+
+    def compute(self, net: nn.Module, x: Tensor, sample: Sample, step: int) -> Terms:
+        s = sample
+        z, v = interpolate(x, s.eps, s.t), velocity(x, s.eps)
+        with sdpa_kernel([SDPBackend.MATH]):
+            _, dudt = torch.autograd.functional.jvp(lambda z_, r_, t_: net(z_, r_, t_, s.labels), (z, s.r, s.t),
+                                                    (v, torch.zeros_like(s.r), torch.ones_like(s.t)))
+        target = (v - expand_time(s.t - s.r, dudt) * dudt).detach()
+        pred = net(z, s.r, s.t, s.labels)
+        mse = element_mean((pred.float() - target.float()) ** 2)
+        loss = adaptive_loss(mse, 1.0, p=self.adaptive_p, c=self.adaptive_c)
+        return Terms(loss=loss, components={"mse": mse}, pred=pred, target=target, sample=sample)
+
+
+def step_objectives() -> dict[str, Objective]:
+    """The variants that are a trainer's step of an objective, by name (module docstring)."""
+    return {"fm": FlowMatching(), "alpha_mid": AlphaFlow(alpha=0.5), "mf_p100": MeanFlow(ratio_fm=0.0),
+            "mf_p25": MeanFlow(ratio_fm=0.75), "official_p100": OfficialPattern(ratio_fm=0.0),
+            "smf_p100": SplitMeanFlow(ratio_fm=0.0), "modular_p100": ModularMeanFlow(lam=1.0, ratio_fm=0.0),
+            "imf_p100": ImprovedMeanFlow(ratio_fm=0.0, label_dropout=0.0)}
 
 
 def make_steps(net: nn.Module, x: Tensor, labels: Tensor | None, *, bf16: bool = False,
                generator: torch.Generator | None = None) -> dict[str, Step]:
-    """The variants' steps, each a no-argument callable that accumulates into ``.grad``."""
+    """The variants' steps, each a no-argument callable: the trainer's ``training_step`` (objective, backward or
+    the conflict rule, clipping, Adam, EMA) on the fixed batch, all variants sharing one Adam and one EMA; the
+    probe variant is the online probe alone (MeanFlow forward, two term gradients, their cosine)."""
     autocast = functools.partial(torch.autocast, x.device.type, dtype=torch.bfloat16, enabled=bf16)
     params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    opt = build_optimizer([p for _, p in params], lr=1e-5, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    ema = EMA(net, 500.0, None)
+    info = DistInfo(device=x.device)
 
-    def objective_step(objective) -> Step:
+    def trainer_step(objective: Objective, conflict: ConflictConfig | None = None, calls: int = 1) -> Step:
+        combiner = ConflictCombiner(conflict, net, [p for _, p in params], info) if conflict else None
+        parts = StepParts(net, net, objective, opt, ema, info, bf16, 16.0, combiner)
+        state = LoopState()
+
         def step() -> None:
-            with autocast():
-                terms = objective(net, x, labels, generator=generator)
-            terms.loss.float().mean().backward()
+            for _ in range(calls):
+                training_step(parts, state, x, labels, lr=1e-5, generator=generator)
+                state.step += 1
         return step
-
-    def official() -> None:
-        with autocast():
-            official_step(net, x, labels, MeanFlow(ratio_fm=0.0), generator)
 
     def probe() -> None:  # the trainer's online probe, two terms (alphaflow.instrument.probes)
         with autocast():
@@ -131,30 +147,13 @@ def make_steps(net: nn.Module, x: Tensor, labels: Tensor | None, *, bf16: bool =
         gram = gram_matrices(terms, params)["all"]
         gram_summary(gram, list(terms), {k: float(v.detach()) for k, v in terms.items()})
 
-    def conflict_step(mode: str, per_group: bool = False, every: int = 1, calls: int = 1) -> Step:
-        objective = MeanFlow(ratio_fm=0.0)
-        combiner = ConflictCombiner(ConflictConfig(mode=mode, per_group=per_group, every=every), net,
-                                    [p for _, p in params], DistInfo(device=x.device))
-        state: dict = {}
-        counter = itertools.count()
-
-        def step() -> None:
-            for _ in range(calls):
-                with autocast():
-                    terms = objective(net, x, labels, generator=generator)
-                combiner.backward(terms, next(counter), state)
-                combiner.commit(state)
-        return step
-
-    return {"fm": objective_step(FlowMatching()), "alpha_mid": objective_step(AlphaFlow(alpha=0.5)),
-            "mf_p100": objective_step(MeanFlow(ratio_fm=0.0)), "mf_p25": objective_step(MeanFlow(ratio_fm=0.75)),
-            "official_p100": official, "probe": probe,
-            **{f"mf_{mode}": conflict_step(mode) for mode in ("pcgrad", "project_tcc", "balance", "cagrad")},
-            "mf_pcgrad_groups": conflict_step("pcgrad", per_group=True),
-            "mf_pcgrad_k10": conflict_step("pcgrad", every=10, calls=STEPS_PER_CALL["mf_pcgrad_k10"]),
-            "smf_p100": objective_step(SplitMeanFlow(ratio_fm=0.0)),
-            "modular_p100": objective_step(ModularMeanFlow(lam=1.0, ratio_fm=0.0)),
-            "imf_p100": objective_step(ImprovedMeanFlow(ratio_fm=0.0, label_dropout=0.0))}
+    mf = MeanFlow(ratio_fm=0.0)
+    return {**{name: trainer_step(objective) for name, objective in step_objectives().items()}, "probe": probe,
+            **{f"mf_{mode}": trainer_step(mf, ConflictConfig(mode=mode))
+               for mode in ("pcgrad", "project_tcc", "balance", "cagrad")},
+            "mf_pcgrad_groups": trainer_step(mf, ConflictConfig(mode="pcgrad", per_group=True)),
+            "mf_pcgrad_k10": trainer_step(mf, ConflictConfig(mode="pcgrad", every=10),
+                                          calls=STEPS_PER_CALL["mf_pcgrad_k10"])}
 
 
 def _sync(device: torch.device) -> None:
@@ -325,7 +324,7 @@ def _bench(model: str, batch: int, shape: tuple[int, ...], classes: int, dev: to
         row["flops_ratio"] = row["flops"] / out["fm"]["flops"]
     out["meta"] = {"model": model, "batch": batch, "shape": list(shape), "classes": classes, "device": str(dev),
                    "precision": "bf16" if bf16 else "fp32", "threads": torch.get_num_threads(), "rounds": rounds,
-                   "warmup": warmup, "optimizer_step": False, "peak_flops": peak_flops, "torch": torch.__version__,
+                   "warmup": warmup, "optimizer_step": True, "peak_flops": peak_flops, "torch": torch.__version__,
                    "targets": check_targets(out)}
     return out
 
@@ -348,7 +347,7 @@ def format_table(results: dict) -> str:
     cuda = meta["device"].startswith("cuda")
     lines = [f"threads {meta['threads']}, device {meta['device']} ({meta['precision']}), model {meta['model']}, "
              f"batch {meta['batch']} of {'x'.join(map(str, meta['shape']))}, {meta['rounds']} rounds after "
-             f"{meta['warmup']} warm-up; a step = objective forward + loss.mean().backward(), no optimiser step"]
+             f"{meta['warmup']} warm-up; a step = the trainer's step (forward, backward, clipping, Adam, EMA)"]
     head = f"{'variant':<14} {'ms':>9} {'ratio':>6} {'GFLOP':>9} {'flops×':>6} {'peak MiB':>9} {'img/s':>9}"
     lines += [head + (f" {'MFU':>6}" if cuda else ""), "-" * (len(head) + (7 if cuda else 0))]
     for name, r in results.items():

@@ -4,9 +4,9 @@
 (``alphaflow.perf.memtrack.FakeRun``: shapes, dtypes, autograd and autocast run, nothing is computed or
 allocated) and reports the peak of live storage bytes:
 
-    train          one training step at the per-rank batch: fp32 weights, their gradients, Adam's two
-                   moments, the EMA, the objective's activations (bf16 autocast where the run uses it),
-                   backward, clipping, Adam's step (foreach temporaries, as on CUDA), the EMA update.
+    train          the trainer's step (``alphaflow.train.step.training_step``) at the per-rank batch: fp32
+                   weights, their gradients, Adam's two moments, the EMA, the objective's activations (bf16
+                   autocast where the run uses it), backward, clipping, fused Adam (as on CUDA), the EMA update.
                    α-Flow: the worst of α ∈ {1, ½, 0} (the discrete target and the MeanFlow tangent differ).
     online_probe   the training state resident, plus ``probe_gradients`` on the per-rank batch
                    (``probe.chunk_size`` rows at a time); used when ``probe.every`` > 0.
@@ -27,22 +27,20 @@ CUDA-less torch cannot build modules on fake CUDA tensors; CPU and CUDA autocast
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
 
 from alphaflow.objectives import objective_from_options
 from alphaflow.config import Config
 from alphaflow.data import dataset_class
+from alphaflow.perf.fakestep import FakeStep, draw, drawn_samples_only, fake_sample
 from alphaflow.perf.memtrack import FakeRun
 from alphaflow.models import build_for_data, model_options
-from alphaflow.objectives import AlphaFlow, Objective, Sample
-from alphaflow.train.optim import EMA, gradient_norm, sanitize_and_clip
-from alphaflow.instrument.probes import probe_gradients, probe_sample
+from alphaflow.objectives import AlphaFlow, Objective
+from alphaflow.instrument.probes import probe_gradients
 from alphaflow.sampling import generate
 from alphaflow.schedules import as_schedule
 
@@ -109,41 +107,7 @@ class MemoryPlan:
                 "phases": {k: {**dataclasses.asdict(p), "total_bytes": p.total_bytes} for k, p in self.phases.items()}}
 
 
-# ----------------------------------------------------------------------------- inputs on fake tensors
-
-@contextlib.contextmanager
-def _drawn_samples_only():
-    """Skip ``Sample.validate`` while planning: its value checks cannot run on fake tensors, and the planned
-    samples come from ``Objective.draw``, which needs no checking."""
-    validate = Sample.validate
-    Sample.validate = lambda self, x: None
-    try:
-        yield
-    finally:
-        Sample.validate = validate
-
-
-def _fake_sample(run: FakeRun, sample: Sample) -> Sample:
-    """A drawn sample with its small tensors (times, labels) carrying their values and ε fake."""
-    changes = {}
-    for f in dataclasses.fields(sample):
-        value = getattr(sample, f.name)
-        if isinstance(value, Tensor):
-            changes[f.name] = run.real(value) if f.name != "eps" else run.fake(value.shape, value.dtype)
-    return dataclasses.replace(sample, **changes)
-
-
-def _draw(objective: Objective, batch: int, shape: tuple[int, ...], seed: int = 0,
-          probe_ratio_fm: float | None = None) -> Sample:
-    """A real sample for ``batch`` rows, drawn outside the fake mode (its tensors become fake ones later).
-
-    Without labels: the network then embeds the null label, which costs the same memory as a class label and
-    skips the label range check (a value check that fake tensors cannot answer)."""
-    gen, x = torch.Generator().manual_seed(seed), torch.zeros(batch, *shape)
-    if probe_ratio_fm is not None:  # a probe's sample
-        return probe_sample(x, None, objective, ratio_fm=probe_ratio_fm, generator=gen)
-    return objective.draw(x, None, generator=gen)
-
+# ----------------------------------------------------------------------------- phases
 
 def _state_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
@@ -161,35 +125,24 @@ def _variants(objective: Objective) -> list[Objective]:
     return out
 
 
-# ----------------------------------------------------------------------------- phases
-
 def _train_phase(cfg: Config, bf16: bool, world_size: int, shape, classes, probe: bool) -> tuple[PhasePlan, PhasePlan]:
-    """The training step (after a first one, so Adam's moments exist) and, right after it, the online probe."""
+    """The trainer's step (``training_step``, after a first one, so Adam's moments exist) and, right after it,
+    the online probe."""
     batch = cfg.train.batch_size // world_size
     objective = objective_from_options(cfg.objective, cfg.train.steps)
     run = FakeRun()
     with run:
-        net = build_for_data(cfg.model.name, shape, classes, **model_options(cfg.model))
+        fake = FakeStep(run, lambda: build_for_data(cfg.model.name, shape, classes, **model_options(cfg.model)),
+                        objective, bf16=bf16, grad_clip=cfg.optim.grad_clip, halflife_steps=cfg.ema.halflife_steps)
+        net = fake.net
         weights = _state_bytes(net)
-        ema = EMA(net, cfg.ema.halflife_steps, cfg.ema.rampup_ratio)
-        o = cfg.optim
-        opt = torch.optim.Adam(net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, foreach=True)
-        params = list(net.parameters())
         x = run.fake((batch, *shape))
         peak, first = 0, True
         for variant in _variants(objective):
-            sample = _draw(variant, batch, shape)
             for _ in range(2):
                 if not first:
                     run.reset_peak()
-                opt.zero_grad(set_to_none=True)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    terms = variant(net, x, sample=_fake_sample(run, sample))
-                terms.loss.float().mean().backward()
-                del terms
-                sanitize_and_clip(params, o.grad_clip, norm=gradient_norm(params), finite=True)
-                opt.step()
-                ema.update(net, 1)
+                fake.step(x, variant)
                 if not first:
                     peak = max(peak, run.peak)
                 first = False
@@ -197,7 +150,7 @@ def _train_phase(cfg: Config, bf16: bool, world_size: int, shape, classes, probe
         parts = {"weights": weights, "grads": weights, "adam": 2 * weights, "ema": weights, "ddp_buckets": buckets}
         train = PhasePlan("train", peak + buckets, parts)
         run.reset_peak()
-        probe_gradients(net, x, _fake_sample(run, _draw(objective, batch, shape, probe_ratio_fm=cfg.probe.ratio_fm)),
+        probe_gradients(net, x, fake_sample(run, draw(objective, batch, shape, probe_ratio_fm=cfg.probe.ratio_fm)),
                         guidance=objective.guidance,
                         training=objective if cfg.probe.loss else None, parts=cfg.probe.parts,
                         chunk_size=cfg.probe.chunk_size)
@@ -211,7 +164,7 @@ def _offline_probe_phase(cfg: Config, shape, classes) -> PhasePlan:
     run = FakeRun()
     with run:
         net = build_for_data(cfg.model.name, shape, classes, **model_options(cfg.model))
-        sample = _fake_sample(run, _draw(objective, batch, shape, probe_ratio_fm=0.0))
+        sample = fake_sample(run, draw(objective, batch, shape, probe_ratio_fm=0.0))
         probe_gradients(net, run.fake((batch, *shape)), sample, guidance=objective.guidance, training=objective,
                         parts=cfg.probe.parts, chunk_size=cfg.probe.chunk_size)
         return PhasePlan("offline_probe", run.peak, {"weights": _state_bytes(net)})
@@ -251,7 +204,7 @@ def plan_memory(cfg: Config, *, world_size: int = 1, device: str = "cuda") -> Me
         raise ValueError(f"device must be cuda or cpu, got {device!r}")
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device == "cuda")
     shape, classes = data_shape(cfg)
-    with _drawn_samples_only():
+    with drawn_samples_only():
         train, online = _train_phase(cfg, bf16, world_size, shape, classes, probe=cfg.probe.every > 0)
         phases = {"train": train, "online_probe": online,
                   "offline_probe": _offline_probe_phase(cfg, shape, classes), "eval": _eval_phase(cfg, shape, classes)}
