@@ -35,7 +35,7 @@ from alphaflow.conventions import NULL_LABEL
 from alphaflow.models.dit_layers import (Attention, DiTBlock, FinalLayer, TimestepEmbedder, layer_norm, modulate_fp32,
                                          sincos_pos_embed_2d)
 from alphaflow.models.logvar import LogVarianceHead
-from alphaflow.models.tangent import Rows, conv_patch_jvp
+from alphaflow.models.tangent import Rows, conv_patch_jvp, tangent_dtype
 
 # the layers are re-exported: alphaflow.models.dit.TimestepEmbedder etc. (the size registry: alphaflow.models.registry)
 __all__ = ["DiT", "count_parameters", "Attention", "DiTBlock", "FinalLayer", "TimestepEmbedder", "layer_norm",
@@ -275,12 +275,14 @@ class DiT(nn.Module):
     def _forward_with_tangent(self, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None, guide: Tensor | None,
                               velocity: bool, rows: Rows, dz: Tensor, dr: Tensor, dt: Tensor) -> tuple[Tensor, ...]:
         """The ordinary forward's primal, op for op, with its tangent on ``rows`` beside it (see ``forward``)."""
-        dtype = torch.promote_types(self.x_embedder.weight.dtype, torch.float32)  # tangents in at least fp32
+        out_dtype = torch.promote_types(self.x_embedder.weight.dtype, torch.float32)  # du/dt: at least fp32
+        dtype = tangent_dtype(self.x_embedder.weight)  # the tangents between layers: the compute dtype
         if dz.shape[0] == 0:  # no tangent rows: the ordinary forward and an empty tangent
             out = self.forward(z, r, t, labels, guide=guide, velocity=velocity)
-            empty = dz.new_zeros(dz.shape, dtype=dtype)
+            empty = dz.new_zeros(dz.shape, dtype=out_dtype)
             return (out[0], empty, out[1]) if velocity else (out, empty)
-        dz, dr, dt = dz.to(dtype), dr.to(dtype), dt.to(dtype)
+        # the time tangents stay in at least fp32 (the sinusoid's phases, [P, 256]: small); z's takes the compute dtype
+        dz, dr, dt = dz.to(dtype), dr.to(out_dtype), dt.to(out_dtype)
         x = self.x_embedder(z).flatten(2).transpose(1, 2).contiguous()  # [B, N, D]
         dx = conv_patch_jvp(self.x_embedder, dz)  # [P, N, D]; the fixed positional embedding has no tangent
         x = x + self.pos_embed.to(x.dtype)
@@ -294,6 +296,7 @@ class DiT(nn.Module):
             zero = self.d_embedder(torch.zeros_like(t))
             c_r, dc_late = self.t_embedder(r, (rows, dr))
             c, c_late, dc = c_t + zero + y, c_r + zero + y, dc_t
+        dc, dc_late = dc.to(dtype), dc_late.to(dtype)  # [P, D]: the blocks' tangents stay in the compute dtype
         trunk = x
         for k, block in enumerate(self.blocks):
             if k == self.fork:
@@ -301,7 +304,8 @@ class DiT(nn.Module):
             early = self.decouple_at is None or k < self.decouple_at
             x, dx = block(x, c if early else c_late, (rows, dx, dc if early else dc_late))
         out, dout = self.final_layer(x, c_late, (rows, dx, dc_late))
-        u, du = self.unpatchify(out), self.unpatchify(dout)
+        # u_tgt = ṽ − (t − r)·du/dt cancels: the target is formed from du/dt in at least fp32 ([P, C, H, W]: small)
+        u, du = self.unpatchify(out), self.unpatchify(dout.to(out_dtype))
         if not velocity:
             return u, du
         return u, du, self.velocity_head(x if self.fork == len(self.blocks) else trunk, c)

@@ -105,7 +105,8 @@ class Attention(nn.Module):
         B, N, D = x.shape
         lin = self.qkv(x)  # [B, N, 3D]
         qkv = lin.reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [B, heads, N, head_dim]
+        # unbind, not qkv[0], qkv[1], qkv[2]: three selects' backward would each zero-fill a qkv-sized gradient
+        o = F.scaled_dot_product_attention(*qkv.unbind(0))  # [B, heads, N, head_dim]
         out = self.proj(o.transpose(1, 2).reshape(B, N, D))
         if tangent is None:
             return out

@@ -14,8 +14,13 @@ docs/jvp.md#the-dit-tangent-mode):
    hand under no-grad for a subset of rows, from the detached primal intermediates of those rows. The
    rules below are that arithmetic: plain tensor math, no modules of the DiT imported here.
 
-Tangents are kept in at least fp32 (``tangent dtype``); GEMMs follow autocast like the primal and are
-cast back. ``rows``: [P] int64 row indices into the batch, a slice of the batch, or None for all rows.
+Tangents travel in the compute dtype (``tangent_dtype``: bf16 under bf16 autocast, the weights' dtype, at least
+fp32, otherwise), so a tangent GEMM reads and writes what the primal's does, with no cast around it. fp32 stays
+where a difference cancels: the fused kernels (LayerNorm's and softmax's backward, GELU's derivative) accumulate
+in fp32 whatever their inputs; the attention tangent in math form is computed in fp32 (dS − rowsum(P ⊙ dS), and
+μ·o against the rest of ȯ, cancel); the DiT returns du/dt in at least fp32 (the target ṽ − (t − r)·du/dt
+cancels). docs/jvp.md#the-tangent-dtype gives the measured error. ``rows``: [P] int64 row indices into the
+batch, a slice of the batch, or None for all rows.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Linear", "take", "linear_jvp", "silu_jvp", "mlp_jvp", "modulate_jvp", "split_heads", "attention_jvp",
+__all__ = ["Linear", "tangent_dtype", "take", "linear_jvp", "silu_jvp", "mlp_jvp", "modulate_jvp", "split_heads", "attention_jvp",
            "gated_residual_jvp", "sinusoid_jvp", "conv_patch_jvp"]
 
 Rows = Tensor | slice | None  # [P] int64 indices into the batch, a slice of it (views, no copies), or None: all
@@ -86,6 +91,13 @@ class Linear(nn.Linear):
 # in the tangent dtype) and returns a tangent in that dtype; none records autograd history.
 
 
+def tangent_dtype(weight: Tensor) -> torch.dtype:
+    """The dtype tangents travel in: autocast's on the weight's device when it is on, else the weight's (≥ fp32)."""
+    if torch.is_autocast_enabled(weight.device.type):
+        return torch.get_autocast_dtype(weight.device.type)
+    return torch.promote_types(weight.dtype, torch.float32)
+
+
 def take(x: Tensor, rows: Rows) -> Tensor:
     """The detached primal rows x[rows] ([B, ...] → [P, ...]); a view for a slice or None (all rows)."""
     x = x.detach()
@@ -96,8 +108,10 @@ def take(x: Tensor, rows: Rows) -> Tensor:
 
 @torch.no_grad()
 def linear_jvp(dx: Tensor, weight: Tensor) -> Tensor:
-    """d(x·Wᵀ + b) = dx·Wᵀ. dx: [P, ..., in], weight: [out, in] → [P, ..., out] in dx's dtype."""
-    return F.linear(dx, weight).to(dx.dtype)
+    """d(x·Wᵀ + b) = dx·Wᵀ. dx: [P, ..., in], weight: [out, in] → [P, ..., out] in dx's dtype (under autocast
+    both are the compute dtype already: no cast)."""
+    out = F.linear(dx, weight)
+    return out if out.dtype == dx.dtype else out.to(dx.dtype)
 
 
 @torch.no_grad()
@@ -126,7 +140,8 @@ def modulate_jvp(x_s: Tensor, scale_s: Tensor, dx: Tensor, dshift: Tensor, dscal
         dy = dŷ·(1 + scale) + ŷ·dscale + dshift
 
     LayerNorm's Jacobian is symmetric, so dŷ is LayerNorm's own fused backward applied to dx.
-    x_s, dx: [P, N, D]; scale_s, dshift, dscale: [P, D] → [P, N, D], computed in the tangent dtype (≥ fp32).
+    x_s, dx: [P, N, D]; scale_s, dshift, dscale: [P, D] → [P, N, D], in the tangent dtype (the LayerNorm kernels
+    keep their means and sums in fp32 whatever their inputs).
     """
     dtype, shape = dx.dtype, x_s.shape[-1:]
     x = x_s.to(dtype)
@@ -151,17 +166,20 @@ def attention_jvp(q_s: Tensor, k_s: Tensor, v_s: Tensor, dq: Tensor, dk: Tensor,
         dP = P ⊙ (dS − rowsum(P ⊙ dS)),  dO = dP·V + P·dV
 
     Softmax's Jacobian is symmetric, so dP is softmax's fused backward applied to dS. All [G, N, d]
-    (G = rows·heads; S, P: [G, N, N]) → dO [G, N, d] in dq's dtype, with autocast off: the products
-    are small and dS − rowsum(P ⊙ dS) cancels, so they stay in the tangent dtype.
+    (G = rows·heads; S, P: [G, N, N]) → dO [G, N, d] in dq's dtype, computed with autocast off in at least
+    fp32: dS − rowsum(P ⊙ dS) cancels. Writes four [G, N, N] tensors: the fallback where the fused kernel
+    (``alphaflow.models.jvp_attention``) does not run.
     """
-    dtype = dq.dtype
+    out_dtype, dtype = dq.dtype, torch.promote_types(dq.dtype, torch.float32)
     with torch.autocast(dq.device.type, enabled=False):
         q, k, v = q_s.to(dtype), k_s.to(dtype), v_s.to(dtype)
+        dq, dk, dv = dq.to(dtype), dk.to(dtype), dv.to(dtype)
         scale = q.shape[-1] ** -0.5
         p = torch.softmax(torch.bmm(q, k.transpose(1, 2)).mul_(scale), dim=-1)
         ds = torch.bmm(dq, k.transpose(1, 2)).add_(torch.bmm(q, dk.transpose(1, 2))).mul_(scale)
         dp = torch.ops.aten._softmax_backward_data(ds, p, -1, dtype)
-        return torch.bmm(dp, v).add_(torch.bmm(p, dv))  # (baddbmm_ copies on CPU; two bmm do not)
+        out = torch.bmm(dp, v).add_(torch.bmm(p, dv))  # (baddbmm_ copies on CPU; two bmm do not)
+    return out.to(out_dtype)
 
 
 @torch.no_grad()
