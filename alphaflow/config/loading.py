@@ -134,7 +134,7 @@ _LATER_SECTIONS = {"conflict": ConflictConfig, "log": LogConfig}
 # Fields added to an existing section after that: (section, field) → default, left out the same way.
 _LATER_FIELDS = {("train", "init_from"): None, ("model", "decouple_at"): None, ("model", "logvar"): False,
                  ("model", "aux_head_depth"): None, ("model", "guidance_embed"): False,
-                 ("model", "pos_embed"): "sincos", ("probe", "online_batches"): 1}
+                 ("model", "pos_embed"): "sincos", ("probe", "online_batches"): 1, ("train", "micro_batch"): 0}
 
 
 def without_later_defaults(config: dict) -> dict:
@@ -191,7 +191,7 @@ _AT_LEAST_ONE = ("conflict.every", "train.steps", "train.batch_size", "train.log
 _AT_LEAST_TWO = ("eval.num_samples", "eval.final_samples")  # a covariance needs two samples
 _POSITIVE = ("train.dist_timeout_min", "optim.lr", "optim.eps", "optim.grad_clip", "ema.halflife_steps", "ema.rampup_ratio",
              "model.time_scale", "objective.adaptive_c", "objective.clip")
-_NON_NEGATIVE = ("conflict.c", "seed", "probe.chunk_size", "train.keep_every", "train.sample_every", "optim.weight_decay", "optim.warmup_steps",
+_NON_NEGATIVE = ("conflict.c", "seed", "probe.chunk_size", "train.micro_batch", "train.keep_every", "train.sample_every", "optim.weight_decay", "optim.warmup_steps",
                  "data.workers", "objective.adaptive_p")
 _CHOICES = {"train.device": DEVICES, "train.precision": PRECISIONS, "sample.sampler": SAMPLERS, "conflict.mode": MODES,
             "model.pos_embed": ("sincos", "stored"), "log.wandb": WANDB_MODES}
@@ -235,6 +235,9 @@ def validate(cfg: Config) -> None:
          "entries must be 1 or 2 with the 'consistency' sampler")
     need(cfg.conflict.every == 1 or not cfg.conflict.per_group, "conflict.every",
          "must be 1 with conflict.per_group=true (reused coefficients are whole-vector)")
+    need(cfg.conflict.mode == "none" or cfg.train.micro_batch == 0, "train.micro_batch",
+         f"must be 0 with conflict.mode={cfg.conflict.mode} (its rule needs both term gradients of the whole batch at "
+         "once; accumulating them is not supported yet)")
     need(cfg.conflict.mode == "none" or not cfg.train.compile, "train.compile",
          f"must be false with conflict.mode={cfg.conflict.mode} (its two backward passes run eagerly)")
     for f in dataclasses.fields(cfg.objective):  # every schedule of an objective is a fraction (α, ratio_fm)

@@ -73,6 +73,7 @@ class EMAConfig:
 class TrainConfig:
     steps: int = 1500
     batch_size: int = 48  # global batch, split across ranks
+    micro_batch: int = 0  # rows per rank per forward (gradient accumulation); 0: the whole per-rank batch at once
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | fp32 | bf16
     log_every: int = 50

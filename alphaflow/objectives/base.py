@@ -80,6 +80,21 @@ class Sample:
                 raise ValueError(f"sample.num_fm = {self.num_fm} says the first {self.num_fm} rows have r = t, "
                                  "but some of them have r < t; set num_fm=None when r was changed")
 
+    def rows(self, part: slice) -> "Sample":
+        """The sample of the rows ``part`` (a slice with step 1): views of every [B, ...] field; ``num_fm`` (the
+        leading r = t rows) counted within the part. Gradient accumulation splits a drawn sample this way, so the
+        micro-batches see exactly the rows the whole batch would."""
+        start, stop, step = part.indices(self.t.shape[0])
+        if step != 1:
+            raise ValueError(f"Sample.rows takes a contiguous slice, got step {step}")
+
+        def cut(a: Tensor | None) -> Tensor | None:
+            return None if a is None else a[start:stop]
+
+        num_fm = None if self.num_fm is None else min(max(self.num_fm - start, 0), stop - start)
+        return Sample(self.t[start:stop], self.r[start:stop], self.eps[start:stop], cut(self.labels), num_fm,
+                      cut(self.split))
+
 
 Rows = Tensor | slice  # [P] int64 strictly increasing row indices, or a slice of the batch
 
@@ -276,6 +291,11 @@ class Objective:
             if labels is not None:
                 raise ValueError("labels were passed both directly and in sample=; pass them only as sample.labels")
             sample.validate(x)
+        return self.evaluate(net, x, sample, step)
+
+    def evaluate(self, net: Net, x: Tensor, sample: Sample, step: int) -> Terms:
+        """The terms on x: [B, ...] for a sample known to fit it (drawn by ``draw``, or checked by ``__call__``):
+        ``compute`` plus the logged ratio_fm. The trainer's micro-batches come here with rows of a drawn sample."""
         terms = self.compute(net, x, sample, step)
         terms.logs["ratio_fm"] = self.ratio_fm(step)
         return terms

@@ -110,7 +110,7 @@ class _Session:
         conflict = (ConflictCombiner(self.cfg.conflict, self.net, params, self.info)
                     if self.cfg.conflict.mode != "none" else None)  # how g_TFM and g_TCC combine
         self.parts = StepParts(self.net, self.model, self.objective, self.opt, self.ema, self.info, self.bf16,
-                               self.cfg.optim.grad_clip, conflict, params)
+                               self.cfg.optim.grad_clip, conflict, params, self.cfg.train.micro_batch)
 
     @property
     def params(self) -> list[torch.nn.Parameter]:

@@ -5,7 +5,8 @@
 in paragraphs (each under ``torch.profiler.record_function``, so a GPU trace and ``alphaflow bench --census``
 name them): set the learning rate; the objective's terms under bf16 autocast (its target passes, α-Flow's jump,
 MeanFlow's tangent, guidance, ride inside); zero the gradients and backward (or the conflict rule's two backward
-passes, without DDP's all-reduce, reduced by hand); one all-reduce of three flags (loss finite? gradients finite?
+passes, without DDP's all-reduce, reduced by hand), ``micro_batch`` rows at a time when set (gradient
+accumulation: the sample drawn once for the whole batch and split by rows, DDP's all-reduce on the last); one all-reduce of three flags (loss finite? gradients finite?
 did any rank ask to stop?), the step's only host sync; then, on a finite step, gradient hygiene and clipping,
 Adam and the EMA. A non-finite step changes nothing but the counters the caller keeps.
 
@@ -15,6 +16,7 @@ The loop's state is typed (``LoopState``, ``Tick``): what a checkpoint saves of 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -90,6 +92,7 @@ class StepParts:
     grad_clip: float | None
     conflict: ConflictCombiner | None = None
     params: list[nn.Parameter] = field(default_factory=list)
+    micro_batch: int = 0  # rows per forward (gradient accumulation); 0: the whole batch at once
 
     def __post_init__(self) -> None:
         if not self.params:
@@ -99,7 +102,7 @@ class StepParts:
 @dataclass
 class StepOutput:
     terms: Terms                   # the objective's per-sample terms (their graph freed by backward)
-    loss: Tensor                   # 0-d, the optimised mean (fp32)
+    loss: Tensor                   # 0-d, the optimised mean (at least fp32)
     grad_norm: Tensor              # 0-d, before clipping; NaN on a non-finite step
     finite: bool                   # the loss was finite on every rank (the update ran)
     stop: bool                     # some rank's ``should_stop`` said yes
@@ -118,21 +121,24 @@ def training_step(parts: StepParts, state: LoopState, x: Tensor, y: Tensor | Non
     p, step = parts, state.step
     for group in p.opt.param_groups:
         group["lr"] = lr
-    exact = p.conflict is not None and p.conflict.exact(step, state)  # two backward passes, reduced by hand
-    with record_function("alphaflow.forward"), (no_sync(p.model) if exact else contextlib.nullcontext()), \
-            torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=p.bf16):
-        if sample is None:
-            terms = p.objective(p.model, x, y, step=step, generator=generator)
-        else:
-            terms = p.objective(p.model, x, step=step, sample=sample)
-    loss = terms.loss.float().mean()
-    with record_function("alphaflow.backward"):
-        p.opt.zero_grad(set_to_none=True)
-        conflict: dict[str, Tensor] = {}
-        if p.conflict is None:
-            loss.backward()
-        else:
-            conflict = p.conflict.backward(terms, step, state)
+    p.opt.zero_grad(set_to_none=True)
+    conflict: dict[str, Tensor] = {}
+    if 0 < p.micro_batch < x.shape[0]:
+        terms, loss = _accumulate_micro_batches(p, x, y, step, generator, sample)
+    else:
+        exact = p.conflict is not None and p.conflict.exact(step, state)  # two backward passes, reduced by hand
+        with record_function("alphaflow.forward"), (no_sync(p.model) if exact else contextlib.nullcontext()), \
+                _autocast(x, p.bf16):
+            if sample is None:
+                terms = p.objective(p.model, x, y, step=step, generator=generator)
+            else:
+                terms = p.objective(p.model, x, step=step, sample=sample)
+        loss = _at_least_fp32(terms.loss).mean()
+        with record_function("alphaflow.backward"):
+            if p.conflict is None:
+                loss.backward()
+            else:
+                conflict = p.conflict.backward(terms, step, state)
     # One reduction carries the cross-rank decisions and its host transfer is the step's only device sync. The
     # gradient norm is the same on every rank: DDP has averaged the gradients in backward.
     norm = gradient_norm(p.params)
@@ -152,3 +158,59 @@ def training_step(parts: StepParts, state: LoopState, x: Tensor, y: Tensor | Non
     else:
         grad_norm = loss.new_full((), float("nan"))
     return StepOutput(terms, loss.detach(), grad_norm, finite, any_stop > 0, conflict)
+
+
+def _at_least_fp32(loss: Tensor) -> Tensor:
+    """The per-row loss in fp32 under bf16 autocast, and as it is in an fp32 or float64 run."""
+    return loss.to(torch.promote_types(loss.dtype, torch.float32))
+
+
+def _autocast(x: Tensor, bf16: bool) -> torch.autocast:
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def _accumulate_micro_batches(p: StepParts, x: Tensor, y: Tensor | None, step: int,
+                              generator: torch.Generator | None, sample: Sample | None) -> tuple[Terms, Tensor]:
+    """Forward and backward ``p.micro_batch`` rows at a time; returns the whole batch's terms (detached) and loss.
+
+    The sample (t, r, ε, labels after dropout) is drawn once for the whole batch and split by rows, so every row
+    sees what it would in one pass: the per-row terms are the same, and the gradients of the micro-batches'
+    means, weighted by their share m/B, sum to the gradient of the whole batch's mean. DDP all-reduces only on
+    the last micro-batch (``no_sync`` before)."""
+    B = x.shape[0]
+    if sample is None:
+        sample = p.objective.draw(x, y, step=step, generator=generator)
+    parts: list[Terms] = []
+    loss = x.new_zeros((), dtype=torch.promote_types(x.dtype, torch.float32))
+    starts = range(0, B, p.micro_batch)
+    for start in starts:
+        rows = slice(start, min(start + p.micro_batch, B))
+        last = start == starts[-1]
+        with no_sync(p.model) if not last else contextlib.nullcontext():
+            with record_function("alphaflow.forward"), _autocast(x, p.bf16):
+                terms = p.objective.evaluate(p.model, x[rows], sample.rows(rows), step)
+            part = _at_least_fp32(terms.loss).mean() * ((rows.stop - rows.start) / B)
+            with record_function("alphaflow.backward"):
+                part.backward()
+        loss = loss + part.detach()
+        parts.append(_detached(terms))
+    return _concatenated(parts, sample), loss
+
+
+def _detached(terms: Terms) -> Terms:
+    """The terms with their graph let go (what logging and the metrics rows read)."""
+    weight = terms.weight.detach() if isinstance(terms.weight, Tensor) else terms.weight
+    return dataclasses.replace(terms, loss=terms.loss.detach(), pred=terms.pred.detach(),
+                               target=terms.target.detach(), weight=weight,
+                               components={k: v.detach() for k, v in terms.components.items()})
+
+
+def _concatenated(parts: list[Terms], sample: Sample) -> Terms:
+    """One ``Terms`` for the whole batch from the micro-batches' (per-row fields concatenated)."""
+    first = parts[0]
+    weight = (torch.cat([t.weight for t in parts]) if isinstance(first.weight, Tensor)  # type: ignore[misc]
+              else first.weight)
+    return dataclasses.replace(first, loss=torch.cat([t.loss for t in parts]), pred=torch.cat([t.pred for t in parts]),
+                               target=torch.cat([t.target for t in parts]), sample=sample, weight=weight,
+                               components={k: torch.cat([t.components[k] for t in parts]) for k in first.components},
+                               logs=parts[-1].logs)
