@@ -166,6 +166,16 @@ def read_jsonl(path: Path, require: str | None = "step") -> list[dict[str, Any]]
     return scan_jsonl(path, require)[0]
 
 
+def _load_mapped(path: Path, map_location: str | torch.device) -> Any:
+    """``torch.load(weights_only=True)`` of a mapped file; read whole if its format cannot be mapped."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap can only be used" not in str(exc):
+            raise
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
 CHECKPOINT_KEYS = ("format", "step", "config", "net", "ema", "opt", "data_stats", "state", "rng")
 
 
@@ -173,11 +183,16 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     """A checkpoint this project wrote, read with ``torch.load(weights_only=True)``: only tensors, numbers,
     strings, lists and dicts are unpickled, so a file from elsewhere cannot run code while it loads.
 
+    The file is mapped (``mmap=True``, private: writes to a tensor never reach the file): tensors read their
+    bytes from the page cache when they are copied into a network, so the ranks of one node share one host
+    copy instead of each holding its own. A file in torch's pre-1.6 format, which cannot be mapped, is read
+    whole. A mapped tensor kept alive keeps the file's space taken after it is deleted: copy what you keep.
+
     Raises ``ValueError`` naming the file for one that holds other Python objects or is not a dict with the
     project's keys (``CHECKPOINT_KEYS``); I/O and archive errors propagate as they are.
     """
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = _load_mapped(path, map_location)
     except pickle.UnpicklingError as exc:
         found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(exc))
         named = f" (it names {found.group(1)})" if found else ""

@@ -40,6 +40,7 @@ running through its lock with or without one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -60,6 +61,7 @@ INIT = "init.json"  # where a run started from train.init_from came from (alphaf
 PROBES, EVAL, JOB, ERROR, RUN_INFO = "probes.jsonl", "eval.jsonl", "job.json", "error.txt", "run.json"
 FILES = (CONFIG, RUN_INFO, METRICS, PROBES, EVAL, JOB, ERROR, DONE)  # every file of a run folder (not the folders)
 _CKPT = re.compile(r"^(latest|step)-(\d{8})\.pt$")
+_CKPT_TMP = re.compile(r"^\.(latest|step)-\d{8}\.pt\.tmp\d+$")  # files.py's temporary of a checkpoint
 ROLLING_KEPT = 2
 
 
@@ -219,8 +221,14 @@ class RunFolder:
 
     def save_checkpoint(self, state: dict[str, Any], step: int, *, keep: bool = False) -> Path:
         """Atomically write the rolling checkpoint (and a permanent copy if ``keep``); prune old rolling ones.
-        A failed write (``WriteFailed``) leaves no partial file, and the older checkpoints as they were."""
+        A failed write (``WriteFailed``) leaves no partial file, and the older checkpoints as they were. The
+        temporary of a write that a crash or kill -9 cut short is removed first: the caller is the run's one
+        writer (it holds the run's lock and has no other write in flight), so no other write owns it."""
         path = self.checkpoint_dir / f"latest-{step:08d}.pt"
+        for stray in self.checkpoint_dir.glob(".*.tmp*"):
+            if _CKPT_TMP.match(stray.name):
+                with contextlib.suppress(OSError):  # e.g. a read-only folder: the write below says so
+                    stray.unlink(missing_ok=True)
         save_torch_atomic(state, path, what=f"checkpoint {path.name}")
         kept = self.checkpoint_dir / f"step-{step:08d}.pt"
         if keep and not kept.exists():

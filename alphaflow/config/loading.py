@@ -134,7 +134,8 @@ _LATER_SECTIONS = {"conflict": ConflictConfig, "log": LogConfig}
 # Fields added to an existing section after that: (section, field) → default, left out the same way.
 _LATER_FIELDS = {("train", "init_from"): None, ("model", "decouple_at"): None, ("model", "logvar"): False,
                  ("model", "aux_head_depth"): None, ("model", "guidance_embed"): False,
-                 ("model", "pos_embed"): "sincos", ("probe", "online_batches"): 1, ("train", "micro_batch"): 0}
+                 ("model", "pos_embed"): "sincos", ("probe", "online_batches"): 1,
+                 ("train", "async_ckpt"): True, ("train", "micro_batch"): 0}
 
 
 def without_later_defaults(config: dict) -> dict:

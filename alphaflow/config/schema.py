@@ -83,6 +83,7 @@ class TrainConfig:
     max_nonfinite: int = 20  # stop after this many consecutive non-finite losses
     threads: int | None = None  # torch CPU threads
     compile: bool = False
+    async_ckpt: bool = True  # rank 0 writes checkpoints in a background thread from a host snapshot; false: in step
     tf32: bool = True  # CUDA: TF32 tensor cores for the fp32 matmuls and convolutions (sampling, probes, tangents)
     dist_timeout_min: float = 60.0  # process-group timeout; rank 0's in-run evaluation must fit inside it
     init_from: str | None = None  # a run folder (its newest checkpoint) or a checkpoint file: its weights, EMA and

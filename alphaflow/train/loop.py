@@ -36,6 +36,7 @@ from alphaflow.runfolder import RunFolder
 from alphaflow.train.initialise import initialise_from
 from alphaflow.runlock import run_lock
 from alphaflow.train.sample_grids import write_samples
+from alphaflow.train.checkpointing import AsyncCheckpointer
 
 CHECKPOINT_FORMAT = 1
 
@@ -69,13 +70,17 @@ def train(cfg: Config, out: str | Path, *, callbacks: list[Callback] | None = No
     info, created = D.init_distributed(cfg.train.device, cfg.train.dist_timeout_min)
     say = (log or print) if info.is_main else (lambda _msg: None)
     lock = run_lock(out, say=say) if info.is_main else None  # the ranks of one run are one holder
+    writer = AsyncCheckpointer(RunFolder(out), asynchronous=cfg.train.async_ckpt)  # rank 0 is the one that saves
     try:
         D.on_main(info, lambda: lock.acquire() if lock is not None else None)  # before anything touches ``out``
-        result = _train(cfg, RunFolder(out), info, say, stop_at, should_stop, callbacks)
+        result = _train(cfg, writer.run, info, say, stop_at, should_stop, callbacks, writer)
         if created:  # every rank done before the group goes: a rank tearing gloo down mid-exchange aborts the other
             D.barrier(info)
         return result
     finally:
+        lost = writer.close(raise_error=False)  # a write in flight ends while the lock is held; an error here is
+        if lost is not None:                     # one met on a way out by another exception, which wins
+            say(f"warning: {lost}")
         close_all(callbacks)  # e.g. a wandb run ends with its trainer, also one that stopped early or failed
         if lock is not None:
             lock.release()
@@ -122,7 +127,8 @@ class _Session:
 
 
 def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], None],
-           stop_at: int | None, should_stop: Callable[[], bool] | None, callbacks: list[Callback]) -> TrainResult:
+           stop_at: int | None, should_stop: Callable[[], bool] | None, callbacks: list[Callback],
+           writer: AsyncCheckpointer) -> TrainResult:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     data = build_dataset(cfg.data.name, seed=cfg.seed, **dataset_options(cfg.data))
@@ -139,16 +145,20 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     progress = Progress(cfg.train.steps, s.state.step, enabled=info.is_main, say=say)
     t_last = time.perf_counter()
     stop = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
+    if info.is_main:  # a failed background write stops every rank at the next step boundary, where _save raises it
+        asked = should_stop
+        should_stop = lambda: writer.failed() or (asked is not None and asked())  # noqa: E731
     for raw, labels in batches.iterate(s.state.step, stop, cfg.data.workers):
         x, y, lr, out = _step(s, raw, labels, should_stop)
         progress.step()
         now = time.perf_counter()
         s.state.wall += now - t_last
-        stop = _maintain(s, x, y, lr, out, stop, progress)
+        stop = _maintain(s, x, y, lr, out, stop, progress, writer)
         t_last = time.perf_counter()  # maintenance time is not training time
         if s.state.step == stop:
             break
     progress.close()
+    D.on_main(info, writer.wait)  # no write in flight when the run stops or is marked DONE; raises its error
     if s.state.step < cfg.train.steps:
         say(f"stopped at step {s.state.step} of {cfg.train.steps}; run the same command again to resume")
         return TrainResult(run, s.net, s.ema.model, s.state.step, False)
@@ -238,7 +248,7 @@ def _step(s: _Session, raw: torch.Tensor, labels: torch.Tensor,
 
 
 def _maintain(s: _Session, x: torch.Tensor, y: torch.Tensor | None, lr: float, out: StepOutput, stop: int,
-              progress: Progress) -> int:
+              progress: Progress, writer: AsyncCheckpointer | None = None) -> int:
     """After a step: the metrics row (with the callbacks' keys), checkpoints, sample grids. Returns the step to
     stop at (moved to this step when a rank asked to stop)."""
     cfg, info, step = s.cfg, s.info, s.state.step
@@ -256,7 +266,7 @@ def _maintain(s: _Session, x: torch.Tensor, y: torch.Tensor | None, lr: float, o
         stop = step  # a preemption: checkpoint here and leave the loop
     if step % cfg.train.ckpt_every == 0 or last or step == stop:
         keep = cfg.train.keep_every > 0 and step % cfg.train.keep_every == 0
-        _save(s.run, cfg, s.state, s.net, s.ema, s.opt, s.data, s.gen, info, keep=keep)
+        _save(s.run, cfg, s.state, s.net, s.ema, s.opt, s.data, s.gen, info, keep=keep, writer=writer)
     if (cfg.train.sample_every and step % cfg.train.sample_every == 0) or last:
         D.on_main(info, lambda: write_samples(s.run, s.ema.model, s.data, cfg, step, s.objective))
     return stop
@@ -326,9 +336,12 @@ def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
 
 
 def _save(run: RunFolder, cfg: Config, state: LoopState, net, ema: EMA, opt, data, gen, info: D.DistInfo, *,
-          keep: bool) -> None:
+          keep: bool, writer: AsyncCheckpointer | None = None) -> None:
+    """Rank 0 checkpoints the run: through ``writer`` (a snapshot, written in the background; it first raises
+    the error of the write before, if any), else synchronously. The RNG gather across ranks stays synchronous."""
     rngs = D.gather_objects(_rng_state(gen, info.device), info)  # every rank's RNGs, for an exact resume
-    D.on_main(info, lambda: run.save_checkpoint(
+    save = writer.save if writer is not None else run.save_checkpoint
+    D.on_main(info, lambda: save(
         {"format": CHECKPOINT_FORMAT, "step": state.step, "config": to_dict(cfg), "net": net.state_dict(),
          "ema": ema.state_dict(), "opt": opt.state_dict(), "data_stats": data.state_dict(),
          "state": state.to_checkpoint(), "rng": rngs}, state.step, keep=keep))
@@ -341,6 +354,10 @@ def _restore(ckpt: dict, net, ema: EMA, opt, data, gen: torch.Generator, info: D
     net.load_state_dict(ckpt["net"])
     ema.load_state_dict(ckpt["ema"])
     opt.load_state_dict(ckpt["opt"])
+    for moments in opt.state.values():  # on the CPU Adam keeps the loaded tensors, which map the file (mmap=True):
+        for key, value in moments.items():  # own them, or the file's space stays taken after rotation deletes it
+            if isinstance(value, torch.Tensor) and value.device.type == "cpu":
+                moments[key] = value.clone()
     data.load_state_dict(ckpt["data_stats"])
     rngs = ckpt["rng"]
     if len(rngs) == info.world_size:
