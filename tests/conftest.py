@@ -39,6 +39,19 @@ class TinyNet(nn.Module):
         return self.body(h).view_as(z)
 
 
+@pytest.fixture(autouse=True)
+def no_gpus_assigned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU suite does not depend on the machine's GPU variables: ``train.device=auto`` refuses the CPU where SLURM
+    or CUDA_VISIBLE_DEVICES say this process was given GPUs (``alphaflow.train.distributed.assigned_gpus``), and a
+    CI machine or a SLURM allocation may set them. Where torch can use a GPU they are left alone."""
+    from alphaflow.train.distributed import SLURM_GPU_COUNTS, SLURM_GPU_LISTS
+
+    for name in (*SLURM_GPU_COUNTS, *SLURM_GPU_LISTS):
+        monkeypatch.delenv(name, raising=False)
+    if not torch.cuda.is_available():
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
 @pytest.fixture
 def tiny_net() -> TinyNet:
     torch.manual_seed(0)

@@ -163,3 +163,32 @@ def test_a_two_task_job_trains_with_ddp_from_submitits_ranks(tmp_path, monkeypat
     run = RunFolder(root / sweep.runs[0].name)
     saved = torch.load(run.checkpoints()[0][1], weights_only=False)
     assert run.is_done() and len(saved["rng"]) == 2, "both ranks' random streams were checkpointed"
+
+
+@pytest.mark.fast
+def test_the_requeue_budget_reaches_the_executor_and_the_batch_script(tmp_path, capsys, monkeypatch):
+    fake = tmp_path / "bin"  # submitit's SLURM executor wants an srun on PATH; this machine may have no SLURM
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ.get('PATH', '')}")
+    default = launcher.make_executor("local", tmp_path / "a", {}, "t")._executor
+    assert default.max_num_timeout == launcher.DEFAULT_MAX_NUM_TIMEOUT == 20
+    assert launcher.make_executor("local", tmp_path / "b", {"max_num_timeout": 0}, "t")._executor.max_num_timeout == 0
+    path = tmp_path / "s.yaml"
+    path.write_text("name: big\nresources: {timeout_min: 600, gpus_per_node: 8, max_num_timeout: 7}\n")
+    assert main(["sweep", str(path), "--root", str(tmp_path / "r"), "--dry-run", "--executor", "slurm"]) == 0
+    script = capsys.readouterr().out.split("# the batch script of the job array:\n")[1].splitlines()
+    note = script.index("# requeued after a time limit at most 7 times (resources.max_num_timeout; submitit counts them)")
+    assert script[note - 1].startswith("#SBATCH") and not any(line.startswith("#SBATCH") for line in script[note:])
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("bad", ["-1", "2.5", "'3'", "true"])
+def test_a_bad_requeue_budget_is_refused_in_one_line(tmp_path, capsys, bad):
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: x\nresources: {{max_num_timeout: {bad}}}\n")
+    assert main(["sweep", str(path), "--root", str(tmp_path / "r"), "--executor", "local"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "resources.max_num_timeout must be a whole number of requeues >= 0, got " in err
+    assert not (tmp_path / "r").exists()

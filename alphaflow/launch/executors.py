@@ -13,9 +13,12 @@ scheduler's signal (SIGUSR2 before a time limit or on preemption) submitit would
 ``checkpoint()`` and exit from inside the signal handler, at an arbitrary point of the training
 step. So the job swaps in a handler that only sets a flag; the trainer checks it at the next step
 boundary, writes a checkpoint there, and then the job hands over to submitit's own handler, which
-requeues it. The requeued job resumes from that checkpoint: nothing is lost or recomputed. With several
-tasks (DDP ranks) a signal to any one of them stops every rank at the same step (the trainer reduces the
-flag across ranks), and rank 0 requeues the job whichever rank received it.
+requeues it. The requeued job resumes from that checkpoint: nothing is lost or recomputed. submitit requeues a
+job that reached its time limit at most ``resources.max_num_timeout`` times (``DEFAULT_MAX_NUM_TIMEOUT``);
+preemptions do not count. With several tasks (DDP ranks) a signal to any one of them stops every rank at the
+same step (the trainer reduces the flag across ranks), and rank 0 requeues the job whichever rank received it.
+The ranks meet at the job's first node on a port derived from the job id (``rendezvous_port``), never at a
+MASTER_PORT the submitting shell exported.
 
 Two ``alphaflow sweep`` on one root: submission holds ``ROOT/.sweep.lock`` (``alphaflow.runlock``), so the
 second waits, then finds the first one's jobs pending or running and submits nothing twice; a trainer holds
@@ -30,10 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import signal
 import time
 import traceback
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -44,6 +49,7 @@ import submitit
 import torch
 
 from alphaflow.config import Config, config_hash, from_dict, to_dict
+from alphaflow.errors import UsageError
 from alphaflow.perf.memplan import data_shape
 from alphaflow.models import build_for_data
 from alphaflow.runfolder import ERROR, STATES, RunFolder, SchedulerLookup, State, run_status
@@ -57,8 +63,21 @@ RESOURCES = {
     "partition": "slurm_partition", "array_parallelism": "slurm_array_parallelism",
     "signal_delay_s": "slurm_signal_delay_s",  # SIGUSR2 this many seconds before the time limit
     "slurm": "slurm_additional_parameters",  # free-form: account, qos, constraint, ...
+    "max_num_timeout": "max_num_timeout",  # requeues after a time limit; an argument of the executor itself
 }
 DEFAULT_RESOURCES = {"timeout_min": 60, "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 2}
+# Keys given to the executor's constructor (AutoExecutor's ``<cluster>_max_num_timeout``), not to update_parameters.
+_CONSTRUCTOR_RESOURCES = ("max_num_timeout",)
+# submitit's requeue budget: how many times a job that reaches its time limit is requeued (preemptions do not count).
+# submitit's own default, 3, ends a run at its 4th time limit although every segment resumes from the checkpoint
+# written at the signal and so makes progress; a long ImageNet run may need more segments than that. 20 still
+# bounds a job that keeps coming back without finishing. A run stopped by the budget is "incomplete", and the next
+# ``alphaflow sweep`` submits it again.
+DEFAULT_MAX_NUM_TIMEOUT = 20
+
+# MASTER_PORT of a job with several tasks: PORT_BASE + crc32(job id) % PORT_SPAN, i.e. 20000-32767, below Linux's
+# default ephemeral range (32768-60999, net.ipv4.ip_local_port_range) from which outgoing connections take ports.
+PORT_BASE, PORT_SPAN = 20000, 12768
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -69,8 +88,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # several tasks: DDP ranks from submitit's view of the job
-            # overwrite: the submitting shell may have exported MASTER_ADDR/PORT of its own (export refuses then)
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+            export_rendezvous(env)
         stop = {"requested": False}
         requeue = signal.getsignal(signal.SIGUSR2)
         signal.signal(signal.SIGUSR2, lambda *_: stop.update(requested=True))
@@ -96,6 +114,26 @@ class TrainJob(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(TrainJob(), spec)
 
 
+def rendezvous_port(job_id: str) -> int:
+    """MASTER_PORT of the submitit job ``job_id`` ("<array job>_<task>" for an array task): the same on every task
+    of the job and across its requeues, different between the tasks of an array that may share a node.
+    ``zlib.crc32``, not ``hash()``: Python salts string hashes per process, and every rank must agree."""
+    return PORT_BASE + zlib.crc32(job_id.encode()) % PORT_SPAN
+
+
+def export_rendezvous(env: submitit.JobEnvironment) -> None:
+    """Export the torchrun variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) of the submitit job ``env``.
+
+    The port is ``rendezvous_port(env.job_id)``, set before submitit reads it: submitit's
+    ``TorchDistributedEnvironment`` keeps a MASTER_PORT already in the environment, and sbatch and the local
+    executor pass the submitting shell's environment on, so one exported there would be every array task's port
+    (two tasks on one node then collide). ``overwrite=True``: submitit refuses to replace an inherited MASTER_ADDR
+    otherwise. MASTER_ADDR is the job's first node (submitit's choice).
+    """
+    os.environ["MASTER_PORT"] = str(rendezvous_port(str(env.job_id)))
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+
+
 def resolve_executor(name: str) -> str:
     """The ``EXECUTORS`` entry ``name`` names; 'auto' → slurm when ``sbatch`` is on PATH, else local."""
     if name == "auto":
@@ -111,7 +149,17 @@ def executor_parameters(resources: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown resources {sorted(unknown)}; expected some of {sorted(RESOURCES)}")
     merged = {**DEFAULT_RESOURCES, **resources}
-    return {RESOURCES[k]: v for k, v in merged.items() if v is not None}
+    return {RESOURCES[k]: v for k, v in merged.items() if v is not None and k not in _CONSTRUCTOR_RESOURCES}
+
+
+def max_num_timeout(resources: dict[str, Any]) -> int:
+    """``resources.max_num_timeout`` checked (a whole number >= 0), or ``DEFAULT_MAX_NUM_TIMEOUT`` when left out."""
+    value = resources.get("max_num_timeout")
+    if value is None:
+        return DEFAULT_MAX_NUM_TIMEOUT
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"resources.max_num_timeout must be a whole number of requeues >= 0, got {value!r}")
+    return value
 
 
 # Write speed assumed for a checkpoint on a slow shared file system, and the floor of the signal delay.
@@ -138,17 +186,22 @@ def signal_delay_s(runs: list[SweepRun]) -> int:
 
 
 def with_defaults(resources: dict[str, Any], runs: list[SweepRun]) -> dict[str, Any]:
-    """The sweep file's resources with ``signal_delay_s`` filled in from the runs when the file leaves it out."""
+    """The sweep file's resources with ``signal_delay_s`` filled in from the runs and ``max_num_timeout`` with
+    ``DEFAULT_MAX_NUM_TIMEOUT`` when the file leaves them out (both checked when given)."""
+    out = {**resources, "max_num_timeout": max_num_timeout(resources)}
     given = resources.get("signal_delay_s")
     if given is not None:
         if isinstance(given, bool) or not isinstance(given, int) or given < 1:
             raise ValueError(f"resources.signal_delay_s must be a whole number of seconds >= 1, got {given!r}")
-        return dict(resources)
-    return {**resources, "signal_delay_s": signal_delay_s(runs)}
+        return out
+    return {**out, "signal_delay_s": signal_delay_s(runs)}
 
 
 def make_executor(kind: str, root: Path, resources: dict[str, Any], name: str) -> submitit.AutoExecutor:
-    executor = submitit.AutoExecutor(folder=root / ".submitit", cluster=kind)
+    """submitit's executor ``kind`` (local or slurm) with the sweep file's ``resources``; the requeue budget
+    (``max_num_timeout``) is an argument of the executor itself, the rest are its parameters."""
+    executor = submitit.AutoExecutor(folder=root / ".submitit", cluster=kind,
+                                     **{f"{kind}_max_num_timeout": max_num_timeout(resources)})
     executor.update_parameters(name=name, **executor_parameters(resources))
     return executor
 
@@ -161,7 +214,11 @@ def sbatch_script(root: Path, resources: dict[str, Any], name: str, count: int) 
     executor = make_executor("slurm", root, resources, name)
     slurm = executor._executor
     slurm.parameters["map_count"] = count
-    return slurm._make_submission_file_text("python -u -m submitit.core._submit <folder>", "<uid>")
+    lines = slurm._make_submission_file_text("python -u -m submitit.core._submit <folder>", "<uid>").split("\n")
+    last = max((i for i, line in enumerate(lines) if line.startswith("#SBATCH")), default=0)
+    note = (f"# requeued after a time limit at most {slurm.max_num_timeout} times (resources.max_num_timeout; "
+            "submitit counts them)")
+    return "\n".join([*lines[:last + 1], note, *lines[last + 1:]])
 
 
 # ------------------------------------------------------------------ the scheduler and the runs to start

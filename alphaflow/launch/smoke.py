@@ -168,7 +168,7 @@ def resources_summary(real: Sweep, root: Path) -> str:
     executors.executor_parameters(real.resources)
     resources = executors.with_defaults(real.resources, real.runs)
     script = executors.sbatch_script(root, resources, real.name, len(real.runs))
-    header = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    header = [line for line in script.splitlines() if line.startswith(("#SBATCH", "# requeued"))]
     given = " ".join(f"{k}={v}" for k, v in resources.items())
     return "\n".join([f"resources (checked, not used here): {given or '(defaults)'}",
                       "the real submission's batch script (--executor slurm):", *(f"  {h}" for h in header)])

@@ -11,7 +11,8 @@
     seeds: [0, 1]                        # sets the top-level seed (optional); per variant instead:
                                          #   seeds: {meanflow-fm0: [0, 1, 2], meanflow-fm75: [0, 1]}
     resources: {timeout_min: 60, gpus_per_node: 1, tasks_per_node: 1, cpus_per_task: 8, mem_gb: 32,
-                partition: learn, array_parallelism: 16, slurm: {account: my-account, qos: normal}}
+                partition: learn, array_parallelism: 16, max_num_timeout: 20,
+                slurm: {account: my-account, qos: normal}}
 
 Each run is named ``<readable-description>-<config-hash>`` (DomainBed style), so its folder is a
 pure function of its config; the description is the variant, the grid and zip values and ``s<seed>``.

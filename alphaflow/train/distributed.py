@@ -2,12 +2,21 @@
 
 Rank information comes from the environment, in this order:
   * torchrun, or a submitit/SLURM job whose launcher exported the torchrun variables
-    (``submitit.helpers.TorchDistributedEnvironment().export()``): RANK, WORLD_SIZE, LOCAL_RANK,
-    MASTER_ADDR, MASTER_PORT;
+    (``alphaflow.launch.executors.export_rendezvous``: submitit's export with a port derived from the
+    job id): RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT;
   * a bare ``srun`` with several tasks: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID (MASTER_ADDR and
     MASTER_PORT must then be set by the job script);
   * otherwise a single process.
 The backend is NCCL on CUDA and gloo on CPU.
+
+The device (``resolve_device``): ``auto`` is the GPU when one is usable, and refuses to fall back to the
+CPU when this process was given GPUs (SLURM's GPU variables, a ``CUDA_VISIBLE_DEVICES`` that names
+devices): a CPU-only torch wheel or a driver that torch cannot use would otherwise train on the CPU, orders
+of magnitude slower and silently. ``cpu`` forces the CPU everywhere.
+
+The process group's first rendezvous (the store at MASTER_ADDR:MASTER_PORT and a first barrier) runs
+under a short timeout (``INIT_TIMEOUT_MIN``), then the group's timeout is raised to the run's long one,
+so a wrong address or a blocked port fails in minutes with one line instead of hanging for an hour.
 
 Every collective of the package goes through this module (a test keeps it that way), and each one
 refuses a tensor that is not on the run's device: a process group initialised with NCCL accepts
@@ -20,10 +29,11 @@ which builds its tensor on the run's device itself.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -60,40 +70,187 @@ def _env_ranks() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+# SLURM's variables that say this job or step was given GPUs: counts, or "[type:]count" (a zero means none) ...
+SLURM_GPU_COUNTS = ("SLURM_GPUS_ON_NODE", "SLURM_GPUS", "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK")
+# ... and lists of the GPU indices given (any value means some)
+SLURM_GPU_LISTS = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
+_HIDE_ALL = ("", "-1")  # CUDA_VISIBLE_DEVICES values that hide every device
+
+
+def _zero_count(value: str) -> bool:
+    """'0', 'a100:0' or '0,h100:0': a count of no GPU."""
+    return all(item.rsplit(":", 1)[-1].strip() == "0" for item in value.split(","))
+
+
+def assigned_gpus(env: Mapping[str, str] | None = None) -> str | None:
+    """The variable that says this process was given GPUs, as ``NAME=value``, or None.
+
+    SLURM's GPU variables (``SLURM_GPU_COUNTS`` with a non-zero count, ``SLURM_GPU_LISTS`` with any value),
+    then a ``CUDA_VISIBLE_DEVICES`` that names devices (not "" or "-1", which hide them all).
+    """
+    env = os.environ if env is None else env
+    for name in (*SLURM_GPU_COUNTS, *SLURM_GPU_LISTS):
+        value = env.get(name, "").strip()
+        if value and not (name in SLURM_GPU_COUNTS and _zero_count(value)):
+            return f"{name}={value}"
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() not in _HIDE_ALL:
+        return f"CUDA_VISIBLE_DEVICES={visible}"
+    return None
+
+
+def why_no_cuda() -> str:
+    """Why torch cannot use a GPU here, in a few words: a CPU build, devices hidden, or the driver's reason."""
+    if torch.version.cuda is None:
+        return (f"this torch ({torch.__version__}) is a CPU-only build: install a CUDA build of the same version "
+                "from PyTorch's CUDA wheel index (pip install torch --index-url "
+                "https://download.pytorch.org/whl/cu<CUDA version>, see pytorch.org/get-started)")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in _HIDE_ALL:
+        return f"CUDA_VISIBLE_DEVICES={visible!r} hides every device"
+    reason = "no CUDA device is usable"
+    try:  # only on this failure path: initialising CUDA again is cheap and names the driver's complaint
+        torch.cuda.init()
+    except Exception as exc:  # torch says e.g. "Found no NVIDIA driver" or "The NVIDIA driver ... is too old"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = f"{reason} ({first[:300]})"
+    shown = "unset" if visible is None else repr(visible)
+    return (f"torch {torch.__version__} is built for CUDA {torch.version.cuda} but {reason}; "
+            f"CUDA_VISIBLE_DEVICES is {shown}")
+
+
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """'auto' → cuda:<local_rank> when CUDA is available, else cpu; 'cuda' without CUDA is an error."""
+    """'auto' → cuda:<local_rank> when CUDA is available, else cpu, unless this process was given GPUs
+    (``assigned_gpus``): then the CPU would be a silent mistake, and it is refused with the cause
+    (``why_no_cuda``). 'cuda' without CUDA is an error; 'cpu' is the CPU whatever the environment says."""
     if preference not in ("auto", "cpu", "cuda"):
         raise UsageError(f"the device (train.device, or --device) must be auto, cpu or cuda, got {preference!r}")
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+    if preference == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise UsageError("the device is cuda (train.device, or --device) but CUDA is not available on this "
-                         "machine; use cpu or auto")
+        if preference == "cuda":
+            raise UsageError(f"the device is cuda (train.device, or --device) but CUDA is not available on this "
+                             f"machine: {why_no_cuda()}; use cpu to train on the CPU")
+        given = assigned_gpus()
+        if given is None:
+            return torch.device("cpu")
+        raise UsageError(f"the device is auto (train.device, or --device) and {given} gives this process GPUs, "
+                         f"but torch cannot use them: {why_no_cuda()}; refusing to fall back to the CPU "
+                         "(set train.device=cpu, or --device cpu, to use the CPU deliberately)")
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
-def init_distributed(device_preference: str = "auto", timeout_min: float = 60.0) -> tuple[DistInfo, bool]:
+# The first rendezvous's timeout, in minutes: long enough for every task of a SLURM step to import torch from a
+# slow shared file system and reach ``init_distributed``, short enough that a wrong MASTER_ADDR, a blocked port
+# or a rank that never starts fails the job in minutes rather than after ``train.dist_timeout_min``.
+INIT_TIMEOUT_MIN = 5.0
+NCCL_DOCS = "docs/gpu.md#9-two-node-jobs-nccl"
+
+
+def _set_timeout(timeout: datetime.timedelta) -> None:
+    """Raise the default group's timeout (and its store's) after the first rendezvous.
+
+    ``torch.distributed.distributed_c10d._set_pg_timeout`` is private, but it is what torch's own
+    ``torch.distributed.breakpoint`` uses to lengthen a live group's timeout; it sets the NCCL or gloo
+    backend's default timeout, which every later collective takes (and NCCL's watchdog enforces). The
+    env:// store was made with the short timeout too; it is raised so that a communicator NCCL sets up
+    later (its unique id travels through the store) gets the long one as well.
+    """
+    c10d = dist.distributed_c10d
+    c10d._set_pg_timeout(timeout)
+    store = c10d._get_default_store()
+    while store is not None:  # the PrefixStore and the TCPStore under it
+        store.set_timeout(timeout)
+        store = getattr(store, "underlying_store", None)
+
+
+def _can_raise_timeout() -> bool:
+    c10d = dist.distributed_c10d
+    return callable(getattr(c10d, "_set_pg_timeout", None)) and callable(getattr(c10d, "_get_default_store", None))
+
+
+def rendezvous_failure(rank: int, world: int, minutes: float, exc: BaseException) -> str:
+    """The one line of a failed first rendezvous: where the ranks were to meet, who failed, and where to look."""
+    addr, port = os.environ.get("MASTER_ADDR", "?"), os.environ.get("MASTER_PORT", "?")
+    text = str(exc).strip()
+    cause = (text.splitlines()[0][:300] if text else "") or type(exc).__name__
+    return (f"rank {rank} of {world} could not join the process group at MASTER_ADDR:MASTER_PORT={addr}:{port} "
+            f"within {minutes:g} min ({type(exc).__name__}: {cause}); check that every rank started, that every "
+            f"node reaches that address and port, and the network variables in {NCCL_DOCS}")
+
+
+def init_distributed(device_preference: str = "auto", timeout_min: float = 60.0,
+                     init_timeout_min: float = INIT_TIMEOUT_MIN) -> tuple[DistInfo, bool]:
     """Join the process group described by the environment (or none) and pick the device.
 
     Returns the rank information and whether this call created the process group (then the caller
     destroys it at the end; a group the caller made before, e.g. a test or a notebook, is left alone).
     ``timeout_min`` bounds every collective: NCCL's default of 10 minutes is shorter than rank 0's
     in-run evaluation or a checkpoint of a large model on a slow file system, while the other ranks
-    wait in a barrier.
+    wait in a barrier. The first rendezvous (joining the store at MASTER_ADDR:MASTER_PORT, NCCL's set-up
+    and a first barrier) is bounded by ``init_timeout_min`` instead (the shorter of the two), and fails
+    with one ``RuntimeError`` line naming the address, the rank and the world size; then the group's
+    timeout becomes ``timeout_min``. On a torch without the private setter (``_set_timeout``) the group
+    has ``timeout_min`` from the start.
     """
     rank, world, local = _env_ranks()
     device = resolve_device(device_preference, local)
+    info = DistInfo(rank, world, local, device)
     created = False
     if world > 1 and not dist.is_initialized():
         os.environ.setdefault("RANK", str(rank))
         os.environ.setdefault("WORLD_SIZE", str(world))
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
-                                rank=rank, world_size=world, timeout=datetime.timedelta(minutes=timeout_min),
-                                device_id=device if device.type == "cuda" else None)
+        short = _can_raise_timeout() and init_timeout_min < timeout_min
+        first = init_timeout_min if short else timeout_min
+        try:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
+                                    rank=rank, world_size=world, timeout=datetime.timedelta(minutes=first),
+                                    device_id=device if device.type == "cuda" else None)
+            barrier(info)
+        except (RuntimeError, TimeoutError) as exc:  # torch's DistError family, a gloo timeout, a socket timeout
+            if dist.is_initialized() and device.type == "cpu":  # gloo: leave no half-made group behind
+                with contextlib.suppress(Exception):
+                    dist.destroy_process_group()
+            raise RuntimeError(rendezvous_failure(rank, world, first, exc)) from exc
+        if short:
+            _set_timeout(datetime.timedelta(minutes=timeout_min))
         created = True
-    return DistInfo(rank, world, local, device), created
+    return info, created
+
+
+def agree(value: int, info: DistInfo, what: str, hint: str = "") -> None:
+    """Check that every rank holds the same ``value`` (e.g. the step each restored), and raise the same
+    ``RuntimeError`` on every rank when they do not, naming each rank's value, e.g. "the ranks disagree on
+    the restored step: 1000 on ranks 0-7; 0 on ranks 8-15 — <hint>". Ranks that resumed from different
+    checkpoints raise no error of their own: they follow different schedules and data positions from then
+    on, and one reaches the end or a checkpoint's collective before the others (a wrong run, then a hang).
+    One all-gather of an int64 tensor on the run's device; nothing in one process."""
+    if not info.distributed:
+        return
+    mine = torch.tensor([int(value)], dtype=torch.int64, device=info.device)
+    gathered = [torch.empty_like(mine) for _ in range(info.world_size)]
+    dist.all_gather(gathered, mine)
+    values = torch.cat(gathered).tolist()
+    if len(set(values)) == 1:
+        return
+    ranks: dict[int, list[int]] = {}
+    for r, v in enumerate(values):
+        ranks.setdefault(v, []).append(r)
+    listed = "; ".join(f"{v} on rank{'s' if len(rs) > 1 else ''} {_ranges(rs)}" for v, rs in ranks.items())
+    raise RuntimeError(f"the ranks disagree on {what}: {listed}" + (f" — {hint}" if hint else ""))
+
+
+def _ranges(ranks: list[int]) -> str:
+    """[0, 1, 2, 5] → '0-2, 5'."""
+    spans: list[list[int]] = []
+    for r in ranks:
+        if spans and r == spans[-1][1] + 1:
+            spans[-1][1] = r
+        else:
+            spans.append([r, r])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def shutdown() -> None:
