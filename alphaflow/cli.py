@@ -59,7 +59,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     from alphaflow.objectives import objective_from_options
     from alphaflow.config import load_config
-    from alphaflow.perf.memplan import plan_memory
+    from alphaflow.perf.memplan import plan_memory, propose_micro_batch
     from alphaflow.models import check_model_name
 
     if args.world_size < 1:
@@ -72,8 +72,17 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         plan = plan_memory(cfg, world_size=args.world_size, device=args.device)
     print(json.dumps(plan.to_dict(), indent=1) if args.json else plan.table(args.limit_gb))
     if not plan.fits(args.limit_gb * 1e9):
-        print(f"does not fit {args.limit_gb:g} GB: lower probe.chunk_size, eval.batch_size or eval.decode_batch_size, "
-              "or use more ranks")
+        hints = []
+        if plan.phases["train"].total_bytes > args.limit_gb * 1e9:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                micro = propose_micro_batch(cfg, world_size=args.world_size, limit_bytes=args.limit_gb * 1e9,
+                                            device=args.device)
+            hints.append(f"train.micro_batch={micro} (gradient accumulation: the same global batch, {micro} rows "
+                         "per forward)" if micro else "a smaller model: not even one row per forward fits")
+        if any(p.total_bytes > args.limit_gb * 1e9 for n, p in plan.phases.items() if n != "train" and p.used):
+            hints.append("lower probe.chunk_size, eval.batch_size or eval.decode_batch_size")
+        print(f"does not fit {args.limit_gb:g} GB: use {' and '.join(hints)}, or more ranks")
         return 1
     return 0
 

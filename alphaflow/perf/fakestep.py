@@ -68,13 +68,15 @@ class FakeStep:
     leaves the EMA out."""
 
     def __init__(self, run: FakeRun, build: Callable[[], nn.Module], objective: Objective, *, bf16: bool,
-                 grad_clip: float | None = 16.0, ema: bool = True, halflife_steps: float = 500.0) -> None:
+                 grad_clip: float | None = 16.0, ema: bool = True, halflife_steps: float = 500.0,
+                 micro_batch: int = 0) -> None:
         self.run = run
         self.net = build()
         opt = build_optimizer(self.net.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0,
                               fused=True)
         self.ema = EMA(self.net, halflife_steps, None) if ema else None
-        self.parts = StepParts(self.net, self.net, objective, opt, self.ema, DistInfo(), bf16, grad_clip)
+        self.parts = StepParts(self.net, self.net, objective, opt, self.ema, DistInfo(), bf16, grad_clip,
+                               micro_batch=micro_batch)
 
     def sample(self, x: Tensor, objective: Objective | None = None, *, step: int = 1, seed: int = 0) -> Sample:
         """A fake sample of ``objective`` (default: the step's) for the fake batch x: [B, ...]."""

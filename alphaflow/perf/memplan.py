@@ -85,12 +85,14 @@ class MemoryPlan:
     per_rank_batch: int
     precision: str
     phases: dict[str, PhasePlan]
+    micro_batch: int = 0  # rows per forward (train.micro_batch; 0: the whole per-rank batch)
 
     def fits(self, limit_bytes: float) -> bool:
         return all(p.total_bytes <= limit_bytes for p in self.phases.values() if p.used)
 
     def table(self, limit_gb: float = 80.0) -> str:
-        lines = [f"memory plan per rank: {self.world_size} rank(s), {self.per_rank_batch} samples per rank, "
+        micro = f" ({self.micro_batch} per forward)" if 0 < self.micro_batch < self.per_rank_batch else ""
+        lines = [f"memory plan per rank: {self.world_size} rank(s), {self.per_rank_batch} samples per rank{micro}, "
                  f"{self.precision}; limit {limit_gb:g} GB",
                  f"{'phase':<14} {'tracked':>9} {'planned':>9}  {'fits':<5} resident"]
         for p in self.phases.values():
@@ -103,7 +105,8 @@ class MemoryPlan:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"world_size": self.world_size, "per_rank_batch": self.per_rank_batch, "precision": self.precision,
+        return {"world_size": self.world_size, "per_rank_batch": self.per_rank_batch, "micro_batch": self.micro_batch,
+                "precision": self.precision,
                 "phases": {k: {**dataclasses.asdict(p), "total_bytes": p.total_bytes} for k, p in self.phases.items()}}
 
 
@@ -133,7 +136,8 @@ def _train_phase(cfg: Config, bf16: bool, world_size: int, shape, classes, probe
     run = FakeRun()
     with run:
         fake = FakeStep(run, lambda: build_for_data(cfg.model.name, shape, classes, **model_options(cfg.model)),
-                        objective, bf16=bf16, grad_clip=cfg.optim.grad_clip, halflife_steps=cfg.ema.halflife_steps)
+                        objective, bf16=bf16, grad_clip=cfg.optim.grad_clip, halflife_steps=cfg.ema.halflife_steps,
+                        micro_batch=cfg.train.micro_batch)
         net = fake.net
         weights = _state_bytes(net)
         x = run.fake((batch, *shape))
@@ -208,5 +212,24 @@ def plan_memory(cfg: Config, *, world_size: int = 1, device: str = "cuda") -> Me
         train, online = _train_phase(cfg, bf16, world_size, shape, classes, probe=cfg.probe.every > 0)
         phases = {"train": train, "online_probe": online,
                   "offline_probe": _offline_probe_phase(cfg, shape, classes), "eval": _eval_phase(cfg, shape, classes)}
-    return MemoryPlan(world_size, cfg.train.batch_size // world_size, "bf16" if bf16 else "fp32", phases)
+    return MemoryPlan(world_size, cfg.train.batch_size // world_size, "bf16" if bf16 else "fp32", phases,
+                      cfg.train.micro_batch)
 
+
+
+def propose_micro_batch(cfg: Config, *, world_size: int, limit_bytes: float, device: str = "cuda") -> int | None:
+    """The largest ``train.micro_batch`` (the per-rank batch halved, and halved again) whose training step fits
+    ``limit_bytes``, planned on fake tensors; None when not even one row at a time fits. Only the train phase is
+    planned: the probes and the evaluation have knobs of their own (``probe.chunk_size``, ``eval.batch_size``)."""
+    per_rank = cfg.train.batch_size // world_size
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device == "cuda")
+    shape, classes = data_shape(cfg)
+    micro = per_rank // 2
+    while micro >= 1:
+        trial = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, micro_batch=micro))
+        with drawn_samples_only():
+            train, _ = _train_phase(trial, bf16, world_size, shape, classes, probe=False)
+        if train.total_bytes <= limit_bytes:
+            return micro
+        micro //= 2
+    return None
