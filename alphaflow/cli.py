@@ -207,7 +207,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         variants = tuple(v for v in resolve_variants(args.variants) if v not in ("probe", "official_p100"))
         census = run_census(args.model, batch=args.batch, shape=tuple(args.shape), classes=args.classes,
-                            precision=args.precision, variants=variants, gpu=args.gpu)
+                            precision=args.precision, variants=variants, gpu=args.gpu,
+                            model_options={"attention": args.attention})
         print(json.dumps(census) if args.json else format_census(census))
         return 0
     results = run_bench(args.model, batch=args.batch, shape=tuple(args.shape), classes=args.classes,
@@ -347,6 +348,9 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
                    help="count one trainer step per variant on fake tensors (FLOPs by dtype, bytes, kernels, the "
                         "largest no-grad tensor) and estimate its time and MFU on --gpu; runs on any laptop")
     p.add_argument("--gpu", choices=("h100", "h200"), default="h100", help="the roofline of --census (default h100)")
+    p.add_argument("--attention", choices=("auto", "math", "triton"), default="auto",
+                   help="--census: the DiT's attention tangent (auto: the fused kernel where Triton is importable, "
+                        "as on a GPU; math: the N×N form)")
     p.set_defaults(func=_cmd_bench)
 
 

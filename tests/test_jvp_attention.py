@@ -204,3 +204,42 @@ def test_compiles_for_h100(dtype, tangent_dtype, d, tmp_path):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert int(done.stdout.split()[-1]) <= 227 * 1024
+
+
+# ----------------------------------------------------------------------------- in the DiT (model.attention)
+
+def test_dit_tangent_mode_with_the_kernel_equals_the_math_form():
+    """model.attention=triton: the same prediction (the primal is SDPA either way) and the same du/dt as the math form,
+    on a row subset and on every row; the kernel runs through the custom op alphaflow::attention_tangent."""
+    from alphaflow.models import build_model
+
+    torch.manual_seed(0)
+    nets = {impl: build_model("DiT-N/2", input_size=8, in_channels=1, num_classes=10, attention=impl)
+            for impl in ("math", "triton")}
+    nets["triton"].load_state_dict(nets["math"].state_dict())
+    with torch.no_grad():
+        for p in nets["math"].parameters():  # off the zero init (both share these values)
+            p.add_(0.05 * torch.randn_like(p))
+        nets["triton"].load_state_dict(nets["math"].state_dict())
+    B = 4
+    z, y = torch.randn(B, 1, 8, 8), torch.randint(0, 10, (B,))
+    t = torch.rand(B) * 0.8 + 0.1
+    r = t * torch.rand(B)
+    for rows in (None, torch.tensor([1, 3])):
+        P = B if rows is None else rows.shape[0]
+        dz, dr, dt = torch.randn(P, 1, 8, 8), torch.zeros(P), torch.ones(P)
+        u_m, du_m = nets["math"](z, r, t, y, tangent=(rows, dz, dr, dt))
+        u_k, du_k = nets["triton"](z, r, t, y, tangent=(rows, dz, dr, dt))
+        assert torch.equal(u_k, u_m)
+        assert du_m.abs().max() > 1e-3 and rel_err(du_k, du_m.double()) < 1e-5
+
+
+def test_the_census_sees_no_nxn_tensor_with_the_kernel():
+    """On fake tensors the kernel is one op (its fake implementation): the tangent path writes no [.., N, N] tensor."""
+    from alphaflow.perf.census import run_census
+
+    out = {impl: run_census("DiT-N/2", batch=4, shape=(1, 8, 8), classes=10, variants=("fm", "mf_p100"),
+                            model_options={"attention": impl}) for impl in ("math", "triton")}
+    assert out["math"]["mf_p100"]["nxn_target_tensors"] > 0 and out["triton"]["mf_p100"]["nxn_target_tensors"] == 0
+    assert out["triton"]["mf_p100"]["memory_bytes"] < out["math"]["mf_p100"]["memory_bytes"]
+    assert out["triton"]["fm"]["ms"] == out["math"]["fm"]["ms"]  # flow matching has no tangent

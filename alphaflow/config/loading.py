@@ -135,7 +135,7 @@ _LATER_SECTIONS = {"conflict": ConflictConfig, "log": LogConfig}
 _LATER_FIELDS = {("train", "init_from"): None, ("model", "decouple_at"): None, ("model", "logvar"): False,
                  ("model", "aux_head_depth"): None, ("model", "guidance_embed"): False,
                  ("model", "pos_embed"): "sincos", ("probe", "online_batches"): 1,
-                 ("train", "async_ckpt"): True, ("train", "micro_batch"): 0}
+                 ("train", "async_ckpt"): True, ("train", "micro_batch"): 0, ("model", "attention"): "auto"}
 
 
 def without_later_defaults(config: dict) -> dict:
@@ -195,7 +195,8 @@ _POSITIVE = ("train.dist_timeout_min", "optim.lr", "optim.eps", "optim.grad_clip
 _NON_NEGATIVE = ("conflict.c", "seed", "probe.chunk_size", "train.micro_batch", "train.keep_every", "train.sample_every", "optim.weight_decay", "optim.warmup_steps",
                  "data.workers", "objective.adaptive_p")
 _CHOICES = {"train.device": DEVICES, "train.precision": PRECISIONS, "sample.sampler": SAMPLERS, "conflict.mode": MODES,
-            "model.pos_embed": ("sincos", "stored"), "log.wandb": WANDB_MODES}
+            "model.pos_embed": ("sincos", "stored"), "model.attention": ("auto", "math", "triton"),
+            "log.wandb": WANDB_MODES}
 
 
 def validate(cfg: Config) -> None:

@@ -32,6 +32,8 @@ class ModelConfig:
     aux_head_depth: int | None = None  # DiT: iMF's velocity head (0: a second final layer; k: its own last k blocks)
     guidance_embed: bool = False  # DiT: iMF's guidance conditioning on (ω, t_min, t_max)
     pos_embed: str = "sincos"  # DiT: "stored" keeps the positional embedding in checkpoints (imported networks)
+    attention: str = "auto"  # DiT: the attention tangent by the fused Triton kernel (triton), in math form (math),
+    #                          or the kernel on CUDA when Triton is importable (auto): docs/jvp.md
 
 
 @dataclass

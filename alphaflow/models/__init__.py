@@ -45,7 +45,8 @@ def build_for_data(name: str, shape: tuple[int, ...], num_classes: int, **kwargs
 
 def model_options(model_cfg: Any) -> dict[str, Any]:
     """The build keywords a config's ``model`` section adds to the name: ``time_scale``, and ``decouple_at``,
-    ``logvar``, ``aux_head_depth``, ``guidance_embed`` and ``pos_embed`` where they are set (the DiT only)."""
+    ``logvar``, ``aux_head_depth``, ``guidance_embed``, ``pos_embed`` and ``attention`` where they are set (the DiT
+    only)."""
     options: dict[str, Any] = {"time_scale": model_cfg.time_scale}
     for name in ("decouple_at", "aux_head_depth"):
         if getattr(model_cfg, name, None) is not None:
@@ -55,6 +56,8 @@ def model_options(model_cfg: Any) -> dict[str, Any]:
             options[name] = True
     if getattr(model_cfg, "pos_embed", "sincos") != "sincos":
         options["pos_embed"] = model_cfg.pos_embed
+    if getattr(model_cfg, "attention", "auto") != "auto":
+        options["attention"] = model_cfg.attention
     return options
 
 

@@ -32,14 +32,15 @@ import torch
 from torch import Tensor, nn
 
 from alphaflow.conventions import NULL_LABEL
-from alphaflow.models.dit_layers import (Attention, DiTBlock, FinalLayer, TimestepEmbedder, layer_norm, modulate_fp32,
+from alphaflow.models.dit_layers import (Attention, DiTBlock, FinalLayer, TimestepEmbedder, layer_norm, modulate,
                                          sincos_pos_embed_2d)
+from alphaflow.models.jvp_attention import ATTENTION_IMPLS, triton_available
 from alphaflow.models.logvar import LogVarianceHead
 from alphaflow.models.tangent import Rows, conv_patch_jvp, tangent_dtype
 
 # the layers are re-exported: alphaflow.models.dit.TimestepEmbedder etc. (the size registry: alphaflow.models.registry)
 __all__ = ["DiT", "count_parameters", "Attention", "DiTBlock", "FinalLayer", "TimestepEmbedder", "layer_norm",
-           "modulate_fp32", "sincos_pos_embed_2d"]
+           "modulate", "sincos_pos_embed_2d"]
 
 
 class DiT(nn.Module):
@@ -81,8 +82,14 @@ class DiT(nn.Module):
         aux_head_depth: int | None = None,
         guidance_embed: bool = False,
         pos_embed: str = "sincos",
+        attention: str = "auto",
     ):
         super().__init__()
+        if attention not in ATTENTION_IMPLS:
+            raise ValueError(f"attention must be one of {list(ATTENTION_IMPLS)} (how the tangent mode computes the "
+                             f"attention tangent), got {attention!r}")
+        if attention == "triton" and not triton_available():
+            raise ValueError("attention='triton' (model.attention) needs Triton: pip install 'alphaflow[gpu]'")
         if pos_embed not in ("sincos", "stored"):
             raise ValueError(f"pos_embed must be 'sincos' (computed) or 'stored' (held in the checkpoint), got {pos_embed!r}")
         if decouple_at is not None and not 0 <= decouple_at <= depth:
@@ -113,11 +120,12 @@ class DiT(nn.Module):
         # network's own values (alphaflow.official), which live in its checkpoints.
         self.register_buffer("pos_embed", sincos_pos_embed_2d(hidden_size, *self.grid)[None],
                              persistent=pos_embed == "stored")
-        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, attention) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.aux_head_depth = aux_head_depth
         if aux_head_depth is not None:  # the velocity head: its own last blocks and final layer
-            self.v_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(aux_head_depth)])
+            self.v_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, attention)
+                                           for _ in range(aux_head_depth)])
             self.v_final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.guide_embedders = nn.ModuleList(
             [TimestepEmbedder(hidden_size) for _ in range(3)]) if guidance_embed else None  # 1 − 1/ω, t_min, t_max

@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from alphaflow.models.jvp_attention import attention_tangent, use_fused_tangent
 from alphaflow.models.logvar import timestep_phases
 from alphaflow.models.tangent import (Linear, Rows, attention_jvp, gated_residual_jvp, linear_jvp, mlp_jvp, modulate_jvp,
                                       silu_jvp, sinusoid_jvp, split_heads, take)
 
-__all__ = ["layer_norm", "modulate_fp32", "sincos_pos_embed_2d", "TimestepEmbedder", "Attention", "DiTBlock",
+__all__ = ["layer_norm", "modulate", "sincos_pos_embed_2d", "TimestepEmbedder", "Attention", "DiTBlock",
            "FinalLayer"]
 
 def layer_norm(x: Tensor, eps: float) -> Tensor:
@@ -33,18 +34,24 @@ def layer_norm(x: Tensor, eps: float) -> Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=eps)
 
 
-def modulate_fp32(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """LayerNorm (no affine, eps 1e-6) then x·(1 + scale) + shift, in fp32 (docs/conventions.md#the-backbone;
-    fp32 LayerNorm: docs/conventions.md#optimiser-ema-and-precision).
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """LayerNorm (no affine, eps 1e-6) then x·(1 + scale) + shift (docs/conventions.md#the-backbone; precision:
+    docs/conventions.md#optimiser-ema-and-precision).
 
-    x: [B, N, D]; shift, scale: [B, D]. Returns [B, N, D] in x's dtype (the activation dtype).
-    "fp32" means at least fp32: a float64 model stays float64 (the JVP checks need it).
+    x: [B, N, D]; shift, scale: [B, D]. Returns [B, N, D] in x's dtype (the activation dtype). The arithmetic is
+    fp32 at least: in an fp32 or float64 model directly; for bf16 activations (autocast) inside the kernels, which
+    read and write bf16 (LayerNorm's mean and variance, and addcmul's products, in fp32 registers: ŷ is rounded to
+    bf16 once before the modulation). Writing fp32 copies of [B, N, D] instead moved about a third of a
+    flow-matching step's non-matmul bytes (docs/jvp.md#the-census), for a value the next Linear casts to bf16.
     """
-    dtype = x.dtype
-    compute = torch.promote_types(dtype, torch.float32)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        with torch.autocast(x.device.type, enabled=False):  # autocast would run layer_norm in fp32 I/O
+            y = layer_norm(x, eps=1e-6)
+            return torch.addcmul(shift.to(x.dtype).unsqueeze(1), y, (1 + scale.to(x.dtype)).unsqueeze(1))
+    compute = torch.promote_types(x.dtype, torch.float32)
     xf = layer_norm(x.to(compute), eps=1e-6)
     xf = xf * (1 + scale.to(compute).unsqueeze(1)) + shift.to(compute).unsqueeze(1)
-    return xf.to(dtype)
+    return xf.to(x.dtype)
 
 
 def sincos_pos_embed_2d(dim: int, h: int, w: int) -> Tensor:
@@ -92,11 +99,15 @@ class TimestepEmbedder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention: qkv Linear (bias, no qk-norm) → SDPA → out projection."""
+    """Multi-head self-attention: qkv Linear (bias, no qk-norm) → SDPA → out projection.
 
-    def __init__(self, dim: int, num_heads: int):
+    ``impl`` (``model.attention``) picks how the tangent mode computes the attention tangent: the fused Triton
+    kernel (``alphaflow.models.jvp_attention``: no N×N tensor) or the math form (``attention_jvp``); "auto" takes
+    the kernel on CUDA when Triton is importable. The primal is SDPA either way."""
+
+    def __init__(self, dim: int, num_heads: int, impl: str = "auto"):
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.impl = num_heads, impl
         self.qkv = Linear(dim, 3 * dim)
         self.proj = Linear(dim, dim)
 
@@ -111,20 +122,27 @@ class Attention(nn.Module):
         if tangent is None:
             return out
         rows, dx = tangent
-        P = dx.shape[0]
-        q, k, v = split_heads(lin, self.num_heads, rows)  # [P·heads, N, head_dim] each
-        dq, dk, dv = split_heads(linear_jvp(dx, self.qkv.weight), self.num_heads)
-        do = attention_jvp(q, k, v, dq, dk, dv)  # fused SDPA has no forward rule: math form on the rows
-        return out, linear_jvp(do.view(P, self.num_heads, N, -1).transpose(1, 2).reshape(P, N, D), self.proj.weight)
+        P, H = dx.shape[0], self.num_heads
+        dlin = linear_jvp(dx, self.qkv.weight)  # [P, N, 3D]
+        if use_fused_tangent(self.impl, lin, D // H):  # fused SDPA has no forward rule: our kernel, or the math form
+            q, k, v = take(lin, rows).view(P, N, 3, H, -1).permute(2, 0, 3, 1, 4).unbind(0)  # [P, H, N, hd] views
+            dq, dk, dv = dlin.view(P, N, 3, H, -1).permute(2, 0, 3, 1, 4).unbind(0)
+            with torch.no_grad():
+                do = attention_tangent(q, k, v, dq, dk, dv)[1].view(P, N, D)  # token-major: no copy
+        else:
+            q, k, v = split_heads(lin, H, rows)  # [P·heads, N, head_dim] each
+            do = attention_jvp(q, k, v, *split_heads(dlin, H))
+            do = do.view(P, H, N, -1).transpose(1, 2).reshape(P, N, D)
+        return out, linear_jvp(do, self.proj.weight)
 
 
 class DiTBlock(nn.Module):
     """Transformer block with adaLN-Zero: x += gate·f(modulate(LN(x))) for f = attention, MLP."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, attention: str = "auto"):
         super().__init__()
         hidden_mlp = int(hidden_size * mlp_ratio)
-        self.attn = Attention(hidden_size, num_heads)
+        self.attn = Attention(hidden_size, num_heads, attention)
         self.mlp = nn.Sequential(
             Linear(hidden_size, hidden_mlp), nn.GELU(approximate="tanh"), Linear(hidden_mlp, hidden_size)
         )
@@ -136,23 +154,24 @@ class DiTBlock(nn.Module):
         mod = self.adaLN_modulation(c)  # [B, 6D]
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod.chunk(6, dim=1)
         if tangent is None:
-            x = x + gate_a.unsqueeze(1) * self.attn(modulate_fp32(x, shift_a, scale_a))
-            x = x + gate_m.unsqueeze(1) * self.mlp(modulate_fp32(x, shift_m, scale_m))
+            # x + g·h as one addcmul: the residual stream is read and written once per branch
+            x = torch.addcmul(x, gate_a.unsqueeze(1), self.attn(modulate(x, shift_a, scale_a)))
+            x = torch.addcmul(x, gate_m.unsqueeze(1), self.mlp(modulate(x, shift_m, scale_m)))
             return x
         # The same primal as above, with the tangent of each step beside it (rules in models/tangent.py).
         rows, dx, dc = tangent
         _, s_scale_a, s_gate_a, _, s_scale_m, s_gate_m = take(mod, rows).chunk(6, dim=1)
         d = linear_jvp(silu_jvp(take(c, rows), dc), self.adaLN_modulation[1].weight).chunk(6, dim=1)
         dh = modulate_jvp(take(x, rows), s_scale_a, dx, d[0], d[1])
-        a, da = self.attn(modulate_fp32(x, shift_a, scale_a), (rows, dh))
+        a, da = self.attn(modulate(x, shift_a, scale_a), (rows, dh))
         dx = gated_residual_jvp(dx, s_gate_a, take(a, rows), d[2], da)
-        x = x + gate_a.unsqueeze(1) * a
+        x = torch.addcmul(x, gate_a.unsqueeze(1), a)
         dh = modulate_jvp(take(x, rows), s_scale_m, dx, d[3], d[4])
         fc1, act, fc2 = self.mlp
-        pre = fc1(modulate_fp32(x, shift_m, scale_m))  # [B, N, 4D]
+        pre = fc1(modulate(x, shift_m, scale_m))  # [B, N, 4D]
         m = fc2(act(pre))
         dx = gated_residual_jvp(dx, s_gate_m, take(m, rows), d[5], mlp_jvp(fc1, fc2, take(pre, rows), dh))
-        return x + gate_m.unsqueeze(1) * m, dx
+        return torch.addcmul(x, gate_m.unsqueeze(1), m), dx
 
 
 class FinalLayer(nn.Module):
@@ -168,7 +187,7 @@ class FinalLayer(nn.Module):
         """x: [B, N, D], c: [B, D] → [B, N, p²C]; with tangent = (rows, dx, dc) also the tangent [P, N, p²C]."""
         mod = self.adaLN_modulation(c)  # [B, 2D]
         shift, scale = mod.chunk(2, dim=1)
-        out = self.linear(modulate_fp32(x, shift, scale))
+        out = self.linear(modulate(x, shift, scale))
         if tangent is None:
             return out
         rows, dx, dc = tangent

@@ -43,7 +43,9 @@ if TYPE_CHECKING:  # names the kernel's source uses; at run time they live in th
     import triton.language as tl
     _row_max, _row_sum = tl.max, tl.sum
 
-__all__ = ["triton_available", "attention_with_tangent"]
+__all__ = ["triton_available", "attention_with_tangent", "attention_tangent", "ATTENTION_IMPLS", "use_fused_tangent"]
+
+ATTENTION_IMPLS = ("auto", "math", "triton")  # model.attention: how the DiT computes the attention tangent
 
 # Tiles for an H100, compiled for sm_90 ahead of time by the slow test: a program holds q, q̇ and the fp32 A, B
 # ([BLOCK_M, BLOCK_D] each) and makes six dots per key block (flash attention: two). 64 query rows, 8 warps, 32 keys
@@ -77,22 +79,35 @@ def _interpreting() -> bool:
     return bool(knobs.runtime.interpret) if knobs else os.environ.get("TRITON_INTERPRET", "0") in ("1", "true", "on")
 
 
-def _attention_tangent_kernel(Q, K, V, DQ, DK, DV, O, DO, N, D, num_m_blocks, qk_scale_log2, scale,
+def _attention_tangent_kernel(Q, K, V, DQ, DK, DV, O, DO,
+                              s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
+                              s_dqb, s_dqh, s_dqn, s_dkb, s_dkh, s_dkn, s_dvb, s_dvh, s_dvn,
+                              s_ob, s_oh, s_on, s_dob, s_doh, s_don, H, N, D, num_m_blocks, qk_scale_log2, scale,
                               S_DOT: tl.constexpr, S_PRECISION: tl.constexpr, COMPUTE: tl.constexpr,
                               C_DOT: tl.constexpr, C_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
                               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """BLOCK_M query rows of one head; [G, N, D] contiguous; a 1-D grid, consecutive programs on one head (K, V in L2).
-    q·kᵀ in S_DOT (primal dtype), other products in C_DOT (COMPUTE: the promoted dtype), p rounded to COMPUTE."""
+    """BLOCK_M query rows of one (batch row, head) of [B, H, N, D] tensors, each with its own (b, h, n) strides
+    (s_…; the last dimension contiguous), so views of the qkv projection need no copy; a 1-D grid, consecutive
+    programs on one head (K, V in L2). q·kᵀ in S_DOT (primal dtype), other products in C_DOT (COMPUTE: the
+    promoted dtype), p rounded to COMPUTE."""
     pid = tl.program_id(0)
-    base = (pid // num_m_blocks).to(tl.int64) * N * D  # the head's offset, in int64
+    g = pid // num_m_blocks
+    b, h = (g // H).to(tl.int64), (g % H).to(tl.int64)  # offsets in int64
+    q_base, q_sn = b * s_qb + h * s_qh, s_qn
+    k_base, k_sn = b * s_kb + h * s_kh, s_kn
+    v_base, v_sn = b * s_vb + h * s_vh, s_vn
+    dq_base, dq_sn = b * s_dqb + h * s_dqh, s_dqn
+    dk_base, dk_sn = b * s_dkb + h * s_dkh, s_dkn
+    dv_base, dv_sn = b * s_dvb + h * s_dvh, s_dvn
+    o_base, o_sn = b * s_ob + h * s_oh, s_on
+    do_base, do_sn = b * s_dob + h * s_doh, s_don
     rows = (pid % num_m_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < D
-    q_offs = base + rows[:, None] * D + cols[None, :]
     q_mask = (rows[:, None] < N) & col_ok[None, :]
-    q = tl.load(Q + q_offs, mask=q_mask, other=0.0)
+    q = tl.load(Q + q_base + rows[:, None] * q_sn + cols[None, :], mask=q_mask, other=0.0)
     q_s, q_c = q.to(S_DOT), q.to(C_DOT)
-    dq = tl.load(DQ + q_offs, mask=q_mask, other=0.0).to(C_DOT)
+    dq = tl.load(DQ + dq_base + rows[:, None] * dq_sn + cols[None, :], mask=q_mask, other=0.0).to(C_DOT)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.full([BLOCK_M], 0.0, tl.float32)  # not tl.zeros, a library @jit function (see above)
     c_i = tl.full([BLOCK_M], 0.0, tl.float32)
@@ -101,12 +116,11 @@ def _attention_tangent_kernel(Q, K, V, DQ, DK, DV, O, DO, N, D, num_m_blocks, qk
     for start_n in range(0, N, BLOCK_N):
         keys = start_n + tl.arange(0, BLOCK_N)
         key_ok = keys < N
-        kv_offs = base + keys[:, None] * D + cols[None, :]
         kv_mask = key_ok[:, None] & col_ok[None, :]
-        k = tl.load(K + kv_offs, mask=kv_mask, other=0.0)
-        v = tl.load(V + kv_offs, mask=kv_mask, other=0.0).to(C_DOT)
-        dk = tl.load(DK + kv_offs, mask=kv_mask, other=0.0).to(C_DOT)
-        dv = tl.load(DV + kv_offs, mask=kv_mask, other=0.0).to(C_DOT)
+        k = tl.load(K + k_base + keys[:, None] * k_sn + cols[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(V + v_base + keys[:, None] * v_sn + cols[None, :], mask=kv_mask, other=0.0).to(C_DOT)
+        dk = tl.load(DK + dk_base + keys[:, None] * dk_sn + cols[None, :], mask=kv_mask, other=0.0).to(C_DOT)
+        dv = tl.load(DV + dv_base + keys[:, None] * dv_sn + cols[None, :], mask=kv_mask, other=0.0).to(C_DOT)
         s = tl.dot(q_s, tl.trans(k.to(S_DOT)), input_precision=S_PRECISION)  # [BLOCK_M, BLOCK_N], fp32
         ds = tl.dot(dq, tl.trans(k.to(C_DOT)), input_precision=C_PRECISION)
         ds = tl.dot(q_c, tl.trans(dk), ds, input_precision=C_PRECISION) * scale
@@ -126,8 +140,8 @@ def _attention_tangent_kernel(Q, K, V, DQ, DK, DV, O, DO, N, D, num_m_blocks, qk
         m_i = m_new
     o = acc_a / l_i[:, None]
     do = acc_b / l_i[:, None] - (c_i / l_i)[:, None] * o
-    tl.store(O + q_offs, o.to(O.dtype.element_ty), mask=q_mask)
-    tl.store(DO + q_offs, do.to(DO.dtype.element_ty), mask=q_mask)
+    tl.store(O + o_base + rows[:, None] * o_sn + cols[None, :], o.to(O.dtype.element_ty), mask=q_mask)
+    tl.store(DO + do_base + rows[:, None] * do_sn + cols[None, :], do.to(DO.dtype.element_ty), mask=q_mask)
 
 
 @functools.cache
@@ -146,14 +160,16 @@ def _build(interpret: bool) -> Any:
     return triton.jit(types.FunctionType(code.__code__, ns, code.__name__))
 
 
-def _check(named: dict[str, Tensor], blocks: dict[str, int | None]) -> None:
-    """ValueError naming the argument unless all are [G, N, d] of q's shape on q's device, q, k, v of one dtype and
-    q̇, k̇, v̇ of one (float16, bfloat16 or float32), d ≤ MAX_HEAD_DIM, and the blocks powers of two ≥ 16."""
+def _check(named: dict[str, Tensor], blocks: dict[str, int | None], ndim: int = 3) -> None:
+    """ValueError naming the argument unless all are [G, N, d] (ndim 4: [B, H, N, d]) of q's shape on q's device,
+    q, k, v of one dtype and q̇, k̇, v̇ of one (float16, bfloat16 or float32), d ≤ MAX_HEAD_DIM, and the blocks
+    powers of two ≥ 16."""
+    layout = "[G, N, d]" if ndim == 3 else "[B, H, N, d]"
     for name, t in named.items():
         if not isinstance(t, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor [G, N, d], got {type(t).__name__}")
-        if t.ndim != 3:
-            raise ValueError(f"{name} must be [G, N, d] (3 dimensions), got shape {tuple(t.shape)}")
+            raise ValueError(f"{name} must be a torch.Tensor {layout}, got {type(t).__name__}")
+        if t.ndim != ndim:
+            raise ValueError(f"{name} must be {layout} ({ndim} dimensions), got shape {tuple(t.shape)}")
         if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
             raise ValueError(f"{name} has dtype {t.dtype}, expected float16, bfloat16 or float32")
     q, dq = named["q"], named["dq"]
@@ -189,22 +205,26 @@ def _config(dtype: torch.dtype, tangent_dtype: torch.dtype, d: int, interpret: b
 
 def _launch(q: Tensor, k: Tensor, v: Tensor, dq: Tensor, dk: Tensor, dv: Tensor,
             block_m: int | None, block_n: int | None) -> tuple[Tensor, Tensor]:
-    """Run the kernel: o in q's dtype and ȯ in dq's dtype, both contiguous [G, N, d]."""
+    """Run the kernel on [B, H, N, d] inputs of any strides (a copy only where the last one is not 1): o in q's
+    dtype and ȯ in dq's dtype, each [B, N, H, d] contiguous (token-major: the DiT's layout after attention)."""
     if not triton_available():
         raise RuntimeError("attention_with_tangent needs triton (pip install 'alphaflow[gpu]')")
     interpret = _interpreting()
     if q.device.type == "cpu" and not interpret:
         raise RuntimeError("attention_with_tangent runs on CPU tensors only under Triton's interpreter "
                            "(set TRITON_INTERPRET=1); use a CUDA device, or the math attention_jvp on CPU")
-    (G, N, d), contiguous = q.shape, torch.contiguous_format
-    o, do = torch.empty_like(q, memory_format=contiguous), torch.empty_like(dq, memory_format=contiguous)
+    B, H, N, d = q.shape
+    o, do = q.new_empty(B, N, H, d), dq.new_empty(B, N, H, d)
     if o.numel() == 0:
         return o, do
+    inputs = [t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, dq, dk, dv)]
+    views = [*inputs, o.transpose(1, 2), do.transpose(1, 2)]  # every tensor as [B, H, N, d]
+    strides = [s for t in views for s in t.stride()[:3]]  # host ints: no device copy, no sync
     config = _config(q.dtype, dq.dtype, d, interpret, block_m, block_n)
     num_m, scale = -(-N // config["BLOCK_M"]), d ** -0.5
     with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
-        _build(interpret)[(G * num_m,)](*(t.contiguous() for t in (q, k, v, dq, dk, dv)), o, do, N, d, num_m,
-                                        scale * 1.4426950408889634, scale, **config)  # scale·log2(e)
+        _build(interpret)[(B * H * num_m,)](*inputs, o, do, *strides, H, N, d, num_m,
+                                           scale * 1.4426950408889634, scale, **config)  # scale·log2(e)
     return o, do
 
 
@@ -215,7 +235,7 @@ class _AttentionWithTangent(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, dq: Tensor, dk: Tensor, dv: Tensor,
                 block_m: int | None, block_n: int | None) -> tuple[Tensor, Tensor]:
-        o, do = _launch(q, k, v, dq, dk, dv, block_m, block_n)
+        o, do = (t.squeeze(2) for t in _launch(*(t.unsqueeze(1) for t in (q, k, v, dq, dk, dv)), block_m, block_n))
         ctx.save_for_backward(q, k, v)
         ctx.mark_non_differentiable(do)
         return o, do
@@ -238,7 +258,8 @@ def attention_with_tangent(q: Tensor, k: Tensor, v: Tensor, dq: Tensor, dk: Tens
 
     q, k, v: [G, N, d] (G = batch·heads) of one dtype, float16, bfloat16 or float32; dq, dk, dv: [G, N, d] of
     one such dtype, which may differ (fp32 tangents on a bf16 primal). Any N; any d ≤ 128 (masked up to a power
-    of two). Strided inputs are made contiguous. Returns (o in q's dtype, ȯ in dq's dtype), [G, N, d] each.
+    of two). Any strides (a copy only where the last is not 1). Returns (o in q's dtype, ȯ in dq's dtype),
+    [G, N, d] each, contiguous.
     o is differentiable w.r.t. q, k, v (backward through SDPA); ȯ carries no gradient (MeanFlow puts it in a
     stop-gradient target) and the tangents get none. Not for use inside ``torch.func`` transforms. block_m,
     block_n (powers of two ≥ 16) override the tiles (fast tests under the interpreter). CUDA tensors run the
@@ -247,3 +268,31 @@ def attention_with_tangent(q: Tensor, k: Tensor, v: Tensor, dq: Tensor, dk: Tens
     """
     _check({"q": q, "k": k, "v": v, "dq": dq, "dk": dk, "dv": dv}, {"block_m": block_m, "block_n": block_n})
     return _AttentionWithTangent.apply(q, k, v, dq, dk, dv, block_m, block_n)
+
+
+@torch.library.custom_op("alphaflow::attention_tangent", mutates_args=())
+def attention_tangent(q: Tensor, k: Tensor, v: Tensor, dq: Tensor, dk: Tensor, dv: Tensor) -> tuple[Tensor, Tensor]:
+    """``attention_with_tangent`` without autograd, as one opaque op: what the DiT's tangent mode calls (its tangent
+    feeds a stop-gradient target; the prediction's attention stays the ordinary fused SDPA), and what
+    ``torch.compile`` and fake tensors (``alphaflow bench --census``) see.
+
+    [B, H, N, d] each, of any strides (views of the qkv projection: no copy) → (o, ȯ), each [B, N, H, d]
+    contiguous: token-major, so the output projection reads ȯ.view(B, N, H·d) without a copy."""
+    _check({"q": q, "k": k, "v": v, "dq": dq, "dk": dk, "dv": dv}, {}, ndim=4)
+    return _launch(q, k, v, dq, dk, dv, None, None)
+
+
+@attention_tangent.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, dq: Tensor, dk: Tensor, dv: Tensor) -> tuple[Tensor, Tensor]:
+    B, H, N, d = q.shape
+    return q.new_empty(B, N, H, d), dq.new_empty(B, N, H, d)
+
+
+def use_fused_tangent(impl: str, x: Tensor, head_dim: int) -> bool:
+    """Whether the attention tangent of activations x runs the fused kernel under ``model.attention=impl``: always
+    for "triton", never for "math", and for "auto" on CUDA when Triton is importable and the kernel takes x's
+    dtype (fp16/bf16/fp32) and the head dim (≤ 128); the math form elsewhere (the CPU, float64 checks)."""
+    if impl == "triton":
+        return True
+    return (impl == "auto" and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+            and head_dim <= MAX_HEAD_DIM and triton_available())

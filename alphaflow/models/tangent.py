@@ -134,7 +134,7 @@ def mlp_jvp(fc1: nn.Linear, fc2: nn.Linear, pre_s: Tensor, dx: Tensor) -> Tensor
 @torch.no_grad()
 def modulate_jvp(x_s: Tensor, scale_s: Tensor, dx: Tensor, dshift: Tensor, dscale: Tensor,
                  eps: float = 1e-6) -> Tensor:
-    """Tangent of y = LN(x)·(1 + scale) + shift (LayerNorm without affine, as ``modulate_fp32``).
+    """Tangent of y = LN(x)·(1 + scale) + shift (LayerNorm without affine, as ``modulate``).
 
         ŷ = (x − μ)/σ,   dŷ = (dx − mean(dx) − ŷ·mean(ŷ·dx))/σ,
         dy = dŷ·(1 + scale) + ŷ·dscale + dshift

@@ -4,7 +4,7 @@ The trainer's step (``alphaflow.train.step.training_step`` through ``alphaflow.p
 ``FakeRun`` (nothing is computed or allocated), under a dispatch mode that records every aten op:
 
     matrix FLOPs   mm / addmm / bmm / baddbmm / convolution (and their backward), 2 per multiply-add, by dtype
-    attention      the fused SDPA kernels (forward and backward) and the JVP-attention kernel (``attention_jvp``)
+    attention      the fused SDPA kernels (forward and backward) and the JVP-attention kernel (``attention_tangent``)
     bytes          every other op: its tensor inputs read plus its outputs written (views move nothing)
     kernels        one per op that moves data, one per 64 tensors for a ``_foreach`` op (CUDA's multi-tensor
                    launches); views and metadata ops launch nothing
@@ -87,9 +87,10 @@ _NOTHING_MOVES = {"_local_scalar_dense", "_unsafe_view", "lift_fresh", "alias", 
 
 
 def attention_jvp_flops(q: Tensor) -> int:
-    """FLOPs of the fused JVP attention on q: [G, N, d]: QKᵀ, Q̇Kᵀ, QK̇ᵀ, P·V, P·(Ṡ⊙V)… six N×N×d products."""
-    G, N, d = q.shape
-    return 6 * 2 * G * N * N * d
+    """FLOPs of the fused JVP attention on q: [B, H, N, d]: QKᵀ, Q̇Kᵀ, QK̇ᵀ, P·V, (P⊙Ṡ)·V, P·V̇: six N×N×d
+    products, 2 FLOPs per multiply-add."""
+    *heads, N, d = q.shape
+    return 6 * 2 * math.prod(heads) * N * N * d
 
 
 @dataclass
@@ -202,7 +203,7 @@ class _Counter(FakeRun):
         if packet in flop_registry:
             kind = "matmul" if name in _MATMUL else "attention"
             flops = int(flop_registry[packet](*args, **kwargs, out_val=out))
-        elif name == "attention_jvp":
+        elif name == "attention_tangent":
             kind, flops = "attention", attention_jvp_flops(args[0])
         multi = name.startswith(("_foreach", "_fused_adam")) and isinstance(args[0], (list, tuple))
         kernels = max(1, math.ceil(len(args[0]) / 64)) if multi else 1  # CUDA's multi-tensor apply: ≈ 64 a launch
@@ -219,7 +220,7 @@ class _Counter(FakeRun):
                 size = _nbytes(t)
                 if size > self.census.largest_target_tensor[0]:
                     self.census.largest_target_tensor = (size, tuple(t.shape))
-                if t.ndim >= 2 and t.shape[-1] == t.shape[-2] == self.tokens:
+                if t.ndim >= 3 and t.shape[-1] == t.shape[-2] == self.tokens:  # [G, N, N]: per head
                     self.census.nxn_target_tensors += 1
 
 
@@ -267,6 +268,10 @@ def run_census(model: str = "DiT-B/2", *, batch: int = 32, shape: tuple[int, ...
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
     options = dict(model_options or {})
+    if options.get("attention", "auto") == "auto":  # what auto means on CUDA: the kernel where Triton is importable
+        from alphaflow.models.jvp_attention import triton_available
+
+        options["attention"] = "triton" if triton_available() else "math"
     if "imf_p100" in variants:
         options.setdefault("aux_head_depth", 0)  # iMF's velocity head (unused by the others)
     net = build_for_data(model, shape, classes, **options)  # a real one, once: errors name the model, and N
@@ -291,7 +296,8 @@ def format_census(results: dict[str, Any]) -> str:
     meta = results["meta"]
     rows = {k: v for k, v in results.items() if k != "meta"}
     lines = [f"census of one trainer step on fake tensors: {meta['model']} x{meta['batch']} of "
-             f"{'x'.join(map(str, meta['shape']))} ({meta['tokens']} tokens), {meta['precision']}; estimated on "
+             f"{'x'.join(map(str, meta['shape']))} ({meta['tokens']} tokens), {meta['precision']}, attention tangent "
+             f"{meta['model_options']['attention']}; estimated on "
              f"{meta['roofline']['name']} (an estimate from a roofline, not a measurement)",
              f"{'variant':<14} {'matmul TF':>9} {'attn TF':>8} {'other GB':>9} {'kernels':>8} {'est ms':>8} "
              f"{'MFU':>5} {'vs fm':>6} {'N×N':>4} {'largest no-grad tensor':>24}"]

@@ -194,6 +194,8 @@ def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         data.fit_stats(torch.Generator().manual_seed(cfg.seed), cfg.data.stats_samples)
     if info.is_main and cfg.data.vae_path is not None and data.decodes_samples:
         data.attach_decoder(cfg.data.vae_path, device, batch_size=cfg.eval.decode_batch_size)  # grids are images
+    D.agree(state.step, info, "the restored step", hint=f"every rank must see the checkpoints in {run.root} "
+            "(a node on another file system starts at 0)")
     D.on_main(info, lambda: run.truncate_metrics(state.step))  # rows past the checkpoint are replayed, once
     if info.is_main:  # the next two checkpoints: fp32 weights, EMA and Adam's two moments, 16 bytes per parameter
         run.warn_if_short_of_space(2 * 16 * sum(p.numel() for p in net.parameters()), "the next two checkpoints", say)
