@@ -1,44 +1,28 @@
-"""What the sections of ``alphaflow doctor`` share: constants, the device, models, batches, comparisons.
+"""What the sections of ``alphaflow doctor`` share: the device, clean-up, timing, comparisons (imports torch).
 
-Each ``section(settings, out)`` fills the dict ``out`` as it measures, so a section that fails half-way
-still reports what it measured; it raises ``Skip`` when it cannot run here and any other exception on
-failure. Goals (MFU, MeanFlow's cost, tolerances) are reported as met / not met and never fail a section;
-a section fails on errors, non-finite numbers and missing gradients, i.e. on a broken CUDA path.
+Each section ``name(settings, out)`` fills ``out`` (``live.Results``) as it measures and runs each measurement
+through ``live.attempt``; it raises ``Skip`` when it cannot run here. Goals (MFU, ratios, tolerances) are reported
+as met / not met and never fail a section; a measurement fails on errors and on non-finite numbers.
 """
 
 from __future__ import annotations
 
-
 import contextlib
 import gc
 import math
+import os
+import shutil
+import statistics
 import time
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend
 
-from alphaflow.perf.bench import H100_BF16_PEAK
-from alphaflow.objectives import objective_from_options
-from alphaflow.config import load_config
-from alphaflow.perf.gpucheck.settings import Settings
-from alphaflow.models import build_for_data
-from alphaflow.train.optim import build_optimizer, sanitize_and_clip
+from alphaflow.perf.gpucheck.settings import H100_BF16_PEAK, Settings, Skip
 
-
-
-MFU_GOAL, MEANFLOW_RATIO_GOAL = 0.40, 1.45  # a DiT-B/2 FM step at ≥ 40 % of bf16 peak; MeanFlow ≤ 1.45× FM
-# Objective runs of ``train`` and ``compile``: config overrides, so the objectives are built as a run builds them.
-TRAIN_RUNS = {"meanflow": ["objective.name=meanflow"],
-              "alphaflow_0.5": ["objective.name=alphaflow", "objective.alpha=0.5"],
-              "alphaflow_0": ["objective.name=alphaflow", "objective.alpha=0"]}
-FUSED_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-                  "cudnn": SDPBackend.CUDNN_ATTENTION}
+GIB = 2 ** 30
 TOLERANCE = {"bf16": 5e-2, "fp32": 1e-3}  # information only: relative (norm-wise) disagreement expected at most
-
-
-
 
 
 def device_of(s: Settings) -> torch.device:
@@ -49,13 +33,40 @@ def device_of(s: Settings) -> torch.device:
     return torch.device(s.device)
 
 
-def cleanup(s: Settings) -> None:
-    """Free what a section left behind so the next one starts from an empty device."""
+def cuda_only(s: Settings, what: str) -> None:
+    """Skip on the CPU rehearsal with the reason that ``what`` needs CUDA."""
+    if s.device != "cuda":
+        raise Skip(f"{what} needs CUDA; the CPU rehearsal has none")
+
+
+def cleanup(s: Settings | None = None) -> None:
+    """Free what a measurement left behind so the next one starts from an empty device, peak statistics reset."""
     gc.collect()
-    if s.device == "cuda" and torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+
+
+def scratch_root(s: Settings, need_bytes: int = 40 * 2 ** 30) -> str | None:
+    """Where run folders go: /dev/shm (memory) on the GPU mode when it has ``need_bytes`` free, since every run
+    ends with a checkpoint (11 GB at XL/2, written and fsynced) and the GPU machine's disk speed is unknown; else
+    None, the system's temporary folder."""
+    if s.device != "cuda":
+        return None
+    try:
+        shm = "/dev/shm"
+        if os.path.isdir(shm) and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > need_bytes:
+            return shm
+    except OSError:
+        pass
+    return None
+
+
+def sync(dev: torch.device) -> None:
+    """Wait for the device (a no-op on the CPU)."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 def reference_peak(name: str | None) -> float | None:
@@ -63,13 +74,33 @@ def reference_peak(name: str | None) -> float | None:
     return H100_BF16_PEAK if name and ("H100" in name or "H200" in name) else None
 
 
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+def time_ms(fn: Callable[[], Any], dev: torch.device, *, reps: int = 5, warmup: int = 1) -> float:
+    """Median milliseconds of ``fn()`` over ``reps`` calls after ``warmup`` (CUDA events on the GPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if dev.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            sync(dev)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
 
 
-def autocast(dev: torch.device, bf16: bool):
-    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+def peak_allocated(dev: torch.device) -> dict[str, int] | None:
+    """The peak bytes allocated and reserved since the last reset (CUDA), None on the CPU."""
+    if dev.type != "cuda":
+        return None
+    return {"peak_allocated_bytes": torch.cuda.max_memory_allocated(dev),
+            "peak_reserved_bytes": torch.cuda.max_memory_reserved(dev)}
 
 
 @contextlib.contextmanager
@@ -83,11 +114,34 @@ def tf32(enabled: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def model(s: Settings, name: str | None = None, *, nudge: bool = True, seed: int = 0) -> nn.Module:
-    """A registry DiT for the mode's latents; ``nudge`` moves it off DiT's zero init (as bench does) so that
-    every layer, gradient and cosine is non-trivial."""
+def rel(a: Tensor, b: Tensor) -> float:
+    """‖a − b‖ / ‖b‖ in float64 (the plain norm of the difference when b vanishes)."""
+    a, b = a.detach().double(), b.detach().double()
+    denom = float(b.norm())
+    return float((a - b).norm()) / denom if denom > 0 else float((a - b).norm())
+
+
+def max_abs(a: Tensor, b: Tensor) -> float:
+    """max |a − b| in float64."""
+    return float((a.detach().double() - b.detach().double()).abs().max())
+
+
+def check_finite(what: str, values: dict[str, Any]) -> None:
+    """Raise naming the non-finite numbers among ``values`` (floats, one level of nested dicts)."""
+    flat = {f"{k}.{k2}": v2 for k, v in values.items() if isinstance(v, dict) for k2, v2 in v.items()}
+    flat.update({k: v for k, v in values.items() if not isinstance(v, dict)})
+    bad = [k for k, v in flat.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"{what}: non-finite {bad[:5]}")
+
+
+def model(name: str, s: Settings, *, nudge: bool = True, seed: int = 0, **options: Any) -> nn.Module:
+    """A registry DiT for the mode's latents (built on the CPU, as the trainer does); ``nudge`` moves it off DiT's
+    zero init (as the bench does) so that every layer and tangent is non-trivial."""
+    from alphaflow.models import build_for_data
+
     torch.manual_seed(seed)
-    net = build_for_data(name or s.model, s.shape, s.classes)
+    net = build_for_data(name, s.shape, s.classes, **options)
     if nudge:
         with torch.no_grad():
             for p in net.parameters():
@@ -95,71 +149,26 @@ def model(s: Settings, name: str | None = None, *, nudge: bool = True, seed: int
     return net
 
 
-def batch(s: Settings, dev: torch.device, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Synthetic latents x ~ N(0, I) [size, C, H, W] and labels [size]: the cost does not depend on values."""
-    x = torch.randn(size, *s.shape, generator=generator, device=dev)
-    return x, torch.randint(0, s.classes, (size,), generator=generator, device=dev)
+def config_has(section: str, key: str) -> bool:
+    """Whether this tree's config schema has ``section.key`` (features wired while this check was written:
+    ``model.attention``, ``train.micro_batch``)."""
+    import dataclasses
+
+    from alphaflow.config import schema
+
+    cls = {"model": schema.ModelConfig, "train": schema.TrainConfig}[section]
+    return key in {f.name for f in dataclasses.fields(cls)}
 
 
-def rel(a: Tensor, b: Tensor) -> float:
-    """‖a − b‖ / ‖b‖ in float64 (0 when both vanish)."""
-    a, b = a.detach().double(), b.detach().double()
-    denom = float(b.norm())
-    return float((a - b).norm()) / denom if denom > 0 else float((a - b).norm())
+@contextlib.contextmanager
+def stock_linear() -> Iterator[None]:
+    """The DiT's ``Linear`` as plain ``nn.Linear`` under forward AD too, so ``torch.func.jvp`` is the stock
+    reference and not the project's own Linear rule (as tests/test_fast_jvp.py does)."""
+    from alphaflow.models.tangent import Linear
 
-
-def check_finite(what: str, values: dict[str, Any]) -> None:
-    """Raise naming the first non-finite number among ``values`` (floats only)."""
-    bad = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
-    if bad:
-        raise FloatingPointError(f"{what}: non-finite {bad[:5]}")
-
-
-def objective_for(overrides: list[str], steps: int):
-    """An objective exactly as a run with these ``objective.*`` overrides builds it."""
-    return objective_from_options(load_config(None, [*overrides, f"train.steps={steps}"]).objective, steps)
-
-
-def first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-
-
-# ----------------------------------------------------------------------------- 1. environment
-
-
-def train_steps(s: Settings, dev: torch.device, init: dict[str, Tensor], objective, *, bf16: bool, steps: int,
-                size: int, net_wrapper: Callable[[nn.Module], nn.Module] | None = None) -> dict[str, Any]:
-    """``steps`` optimiser steps as the trainer takes them (autocast objective, float loss, Adam after the
-    gradient hygiene) from ``init`` with fixed seeds; per step the loss, the unweighted mse, the wall time and
-    whether every parameter got a finite gradient (checked before ``sanitize_and_clip`` hides NaNs)."""
-    net = build_for_data(s.model, s.shape, s.classes).to(dev)
-    net.load_state_dict(init)
-    params = list(net.parameters())
-    run = net if net_wrapper is None else net_wrapper(net)
-    opt = build_optimizer(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)  # the B/2 recipe
-    data_gen = torch.Generator(device=dev).manual_seed(1)
-    gen = torch.Generator(device=dev).manual_seed(2)
-    losses, mses, ms, finite_flags, missing = [], [], [], [], 0
-    for step in range(steps):
-        x, y = batch(s, dev, size, data_gen)
-        sync(dev)
-        t0 = time.perf_counter()
-        with autocast(dev, bf16):
-            terms = objective(run, x, y, step=step, generator=gen)
-        loss = terms.loss.float().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        missing = max(missing, sum(p.grad is None for p in params))
-        finite_flags.append(torch.stack([torch.isfinite(p.grad).all() for p in params if p.grad is not None]).all())
-        sanitize_and_clip(params, 16.0)
-        opt.step()
-        sync(dev)
-        ms.append((time.perf_counter() - t0) * 1e3)
-        losses.append(loss.detach())
-        mses.append(terms.components["mse"].detach().float().mean())
-    zero_grads = sum(int(p.grad is not None and not bool(p.grad.any())) for p in params)
-    result = {"loss": torch.stack(losses).tolist(), "mse": torch.stack(mses).tolist(), "ms": ms,
-              "grads_finite": bool(torch.stack(finite_flags).all()), "params_missing_grad": missing,
-              "params_zero_grad_last_step": zero_grads, "params": len(params)}
-    result["net"] = net
-    return result
+    saved = Linear.forward
+    Linear.forward = nn.Linear.forward
+    try:
+        yield
+    finally:
+        Linear.forward = saved
