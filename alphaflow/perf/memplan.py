@@ -128,9 +128,10 @@ def _variants(objective: Objective) -> list[Objective]:
     return out
 
 
-def _train_phase(cfg: Config, bf16: bool, world_size: int, shape, classes, probe: bool) -> tuple[PhasePlan, PhasePlan]:
+def _train_phase(cfg: Config, bf16: bool, world_size: int, shape, classes, probe: bool,
+                 plan_probe: bool = True) -> tuple[PhasePlan, PhasePlan | None]:
     """The trainer's step (``training_step``, after a first one, so Adam's moments exist) and, right after it,
-    the online probe."""
+    the online probe (``plan_probe``; planned for information when the config does not use it: ``probe``)."""
     batch = cfg.train.batch_size // world_size
     objective = objective_from_options(cfg.objective, cfg.train.steps)
     run = FakeRun()
@@ -153,6 +154,8 @@ def _train_phase(cfg: Config, bf16: bool, world_size: int, shape, classes, probe
         buckets = weights if world_size > 1 else 0  # DDP's buckets between steps (see the module docstring)
         parts = {"weights": weights, "grads": weights, "adam": 2 * weights, "ema": weights, "ddp_buckets": buckets}
         train = PhasePlan("train", peak + buckets, parts)
+        if not plan_probe:
+            return train, None
         run.reset_peak()
         probe_gradients(net, x, fake_sample(run, draw(objective, batch, shape, probe_ratio_fm=cfg.probe.ratio_fm)),
                         guidance=objective.guidance,
@@ -217,19 +220,23 @@ def plan_memory(cfg: Config, *, world_size: int = 1, device: str = "cuda") -> Me
 
 
 
+def plan_training(cfg: Config, *, world_size: int = 1, device: str = "cuda") -> PhasePlan:
+    """The train phase of ``plan_memory`` alone (the worst α for α-Flow, at ``train.micro_batch``): no probe, no
+    evaluation (which would build the SD-VAE from ``diffusers`` for latent data)."""
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device == "cuda")
+    shape, classes = data_shape(cfg)
+    with drawn_samples_only():
+        return _train_phase(cfg, bf16, world_size, shape, classes, probe=False, plan_probe=False)[0]
+
+
 def propose_micro_batch(cfg: Config, *, world_size: int, limit_bytes: float, device: str = "cuda") -> int | None:
     """The largest ``train.micro_batch`` (the per-rank batch halved, and halved again) whose training step fits
     ``limit_bytes``, planned on fake tensors; None when not even one row at a time fits. Only the train phase is
     planned: the probes and the evaluation have knobs of their own (``probe.chunk_size``, ``eval.batch_size``)."""
-    per_rank = cfg.train.batch_size // world_size
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device == "cuda")
-    shape, classes = data_shape(cfg)
-    micro = per_rank // 2
+    micro = cfg.train.batch_size // world_size // 2
     while micro >= 1:
         trial = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, micro_batch=micro))
-        with drawn_samples_only():
-            train, _ = _train_phase(trial, bf16, world_size, shape, classes, probe=False)
-        if train.total_bytes <= limit_bytes:
+        if plan_training(trial, world_size=world_size, device=device).total_bytes <= limit_bytes:
             return micro
         micro //= 2
     return None

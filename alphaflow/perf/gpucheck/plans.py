@@ -7,7 +7,6 @@ the measured peak memory against the plan's train phase.
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any
 
@@ -86,25 +85,12 @@ def plan_memory_train(s: Settings, run: TrainerRun) -> dict[str, Any]:
     SD-VAE from ``diffusers`` (not on the GPU image) and costs minutes of CPU; it is the fallback."""
     from alphaflow.perf import memplan
 
-    if run.micro_batch and "micro_batch" not in inspect.getsource(memplan):
-        raise Skip("alphaflow.perf.memplan plans the whole per-GPU batch in one pass (it does not model "
-                   "train.micro_batch); see this run's step plan")
     if run.micro_batch and not s.plan_memory_micro:
         raise Skip("left out: `alphaflow plan` of XL/2 at 128 per GPU takes minutes of CPU (three α, an online probe "
                    "in chunks); this run's step plan is the same fake step, micro-batched, at its α")
     cfg = run_config(s, run, "/not/opened")
-    phase = getattr(memplan, "_train_phase", None)
-    method = "memplan._train_phase"
-    try:
-        params = list(inspect.signature(phase).parameters) if phase is not None else []
-        if params[:6] != ["cfg", "bf16", "world_size", "shape", "classes", "probe"]:
-            raise TypeError(f"memplan._train_phase takes {params}")
-        shape, classes = memplan.data_shape(cfg)
-        with memplan.drawn_samples_only():
-            train, _ = phase(cfg, s.bf16, 1, shape, classes, probe=False)
-    except Exception as exc:  # noqa: BLE001 — the private helper moved: the public planner
-        method = f"plan_memory ({type(exc).__name__}: {exc})"[:300]
-        train = memplan.plan_memory(cfg, world_size=1, device=s.device).phases["train"]
+    method = "memplan.plan_training"
+    train = memplan.plan_training(cfg, world_size=1, device=s.device)
     return {"model": run.model, "batch": run.batch, "method": method, "peak_bytes": train.peak_bytes,
             "total_bytes": train.total_bytes, "peak_gib": train.peak_bytes / GIB, "total_gib": train.total_bytes / GIB,
             "parts_gib": {k: v / GIB for k, v in train.parts.items()}}
