@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import statistics
-import time
 from typing import Any, Callable, Iterator
 
 import torch
@@ -75,24 +74,13 @@ def reference_peak(name: str | None) -> float | None:
 
 
 def time_ms(fn: Callable[[], Any], dev: torch.device, *, reps: int = 5, warmup: int = 1) -> float:
-    """Median milliseconds of ``fn()`` over ``reps`` calls after ``warmup`` (CUDA events on the GPU)."""
+    """Median milliseconds of ``fn()`` over ``reps`` calls after ``warmup`` (``alphaflow bench``'s timer: CUDA
+    events on the GPU)."""
+    from alphaflow.perf.bench import time_step
+
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(reps):
-        if dev.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            sync(dev)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return statistics.median(time_step(fn, dev) for _ in range(reps))
 
 
 def peak_allocated(dev: torch.device) -> dict[str, int] | None:
