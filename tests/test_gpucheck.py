@@ -116,9 +116,13 @@ def test_rehearsal_measures_what_each_section_promises(rehearsal):
 
 @pytest.mark.slow
 def test_a_section_killed_by_its_timeout_is_a_reasoned_fail_and_the_next_still_runs(tmp_path):
-    """trainer gets 2 s (its imports alone take longer); ddp after it still runs and reports."""
+    """The trainer section hangs (an interpreter that sleeps when asked to run it) and is killed at its 3 s limit;
+    ddp after it still runs and reports."""
+    hanging = tmp_path / "python"
+    hanging.write_text(f"#!/bin/sh\ncase \"$*\" in *'--only trainer --out'*) sleep 60;; esac\nexec {sys.executable} \"$@\"\n")
+    hanging.chmod(0o755)
     out = tmp_path / "out"
-    proc = run_script(out, "--rehearse", GPU_CHECK_SECTIONS="trainer:2 ddp:120")
+    proc = run_script(out, "--rehearse", GPU_CHECK_SECTIONS="trainer:3 ddp:120", PYTHON=str(hanging))
     report = json.loads((out / "gpu_check.json").read_text())["sections"]
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert list(report) == ["trainer", "ddp"]

@@ -183,7 +183,8 @@ AOT = """if True:
     ptr = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
     signature = {**dict.fromkeys(("Q", "K", "V", "O"), ptr[dtype]),
                  **dict.fromkeys(("DQ", "DK", "DV", "DO"), ptr[tangent_dtype]),
-                 "N": "i32", "D": "i32", "num_m_blocks": "i32", "qk_scale_log2": "fp32", "scale": "fp32",
+                 **{f"s_{t}{a}": "i32" for t in ("q", "k", "v", "dq", "dk", "dv", "o", "do") for a in "bhn"},
+                 "H": "i32", "N": "i32", "D": "i32", "num_m_blocks": "i32", "qk_scale_log2": "fp32", "scale": "fp32",
                  **dict.fromkeys(config, "constexpr")}
     source = ASTSource(_build(False), signature, config)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)

@@ -3,6 +3,7 @@ recipe and sweep within an 80 GB GPU."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,18 @@ def test_the_xl2_recipe_fits_an_80gb_gpu_in_every_phase():
     assert len(groups) >= 4  # B/2 with and without guidance, flow matching, XL/2
     plan = plan_memory(load_config("imagenet-xl2-cfg"), world_size=8)
     assert plan.fits(80e9), plan.table()
+
+
+@pytest.mark.slow
+def test_micro_batching_lowers_the_train_phase_and_the_plan_proposes_the_largest_that_fits():
+    """train.micro_batch plans the activations of that many rows (the state stays); propose_micro_batch halves the
+    per-rank batch until the train phase fits, so the next larger micro-batch would not."""
+    from alphaflow.perf.memplan import plan_training, propose_micro_batch
+
+    cfg = load_config(None, ["model.name=DiT-S/2", "data.name=latents", "train.batch_size=16", "objective.name=fm"])
+    at = {m: plan_training(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, micro_batch=m))).total_bytes
+          for m in (0, 8, 4)}  # 256 tokens: the activations outweigh the gradients that accumulate beside them
+    assert at[0] > at[8] > at[4]
+    assert propose_micro_batch(cfg, world_size=1, limit_bytes=(at[8] + at[4]) / 2) == 4
+    assert propose_micro_batch(cfg, world_size=1, limit_bytes=at[8]) == 8
+    assert propose_micro_batch(cfg, world_size=1, limit_bytes=OVERHEAD_BYTES) is None
