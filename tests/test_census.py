@@ -77,6 +77,7 @@ def test_the_roofline_takes_each_ops_slowest_resource():
     assert s["regions"]["backward"]["kernels"] == 4
 
 
+@pytest.mark.slow
 def test_meanflow_adds_no_grad_work_that_flow_matching_has_not():
     fm = run_census(MODEL, batch=8, shape=SHAPE, classes=10, variants=("fm", "mf_p100"))
     assert "targets" not in fm["fm"]["regions"] and fm["mf_p100"]["regions"]["targets"]["ms"] > 0

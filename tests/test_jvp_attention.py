@@ -154,6 +154,7 @@ def test_without_triton(monkeypatch):
         triton_available.cache_clear()
 
 
+@pytest.mark.slow
 def test_lazy_import_and_interpreter_set_before_import():
     """Importing the module does not import triton; the interpreter also works when TRITON_INTERPRET is set
     before triton's import (Triton's library functions are then interpreted ones already)."""
@@ -235,6 +236,7 @@ def test_dit_tangent_mode_with_the_kernel_equals_the_math_form():
         assert du_m.abs().max() > 1e-3 and rel_err(du_k, du_m.double()) < 1e-5
 
 
+@pytest.mark.slow
 def test_the_census_sees_no_nxn_tensor_with_the_kernel():
     """On fake tensors the kernel is one op (its fake implementation): the tangent path writes no [.., N, N] tensor."""
     from alphaflow.perf.census import run_census

@@ -81,6 +81,7 @@ def test_ranks_are_listed_by_value_in_ranges():
 
 # ----------------------------------------------------------------------------- the first rendezvous
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rank", [0, 1])
 def test_a_rank_left_alone_fails_quickly_with_one_line(monkeypatch, rank):
     port = _free_port()
