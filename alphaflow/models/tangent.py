@@ -19,7 +19,7 @@ fp32, otherwise), so a tangent GEMM reads and writes what the primal's does, wit
 where a difference cancels: the fused kernels (LayerNorm's and softmax's backward, GELU's derivative) accumulate
 in fp32 whatever their inputs; the attention tangent in math form is computed in fp32 (dS − rowsum(P ⊙ dS), and
 μ·o against the rest of ȯ, cancel); the DiT returns du/dt in at least fp32 (the target ṽ − (t − r)·du/dt
-cancels). docs/jvp.md#the-tangent-dtype gives the measured error. ``rows``: [P] int64 row indices into the
+cancels). docs/jvp.md#precision gives the measured error. ``rows``: [P] int64 row indices into the
 batch, a slice of the batch, or None for all rows.
 """
 
@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Linear", "tangent_dtype", "take", "linear_jvp", "silu_jvp", "mlp_jvp", "modulate_jvp", "split_heads", "attention_jvp",
+__all__ = ["Linear", "tangent_dtype", "take", "linear_jvp", "silu_jvp", "mlp_jvp", "modulate_jvp", "split_heads",
+           "attention_jvp",
            "gated_residual_jvp", "sinusoid_jvp", "conv_patch_jvp"]
 
 Rows = Tensor | slice | None  # [P] int64 indices into the batch, a slice of it (views, no copies), or None: all

@@ -104,6 +104,12 @@ class OpRecord:
     kernels: int
     calls: int = 1
 
+    def seconds(self, roofline: Roofline) -> float:
+        """Its estimated time: the slowest of its FLOPs at the kind's rate, its bytes, and its kernels' floor."""
+        rate = roofline.attention if self.kind == "attention" else roofline.matmul.get(self.dtype, 0.0)
+        return max(self.flops / rate if self.flops and rate else 0.0, self.nbytes / roofline.bandwidth,
+                   self.kernels * roofline.kernel_s)
+
 
 @dataclass
 class Census:
@@ -121,9 +127,7 @@ class Census:
         for r in self.records:
             if r.kind != "memory":
                 flops[f"{r.kind}_{r.dtype}"] += r.flops
-            rate = roofline.attention if r.kind == "attention" else roofline.matmul.get(r.dtype, 0.0)
-            t = max(r.flops / rate if r.flops and rate else 0.0, r.nbytes / roofline.bandwidth,
-                    r.kernels * roofline.kernel_s)
+            t = r.seconds(roofline)
             gpu_s += t
             reg = regions[r.region]
             reg["ms"] += t * 1e3
@@ -148,11 +152,8 @@ class Census:
         """The ``n`` ops (by name and region) that take the most estimated time."""
         rows: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
         for r in self.records:
-            rate = roofline.attention if r.kind == "attention" else roofline.matmul.get(r.dtype, 0.0)
-            t = max(r.flops / rate if r.flops and rate else 0.0, r.nbytes / roofline.bandwidth,
-                    r.kernels * roofline.kernel_s)
             row = rows[(r.op, r.region)]
-            row["ms"] += t * 1e3
+            row["ms"] += r.seconds(roofline) * 1e3
             row["calls"] += 1
             row["bytes"] += r.nbytes
         ranked = sorted(rows.items(), key=lambda kv: -kv[1]["ms"])[:n]
