@@ -43,6 +43,25 @@ def unwrap(net: Net) -> Net:
             return net
 
 
+_TARGET_MODULE = "_alphaflow_target_module"
+
+
+def route_target_passes(model: nn.Module, module: nn.Module) -> None:
+    """Make ``target_module(model)`` return ``module``: the trainer's compiled plain network under
+    ``train.compile=true``, so the no-grad target passes compile too. Kept in ``model.__dict__``, outside
+    ``_modules``: it is not a submodule, and no state dict or ``parameters()`` sees it twice."""
+    model.__dict__[_TARGET_MODULE] = module
+
+
+def target_module(net: Net) -> Net:
+    """The module that no-grad target passes call (α-Flow's jump, Shortcut's and SplitMeanFlow's half jumps,
+    the guidance passes): what ``route_target_passes`` set on ``net``, else ``unwrap(net)``. Never DDP: a
+    target pass needs no gradient synchronisation, and its own compiled graphs (no-grad, other row counts)
+    instead of the prediction's."""
+    routed = getattr(net, "__dict__", {}).get(_TARGET_MODULE)
+    return routed if routed is not None else unwrap(net)
+
+
 def average_velocity_jvp(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None,
                          tangent: Tensor) -> tuple[Tensor, Tensor]:
     """(u, du/dt) at (z, r, t) along (tangent, 0, 1).

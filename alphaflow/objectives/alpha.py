@@ -28,7 +28,7 @@ from torch import Tensor
 
 from alphaflow.amp import target_pass
 from alphaflow.conventions import expand_time
-from alphaflow.jvp import unwrap
+from alphaflow.jvp import target_module
 from alphaflow.objectives.base import (Net, Objective, Rows, Sample, Terms, keep_equal_time_rows, pair_rows, put_rows,
                                        regression_components, row_count, take_rows)
 from alphaflow.objectives.meanflow import meanflow_prediction
@@ -116,7 +116,7 @@ class AlphaFlow(Objective):
         if row_count(rows, target.shape[0]) == 0:
             return target
         with target_pass():
-            module = unwrap(net)
+            module = target_module(net)
             z_d, r_d, t_d, v_d = (take_rows(a, rows) for a in (z, r, t, v_tilde.detach()))
             lab = None if labels is None else take_rows(labels, rows)
             shift_v = v_d

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from alphaflow.conventions import check_times, interpolate, velocity
-from alphaflow.jvp import unwrap
+from alphaflow.jvp import target_module
 from alphaflow.objectives.guidance import Guidance
 from alphaflow.objectives.options import ObjectiveOptions
 from alphaflow.schedules import Schedule, as_schedule, check_unit_interval
@@ -247,7 +247,8 @@ class Objective:
 
     x: [B, ...] data; labels: [B] int64 or None. ``net`` may be wrapped (DDP, compiled): the
     prediction goes through it so gradients synchronise, the no-grad target passes use
-    ``unwrap(net)`` under ``alphaflow.amp.target_pass``. A drawn sample carries ``num_fm``, so a
+    ``alphaflow.jvp.target_module(net)`` (the unwrapped net, compiled under
+    ``train.compile``) under ``alphaflow.amp.target_pass``. A drawn sample carries ``num_fm``, so a
     step reads nothing back from the device (one ``nonzero`` when guiding: ``Guidance.guided_velocity``).
     """
 
@@ -304,10 +305,10 @@ class Objective:
         raise NotImplementedError
 
     def guided(self, net: Net, x: Tensor, sample: Sample) -> tuple[Tensor, Tensor]:
-        """z_t and the (guided) velocity ṽ, both [B, ...]; guidance passes use the unwrapped net."""
+        """z_t and the (guided) velocity ṽ, both [B, ...]; guidance passes use ``target_module(net)``."""
         z = interpolate(x, sample.eps, sample.t)
         v = velocity(x, sample.eps)
-        return z, self.guidance.guided_velocity(unwrap(net), z, sample.t, v, sample.labels)
+        return z, self.guidance.guided_velocity(target_module(net), z, sample.t, v, sample.labels)
 
     def weighted(self, mse: Tensor, numerator: Tensor | float = 1.0) -> Tensor:
         return adaptive_loss(mse, numerator, p=self.adaptive_p, c=self.adaptive_c)

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from alphaflow.amp import target_pass
 from alphaflow.conventions import NULL_LABEL, expand_time, interpolate, velocity
-from alphaflow.jvp import unwrap
+from alphaflow.jvp import target_module, unwrap
 from alphaflow.objectives.base import (Net, Objective, Sample, Terms, element_mean, own_uniforms, pair_rows,
                                        regression_components, row_count, take_rows)
 from alphaflow.objectives.meanflow import target_from_dudt
@@ -101,7 +101,7 @@ class ImprovedMeanFlow(Objective):
         u01 = own_uniforms(sample, x, 4)  # [B, 4]: ω, t_min, t_max, label dropout
         z, v = interpolate(x, sample.eps, t), velocity(x, sample.eps)
         guide = guidance_inputs(u01, r, t, self.omega_max, self.random_interval) if self.guides else None
-        v_c, v_g = self.guided_target(module, z, t, v, labels, guide)
+        v_c, v_g = self.guided_target(target_module(net), z, t, v, labels, guide)
         if labels is not None and self.label_dropout:
             drop = u01[:, 3] < self.label_dropout
             labels = torch.where(drop, torch.full_like(labels, NULL_LABEL), labels)

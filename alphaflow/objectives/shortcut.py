@@ -19,7 +19,7 @@ from torch import Tensor
 
 from alphaflow.amp import target_pass
 from alphaflow.conventions import expand_time
-from alphaflow.jvp import unwrap
+from alphaflow.jvp import target_module
 from alphaflow.objectives.base import (Net, Objective, Sample, Terms, keep_equal_time_rows, pair_rows, put_rows,
                                        regression_components, row_count, take_rows)
 from alphaflow.objectives.options import ObjectiveOptions
@@ -67,7 +67,7 @@ class Shortcut(Objective):
         (no grad, autocast without its weight cache: ``alphaflow.amp``).
         """
         with target_pass():
-            module = unwrap(net)
+            module = target_module(net)
             s = (t + r) / 2
             u1 = module(z, s, t, labels).to(z.dtype)
             z_s = z - expand_time(t - s, z) * u1

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from alphaflow.amp import target_pass
 from alphaflow.conventions import expand_time
-from alphaflow.jvp import unwrap
+from alphaflow.jvp import target_module
 from alphaflow.objectives.base import (Net, Objective, Sample, Terms, keep_equal_time_rows, own_uniforms, pair_rows,
                                        put_rows, regression_components, row_count, take_rows)
 from alphaflow.objectives.options import ObjectiveOptions
@@ -45,11 +45,11 @@ class SplitMeanFlowOptions(ObjectiveOptions):
 def split_target(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None, lam: Tensor) -> Tensor:
     """λ·u₂ + (1 − λ)·u₁ (module docstring) for rows with r < t: z [n, ...], r, t, λ [n] → [n, ...] in z's dtype.
 
-    The two passes run on the unwrapped network under ``target_pass`` (no grad; autocast without its weight
+    The two passes run on ``target_module(net)`` under ``target_pass`` (no grad; autocast without its weight
     cache); bf16 outputs are taken to z's dtype before they are combined.
     """
     with target_pass():
-        module = unwrap(net)
+        module = target_module(net)
         s = (1.0 - lam) * t + lam * r
         u2 = module(z, s, t, labels).to(z.dtype)
         z_s = z - expand_time(t - s, z) * u2

@@ -37,6 +37,7 @@ from alphaflow.train.initialise import initialise_from
 from alphaflow.runlock import run_lock
 from alphaflow.train.sample_grids import write_samples
 from alphaflow.train.checkpointing import AsyncCheckpointer
+from alphaflow.train.compiling import CompileCount, compile_for_training
 
 CHECKPOINT_FORMAT = 1
 
@@ -109,6 +110,7 @@ class _Session:
     gen: torch.Generator
     state: LoopState
     parts: StepParts = field(init=False)
+    compiled: CompileCount | None = field(init=False)  # train.compile: graphs compiled so far
 
     def __post_init__(self) -> None:
         params = list(self.net.parameters())  # listed once, for the per-step norm
@@ -116,6 +118,7 @@ class _Session:
                     if self.cfg.conflict.mode != "none" else None)  # how g_TFM and g_TCC combine
         self.parts = StepParts(self.net, self.model, self.objective, self.opt, self.ema, self.info, self.bf16,
                                self.cfg.optim.grad_clip, conflict, params, self.cfg.train.micro_batch)
+        self.compiled = CompileCount() if self.cfg.train.compile else None
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -212,17 +215,9 @@ def _wrap(net: torch.nn.Module, cfg: Config, info: D.DistInfo) -> torch.nn.Modul
     model = net if not info.distributed else DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
         gradient_as_bucket_view=True)
-    if cfg.train.compile:
-        # Calls through ``model`` run compiled: the prediction's forward and backward (with the DiT's
-        # tangent-mode JVP riding along it). Passes on unwrap(model) (no-grad targets, torch.func.jvp) stay
-        # eager, as do the EMA, samples, probes and checkpoints, which use ``net``. α and ratio_fm never
-        # enter the compiled region, so a schedule that changes every step does not recompile. Graphs of an
-        # earlier run in this process (an inline sweep) are dropped first: they share DiT.forward's cache,
-        # whose recompile limit they would use up, and torch 2.13 fails to re-check a tangent-mode graph
-        # against an r = t call (flow matching after MeanFlow). The on-disk cache still serves them.
-        torch.compiler.reset()
-        model = torch.compile(model)
-    return model
+    # train.compile: the prediction and the no-grad target passes compile; the EMA, samples, probes and
+    # checkpoints use ``net`` and stay eager (alphaflow.train.compiling)
+    return compile_for_training(net, model) if cfg.train.compile else model
 
 
 def _step(s: _Session, raw: torch.Tensor, labels: torch.Tensor,
@@ -260,6 +255,8 @@ def _maintain(s: _Session, x: torch.Tensor, y: torch.Tensor | None, lr: float, o
         ctx = LogContext(step, x, y, s.net, s.ema.model, s.objective, info, s.data)
         for callback in s.callbacks:
             row.update(callback.on_log(ctx))
+        if s.compiled is not None:
+            _count_graphs(s, row)
         D.on_main(info, lambda: append_row(s.run, row, s.callbacks))
         # the adaptive weight normalises the loss to ≈ 1 per sample; the unweighted mse shows progress
         progress.tick(step, {"loss": row.get("loss", float("nan")), "mse": row.get("loss_mse", float("nan")),
@@ -328,6 +325,18 @@ def _log_row(state: LoopState, lr: float, logs: dict, info: D.DistInfo, batch_si
            "images_per_sec": tick.steps * batch_size / max(seconds, 1e-9)}
     state.tick = Tick(wall=state.wall)
     return row
+
+
+def _count_graphs(s: _Session, row: dict[str, Any]) -> None:
+    """train.compile: the row's ``compiled_graphs`` (since the run's start in this process), and a line when a tick
+    after the first compiled more (a recompile: a new shape, grad mode or call pattern)."""
+    assert s.compiled is not None
+    first = s.compiled.graphs == 0
+    new = s.compiled.update()
+    row["compiled_graphs"] = s.compiled.graphs
+    if new and not first:
+        s.say(f"train.compile: {new} more graph(s) compiled by step {s.state.step} ({s.compiled.graphs} in all); "
+              "TORCH_LOGS=recompiles prints why")
 
 
 # -------------------------------------------------------------------- checkpoints
