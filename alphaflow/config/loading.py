@@ -237,9 +237,6 @@ def validate(cfg: Config) -> None:
          "entries must be 1 or 2 with the 'consistency' sampler")
     need(cfg.conflict.every == 1 or not cfg.conflict.per_group, "conflict.every",
          "must be 1 with conflict.per_group=true (reused coefficients are whole-vector)")
-    need(cfg.conflict.mode == "none" or cfg.train.micro_batch == 0, "train.micro_batch",
-         f"must be 0 with conflict.mode={cfg.conflict.mode} (its rule needs both term gradients of the whole batch at "
-         "once; accumulating them is not supported yet)")
     need(cfg.conflict.mode == "none" or not cfg.train.compile, "train.compile",
          f"must be false with conflict.mode={cfg.conflict.mode} (its two backward passes run eagerly)")
     for f in dataclasses.fields(cfg.objective):  # every schedule of an objective is a fraction (α, ratio_fm)

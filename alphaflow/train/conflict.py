@@ -16,6 +16,10 @@ NaN handling and optimiser step follow unchanged.
 With ``conflict.every = k > 1`` (whole-vector only) the coefficients of an exact step are reused for the next
 k − 1 steps, each of which is one ordinary backward of a·L_TFM^w + b·L_TCC^w (DDP reduces it as usual). This is
 an approximation: the coefficients lag the gradients by up to k − 1 steps.
+
+With ``train.micro_batch`` each micro-batch's parts are differentiated apart and summed, weighted by its share
+of the rows (``begin`` / ``add`` / ``finish``), so the rule and the ``conflict_*`` scalars see the whole batch's
+g_TFM and g_TCC, as without micro-batches.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ class ConflictCombiner:
     def __init__(self, cfg: ConflictConfig, net: nn.Module, params: list[nn.Parameter], info: D.DistInfo) -> None:
         self.cfg, self.params, self.info = cfg, params, info
         self._pending: Tensor | None = None
+        self._coef: Any = None               # a reuse step's coefficients (begin); None on an exact step
+        self._sums: list[list[Tensor]] = []  # an exact step's summed g_TFM, g_TCC (and third part's) so far
         index = {id(p): i for i, p in enumerate(params)}
         named = dict(net.named_parameters())
         groups = parameter_groups(net) if cfg.per_group else {"all": [n for n, p in named.items() if p.requires_grad]}
@@ -90,18 +96,45 @@ class ConflictCombiner:
         return self.cfg.every == 1 or step % self.cfg.every == 0 or state.conflict_coef is None
 
     def backward(self, terms: Any, step: int, state: Any) -> dict[str, Tensor]:
-        """Fill every ``p.grad`` with the combined gradient; returns this step's ``conflict_*`` scalars (0-dim
-        device tensors; none on a reuse step)."""
+        """Fill every ``p.grad`` with the combined gradient of one whole batch's terms; returns this step's
+        ``conflict_*`` scalars (0-dim device tensors; none on a reuse step)."""
+        self.begin(step, state)
+        self.add(terms, 1.0)
+        return self.finish()
+
+    def begin(self, step: int, state: Any) -> None:
+        """Start a step whose batch comes in ``add``-ed parts (micro-batches) and ends with ``finish``."""
+        self._coef = None if self.exact(step, state) else state.conflict_coef
+        self._sums = []
+
+    def add(self, terms: Any, share: float) -> None:
+        """The gradients of one micro-batch's parts, weighted by ``share`` (its rows / the batch's): on an exact
+        step g_TFM, g_TCC (and the third part's) are summed apart; on a reuse step one backward of
+        a·L_TFM^w + b·L_TCC^w accumulates into ``p.grad`` (DDP reduces it unless the caller holds ``no_sync``)."""
         part_tfm, part_tcc = weighted_parts(terms)
         part_extra = weighted_extra(terms)
-        if not self.exact(step, state):
-            coef = torch.as_tensor(state.conflict_coef, dtype=part_tfm.dtype, device=part_tfm.device)
+        if self._coef is not None:
+            coef = torch.as_tensor(self._coef, dtype=part_tfm.dtype, device=part_tfm.device)
             total = coef[0, 0] * part_tfm + coef[0, 1] * part_tcc
-            (total if part_extra is None else total + part_extra).backward()
+            ((total if part_extra is None else total + part_extra) * share).backward()
+            return
+        grads = [self._grads(part_tfm * share, retain=True),
+                 self._grads(part_tcc * share, retain=part_extra is not None)]
+        if part_extra is not None:
+            grads.append(self._grads(part_extra * share, retain=False))
+        if not self._sums:
+            self._sums = grads
+        else:
+            for total, part in zip(self._sums, grads):
+                torch._foreach_add_(total, part)
+
+    def finish(self) -> dict[str, Tensor]:
+        """Combine the summed gradients by the rule into every ``p.grad`` (exact steps); the step's scalars."""
+        if self._coef is not None:
             return {}
-        g_tfm = self._grads(part_tfm, retain=True)
-        g_tcc = self._grads(part_tcc, retain=part_extra is not None)
-        g_extra = [] if part_extra is None else self._grads(part_extra, retain=False)
+        g_tfm, g_tcc, *g_extra = self._sums
+        g_extra = g_extra[0] if g_extra else []
+        self._sums = []
         if self.info.distributed:
             g_tfm, g_tcc, g_extra = self._average_over_ranks(g_tfm, g_tcc, g_extra)
         gram = self._gram(g_tfm, g_tcc)

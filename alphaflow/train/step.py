@@ -124,7 +124,7 @@ def training_step(parts: StepParts, state: LoopState, x: Tensor, y: Tensor | Non
     p.opt.zero_grad(set_to_none=True)
     conflict: dict[str, Tensor] = {}
     if 0 < p.micro_batch < x.shape[0]:
-        terms, loss = _accumulate_micro_batches(p, x, y, step, generator, sample)
+        terms, loss, conflict = _accumulate_micro_batches(p, state, x, y, generator, sample)
     else:
         exact = p.conflict is not None and p.conflict.exact(step, state)  # two backward passes, reduced by hand
         with record_function("alphaflow.forward"), (no_sync(p.model) if exact else contextlib.nullcontext()), \
@@ -169,32 +169,42 @@ def _autocast(x: Tensor, bf16: bool) -> torch.autocast:
     return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def _accumulate_micro_batches(p: StepParts, x: Tensor, y: Tensor | None, step: int,
-                              generator: torch.Generator | None, sample: Sample | None) -> tuple[Terms, Tensor]:
-    """Forward and backward ``p.micro_batch`` rows at a time; returns the whole batch's terms (detached) and loss.
+def _accumulate_micro_batches(p: StepParts, state: LoopState, x: Tensor, y: Tensor | None,
+                              generator: torch.Generator | None,
+                              sample: Sample | None) -> tuple[Terms, Tensor, dict[str, Tensor]]:
+    """Forward and backward ``p.micro_batch`` rows at a time; returns the whole batch's terms (detached), loss and
+    conflict scalars.
 
     The sample (t, r, ε, labels after dropout) is drawn once for the whole batch and split by rows, so every row
     sees what it would in one pass: the per-row terms are the same, and the gradients of the micro-batches'
     means, weighted by their share m/B, sum to the gradient of the whole batch's mean. DDP all-reduces only on
-    the last micro-batch (``no_sync`` before)."""
-    B = x.shape[0]
+    the last micro-batch (``no_sync`` before), and not at all on a conflict rule's exact step, which sums g_TFM
+    and g_TCC over the micro-batches and reduces them by hand (``ConflictCombiner.add`` / ``finish``)."""
+    B, step = x.shape[0], state.step
     if sample is None:
         sample = p.objective.draw(x, y, step=step, generator=generator)
+    exact = p.conflict is not None and p.conflict.exact(step, state)
+    if p.conflict is not None:
+        p.conflict.begin(step, state)
     parts: list[Terms] = []
     loss = x.new_zeros((), dtype=torch.promote_types(x.dtype, torch.float32))
     starts = range(0, B, p.micro_batch)
     for start in starts:
         rows = slice(start, min(start + p.micro_batch, B))
-        last = start == starts[-1]
-        with no_sync(p.model) if not last else contextlib.nullcontext():
+        share = (rows.stop - rows.start) / B
+        with no_sync(p.model) if exact or start != starts[-1] else contextlib.nullcontext():
             with record_function("alphaflow.forward"), _autocast(x, p.bf16):
                 terms = p.objective.evaluate(p.model, x[rows], sample.rows(rows), step)
-            part = _at_least_fp32(terms.loss).mean() * ((rows.stop - rows.start) / B)
+            part = _at_least_fp32(terms.loss).mean() * share
             with record_function("alphaflow.backward"):
-                part.backward()
+                if p.conflict is None:
+                    part.backward()
+                else:
+                    p.conflict.add(terms, share)
         loss = loss + part.detach()
         parts.append(_detached(terms))
-    return _concatenated(parts, sample), loss
+    conflict = p.conflict.finish() if p.conflict is not None else {}
+    return _concatenated(parts, sample), loss, conflict
 
 
 def _detached(terms: Terms) -> Terms:
