@@ -29,5 +29,8 @@ def run_report(args: argparse.Namespace) -> int:
                          "`alphaflow train --out` or `alphaflow sweep`)")
     out = write_report(root, args.out)
     print((out / "headline.md").read_text())
+    problems = (out / "problems.txt").read_text().splitlines() if (out / "problems.txt").exists() else []
+    for line in problems:
+        print(f"problem: {line}")
     print(f"report written to {out}: summary.md (every table), figures (*.png), tables (*.csv)")
     return 0

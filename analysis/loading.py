@@ -12,7 +12,8 @@ normalised through ``alphaflow.config`` so runs written before a field existed s
 In the per-row frames, text config columns, ``run`` and ``variant`` are categoricals (cheap at a
 million rows); numbers keep their dtype. ``variant`` is what the seeds of one setting share: the one
 the sweep wrote to run.json, or for folders without run.json the run name without ``-<hash>`` and
-``-s<seed>`` (``records.variant_of``). Group by it to pool seeds.
+``-s<seed>`` (``records.variant_of``), suffixed ``@<config hash>`` where runs under one name have different
+configs (``variants.split_variants``). Group by it to pool seeds.
 
 Nothing raises on bad content; see ``records`` for statuses and ``cache`` for the Parquet cache
 (``cache=False`` reads every file and writes nothing).
@@ -33,6 +34,7 @@ import pyarrow as pa
 from .cache import RunCache, source_key
 from .labels import RUN_COLUMNS, run_identity
 from .records import RunRecord, flatten, last_step, read_run, run_folders
+from .variants import split_variants
 
 JOB_COLUMNS = {"job_id": "job_id", "executor": "executor", "submitted": "submitted", "state": "job_state"}
 RUN_TABLE_COLUMNS = ["run", "variant", "status", "last_step", "label", "error", *JOB_COLUMNS.values()]
@@ -179,6 +181,7 @@ def load_runs(root: str | Path, *, cache: bool = True) -> Runs:
     records = _records(root, cache, problems)
     for r in records:
         problems += r.problems
+    problems += split_variants(records)  # a variant is its config: runs of two configs are not pooled as seeds
     runs = _run_table(records)
     metrics, evals = _tidy(records, runs, "metrics"), _tidy(records, runs, "evals")
     return Runs(metrics, runs, _probe_frame(records, runs), evals, problems)

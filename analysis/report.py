@@ -8,7 +8,8 @@ variant with 95 % intervals over seeds, from eval.jsonl), conflict.csv (``tables
 conflict_online.csv (the same from the online probes, when offline probes exist too), conflict_ticks.csv
 (``conflict_ticks.ticks_by_variant``: what the conflict interventions logged per tick), third_parts.csv
 (``family.third_parts_by_variant``, where an objective's gradient has a third part), summary.md (those tables,
-failed runs and problems), headline.md (just the quality and conflict tables, what the command line prints) and
+failed runs and problems), problems.txt (one per line: a torn file, a variant split by its config), headline.md
+(just the quality and conflict tables, what the command line prints with the problems) and
 figures: loss.png, schedules.png (α and ratio_fm as logged),
 samples.png (the last 1- and 2-NFE grids per variant) and, where runs hold gradient probes,
 fig2a/2b/2c/6.png (``plots.save_figures``), conflict_panels.png (``family.fig_conflict_panels``: Fig. 2a with one panel
@@ -166,4 +167,5 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     top = headline(root, quality, sections, ticks, third)
     (out / "headline.md").write_text(top)
     (out / "summary.md").write_text(top + "\n" + _markdown(root, runs, summary, variants, value_cols, figures))
+    (out / "problems.txt").write_text("".join(f"{p}\n" for p in runs.problems))  # what the command prints
     return out

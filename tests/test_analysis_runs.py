@@ -340,3 +340,61 @@ def test_headline_leads_with_the_online_table_when_the_offline_probes_are_one_po
     table = pd.read_csv(sweep / "report" / "conflict_online.csv").set_index("variant")
     assert table.loc["meanflow-fm75", "frac_tfm_tcc_below_-0.4_mean"] == 1.0
     assert table.loc["meanflow-fm75", "frac_tfm_tcc_below_-0.4_n"] == sum(r["step"] > 0.1 * rows[-1]["step"] for r in rows)
+
+
+# ----------------------------------------------------------------------------- a variant is its config
+
+def _launch(root: Path, sweep_file: Path) -> None:
+    """What the launcher leaves behind before training: each run's config.json and run.json (and one metrics row)."""
+    from alphaflow.config import config_hash, to_dict
+    from alphaflow.launch.sweeps import load_sweep
+    from alphaflow.runfolder import RunFolder
+
+    for r in load_sweep(sweep_file).runs:
+        run = RunFolder(root / r.name)
+        run.root.mkdir(parents=True, exist_ok=True)
+        run.write_config(to_dict(r.config))
+        run.write_info(sweep=r.sweep, variant=r.variant, seed=r.config.seed, config_hash=config_hash(r.config))
+        run.append_metrics({"step": 1, "loss_mse": 0.5 + 0.01 * r.config.seed})
+
+
+def test_an_edited_base_rerun_into_one_root_splits_its_variants(tmp_path):
+    """The reproduction: edit a sweep file's base (optim.lr), rerun it into the same root, report. The old and the
+    new runs are not pooled as seeds of one variant; the split is named under Problems and on stdout."""
+    text = "name: lr\nbase: {{optim: {{lr: {lr}}}}}\nvariants: {{fm: {{objective.name: fm}}, mf: {{objective.name: meanflow}}}}\nseeds: [0, 1]\n"
+    root, sweep_file = tmp_path / "root", tmp_path / "lr.yaml"
+    sweep_file.write_text(text.format(lr=0.001))
+    _launch(root, sweep_file)
+    assert sorted(load_runs(root, cache=False).runs["variant"]) == ["fm", "fm", "mf", "mf"]
+    sweep_file.write_text(text.format(lr=0.0005))
+    _launch(root, sweep_file)
+
+    runs = load_runs(root, cache=False)
+    counts = runs.runs["variant"].value_counts()
+    assert len(counts) == 4 and set(counts) == {2}, "two configs per name, two seeds each"
+    assert {v.split("@")[0] for v in counts.index} == {"fm", "mf"}
+    split = [p for p in runs.problems if "different configs" in p]
+    assert len(split) == 2 and all("differing keys: optim.lr: " in p and "0.001 (@" in p and "0.0005 (@" in p
+                                   for p in split)
+    variants = summarize_variants(summarize_runs(runs), ["final_loss_mse"])
+    assert list(variants["n"]) == [2, 2, 2, 2] and list(variants["final_loss_mse_n"]) == [2, 2, 2, 2]
+
+    out = write_report(root)
+    md = (out / "summary.md").read_text()
+    assert "Problems: none" not in md and md.count("different configs") == 2
+    from analysis.command import run_report
+    import argparse
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        run_report(argparse.Namespace(root=str(root), out=None))
+    assert buf.getvalue().count("problem: variant ") == 2
+
+
+def test_seeds_of_one_config_stay_one_variant(tmp_path):
+    text = "name: s\nvariants: {fm: {objective.name: fm}}\nseeds: [0, 1, 2]\n"
+    (tmp_path / "s.yaml").write_text(text)
+    _launch(tmp_path / "root", tmp_path / "s.yaml")
+    runs = load_runs(tmp_path / "root", cache=False)
+    assert list(runs.runs["variant"]) == ["fm"] * 3 and not [p for p in runs.problems if "configs" in p]

@@ -72,7 +72,11 @@ seeds: {fm: [0, 1], mf: [0, 1, 2]}
     ("grid: {optim.lr: [0.1]}\nzip: {optim.lr: [0.2]}\n", "set by both 'grid' and 'zip'"),
     ("variants: {a: {seed: 3}}\nseeds: [0, 1]\n", "set by both 'variants' and 'seeds'"),
     ("resources: [1]\n", "'resources' must be a mapping"),
+    # PyYAML would keep the last of two keys without a word: refused at the second, with its line
+    ("variants:\n  a: {optim.lr: 0.1}\n  b: {}\n  a: {optim.lr: 0.2}\n", r"line 4, column 3: duplicate key 'a' \(first at line 2\)"),
+    ("base: {optim: {lr: 0.1, lr: 0.2}}\n", r"line 1, column 25: duplicate key 'lr'"),
 ])
+@pytest.mark.fast
 def test_bad_sweep_files_name_the_problem(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
         load_sweep(write(tmp_path, text))

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from alphaflow.config.merge import ConfigError, _apply, _did_you_mean, _hints, _optional, _type_name, apply_overrides
+from alphaflow.config.strict_yaml import safe_load_unique
 from alphaflow.config.schema import DEVICES, PRECISIONS, SAMPLERS, WANDB_MODES, Config, ConflictConfig, LogConfig
 from alphaflow.conflict import MODES
 from alphaflow.objectives import OPTIONS
@@ -51,7 +52,7 @@ def read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read this file ({getattr(e, 'strerror', None) or e})") from None
     try:
-        return yaml.safe_load(text)
+        return safe_load_unique(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
