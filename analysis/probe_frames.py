@@ -173,14 +173,18 @@ SHARE_COUNTS = {"frac_tfm_tcc_neg": "points_tfm_tcc", "frac_tfm_tcc_below_-0.4":
                 "frac_fmb_above_tfm": "points_both"}  # each share column → the column counting its points
 
 
+BAND = (("p025", 0.025), ("p975", 0.975))  # the per-run percentile band of the cosines: its 2.5 % and 97.5 % points
+
+
 def summarize_conflict(df: pd.DataFrame, *, skip: float = 0.0) -> pd.DataFrame:
     """Per run (and weights), over its checkpoints (``latest_per_step``) with step > skip·its last step, the
     numbers behind Fig. 2a:
 
     checkpoints, first/last step; mean, min and max of cos_tfm_tcc and cos_fmb_tcc;
     frac_tfm_tcc_neg (share with cos_tfm_tcc < 0), frac_tfm_tcc_below_-0.4 (share below −0.4, the
-    paper's "typically below −0.4"), frac_fmb_above_tfm (share with cos_fmb_tcc > cos_tfm_tcc), and the
-    points each share counts (``SHARE_COUNTS``: checkpoints where the compared values are present).
+    paper's "typically below −0.4"), frac_fmb_above_tfm (share with cos_fmb_tcc > cos_tfm_tcc), the
+    points each share counts (``SHARE_COUNTS``: checkpoints where the compared values are present), and the
+    2.5 % and 97.5 % points of each cosine over the run's points (``p025_cos_tfm_tcc``, ``p975_…``: ``BAND``).
     ``skip`` = 0.1 leaves out the first tenth of training, where every curve starts from initialisation.
     """
     keys = ["run", "label"] + (["weights"] if "weights" in df.columns else [])
@@ -197,7 +201,9 @@ def summarize_conflict(df: pd.DataFrame, *, skip: float = 0.0) -> pd.DataFrame:
                     "frac_fmb_above_tfm": (b[both] > a[both]).mean(),
                     "points_tfm_tcc": int(a.notna().sum()), "points_both": int(both.sum()),
                     "min_cos_tfm_tcc": a.min(), "max_cos_tfm_tcc": a.max(),
-                    "min_cos_fmb_tcc": b.min(), "max_cos_fmb_tcc": b.max()})
+                    "min_cos_fmb_tcc": b.min(), "max_cos_fmb_tcc": b.max(),
+                    **{f"{q}_cos_{c}": v.quantile(f) if v.notna().any() else np.nan
+                       for c, v in (("tfm_tcc", a), ("fmb_tcc", b)) for q, f in BAND}})
     return pd.DataFrame(out)
 
 

@@ -56,19 +56,21 @@ def probe_frames(runs: Runs, online: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
     return curves, (offline if not offline.empty else online)
 
 
-CONFLICT_TEXT = ("mean cos(∇L_TFM, ∇L_TCC) and cos(∇L_FM′, ∇L_TCC) per run, then mean over seeds [95 % t-interval]; "
+CONFLICT_TEXT = ("mean cos(∇L_TFM, ∇L_TCC) and cos(∇L_FM′, ∇L_TCC) per run, then mean over seeds [95 % t-interval, "
+                 "clipped to [−1, 1]; a variant with one run: (band) of its points' 2.5–97.5 %]; "
                  "the share of probe points with cos(∇L_TFM, ∇L_TCC) < −0.4 and with FM′ above TFM, pooled over the "
                  "seeds [95 % Wilson interval].")
 ONLINE_SKIP = 0.1  # the online table leaves out the first tenth of training, where every curve leaves initialisation
 TICKS_TEXT = ("Conflict interventions during training (docs/conflict.md#metrics; runs with a conflict.mode): per run "
               "the mean over its ticks of cos(g_TFM, g_TCC) on the training batch, the norm ratio "
               "‖g_TFM + g_TCC‖ / (‖g_TFM‖ + ‖g_TCC‖), the share of steps the rule changed and the relative size of "
-              "the change, then mean over seeds [95 % t-interval].")
+              "the change, then mean over seeds [95 % t-interval, clipped to each quantity's range].")
 
 
 THIRD_TEXT = ("The third part X of the loss's gradient where an objective has one (Modular MeanFlow's d, Decoupled "
               "MeanFlow's lv, improved MeanFlow's aux), from the online probes after the first tenth of training: "
-              "cos(∇L_TFM, ∇X), cos(∇L_TCC, ∇X) and ‖∇X‖ / ‖∇L_TFM‖, mean over seeds [95 % t-interval].")
+              "cos(∇L_TFM, ∇X), cos(∇L_TCC, ∇X) and ‖∇X‖ / ‖∇L_TFM‖, mean over seeds [95 % t-interval, clipped to "
+              "each quantity's range].")
 
 
 def headline(root: Path, quality: pd.DataFrame, conflict: list[tuple[str, pd.DataFrame]],
@@ -81,7 +83,8 @@ def headline(root: Path, quality: pd.DataFrame, conflict: list[tuple[str, pd.Dat
         parts.append("No eval.jsonl rows: run `alphaflow eval RUN_DIR` (or train with eval.final=true).\n")
     else:
         parts += ["Few-step quality per variant: Fréchet distance (lower is better) of EMA samples at 1 and 2 NFE, "
-                  "mean over seeds [95 % t-interval].\n", markdown_table(interval_table(quality), floatfmt=".4g")]
+                  "mean over seeds [95 % t-interval, clipped at 0; none with one seed].\n",
+                  markdown_table(interval_table(quality), floatfmt=".4g")]
     for source, table in conflict:
         if not table.empty:
             parts += [f"Gradient conflict per variant ({source}): {CONFLICT_TEXT}\n",
@@ -101,7 +104,8 @@ def _markdown(root: Path, runs: Runs, summary: pd.DataFrame, variants: pd.DataFr
              "## Runs\n", "Final value (at the last step it was logged) and best (minimum) per run; "
              "config keys that differ between runs.\n", markdown_table(summary, floatfmt=".4g"),
              "## Variants\n", "Mean over the seeds of each variant with a 95 % Student-t interval "
-             "(mean ± t₀.₉₇₅,ₙ₋₁·sd/√n); a variant with one run has no interval.\n",
+             "(mean ± t₀.₉₇₅,ₙ₋₁·sd/√n, clipped to the quantity's range: a squared error ≥ 0); a variant with "
+             "one run has no interval.\n",
              markdown_table(interval_table(variants, value_cols), floatfmt=".4g")]
     failed = runs.runs[runs.runs["status"] == "failed"]
     if len(failed):

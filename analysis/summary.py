@@ -6,8 +6,10 @@
 
 The interval over seeds is Student's t: mean ± t_{0.975, n−1} · sd / √n with the sample standard
 deviation (ddof = 1). It needs n ≥ 2; with a single run the sd and the interval are NaN (blank in
-tables) rather than a misleading zero width. A share (k of n events) gets Wilson's score interval instead
-(``wilson_interval``), which stays inside [0, 1].
+tables) rather than a misleading zero width. It is clipped to the quantity's range (``value_range``: a cosine
+in [−1, 1], a share in [0, 1], a squared error, distance or norm ≥ 0): the true value lies in its range, so
+the clipped interval covers it whenever the t-interval does (same coverage), and no table shows a cosine of
+−1.8. A share (k of n events) gets Wilson's score interval instead (``wilson_interval``), inside [0, 1].
 """
 
 from __future__ import annotations
@@ -23,8 +25,35 @@ from .loading import Runs
 SUMMARY_LEAD = ["run", "variant", "status", "last_step", "steps"]
 
 
-def t_interval(values: Sequence[float] | pd.Series, level: float = 0.95) -> tuple[int, float, float, float, float]:
-    """(n, mean, sd, lo, hi) of the non-NaN ``values``: mean ± t_{(1+level)/2, n−1}·sd/√n; NaN where n < 2."""
+UNBOUNDED = (-math.inf, math.inf)
+# The range of each summarised quantity, by the column's name without a final_/best_/mean_ prefix and a
+# " k-NFE" suffix. Exact names first, then prefixes; anything else is unbounded (no clipping). loss_tcc is
+# 2⟨ṽ − u_tgt, u_θ⟩ per element: it can be negative.
+RANGES: dict[str, tuple[float, float]] = {
+    "loss_mse": (0.0, math.inf), "loss_tfm": (0.0, math.inf), "loss": (0.0, math.inf),
+    "conflict_ratio": (0.0, 1.0), "ratio_tfm_tcc": (0.0, 1.0), "conflict_changed": (0.0, 1.0),
+    "conflict_change": (0.0, math.inf), "norm_x_over_tfm": (0.0, math.inf)}
+PREFIX_RANGES: tuple[tuple[str, tuple[float, float]], ...] = (
+    ("cos_", (-1.0, 1.0)), ("conflict_cos", (-1.0, 1.0)), ("frac_", (0.0, 1.0)), ("share_", (0.0, 1.0)),
+    ("fd_", (0.0, math.inf)), ("fid", (0.0, math.inf)), ("conflict_norm", (0.0, math.inf)),
+    ("gradnorm", (0.0, math.inf)), ("norm_", (0.0, math.inf)))
+
+
+def value_range(column: str) -> tuple[float, float]:
+    """(lo, hi) that the quantity in ``column`` cannot leave (``RANGES``, ``PREFIX_RANGES``); (−inf, inf) if
+    unknown. "final_loss_mse" → (0, inf); "mean_cos_tfm_tcc" → (−1, 1); "fd_digits 1-NFE" → (0, inf)."""
+    name = column.split(" ")[0]
+    for prefix in ("final_", "best_", "mean_"):
+        name = name[len(prefix):] if name.startswith(prefix) else name
+    if name in RANGES:
+        return RANGES[name]
+    return next((bounds for prefix, bounds in PREFIX_RANGES if name.startswith(prefix)), UNBOUNDED)
+
+
+def t_interval(values: Sequence[float] | pd.Series, level: float = 0.95,
+               bounds: tuple[float, float] = UNBOUNDED) -> tuple[int, float, float, float, float]:
+    """(n, mean, sd, lo, hi) of the non-NaN ``values``: mean ± t_{(1+level)/2, n−1}·sd/√n, clipped to
+    ``bounds`` (the quantity's range: the clipped interval has the t-interval's coverage); NaN where n < 2."""
     x = pd.Series(values, dtype=float).dropna()
     n = len(x)
     mean = float(x.mean()) if n else math.nan
@@ -32,7 +61,7 @@ def t_interval(values: Sequence[float] | pd.Series, level: float = 0.95) -> tupl
         return n, mean, math.nan, math.nan, math.nan
     sd = float(x.std(ddof=1))
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return n, mean, sd, mean - half, mean + half
+    return n, mean, sd, max(mean - half, bounds[0]), min(mean + half, bounds[1])
 
 
 def wilson_interval(successes: float, n: float, level: float = 0.95) -> tuple[float, float]:
@@ -89,7 +118,7 @@ def summarize_variants(run_summary: pd.DataFrame, value_cols: Sequence[str], *, 
                        level: float = 0.95) -> pd.DataFrame:
     """Per variant (sorted): ``n`` runs, ``done`` (of them with status done, if the frame has a status),
     then for each value column ``c``: ``c_n`` (runs with a value), ``c_mean``, ``c_sd``, and the
-    ``level`` t-interval ``c_lo``, ``c_hi`` (NaN when ``c_n`` < 2); then the cfg.* columns that are
+    ``level`` t-interval ``c_lo``, ``c_hi`` clipped to ``value_range(c)`` (NaN when ``c_n`` < 2); then the cfg.* columns that are
     constant within every variant and differ between variants (what tells the variants apart).
     """
     columns = [by, "n"] + (["done"] if "status" in run_summary.columns else [])
@@ -100,7 +129,7 @@ def summarize_variants(run_summary: pd.DataFrame, value_cols: Sequence[str], *, 
         if "status" in g.columns:
             row["done"] = int((g["status"] == "done").sum())
         for c in value_cols:
-            n, mean, sd, lo, hi = t_interval(g[c], level)
+            n, mean, sd, lo, hi = t_interval(g[c], level, value_range(c))
             row.update({f"{c}_n": n, f"{c}_mean": mean, f"{c}_sd": sd, f"{c}_lo": lo, f"{c}_hi": hi})
         rows.append(row)
     out = pd.DataFrame(rows, columns=columns)

@@ -4,9 +4,11 @@
     print(markdown_table(interval_table(quality)))        # "mean [lo, hi]" cells, as the report writes them
     print(markdown_table(interval_table(conflict_by_variant(load_probes(root)))))
 
-The intervals are ``summary.t_interval``'s (Student's t over the seeds of a variant; NaN with one seed), except
-for shares of probe points, which pool the points of a variant's runs under Wilson's interval
-(``summary.wilson_interval``).
+The intervals are ``summary.t_interval``'s (Student's t over the seeds of a variant, clipped to the quantity's
+range; none with one seed), except for shares of probe points, which pool the points of a variant's runs under
+Wilson's interval (``summary.wilson_interval``), and for the mean cosines of a variant with one run, which show
+that run's 2.5–97.5 % band of probe points instead. A ``<c>_interval`` column says which: "t", "wilson" or
+"band" (blank: none).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from .probe_frames import SHARE_COUNTS, summarize_conflict
@@ -89,7 +92,8 @@ def conflict_by_variant(probes: pd.DataFrame, values: Sequence[str] = CONFLICT, 
     ``n`` runs, then ``<value>_n/_mean/_sd/_lo/_hi`` for each of ``values`` (default: the mean cosines
     behind Fig. 2a and the shares of probe points with cos(∇L_TFM, ∇L_TCC) < −0.4 and with FM′ above TFM).
 
-    A mean cosine is averaged per run, then over the seeds with the ``level`` t-interval (``_n`` = runs). A
+    A mean cosine is averaged per run, then over the seeds with the ``level`` t-interval (``_n`` = runs;
+    clipped to [−1, 1]); a variant with one run shows that run's 2.5–97.5 % band of points instead. A
     share pools the probe points of all the variant's runs (``_n`` = points, ``_mean`` = k/n, ``_sd`` NaN) with
     Wilson's interval, inside [0, 1] (the points of one run are not independent, so read it as the spread of
     the pooled count, not of a new training run). ``skip``: leave out each run's points at step ≤
@@ -115,6 +119,16 @@ def conflict_by_variant(probes: pd.DataFrame, values: Sequence[str] = CONFLICT, 
         table[f"{share}_sd"] = math.nan
         bounds = [wilson_interval(ki, ni, level) for ki, ni in zip(k, n)]
         table[f"{share}_lo"], table[f"{share}_hi"] = [b[0] for b in bounds], [b[1] for b in bounds]
+        table[f"{share}_interval"] = ["wilson" if ni else "" for ni in n]
+    for cos in (v for v in present if v.startswith("mean_cos_")):
+        table[f"{cos}_interval"] = ["t" if pd.notna(lo) else "" for lo in table[f"{cos}_lo"]]
+        band = per_run.groupby("variant")[[f"p025_{cos[5:]}", f"p975_{cos[5:]}"]].first()  # read where n = 1
+        single = (table[f"{cos}_n"] == 1).to_numpy()
+        for end, column in (("lo", band.columns[0]), ("hi", band.columns[1])):
+            values = table["variant"].map(band[column]).astype(float).to_numpy()
+            table[f"{cos}_{end}"] = np.where(single, values, table[f"{cos}_{end}"].astype(float))
+        table[f"{cos}_interval"] = np.where(single & table[f"{cos}_lo"].notna().to_numpy(), "band",
+                                            table[f"{cos}_interval"])
     return table
 
 
@@ -126,7 +140,8 @@ def interval_columns(table: pd.DataFrame) -> list[str]:
 
 def interval_table(table: pd.DataFrame, value_cols: Sequence[str] | None = None, *, digits: int = 4) -> pd.DataFrame:
     """A ``summarize_variants``-shaped frame for reading: each value column becomes one text cell
-    "mean [lo, hi]" (``digits`` significant digits; just the mean where there is no interval), the
+    "mean [lo, hi]" ("mean (band lo, hi)" for a one-run percentile band; ``digits`` significant digits; just
+    the mean where there is no interval), the
     other ``_n/_sd/...`` columns are dropped, and ``cfg.*`` columns move to the end.
     """
     value_cols = list(value_cols) if value_cols is not None else interval_columns(table)
@@ -134,10 +149,12 @@ def interval_table(table: pd.DataFrame, value_cols: Sequence[str] | None = None,
     def fmt(v: float) -> str:
         return "" if pd.isna(v) else f"{v:.{digits}g}"
 
-    stat_cols = {f"{c}_{s}" for c in value_cols for s in STATS}
+    stat_cols = {f"{c}_{s}" for c in value_cols for s in (*STATS, "interval")}
     lead = [c for c in table.columns if c not in stat_cols and not c.startswith("cfg.")]
     out = table[lead].copy()
     for c in value_cols:
-        out[c] = [f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]" if pd.notna(lo) else fmt(m)
-                  for m, lo, hi in zip(table[f"{c}_mean"], table[f"{c}_lo"], table[f"{c}_hi"])]
+        kinds = table[f"{c}_interval"] if f"{c}_interval" in table.columns else [""] * len(table)
+        out[c] = [(f"{fmt(m)} (band {fmt(lo)}, {fmt(hi)})" if kind == "band" else f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]")
+                  if pd.notna(lo) else fmt(m)
+                  for m, lo, hi, kind in zip(table[f"{c}_mean"], table[f"{c}_lo"], table[f"{c}_hi"], kinds)]
     return pd.concat([out, table[[c for c in table.columns if c.startswith("cfg.")]]], axis=1)
