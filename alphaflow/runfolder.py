@@ -140,9 +140,11 @@ class RunFolder:
         info = read_json(self.info_path, problems)
         return info if isinstance(info, dict) else {}
 
-    def write_info(self, *, sweep: str, variant: str, seed: int, config_hash: str) -> None:
-        """Write run.json: which sweep, variant (the name without seed and hash) and seed this run is."""
-        info = {"sweep": sweep, "variant": variant, "seed": seed, "config_hash": config_hash}
+    def write_info(self, *, sweep: str, variant: str, seed: int, config_hash: str, baseline: str = "") -> None:
+        """Write run.json: which sweep, variant (the name without seed and hash) and seed this run is, and the
+        sweep's baseline variant (what the report compares the variants with)."""
+        info = {"sweep": sweep, "variant": variant, "seed": seed, "config_hash": config_hash,
+                **({"baseline": baseline} if baseline else {})}
         atomic_write_bytes(self.info_path, (json.dumps(info) + "\n").encode())
 
     # ------------------------------------------------------------------ JSONL files

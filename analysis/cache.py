@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from .records import SOURCES, RunRecord
 
 CACHE_DIR = ".analysis-cache"
-VERSION = 2  # bump when RunRecord or the reading rules change: older entries then miss
+VERSION = 3  # bump when RunRecord or the reading rules change: older entries then miss
 
 
 def source_key(folder: Path) -> dict[str, list[int] | None]:
@@ -73,7 +73,8 @@ class RunCache:
         except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
             return None  # missing, stale, torn or written by another version: read the run again
         return RunRecord(name, meta["status"], meta["config"], meta["error"], meta["job"], meta["problems"],
-                         {t: tables.get(t, pa.table({})) for t in ("metrics", "probes", "evals")}, meta["variant"])
+                         {t: tables.get(t, pa.table({})) for t in ("metrics", "probes", "evals")}, meta["variant"],
+                         meta.get("baseline", ""))
 
     def store(self, record: RunRecord, key: dict) -> None:
         """Write ``record`` under ``key`` (tables first, the sidecar last). Raises OSError if the folder is
@@ -85,6 +86,7 @@ class RunCache:
             _replace_write(self.dir / f"{record.name}.{digest}.{t}.parquet",
                            lambda p, table=record.tables[t]: pq.write_table(table, p, compression="snappy"))
         meta = {"version": VERSION, "key": key, "digest": digest, "status": record.status, "variant": record.variant,
+                "baseline": record.baseline,
                 "config": record.config, "error": record.error, "job": record.job, "problems": record.problems,
                 "tables": names}
         text = json.dumps(meta, allow_nan=True)

@@ -13,6 +13,9 @@ def add_report_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="summary tables (CSV, markdown) and standard figures for a sweep root")
     p.add_argument("root", help="folder of run folders (e.g. runs/<sweep name>)")
     p.add_argument("--out", default=None, help="output folder (default: ROOT/report)")
+    p.add_argument("--baseline", default=None, metavar="VARIANT",
+                   help="the variant every other is compared with, paired by seed (default: the sweep file's "
+                        "'baseline:' or first variant, as run.json records it; else the first by name)")
     p.set_defaults(func=run_report)
 
 
@@ -27,7 +30,7 @@ def run_report(args: argparse.Namespace) -> int:
     if not run_folders(root)[0]:
         raise ValueError(f"{root} holds no run folders (a folder with config.json, or sub-folders made by "
                          "`alphaflow train --out` or `alphaflow sweep`)")
-    out = write_report(root, args.out)
+    out = write_report(root, args.out, baseline=getattr(args, "baseline", None))
     print((out / "headline.md").read_text())
     problems = (out / "problems.txt").read_text().splitlines() if (out / "problems.txt").exists() else []
     for line in problems:

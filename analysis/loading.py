@@ -6,6 +6,7 @@
     runs.probes       load_probes' columns (run, objective, ratio_fm, seed, label, step, weights, ...) + cfg.*
     runs.evals        run, variant, eval.jsonl keys, cfg.* (empty if no run has eval.jsonl)
     runs.problems     torn lines, unreadable config.json or job.json, mismatched hashes: strings
+    runs.baselines    the sweep's baseline variant as each run's run.json records it (``compare.baseline_of``)
 
 Config columns are the run's config.json flattened with dotted keys (``cfg.objective.ratio_fm.start``),
 normalised through ``alphaflow.config`` so runs written before a field existed show its default.
@@ -49,6 +50,7 @@ class Runs:
     probes: pd.DataFrame
     evals: pd.DataFrame
     problems: list[str] = field(default_factory=list)
+    baselines: list[str] = field(default_factory=list)  # each run's recorded baseline (run.json), where it has one
 
     @property
     def cfg_columns(self) -> list[str]:
@@ -184,4 +186,4 @@ def load_runs(root: str | Path, *, cache: bool = True) -> Runs:
     problems += split_variants(records)  # a variant is its config: runs of two configs are not pooled as seeds
     runs = _run_table(records)
     metrics, evals = _tidy(records, runs, "metrics"), _tidy(records, runs, "evals")
-    return Runs(metrics, runs, _probe_frame(records, runs), evals, problems)
+    return Runs(metrics, runs, _probe_frame(records, runs), evals, problems, [r.baseline for r in records if r.baseline])

@@ -46,6 +46,7 @@ class RunRecord:
     problems: list[str] = field(default_factory=list)
     tables: dict[str, pa.Table] = field(default_factory=dict)  # "metrics" | "probes" | "evals"
     variant: str = ""  # run.json's variant, else variant_of(name)
+    baseline: str = ""  # run.json's baseline: the sweep's reference variant ("" if not recorded)
 
 
 # ----------------------------------------------------------------------------- folders and names
@@ -203,7 +204,9 @@ def read_run(folder: str | Path) -> RunRecord:
     status = run_status(run, problems=problems, logged=tables["metrics"].num_rows > 0)
     variant = info.get("variant")
     variant = variant if isinstance(variant, str) and variant else variant_of(name)
-    return RunRecord(name, status.state, config, _error_tail(run), status.job, problems, tables, variant)
+    baseline = info.get("baseline")
+    return RunRecord(name, status.state, config, _error_tail(run), status.job, problems, tables, variant,
+                     baseline if isinstance(baseline, str) else "")
 
 
 def last_step(table: pa.Table) -> float:

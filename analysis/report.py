@@ -7,7 +7,10 @@ of every final_*/best_* column), quality.csv (``tables.quality_table``: 1-/2-NFE
 variant with 95 % intervals over seeds, from eval.jsonl), conflict.csv (``tables.conflict_by_variant``),
 conflict_online.csv (the same from the online probes, when offline probes exist too), conflict_ticks.csv
 (``conflict_ticks.ticks_by_variant``: what the conflict interventions logged per tick), third_parts.csv
-(``family.third_parts_by_variant``, where an objective's gradient has a third part), summary.md (those tables,
+(``family.third_parts_by_variant``, where an objective's gradient has a third part), compare.csv (every variant
+against the baseline, paired by seed: final quality, the quality curves' AUC, the mean cosines;
+``compare.paired_table``), compare_steps.csv (the same at every ``eval.every`` step), quality_curves.csv and
+quality_curves.png (``curves``: quality against step per variant, seed range shaded), summary.md (those tables,
 failed runs and problems), problems.txt (one per line: a torn file, a variant split by its config), headline.md
 (just the quality and conflict tables, what the command line prints with the problems) and
 figures: loss.png, schedules.png (α and ratio_fm as logged),
@@ -27,17 +30,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from .compare import baseline_of, comparison_cells, headline_per_run, paired_table
 from .conflict_ticks import fig_conflict, ticks_by_variant
+from .curves import area_under_curve, at_each_step, fig_quality_curves, quality_curves
 from .family import fig_conflict_panels, third_parts_by_variant
 from .plots import save_figures
-from .probe_frames import checkpoints_per_run, markdown_table, offline_makes_curves, online_probes, pool_seeds
+from .probe_frames import (checkpoints_per_run, markdown_table, offline_makes_curves, online_probes, pool_seeds,
+                           summarize_conflict)
 from .records import STATUSES
 from .runplots import fig_metric
 from .loading import Runs, load_runs
 from .samples import fig_sample_grids
 from .schedules import fig_schedules
 from .summary import summarize_runs, summarize_variants
-from .tables import conflict_by_variant, interval_table, quality_table
+from .tables import conflict_by_variant, interval_table, quality_table, run_quality
 
 LOSS = ("loss_mse", "loss")  # the first one any run logs is plotted
 
@@ -73,11 +79,20 @@ THIRD_TEXT = ("The third part X of the loss's gradient where an objective has on
               "each quantity's range].")
 
 
+COMPARE_TEXT = ("Versus the baseline **{baseline}**, paired by seed (run s of each variant shares its initial weights "
+                "and data order with run s of the baseline): the mean of variant − baseline over the seeds both have, "
+                "its 95 % t-interval and a percentile bootstrap beside it, the seeds on which the variant is better "
+                "(lower, for a distance), and how many seeds an interval at this spread needs to exclude 0. "
+                "`auc_` is the quality curve's mean height over training (eval.every).")
+
+
 def headline(root: Path, quality: pd.DataFrame, conflict: list[tuple[str, pd.DataFrame]],
-             ticks: pd.DataFrame | None = None, third: pd.DataFrame | None = None) -> str:
-    """The tables a reader wants first: few-step quality, then each (source, table) of gradient conflict per
-    variant, the third gradient parts (``family.third_parts_by_variant``) and the conflict interventions' tick
-    means (``conflict_ticks.ticks_by_variant``) where there are any."""
+             ticks: pd.DataFrame | None = None, third: pd.DataFrame | None = None,
+             compare: pd.DataFrame | None = None) -> str:
+    """The tables a reader wants first: few-step quality, the paired comparison with the baseline
+    (``compare.paired_table``), then each (source, table) of gradient conflict per variant, the third gradient
+    parts (``family.third_parts_by_variant``) and the conflict interventions' tick means
+    (``conflict_ticks.ticks_by_variant``) where there are any."""
     parts = [f"# {root}: the headline\n"]
     if quality.empty:
         parts.append("No eval.jsonl rows: run `alphaflow eval RUN_DIR` (or train with eval.final=true).\n")
@@ -85,6 +100,9 @@ def headline(root: Path, quality: pd.DataFrame, conflict: list[tuple[str, pd.Dat
         parts += ["Few-step quality per variant: Fréchet distance (lower is better) of EMA samples at 1 and 2 NFE, "
                   "mean over seeds [95 % t-interval, clipped at 0; none with one seed].\n",
                   markdown_table(interval_table(quality), floatfmt=".4g")]
+    if compare is not None and not compare.empty:
+        parts += [COMPARE_TEXT.format(baseline=compare["baseline"].iloc[0]) + "\n",
+                  markdown_table(comparison_cells(compare))]
     for source, table in conflict:
         if not table.empty:
             parts += [f"Gradient conflict per variant ({source}): {CONFLICT_TEXT}\n",
@@ -126,9 +144,36 @@ def _offline_source(probes: pd.DataFrame) -> str:
     return "offline probes, probes.jsonl"
 
 
-def write_report(root: str | Path, out: str | Path | None = None) -> Path:
+def comparisons(runs: Runs, probes: pd.DataFrame, curves: pd.DataFrame,
+                baseline: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(compare, compare_steps): every variant against the baseline (``compare.baseline_of``), paired by seed, on
+    the final quality, the quality curves' AUC and the probes' mean cosines; then on the quality at every
+    evaluated step (a ``step`` column first). Empty frames where there is nothing to pair."""
+    variants = runs.runs["variant"].dropna().astype(str)
+    if variants.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    ref = baseline_of(list(variants), runs.baselines, baseline)
+    seeds = runs.runs.set_index(runs.runs["run"].astype(str))["cfg.seed"] if "cfg.seed" in runs.runs else pd.Series()
+    cos = ["run", "variant", "mean_cos_tfm_tcc", "mean_cos_fmb_tcc"]
+    per_probe = summarize_conflict(probes) if not probes.empty and "run" in probes else pd.DataFrame()
+    if not per_probe.empty:
+        if "weights" in per_probe.columns and per_probe["weights"].nunique() > 1:
+            per_probe = per_probe[per_probe["weights"] == "raw"]
+        per_probe = per_probe.assign(variant=per_probe["run"].map(runs.runs.set_index("run")["variant"]))
+        per_probe = per_probe[[c for c in cos if c in per_probe.columns]]
+    per_run, values = headline_per_run(run_quality(runs.evals), area_under_curve(curves), per_probe, seeds)
+    compare = paired_table(per_run, values, baseline=ref)
+    steps = [paired_table(frame, [c for c in frame.columns if c not in ("run", "variant", "seed")], baseline=ref)
+             .assign(step=step) for step, frame in at_each_step(curves).items()]
+    steps = [s for s in steps if not s.empty]
+    by_step = pd.concat(steps, ignore_index=True) if steps else pd.DataFrame()
+    return compare, by_step[["step", *[c for c in by_step.columns if c != "step"]]] if not by_step.empty else by_step
+
+
+def write_report(root: str | Path, out: str | Path | None = None, *, baseline: str | None = None) -> Path:
     """Load ``root`` (cached), write the tables, summary.md, headline.md and figures into ``out`` (default
-    ``root/report``); returns ``out``."""
+    ``root/report``); returns ``out``. ``baseline``: the variant the others are compared with (default: the
+    sweep's, as run.json records it, else the first by name)."""
     root = Path(root)
     out = Path(out) if out is not None else root / "report"
     runs = load_runs(root)
@@ -148,10 +193,14 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
         sections.insert(0 if checkpoints_per_run(runs.probes) < 2 else 1, (online_source, conflict_online))
     ticks = ticks_by_variant(runs.metrics)
     third = third_parts_by_variant(online)
+    curves_q = quality_curves(runs)
+    compare, compare_steps = comparisons(runs, runs.probes, curves_q, baseline)
     out.mkdir(parents=True, exist_ok=True)
     tables = {"runs": runs.runs, "summary": summary, "variants": variants, "quality": quality, "conflict": conflict,
               "conflict_online": conflict_online, "conflict_ticks": ticks,
-              "third_parts": third if not third.empty else None}
+              "third_parts": third if not third.empty else None, "compare": compare,
+              "compare_steps": compare_steps if not compare_steps.empty else None,
+              "quality_curves": curves_q if not curves_q.empty else None}
     for name, frame in tables.items():
         if frame is not None:
             frame.to_csv(out / f"{name}.csv", index=False)
@@ -161,6 +210,9 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     fig_schedules(runs.metrics, path=out / "schedules.png")
     fig_sample_grids(root, evals=runs.evals, path=out / "samples.png")
     figures = ["loss.png", "schedules.png", "samples.png"]
+    if not curves_q.empty:
+        fig_quality_curves(curves_q, path=out / "quality_curves.png")
+        figures.append("quality_curves.png")
     if not curves.empty:
         figures += [p.name for p in save_figures(curves, out).values()]
         fig_conflict_panels(curves, path=out / "conflict_panels.png")  # Fig. 2a, one panel per variant
@@ -168,7 +220,7 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     if not ticks.empty or "ratio_tfm_tcc" in online.columns:
         fig_conflict(runs, online=online, path=out / "conflict.png")
         figures.append("conflict.png")
-    top = headline(root, quality, sections, ticks, third)
+    top = headline(root, quality, sections, ticks, third, compare)
     (out / "headline.md").write_text(top)
     (out / "summary.md").write_text(top + "\n" + _markdown(root, runs, summary, variants, value_cols, figures))
     (out / "problems.txt").write_text("".join(f"{p}\n" for p in runs.problems))  # what the command prints

@@ -75,6 +75,7 @@ seeds: {fm: [0, 1], mf: [0, 1, 2]}
     # PyYAML would keep the last of two keys without a word: refused at the second, with its line
     ("variants:\n  a: {optim.lr: 0.1}\n  b: {}\n  a: {optim.lr: 0.2}\n", r"line 4, column 3: duplicate key 'a' \(first at line 2\)"),
     ("base: {optim: {lr: 0.1, lr: 0.2}}\n", r"line 1, column 25: duplicate key 'lr'"),
+    ("variants: {a: {}, b: {}}\nbaseline: z\n", r"baseline 'z' is not one of the sweep's variants \['a', 'b'\]"),
 ])
 @pytest.mark.fast
 def test_bad_sweep_files_name_the_problem(tmp_path, text, message):
@@ -245,3 +246,10 @@ def test_the_executors_are_a_registry():
     assert launcher.resolve_executor("inline") == "inline" and launcher.resolve_executor("auto") in ("local", "slurm")
     with pytest.raises(ValueError, match="must be auto, inline, local, slurm"):
         launcher.resolve_executor("ssh")
+
+
+@pytest.mark.fast
+def test_the_baseline_is_the_files_or_its_first_variant(tmp_path):
+    text = "variants: {mf: {objective.name: meanflow}, fm: {objective.name: fm}}\n"
+    assert {r.baseline for r in load_sweep(write(tmp_path, text)).runs} == {"mf"}
+    assert {r.baseline for r in load_sweep(write(tmp_path, text + "baseline: fm\n")).runs} == {"fm"}

@@ -261,7 +261,8 @@ def prepare_run(root: Path, r: SweepRun) -> RunFolder:
     """Write config.json and run.json and drop a stale error.txt: from here on the run is at least incomplete."""
     run = RunFolder(root / r.name)
     run.write_config(to_dict(r.config))
-    run.write_info(sweep=r.sweep, variant=r.variant, seed=r.config.seed, config_hash=config_hash(r.config))
+    run.write_info(sweep=r.sweep, variant=r.variant, seed=r.config.seed, config_hash=config_hash(r.config),
+                   baseline=r.baseline)
     run.clear_error()
     return run
 

@@ -8,6 +8,7 @@
       meanflow-fm75: {objective.name: meanflow, objective.ratio_fm: 0.75}
     grid: {optim.lr: [1.0e-3, 3.0e-4]}   # Cartesian product (optional)
     zip: {a.b: [1, 2], c.d: [3, 4]}      # axes taken together (optional, equal lengths)
+    baseline: meanflow-fm0               # the variant the report compares the others with (default: the first)
     seeds: [0, 1]                        # sets the top-level seed (optional); per variant instead:
                                          #   seeds: {meanflow-fm0: [0, 1, 2], meanflow-fm75: [0, 1]}
     resources: {timeout_min: 60, gpus_per_node: 1, tasks_per_node: 1, cpus_per_task: 8, mem_gb: 32,
@@ -31,7 +32,7 @@ from typing import Any
 
 from alphaflow.config import Config, ConfigError, apply_overrides, config_hash, load_config, read_yaml, validate
 
-_KEYS = {"name", "recipe", "base", "variants", "grid", "zip", "seeds", "resources"}
+_KEYS = {"name", "recipe", "base", "variants", "grid", "zip", "seeds", "resources", "baseline"}
 
 
 @dataclass
@@ -44,6 +45,7 @@ class SweepRun:
     overrides: list[str]
     variant: str = "base"
     sweep: str = ""  # the sweep's name
+    baseline: str = ""  # the variant the report compares the others with (the file's ``baseline``, else the first)
 
 
 @dataclass
@@ -160,6 +162,12 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         parts = [_slug(p) for p in [variant, *(f"{k.split('.')[-1]}{v}" for k, v in axes.items())] if p]
         desc = "-".join([*parts, _slug(f"s{cfg.seed}")])
         runs.append(SweepRun(f"{desc}-{config_hash(cfg)}", cfg, overrides, "-".join(parts) or "base", name))
+    variants_found = list(dict.fromkeys(r.variant for r in runs))
+    baseline = spec.get("baseline", variants_found[0])
+    if baseline not in variants_found:
+        raise ValueError(f"{path}: baseline {baseline!r} is not one of the sweep's variants {variants_found}")
+    for r in runs:
+        r.baseline = baseline
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: two runs share a name (identical configs?): {sorted(n for n in names if names.count(n) > 1)}")
