@@ -25,6 +25,25 @@ def evaluated_run(tmp_path_factory):
     return out
 
 
+def test_training_is_bit_identical_with_online_evaluation_on_or_off(evaluated_run, tmp_path):
+    """eval.every draws its samples from its own generator (eval.seed) and touches no random state of training:
+    the same config without it trains the same weights and logs the same losses, exactly."""
+    import torch
+
+    cfg = load_config(None, SMALL)  # the end-of-run evaluation and probe come after the last checkpoint
+    plain = tmp_path / "plain"
+    train(cfg, plain, log=lambda _: None)
+    rows_on, rows_off = RunFolder(evaluated_run).read_metrics(), RunFolder(plain).read_metrics()
+    assert [r["loss"] for r in rows_on] == [r["loss"] for r in rows_off]
+    assert [r["grad_norm"] for r in rows_on] == [r["grad_norm"] for r in rows_off]
+    on = torch.load(RunFolder(evaluated_run).checkpoints()[0][1], weights_only=False)  # newest first
+    off = torch.load(RunFolder(plain).checkpoints()[0][1], weights_only=False)
+    assert on["step"] == off["step"] == 20
+    for key in ("net", "ema"):
+        for name, value in on[key].items():
+            assert torch.equal(value, off[key][name]), f"{key}.{name}"
+
+
 def test_online_rows_carry_small_sample_distances(evaluated_run):
     rows = RunFolder(evaluated_run).read_metrics()
     assert [r["step"] for r in rows] == [10, 20]
