@@ -41,6 +41,12 @@ def preflight(cfg: Config) -> None:
         raise ConfigError("model.decouple_at and model.aux_head_depth do not combine; set one of them")
     if cfg.model.guidance_embed and cfg.model.name not in MODELS:
         raise ConfigError(f"model.guidance_embed is an option of the DiT models, not of model.name={cfg.model.name!r}")
+    if cfg.model.time_cond != "t_and_h" and cfg.model.name not in MODELS:
+        raise ConfigError(f"model.time_cond={cfg.model.time_cond} is an option of the DiT models, not of "
+                          f"model.name={cfg.model.name!r}")
+    if cfg.model.time_cond == "h" and cfg.model.decouple_at is not None:
+        raise ConfigError("model.time_cond=h and model.decouple_at do not combine (decoupled blocks are conditioned "
+                          "on t and r); set one of them")
     check_data_options(cfg.data.name, cfg.data.path)
     if cfg.data.vae_path is not None and not Path(cfg.data.vae_path).expanduser().exists():
         raise ValueError(f"data.vae_path {cfg.data.vae_path!r} does not exist (a local diffusers AutoencoderKL folder)")

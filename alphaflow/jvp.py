@@ -127,3 +127,21 @@ def prediction_and_dudt(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tenso
         lab = None if labels is None else pick(labels)
         dudt = average_velocity_jvp(net, pick(z), pick(r), pick(t), lab, tangent_z)[1].to(dtype)
     return net(z, r, t, labels), dudt
+
+
+def dudt_rms(dudt: Tensor, rows: Tensor | slice, batch: int) -> Tensor:
+    """The size of the tangent per row, for ``Terms.logs["dudt_rms"]`` (docs/spikes.md): [B] float32 with
+
+        dudt_rms_b = sqrt(mean over the elements of row b of (du/dt)²)   on ``rows``,   NaN on the other rows
+
+    dudt: [P, ...] as ``prediction_and_dudt`` gives it for ``rows`` ([P] int64 or a slice of the batch of size
+    ``batch``). The trainer logs the mean over the rows that have a value and its largest per-step value; the
+    NaN rows mark "no tangent here", so micro-batches concatenate. On the device, no host sync.
+    """
+    rms = dudt.detach().float().flatten(1).square().mean(dim=1).sqrt()  # [P]
+    out = torch.full((batch,), float("nan"), dtype=torch.float32, device=dudt.device)
+    if isinstance(rows, slice):
+        out[rows] = rms
+    else:
+        out.index_copy_(0, rows, rms)
+    return out

@@ -281,6 +281,54 @@ def test_sampler_names_match_the_sampling_registry():
     assert set(SAMPLERS) == set(REGISTRY) | {"auto"}
 
 
+def test_the_official_code_options_match_their_owners_and_name_their_key():
+    """The choices config validation knows for the options that reproduce the official codes are their owners' own
+    (the config may not import the models, so the DiT's are kept equal here), and a bad value names its key."""
+    from alphaflow.config.loading import _CHOICES
+    from alphaflow.models.dit import TIME_CONDS
+    from alphaflow.objectives.base import ADAPTIVE_REDUCTIONS
+    from alphaflow.objectives.guidance import DROPOUT_STYLES
+    from alphaflow.timesteps import FM_TIMES
+
+    owners = {"model.time_cond": TIME_CONDS, "objective.adaptive_reduce": ADAPTIVE_REDUCTIONS,
+              "objective.time.fm_time": FM_TIMES, "objective.guidance.dropout_style": DROPOUT_STYLES}
+    for key, allowed in owners.items():
+        assert tuple(_CHOICES[key]) == tuple(allowed), key
+        default = getattr(Config(), key.split(".")[0])
+        for part in key.split(".")[1:]:
+            default = getattr(default, part)
+        assert default == allowed[0], f"{key} defaults to today's behaviour, {allowed[0]!r}"
+    for key in ("model.time_cond", "objective.adaptive_reduce", "objective.time.fm_time"):
+        assert f"{key} must be one of" in error(overrides=[f"{key}=nonsense"]), key
+    assert "objective.guidance: guidance.dropout_style must be one of ['project', 'official_jax']" in error(
+        overrides=["objective.guidance.dropout_style=jax"])
+    cfg = load_config(overrides=["objective.name=meanflow", "objective.time.fm_time=max_of_pair",
+                                 "objective.adaptive_reduce=sum", "objective.adaptive_c=0.01",
+                                 "objective.guidance.dropout_style=official_jax", "model.time_cond=h"])
+    assert (cfg.objective.time.fm_time, cfg.objective.guidance.dropout_style) == ("max_of_pair", "official_jax")
+
+
+def test_a_config_json_written_before_the_official_code_options_keeps_its_hash():
+    """The new fields, nested ones included (objective.time.fm_time), are left out of the hash at their defaults,
+    so a stored config.json without them names the same run; another value names another run."""
+    from alphaflow.config import without_later_defaults
+
+    for overrides in ([], ["objective.name=meanflow"], ["objective.name=imf"]):
+        cfg = load_config(overrides=overrides)
+        old = to_dict(cfg)
+        del old["model"]["time_cond"], old["objective"]["adaptive_reduce"]
+        del old["objective"]["time"]["fm_time"], old["objective"]["guidance"]["dropout_style"]
+        assert from_dict(old) == cfg and config_hash(from_dict(old)) == config_hash(cfg)
+        assert without_later_defaults(old) == without_later_defaults(to_dict(cfg))
+        assert "fm_time" not in json.dumps(without_later_defaults(to_dict(cfg)))
+    assert config_hash(Config()) == "1a45994e5f"
+    for key, value in (("model.time_cond", "h"), ("objective.adaptive_reduce", "sum"),
+                       ("objective.time.fm_time", "max_of_pair"), ("objective.guidance.dropout_style", "official_jax")):
+        changed = load_config(overrides=[f"{key}={value}"])
+        assert config_hash(changed) != config_hash(Config()), key
+        assert value in json.dumps(without_later_defaults(to_dict(changed))), key
+
+
 def test_config_imports_nothing_above_it():
     """The config sits above the objectives (its objective section is their options) and below everything
     that runs: no models, data, training, evaluation or launching."""

@@ -41,6 +41,7 @@ def recorded_collectives(monkeypatch):
         return torch.zeros(values.shape, dtype=values.dtype)
 
     monkeypatch.setattr(D, "all_reduce_mean", record)
+    monkeypatch.setattr(D, "all_reduce_max", record)
     return seen
 
 
@@ -55,11 +56,12 @@ def test_the_log_tick_reduces_on_the_runs_device(recorded_collectives):
     """The per-tick means were a float64 CPU tensor: NCCL refuses it at the first log step of an 8-GPU run."""
     state = LoopState(step=2, images=32, wall=1.0)
     for _ in range(2):
-        terms = type("T", (), {"components": {"mse": torch.tensor([1.0, 3.0])}})()
+        terms = type("T", (), {"components": {"mse": torch.tensor([1.0, 3.0])}, "logs": {}})()
         out = StepOutput(terms, torch.tensor(0.5), torch.tensor(2.0), finite=True, stop=False)
         trainer_module._accumulate(state.tick, out)
     row = trainer_module._log_row(state, 1e-3, {"alpha": 0.5}, fake_rank(), 16)
-    assert recorded_collectives == [META] and {"loss", "loss_mse", "grad_norm"} <= row.keys()
+    assert recorded_collectives == [META, META]  # the means, then the maxima
+    assert {"loss", "loss_mse", "grad_norm", "max_loss", "max_loss_mse", "max_grad_norm"} <= row.keys()
 
 
 def test_host_numbers_are_reduced_on_the_runs_device(recorded_collectives):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from alphaflow.config import ConfigError, from_dict
+from alphaflow.config import ConfigError, from_dict, validate
 from alphaflow.conventions import NULL_LABEL, interpolate, velocity
 from alphaflow.models import build_model
 from alphaflow.objectives import build_objective
@@ -105,6 +105,52 @@ def test_preflight_asks_for_the_head_and_the_guidance_conditioning():
                          "objective": {"name": "imf", "omega_max": 8.0}}))
     with pytest.raises(ValueError, match="takes guidance as a conditioning input"):
         build_objective("imf", guidance={"omega": 2.0})
+
+
+@pytest.mark.parametrize("options", [{}, {"aux_head_depth": 1, "guidance_embed": True}], ids=["plain", "imf"])
+def test_h_only_conditioning_sees_t_minus_r_alone_and_its_tangent_is_the_jvp(options):
+    """model.time_cond=h (the official iMF network): c = emb_Δ(h) + emb_y, so u depends on (r, t) through h = t − r
+    only; the tangent mode's du/dt along (dz, 0, 1) is torch.func.jvp's in float64, and equals the derivative along
+    (dz, −1, 0) (dh = dt − dr = 1 both ways)."""
+    net = dit(time_cond="h", **options)
+    assert net.t_embedder is None and not any(k.startswith("t_embedder.") for k in net.state_dict())
+    z, r, t, y = inputs()
+    g = torch.Generator().manual_seed(8)
+    shift = (1 - t) * torch.rand(6, generator=g, dtype=DT)  # t + shift ≤ 1
+    with torch.no_grad():
+        torch.testing.assert_close(net(z, r + shift, t + shift, y), net(z, r, t, y), rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(net(z, r, t, y), net(z, 0.5 * r, t, y)), "u must depend on h"
+    rows = torch.tensor([0, 2, 5])
+    dz = torch.randn(3, 1, 4, 4, generator=g, dtype=DT)
+    zeros, ones = torch.zeros(3, dtype=DT), torch.ones(3, dtype=DT)
+    u, du = net(z, r, t, y, (rows, dz, zeros, ones))
+    assert torch.equal(u, net(z, r, t, y)), "the tangent mode's prediction is the ordinary forward's"
+    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
+        _, ref = torch.func.jvp(lambda zz, tt: net(zz, r[rows], tt, y[rows]), (z[rows], t[rows]), (dz, ones))
+    torch.testing.assert_close(du, ref, rtol=1e-10, atol=1e-12)
+    assert ref.abs().max() > 1e-3, "the tangent is trivially small; the test would not discriminate"
+    _, du_r = net(z, r, t, y, (rows, dz, -ones, zeros))
+    torch.testing.assert_close(du_r, du, rtol=1e-12, atol=1e-13)
+    if options:
+        pu, pdu, pv = net(z, r, t, y, (rows, dz, zeros, ones), velocity=True)
+        assert torch.equal(pu, u) and torch.equal(pdu, du) and torch.equal(pv, net(z, r, t, y, velocity=True)[1])
+
+
+def test_time_cond_is_refused_by_name_and_where_it_does_not_apply():
+    from alphaflow.build import preflight
+
+    with pytest.raises(ValueError, match=r"model.time_cond.* must be one of \['t_and_h', 'h'\], got 't'"):
+        dit(time_cond="t")
+    with pytest.raises(ValueError, match="time_cond='h' .* and decouple_at .* do not combine"):
+        dit(time_cond="h", decouple_at=1)
+    with pytest.raises(ConfigError, match=r"model.time_cond must be one of \['t_and_h', 'h'\].*got 'th'"):
+        validate(from_dict({"model": {"time_cond": "th"}}))
+    with pytest.raises(ConfigError, match="model.time_cond=h is an option of the DiT models, not of "
+                                          "model.name='MLP-B'"):
+        preflight(from_dict({"model": {"name": "MLP-B", "time_cond": "h"}, "data": {"name": "toy2d"}}))
+    with pytest.raises(ConfigError, match="model.time_cond=h and model.decouple_at do not combine"):
+        preflight(from_dict({"model": {"name": "DiT-XT/2", "time_cond": "h", "decouple_at": 2}}))
+    assert dit().t_embedder is not None and dit().time_cond == "t_and_h"
 
 
 # ----------------------------------------------------------------------------- the objective

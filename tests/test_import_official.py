@@ -173,13 +173,16 @@ def their_pair(arch: dict, classes: int, dropout: float, seed: int = 0) -> tuple
     return out[0], out[1]
 
 
-def save_snapshot(path, net: Wrapper, ema: Wrapper, *, classes: int, dropout: float, arch: dict, fsdp: bool = False):
+def save_snapshot(path, net: Wrapper, ema: Wrapper, *, classes: int, dropout: float, arch: dict, fsdp: bool = False,
+                  precond: str | None = None):
     state = {k: v for k, v in ema.state_dict().items()}
     if fsdp:  # FSDP and activation checkpointing put their wrapper names into every key
         state = {k.replace("model.", "model._fsdp_wrapped_module._checkpoint_wrapped_module.", 1): v
                  for k, v in state.items()}
     cfg = {"model": {"num_blocks": arch["depth"], "dim": arch["d"], "num_heads": arch["heads"],
                      "label_dropout": dropout}, "dataset": {"label_shape": [classes]}}
+    if precond is not None:  # the wrapper's preconditioning, where their config names it
+        cfg["model"]["precond"] = precond
     torch.save({"net": net.state_dict(), "ema": state, "cfg": cfg, "stats": {"cur_step": 1234},
                 "optimizer": None, "vis": TheirConfigStruct("grids")}, path)
 
@@ -244,6 +247,24 @@ def test_unknown_keys_and_unreadable_architectures_are_refused(tmp_path):
     with pytest.raises(ValueError, match="does not fit the snapshot's DiT"):
         save_snapshot(tmp_path / "ok.pt", *their_pair(TINY, 10, 0.1), classes=10, dropout=0.1, arch=TINY)
         import_official(tmp_path / "ok.pt", tmp_path / "run3", model="DiT-T/2", log=lambda _: None)
+
+
+def test_only_the_alpha_flow_wrapper_is_imported(tmp_path, capsys):
+    """cfg['model']['precond'] = alphaflow imports (the DiT's output is u); another wrapper (recflow scales the input
+    and the output) is refused in one line naming the key, the value and the expected value."""
+    net, ema = their_pair(TINY, classes=10, dropout=0.1)
+    save_snapshot(tmp_path / "ok.pt", net, ema, classes=10, dropout=0.1, arch=TINY, precond="alphaflow")
+    run = import_official(tmp_path / "ok.pt", tmp_path / "run", log=lambda _: None)
+    check_outputs(run, ema, 10)
+    assert json.loads((run / "import.json").read_text())["precond"] == "alphaflow"
+    save_snapshot(tmp_path / "rf.pt", net, ema, classes=10, dropout=0.1, arch=TINY, precond="recflow")
+    expected = r"the snapshot's cfg\['model'\]\['precond'\] is 'recflow', expected 'alphaflow'"
+    with pytest.raises(ValueError, match=expected):
+        import_official(tmp_path / "rf.pt", tmp_path / "run2", log=lambda _: None)
+    assert not (tmp_path / "run2").exists(), "nothing is written for a refused snapshot"
+    assert main(["import-official", str(tmp_path / "rf.pt"), "--out", str(tmp_path / "run3")]) == 2
+    err = capsys.readouterr().err
+    assert "cfg['model']['precond'] is 'recflow', expected 'alphaflow'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_the_snapshot_runs_none_of_its_code(tmp_path):

@@ -299,3 +299,124 @@ def test_cfg_skips_passes_whose_weight_is_zero(tiny_net, batch, omega, kappa, ex
     FlowMatching(guidance=Guidance(omega=omega, kappa=kappa))(net, x, sample=sample)
     guidance_calls = net.calls[:-1]
     assert len(guidance_calls) == expected and all(r_is_t for _, r_is_t in guidance_calls), net.calls
+
+
+# ----------------------------------------------------------------------------- the official codes' variants
+
+def test_alpha_weight_is_exact_in_a_float64_run(tiny_net, batch):
+    """α enters the float64 loss as the float64 α: loss = α·mse/(sg(mse) + c) to round-off, not through float32
+    (0.3 → 0.30000001192 would be 4·10⁻⁸ off)."""
+    x, y = batch
+    sample = make_sample(x, y)
+    pair = sample.r < sample.t
+    terms = AlphaFlow(alpha=0.3, clip=None)(tiny_net, x, sample=sample)
+    mse = terms.components["mse"].detach()
+    assert terms.loss.dtype == torch.float64
+    torch.testing.assert_close(terms.loss[pair], 0.3 * mse[pair] / (mse[pair] + 1e-3), rtol=1e-15, atol=0)
+    torch.testing.assert_close(terms.loss[~pair], mse[~pair] / (mse[~pair] + 1e-3), rtol=1e-15, atol=0)
+    torch.testing.assert_close(terms.weight[pair], 0.3 / (mse[pair] + 1e-3), rtol=1e-15, atol=0)
+    plain = AlphaFlow(alpha=0.3, clip=None, adaptive_p=0.0)(tiny_net, x, sample=sample)
+    torch.testing.assert_close(plain.loss[pair], 0.3 * plain.components["mse"][pair], rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("objective", [MeanFlow, lambda **kw: AlphaFlow(alpha=0.3, clip=None, **kw)],
+                         ids=["meanflow", "alphaflow"])
+def test_adaptive_reduce_sum_is_meanflow_s_jax_weight_on_the_element_sum(tiny_net, batch, objective):
+    """MeanFlow's JAX loss: S = Σ_elements (u − u_tgt)², loss = w·S/sg(S + c) with c = 0.01; the logged
+    components stay element means, and Terms.weight still gives loss = weight·mse and ∇loss = weight·∇mse."""
+    x, y = batch
+    sample = make_sample(x, y)
+    n = x[0].numel()
+    built = objective(adaptive_reduce="sum", adaptive_c=0.01)
+    summed = built(tiny_net, x, sample=sample)
+    meaned = objective()(tiny_net, x, sample=sample)
+    pair = sample.r < sample.t
+    numerator = torch.ones_like(sample.t).masked_fill(pair, 0.3) if isinstance(built, AlphaFlow) else 1.0
+    error = ((summed.pred - summed.target) ** 2).flatten(1).sum(1)  # S, the JAX code's per-sample sum
+    torch.testing.assert_close(summed.components["mse"], error / n, rtol=1e-14, atol=0)
+    torch.testing.assert_close(summed.components["mse"], meaned.components["mse"], rtol=0, atol=0)
+    jax_loss = numerator * error / (error.detach() + 0.01)
+    torch.testing.assert_close(summed.loss, jax_loss, rtol=1e-14, atol=0)
+    torch.testing.assert_close(summed.loss, summed.weight * summed.components["mse"], rtol=1e-14, atol=0)
+    torch.testing.assert_close(grad_of(tiny_net, summed.loss.mean()), grad_of(tiny_net, jax_loss.mean()),
+                               rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(grad_of(tiny_net, summed.loss.mean()),
+                               grad_of(tiny_net, (summed.weight * summed.components["mse"]).mean()),
+                               rtol=1e-12, atol=1e-15)
+    assert not torch.allclose(summed.loss, meaned.loss), "the sum's weight must differ from the mean's"
+    plain = objective(adaptive_reduce="sum", adaptive_p=0.0)(tiny_net, x, sample=sample)
+    torch.testing.assert_close(plain.loss, numerator * error, rtol=1e-14, atol=0)
+    as_mean = objective(adaptive_c=0.01 / n)(tiny_net, x, sample=sample)  # at p = 1: the sum with c = the mean with c/n
+    torch.testing.assert_close(summed.loss, as_mean.loss, rtol=1e-14, atol=0)
+    torch.testing.assert_close(summed.weight, as_mean.weight, rtol=1e-14, atol=0)
+
+
+def test_adaptive_reduce_is_refused_by_name_and_defaults_to_the_mean(tiny_net, batch):
+    from alphaflow.objectives import build_objective
+
+    assert MeanFlow().adaptive_reduce == "mean"
+    with pytest.raises(ValueError, match=r"objective.adaptive_reduce .* must be one of \['mean', 'sum'\], got 'max'"):
+        MeanFlow(adaptive_reduce="max")
+    with pytest.raises(ValueError, match="adaptive_reduce .* decoupled_meanflow weights by its learned log-variance"):
+        build_objective("decoupled_meanflow", adaptive_reduce="sum")
+    with pytest.raises(RuntimeError, match="only while it evaluates"):
+        MeanFlow(adaptive_reduce="sum").weighted(torch.ones(2, dtype=torch.float64))
+
+
+def test_official_jax_dropout_drops_the_leading_rows_whatever_their_t():
+    """MeanFlow's JAX cond_drop: k = #{u_i < p} rows are dropped, rows 0..k−1, inside or outside the window."""
+    labels = torch.arange(10) % 3
+    t = torch.linspace(0.05, 0.95, 10, dtype=torch.float64)
+    jax_style = Guidance(t_min=0.0, t_max=0.3, label_dropout=0.4, dropout_style="official_jax")
+    for seed in range(5):
+        dropped = jax_style.drop_labels(labels, t, torch.Generator().manual_seed(seed))
+        k = int((torch.rand(10, generator=torch.Generator().manual_seed(seed)) < 0.4).sum())
+        assert (dropped[:k] == NULL_LABEL).all() and torch.equal(dropped[k:], labels[k:]), (seed, k, dropped)
+    always = Guidance(t_min=0.0, t_max=0.3, label_dropout=1.0, dropout_style="official_jax")
+    assert (always.drop_labels(labels, t, None) == NULL_LABEL).all(), "the window does not limit the dropout"
+    project = Guidance(t_min=0.0, t_max=0.3, label_dropout=1.0)
+    assert torch.equal(project.drop_labels(labels, t, None) == NULL_LABEL, t < 0.3), "the project's: in the window"
+
+
+@pytest.mark.parametrize("style", ["project", "official_jax"])
+def test_a_dropped_row_regresses_v_in_the_jax_style_and_the_guided_velocity_in_the_project_s(tiny_net, batch, style):
+    x, y = batch
+    sample = make_sample(x, y)
+    sample.r = sample.t.clone()  # r = t rows: the target is ṽ itself
+    sample.labels = y.clone()
+    sample.labels[:3] = NULL_LABEL  # the rows a dropout left unconditional
+    guidance = Guidance(omega=0.2, kappa=0.92, label_dropout=0.1, dropout_style=style)
+    terms = FlowMatching(guidance=guidance)(tiny_net, x, sample=sample)
+    t, z, v = sample.t, interpolate(x, sample.eps, sample.t), velocity(x, sample.eps)
+    with torch.no_grad():
+        null = torch.full_like(y, NULL_LABEL)
+        guided = 0.2 * v + 0.92 * tiny_net(z, t, t, sample.labels) + (1 - 0.2 - 0.92) * tiny_net(z, t, t, null)
+    torch.testing.assert_close(terms.target[3:], guided[3:], rtol=1e-14, atol=1e-15)
+    expected = v[:3] if style == "official_jax" else guided[:3]
+    torch.testing.assert_close(terms.target[:3], expected, rtol=1e-14, atol=1e-15)
+    assert not torch.allclose(guided[:3], v[:3])
+
+
+def test_guidance_dropout_style_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"guidance.dropout_style must be one of \['project', 'official_jax'\], "
+                                         r"got 'jax'"):
+        Guidance(dropout_style="jax")
+    assert Guidance().dropout_style == "project"
+
+
+def test_fm_time_reaches_the_drawn_sample(batch):
+    """objective.time.fm_time: the objective's drawn r = t rows take the max of a pair."""
+    from alphaflow.timesteps import LogitNormal, sample_time_pairs
+
+    x, y = batch
+    obj = MeanFlow(ratio_fm=0.5, fm_time="max_of_pair")
+    drawn = obj.draw(x, y, generator=torch.Generator().manual_seed(3))
+    t, r = sample_time_pairs(8, 0.5, LogitNormal(), fm_time="max_of_pair", generator=torch.Generator().manual_seed(3),
+                             dtype=x.dtype)
+    assert torch.equal(drawn.t, t) and torch.equal(drawn.r, r) and drawn.num_fm == 4
+    from alphaflow.instrument.probes import probe_sample
+
+    probed = probe_sample(x, y, obj, ratio_fm=0.5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(probed.t, t) and torch.equal(probed.r, r), "the probes draw the objective's pairs too"
+    with pytest.raises(ValueError, match="objective.time.fm_time"):
+        MeanFlow(fm_time="max")

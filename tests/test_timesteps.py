@@ -8,7 +8,8 @@ from fractions import Fraction
 import pytest
 import torch
 
-from alphaflow.timesteps import LogitNormal, Uniform, build_time_sampler, num_fm_rows, sample_time_pairs
+from alphaflow.timesteps import (LogitNormal, TimeConfig, Uniform, build_time_sampler, num_fm_rows,
+                                 sample_time_pairs)
 
 N = 200_000  # samples for the moment checks; tolerances below are ≥ 5 standard errors
 
@@ -106,6 +107,43 @@ def test_ratio_zero_gives_only_pairs_and_ratio_one_only_flow_matching_rows():
 def test_batch_of_one():
     t, r = sample_time_pairs(1, 0.5, LogitNormal(), generator=gen(4))
     assert t.shape == (1,) and bool(r[0] < t[0]), "B = 1, ratio ½: ⌊0.5⌋ = 0 rows r = t, so the row is a pair"
+
+
+# ----------------------------------------------------------------------------- MeanFlow's JAX pairs (fm_time)
+
+@pytest.mark.parametrize("batch, ratio_fm, n_fm", [(64, 0.75, 48), (7, 0.29, 2), (5, 1.0, 5), (5, 0.0, 0)])
+def test_max_of_pair_draws_every_row_as_a_pair_and_sets_r_to_t_on_the_leading_rows(batch, ratio_fm, n_fm):
+    """MeanFlow's JAX ``sample_tr``: a, b for all B rows, t = max, r = min, then r := t on the first n_fm rows."""
+    sampler = LogitNormal()
+    t, r = sample_time_pairs(batch, ratio_fm, sampler, fm_time="max_of_pair", generator=gen(12))
+    g = gen(12)
+    a, b = sampler(batch, generator=g), sampler(batch, generator=g)
+    assert torch.equal(t, torch.maximum(a, b)), "every row's t must be the max of its pair, the r = t rows' too"
+    assert torch.equal(r[:n_fm], t[:n_fm]), f"the first {n_fm} rows must have r == t"
+    assert torch.equal(r[n_fm:], torch.minimum(a, b)[n_fm:]), "the other rows' r must be the min of the pair"
+
+
+def test_max_of_pair_gives_the_r_equals_t_rows_the_law_of_a_maximum():
+    """P(t ≤ median of one draw) is ½ for a single draw and ¼ = ½² for the max of two, on the r = t rows."""
+    sampler, median = LogitNormal(), 1 / (1 + math.exp(0.4))
+    single, _ = sample_time_pairs(N, 1.0, sampler, generator=gen(13), dtype=torch.float64)
+    paired, r = sample_time_pairs(N, 1.0, sampler, fm_time="max_of_pair", generator=gen(13), dtype=torch.float64)
+    assert torch.equal(paired, r)
+    se = math.sqrt(0.25 * 0.75 / N)
+    assert abs(float((single <= median).double().mean()) - 0.5) < 5 * math.sqrt(0.25 / N)
+    assert abs(float((paired <= median).double().mean()) - 0.25) < 5 * se, "the r = t rows must have CDF F(τ)²"
+
+
+def test_fm_time_defaults_to_the_single_draw_and_is_refused_by_name():
+    assert TimeConfig().fm_time == "single"
+    t, _ = sample_time_pairs(16, 0.5, LogitNormal(), generator=gen(14))
+    t_default, _ = sample_time_pairs(16, 0.5, LogitNormal(), fm_time="single", generator=gen(14))
+    assert torch.equal(t, t_default)
+    with pytest.raises(ValueError, match=r"objective.time.fm_time .* must be one of \['single', 'max_of_pair'\], "
+                                         r"got 'max'"):
+        sample_time_pairs(8, 0.5, LogitNormal(), fm_time="max")
+    with pytest.raises(ValueError, match=r"objective.time.fm_time"):
+        TimeConfig(fm_time="pairs").build()
 
 
 # ----------------------------------------------------------------------------- ⌊B·ratio_fm⌋

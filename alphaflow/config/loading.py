@@ -136,7 +136,10 @@ _LATER_SECTIONS = {"conflict": ConflictConfig, "log": LogConfig}
 _LATER_FIELDS = {("train", "init_from"): None, ("model", "decouple_at"): None, ("model", "logvar"): False,
                  ("model", "aux_head_depth"): None, ("model", "guidance_embed"): False,
                  ("model", "pos_embed"): "sincos", ("probe", "online_batches"): 1,
-                 ("train", "async_ckpt"): True, ("train", "micro_batch"): 0, ("model", "attention"): "auto"}
+                 ("train", "async_ckpt"): True, ("train", "micro_batch"): 0, ("train", "spike_guard"): 0.0,
+                 ("model", "attention"): "auto",
+                 ("model", "time_cond"): "t_and_h", ("objective", "adaptive_reduce"): "mean",
+                 ("objective", "time", "fm_time"): "single", ("objective", "guidance", "dropout_style"): "project"}
 
 
 def without_later_defaults(config: dict) -> dict:
@@ -145,10 +148,19 @@ def without_later_defaults(config: dict) -> dict:
     existed with."""
     out = {k: v for k, v in config.items()
            if not (k in _LATER_SECTIONS and v == dataclasses.asdict(_LATER_SECTIONS[k]()))}
-    for (section, name), default in _LATER_FIELDS.items():
-        if isinstance(out.get(section), dict) and out[section].get(name, default) == default:
-            out[section] = {k: v for k, v in out[section].items() if k != name}
+    for path, default in _LATER_FIELDS.items():  # (section, ..., field): a field may sit in a nested section
+        out = _without_default(out, path, default)
     return out
+
+
+def _without_default(tree: dict, path: tuple[str, ...], default: Any) -> dict:
+    """``tree`` without the field at ``path`` where it holds ``default`` (or is absent); copies along the path."""
+    head, *rest = path
+    if not rest:
+        return {k: v for k, v in tree.items() if k != head} if tree.get(head, default) == default else tree
+    if not isinstance(tree.get(head), dict):
+        return tree
+    return {**tree, head: _without_default(tree[head], tuple(rest), default)}
 
 
 def config_hash(cfg: Config, length: int = 10) -> str:
@@ -197,6 +209,9 @@ _NON_NEGATIVE = ("conflict.c", "seed", "probe.chunk_size", "train.micro_batch", 
                  "data.workers", "objective.adaptive_p")
 _CHOICES = {"train.device": DEVICES, "train.precision": PRECISIONS, "sample.sampler": SAMPLERS, "conflict.mode": MODES,
             "model.pos_embed": ("sincos", "stored"), "model.attention": ("auto", "math", "triton"),
+            "model.time_cond": ("t_and_h", "h"), "objective.adaptive_reduce": ("mean", "sum"),
+            "objective.time.fm_time": ("single", "max_of_pair"),
+            "objective.guidance.dropout_style": ("project", "official_jax"),
             "log.wandb": WANDB_MODES}
 
 
@@ -238,6 +253,9 @@ def validate(cfg: Config) -> None:
          "entries must be 1 or 2 with the 'consistency' sampler")
     need(cfg.conflict.every == 1 or not cfg.conflict.per_group, "conflict.every",
          "must be 1 with conflict.per_group=true (reused coefficients are whole-vector)")
+    need(cfg.train.spike_guard == 0 or cfg.train.spike_guard > 1, "train.spike_guard",  # finite: the type rule
+         "must be 0 (off) or a number > 1 (skip a step whose gradient norm exceeds that many times its running "
+         "median; docs/spikes.md)")
     need(cfg.conflict.mode == "none" or not cfg.train.compile, "train.compile",
          f"must be false with conflict.mode={cfg.conflict.mode} (its two backward passes run eagerly)")
     for f in dataclasses.fields(cfg.objective):  # every schedule of an objective is a fraction (α, ratio_fm)

@@ -34,6 +34,7 @@ class ModelConfig:
     pos_embed: str = "sincos"  # DiT: "stored" keeps the positional embedding in checkpoints (imported networks)
     attention: str = "auto"  # DiT: the attention tangent by the fused Triton kernel (triton), in math form (math),
     #                          or the kernel on CUDA when Triton is importable (auto): docs/jvp.md
+    time_cond: str = "t_and_h"  # DiT: conditioned on t and h = t − r (t_and_h), or on h alone (h, iMF's official net)
 
 
 @dataclass
@@ -83,6 +84,8 @@ class TrainConfig:
     keep_every: int = 0  # permanent checkpoints every k steps (0 = none)
     sample_every: int = 500  # EMA sample grids (0 = only at the end)
     max_nonfinite: int = 20  # stop after this many consecutive non-finite losses
+    spike_guard: float = 0.0  # k > 1: skip the update of a step whose gradient norm exceeds k × the median of the
+    #                           last 100 finite steps' norms (docs/spikes.md); 0: off
     threads: int | None = None  # torch CPU threads
     compile: bool = False
     async_ckpt: bool = True  # rank 0 writes checkpoints in a background thread from a host snapshot; false: in step

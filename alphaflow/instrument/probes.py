@@ -66,10 +66,10 @@ def parameter_groups(module: nn.Module) -> dict[str, list[str]]:
 
 def probe_sample(x: Tensor, labels: Tensor | None, objective: Objective, *, ratio_fm: float = 0.0,
                  generator: torch.Generator | None = None) -> Sample:
-    """The probe's (t, r, ε) for the batch x [B, ...]: the training objective's time sampler and guidance,
-    the first ⌊B·ratio_fm⌋ rows at r = t (0: r < t on every row, so L_TCC is defined everywhere)."""
+    """The probe's (t, r, ε) for the batch x [B, ...]: the training objective's time sampler, fm_time and
+    guidance, the first ⌊B·ratio_fm⌋ rows at r = t (0: r < t on every row, so L_TCC is defined everywhere)."""
     return draw_sample(x, labels, ratio_fm=ratio_fm, time_sampler=objective.time_sampler,
-                       guidance=objective.guidance, generator=generator)
+                       guidance=objective.guidance, generator=generator, fm_time=objective.fm_time)
 
 
 def term_losses(net: nn.Module, x: Tensor, sample: Sample, *, guidance: Guidance | None = None,

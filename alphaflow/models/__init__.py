@@ -45,8 +45,8 @@ def build_for_data(name: str, shape: tuple[int, ...], num_classes: int, **kwargs
 
 def model_options(model_cfg: Any) -> dict[str, Any]:
     """The build keywords a config's ``model`` section adds to the name: ``time_scale``, and ``decouple_at``,
-    ``logvar``, ``aux_head_depth``, ``guidance_embed``, ``pos_embed`` and ``attention`` where they are set (the DiT
-    only)."""
+    ``logvar``, ``aux_head_depth``, ``guidance_embed``, ``pos_embed``, ``attention`` and ``time_cond`` where they are
+    set (the DiT only)."""
     options: dict[str, Any] = {"time_scale": model_cfg.time_scale}
     for name in ("decouple_at", "aux_head_depth"):
         if getattr(model_cfg, name, None) is not None:
@@ -58,6 +58,8 @@ def model_options(model_cfg: Any) -> dict[str, Any]:
         options["pos_embed"] = model_cfg.pos_embed
     if getattr(model_cfg, "attention", "auto") != "auto":
         options["attention"] = model_cfg.attention
+    if getattr(model_cfg, "time_cond", "t_and_h") != "t_and_h":
+        options["time_cond"] = model_cfg.time_cond
     return options
 
 

@@ -8,6 +8,7 @@ the size registry: ``registry.py``). The call contract (``alphaflow.conventions`
 
 Two-time conditioning (docs/conventions.md#the-backbone): c = emb_t(t) + emb_Δ(t − r) + emb_y(labels), two *separate*
 timestep embedders, times fed raw in [0, 1] (no ×1000, docs/official_code.md#timestep-scaling); the output is u.
+``time_cond="h"`` drops emb_t: c = emb_Δ(t − r) + emb_y(labels) (the official improved-MeanFlow network's form).
 
 Attention is ``F.scaled_dot_product_attention``. Its fused CPU/GPU kernels have no forward-mode
 AD rule (docs/jvp.md#fused-attention-has-no-forward-mode-rule): wrap ``torch.func.jvp`` in
@@ -39,6 +40,8 @@ from alphaflow.models.logvar import LogVarianceHead
 from alphaflow.models.tangent import Rows, conv_patch_jvp, tangent_dtype
 
 # the layers are re-exported: alphaflow.models.dit.TimestepEmbedder etc. (the size registry: alphaflow.models.registry)
+# The times the DiT is conditioned on (``model.time_cond``): t and h = t − r (MeanFlow's, α-Flow's) or h alone (iMF's).
+TIME_CONDS = ("t_and_h", "h")
 __all__ = ["DiT", "count_parameters", "Attention", "DiTBlock", "FinalLayer", "TimestepEmbedder", "layer_norm",
            "modulate", "sincos_pos_embed_2d"]
 
@@ -61,6 +64,10 @@ class DiT(nn.Module):
     guidance_embed adds iMF's guidance conditioning: embedders of 1 − 1/ω, t_min and t_max summed into c
     (``forward(..., guide=[B, 3])``; absent: ω = 1 on [0, 1], no guidance). pos_embed="stored" keeps the
     positional embedding in the state dict (an imported network's values) instead of computing it.
+
+    time_cond "t_and_h" (the default) conditions on t and h = t − r; "h" on h alone, as the official improved
+    MeanFlow network does (arXiv 2512.02012): the DiT has no t embedder, c = emb_Δ(h) + emb_y(label) (+ guidance),
+    and the tangent mode moves c by dh = dt − dr only (1 along MeanFlow's (ṽ, 0, 1)).
     """
 
     supports_tangent: ClassVar[bool] = True  # forward(..., tangent=...) exists (module docstring)
@@ -83,8 +90,15 @@ class DiT(nn.Module):
         guidance_embed: bool = False,
         pos_embed: str = "sincos",
         attention: str = "auto",
+        time_cond: str = "t_and_h",
     ):
         super().__init__()
+        if time_cond not in TIME_CONDS:
+            raise ValueError(f"time_cond (model.time_cond: the times the DiT is conditioned on) must be one of "
+                             f"{list(TIME_CONDS)}, got {time_cond!r}")
+        if time_cond == "h" and decouple_at is not None:
+            raise ValueError("time_cond='h' (model.time_cond) and decouple_at (model.decouple_at) do not combine: "
+                             "decoupled blocks are conditioned on t and r; set one of them")
         if attention not in ATTENTION_IMPLS:
             raise ValueError(f"attention must be one of {list(ATTENTION_IMPLS)} (how the tangent mode computes the "
                              f"attention tangent), got {attention!r}")
@@ -113,7 +127,9 @@ class DiT(nn.Module):
         self.grid = (H // patch_size, W // patch_size)
 
         self.x_embedder = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
-        self.t_embedder = TimestepEmbedder(hidden_size, time_scale=time_scale)  # receives t
+        self.time_cond = time_cond
+        # receives t; none when conditioned on h alone (so DDP sees no parameter without a gradient)
+        self.t_embedder = TimestepEmbedder(hidden_size, time_scale=time_scale) if time_cond == "t_and_h" else None
         self.d_embedder = TimestepEmbedder(hidden_size, time_scale=time_scale)  # receives t − r
         self.y_embedder = nn.Embedding(num_classes + 1, hidden_size)  # row num_classes = null label
         # Fixed, not trained; non-persistent so checkpoints do not pin the token grid, unless "stored": an imported
@@ -146,7 +162,8 @@ class DiT(nn.Module):
         nn.init.zeros_(self.x_embedder.bias)
         # Label table and both timestep MLPs: N(0, 0.02) weights (biases stay 0).
         nn.init.normal_(self.y_embedder.weight, std=0.02)
-        for emb in (self.t_embedder, self.d_embedder, *(self.guide_embedders or ())):
+        for emb in (*([self.t_embedder] if self.t_embedder is not None else ()), self.d_embedder,
+                    *(self.guide_embedders or ())):
             nn.init.normal_(emb.mlp[0].weight, std=0.02)
             nn.init.normal_(emb.mlp[2].weight, std=0.02)
         # adaLN-Zero: zero every modulation output, so every gate is 0 and each block is the identity.
@@ -220,7 +237,9 @@ class DiT(nn.Module):
         x = self.x_embedder(z).flatten(2).transpose(1, 2).contiguous()  # [B, N, D], N = h·w
         x = x + self.pos_embed.to(x.dtype)  # [B, N, D]
         y = self.condition(labels, guide, B, z)
-        if self.decouple_at is None:
+        if self.t_embedder is None:  # time_cond "h": c = emb_Δ(t − r) + y
+            c = c_late = self.d_embedder(t - r) + y  # [B, D]
+        elif self.decouple_at is None:
             c = c_late = self.t_embedder(t) + self.d_embedder(t - r) + y  # [B, D]
         else:
             zero = self.d_embedder(torch.zeros_like(t))
@@ -295,12 +314,17 @@ class DiT(nn.Module):
         dx = conv_patch_jvp(self.x_embedder, dz)  # [P, N, D]; the fixed positional embedding has no tangent
         x = x + self.pos_embed.to(x.dtype)
         y = self.condition(labels, guide, z.shape[0], z)  # [B, D]; labels and guidance carry no tangent
-        c_t, dc_t = self.t_embedder(t, (rows, dt))
-        if self.decouple_at is None:
+        if self.t_embedder is None:  # time_cond "h": c moves with h = t − r alone, dh = dt − dr
+            c_d, dc_d = self.d_embedder(t - r, (rows, dt - dr))
+            c = c_late = c_d + y
+            dc = dc_late = dc_d  # [P, D]
+        elif self.decouple_at is None:
+            c_t, dc_t = self.t_embedder(t, (rows, dt))
             c_d, dc_d = self.d_embedder(t - r, (rows, dt - dr))  # Δ = t − r, dΔ = dt − dr
             c = c_late = c_t + c_d + y
             dc = dc_late = dc_t + dc_d  # [P, D]
         else:  # the Δ embedder at 0 has no tangent; the late blocks move with r
+            c_t, dc_t = self.t_embedder(t, (rows, dt))
             zero = self.d_embedder(torch.zeros_like(t))
             c_r, dc_late = self.t_embedder(r, (rows, dr))
             c, c_late, dc = c_t + zero + y, c_r + zero + y, dc_t

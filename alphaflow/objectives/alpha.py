@@ -92,14 +92,16 @@ class AlphaFlow(Objective):
         rows = pair_rows(sample)  # a slice for a drawn sample: no host sync
         if alpha == 0.0:  # MeanFlow: the prediction and du/dt in one pass where the model allows it
             pred, target = meanflow_prediction(net, z, r, t, labels, v_tilde, rows)
-            numerator: Tensor | float = 1.0
         else:
             target = self.discrete_target(net, z, r, t, labels, v_tilde, rows, alpha)
-            numerator = torch.where(r < t, alpha, 1.0).to(x.dtype)  # the weight α on r < t rows, a device select
             pred = net(z, r, t, labels)
         parts = regression_components(pred, target, v_tilde)
         if alpha == 0.0:
             parts["mf"] = parts["mse"]
+            numerator: Tensor | float = 1.0
+        else:  # the weight α on the r < t rows, a device fill in the loss's dtype (a scalar torch.where would round
+            #    α through float32 first: 0.3 → 0.30000001192 in a float64 run)
+            numerator = torch.ones_like(parts["mse"]).masked_fill(r < t, alpha)
         return Terms(loss=self.weighted(parts["mse"], numerator), components=parts,
                      weight=self.loss_weight(parts["mse"], numerator), pred=pred,
                      target=target, sample=sample, logs={"alpha": alpha})

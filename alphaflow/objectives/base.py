@@ -15,7 +15,8 @@ Terms carry the per-sample ``loss`` (what is optimised) and named per-sample
     mf    ‖u_θ − sg(ṽ − (t − r)·du/dt)‖²          MeanFlow, L_MF
 
 ‖·‖² and the dot product are means over the elements of a sample (docs/objectives.md#the-adaptive-weight), so each
-component is a [B] tensor. Since ‖u − u_tgt‖² = ‖u − ṽ‖² + 2(ṽ − u_tgt)·u + (‖u_tgt‖² − ‖ṽ‖²)
+component is a [B] tensor (``objective.adaptive_reduce=sum`` changes what the adaptive weight reads, not
+these). Since ‖u − u_tgt‖² = ‖u − ṽ‖² + 2(ṽ − u_tgt)·u + (‖u_tgt‖² − ‖ṽ‖²)
 and the last bracket does not depend on θ, mse = tfm + tcc + const and ∇mse = ∇tfm + ∇tcc.
 """
 
@@ -33,7 +34,7 @@ from alphaflow.jvp import target_module
 from alphaflow.objectives.guidance import Guidance
 from alphaflow.objectives.options import ObjectiveOptions
 from alphaflow.schedules import Schedule, as_schedule, check_unit_interval
-from alphaflow.timesteps import TimeSampler, num_fm_rows, sample_time_pairs
+from alphaflow.timesteps import TimeSampler, check_fm_time, num_fm_rows, sample_time_pairs
 
 Net = Callable[..., Tensor]  # net(z [B,...], r [B], t [B], labels [B] | None) -> u [B,...]
 
@@ -189,23 +190,38 @@ def element_mean(x: Tensor) -> Tensor:
     return x.flatten(1).mean(dim=1)
 
 
-def adaptive_loss(mse: Tensor, numerator: Tensor | float, *, p: float, c: float) -> Tensor:
-    """Per-sample adaptive loss w·mse / (sg(mse) + c)^p (docs/objectives.md#the-adaptive-weight;
-    arXiv 2510.20771 §4.2, Table 5b). mse: [B] -> [B].
+# What the adaptive weight reads as a sample's squared error: its element mean (α-Flow's official code) or its
+# element sum (MeanFlow's official JAX code); ``objective.adaptive_reduce``.
+ADAPTIVE_REDUCTIONS = ("mean", "sum")
 
-    p = 1, c = 10⁻³ is the official weighting; p = 0 gives the plain (numerator-weighted) MSE.
+
+def adaptive_loss(mse: Tensor, numerator: Tensor | float, *, p: float, c: float, elements: int = 1) -> Tensor:
+    """Per-sample adaptive loss w·E / (sg(E) + c)^p with E = elements·mse (docs/objectives.md#the-adaptive-weight;
+    arXiv 2510.20771 §4.2, Table 5b). mse: [B] element means → [B].
+
+    elements = 1: E is the element mean, α-Flow's official weighting (p = 1, c = 10⁻³); elements = n, the number of
+    elements of a sample: E is the element sum, MeanFlow's official JAX weighting (p = 1, c = 0.01). p = 0 gives the
+    plain (numerator-weighted) mean or sum. At p = 1, E/(sg(E) + c) = mse/(sg(mse) + c/n): the sum with c is the
+    mean with c/n.
     """
+    if elements < 1:
+        raise ValueError(f"elements (per-sample element count of the sum, 1 for the mean) must be >= 1, got {elements}")
+    error = mse if elements == 1 else elements * mse
     if p == 0.0:
-        return numerator * mse
-    return numerator * mse / (mse.detach() + c) ** p
+        return numerator * error
+    return numerator * error / (error.detach() + c) ** p
 
 
-def adaptive_weight(mse: Tensor, numerator: Tensor | float, *, p: float, c: float) -> Tensor | float:
-    """The detached per-sample factor w = numerator/(sg(mse) + c)^p of ``adaptive_loss``: [B] → [B] (or the
-    numerator itself when p = 0), so that ∇adaptive_loss = w·∇mse row by row."""
+def adaptive_weight(mse: Tensor, numerator: Tensor | float, *, p: float, c: float,
+                    elements: int = 1) -> Tensor | float:
+    """The detached per-sample factor w = numerator·n/(sg(n·mse) + c)^p of ``adaptive_loss`` (n = ``elements``):
+    [B] → [B] (or numerator·n itself when p = 0), so that adaptive_loss = w·mse and ∇adaptive_loss = w·∇mse row by
+    row."""
     if p == 0.0:
-        return numerator.detach() if isinstance(numerator, Tensor) else numerator
-    weight = numerator / (mse.detach() + c) ** p
+        weight = numerator * elements if elements != 1 else numerator
+        return weight.detach() if isinstance(weight, Tensor) else weight
+    error = mse.detach() if elements == 1 else elements * mse.detach()
+    weight = (numerator if elements == 1 else numerator * elements) / (error + c) ** p
     return weight.detach()
 
 
@@ -220,14 +236,16 @@ def regression_components(pred: Tensor, target: Tensor, v_tilde: Tensor) -> dict
 
 
 def draw_sample(x: Tensor, labels: Tensor | None, *, ratio_fm: float, time_sampler: TimeSampler,
-                guidance: Guidance | None = None, generator: torch.Generator | None = None) -> Sample:
+                guidance: Guidance | None = None, generator: torch.Generator | None = None,
+                fm_time: str = "single") -> Sample:
     """Draw everything random in one objective evaluation for the batch x [B, ...].
 
-    (t, r) [B] by the min–max rule with the first ⌊B·ratio_fm⌋ rows at r = t (``sample_time_pairs``),
-    ε ~ N(0, I) like x, and, with ``guidance``, its label dropout inside the guidance window. The
-    sample records ``num_fm`` so the objectives select the r < t rows without a host sync.
+    (t, r) [B] by the min–max rule with the first ⌊B·ratio_fm⌋ rows at r = t, their t drawn as ``fm_time`` says
+    (``sample_time_pairs``), ε ~ N(0, I) like x, and, with ``guidance``, its label dropout (``Guidance.drop_labels``).
+    The sample records ``num_fm`` so the objectives select the r < t rows without a host sync.
     """
-    t, r = sample_time_pairs(x.shape[0], ratio_fm, time_sampler, generator=generator, device=x.device, dtype=x.dtype)
+    t, r = sample_time_pairs(x.shape[0], ratio_fm, time_sampler, fm_time=fm_time, generator=generator,
+                             device=x.device, dtype=x.dtype)
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     if guidance is not None:
         labels = guidance.drop_labels(labels, t, generator)
@@ -261,11 +279,14 @@ class Objective:
 
     def __init__(self, *, ratio_fm: float | Schedule | dict | None = None, time_sampler: TimeSampler | None = None,
                  guidance: Guidance | dict | None = None, adaptive_p: float | None = None,
-                 adaptive_c: float | None = None) -> None:
+                 adaptive_c: float | None = None, adaptive_reduce: str | None = None,
+                 fm_time: str | None = None) -> None:
         defaults = self.Options()
         self.ratio_fm = defaults.ratio_fm.resolve(1) if ratio_fm is None else as_schedule(ratio_fm)
         check_unit_interval(self.ratio_fm, "ratio_fm")
         self.time_sampler = defaults.time.build() if time_sampler is None else time_sampler
+        self.fm_time = defaults.time.fm_time if fm_time is None else fm_time
+        check_fm_time(self.fm_time)
         self.guidance = Guidance(**guidance) if isinstance(guidance, dict) else (guidance or defaults.guidance)
         adaptive_p = defaults.adaptive_p if adaptive_p is None else adaptive_p
         adaptive_c = defaults.adaptive_c if adaptive_c is None else adaptive_c
@@ -274,12 +295,18 @@ class Objective:
         if not (math.isfinite(adaptive_c) and adaptive_c > 0):
             raise ValueError(f"adaptive_c (the c in 1/(‖Δ‖² + c)^p) must be > 0, got {adaptive_c}")
         self.adaptive_p, self.adaptive_c = float(adaptive_p), float(adaptive_c)
+        self.adaptive_reduce = defaults.adaptive_reduce if adaptive_reduce is None else adaptive_reduce
+        if self.adaptive_reduce not in ADAPTIVE_REDUCTIONS:
+            raise ValueError(f"objective.adaptive_reduce (what the adaptive weight reads: the element mean or sum of a "
+                             f"sample's squared error) must be one of {list(ADAPTIVE_REDUCTIONS)}, "
+                             f"got {self.adaptive_reduce!r}")
+        self._elements: int | None = None  # a sample's element count, set by ``evaluate`` for the duration of a call
 
     def draw(self, x: Tensor, labels: Tensor | None = None, *, step: int = 0,
              generator: torch.Generator | None = None) -> Sample:
-        """``draw_sample`` with this objective's ratio_fm(step), time sampler and guidance."""
+        """``draw_sample`` with this objective's ratio_fm(step), time sampler (and ``fm_time``) and guidance."""
         return draw_sample(x, labels, ratio_fm=self.ratio_fm(step), time_sampler=self.time_sampler,
-                           guidance=self.guidance, generator=generator)
+                           guidance=self.guidance, generator=generator, fm_time=self.fm_time)
 
     def __call__(self, net: Net, x: Tensor, labels: Tensor | None = None, *, step: int = 0,
                  sample: Sample | None = None, generator: torch.Generator | None = None) -> Terms:
@@ -296,8 +323,14 @@ class Objective:
 
     def evaluate(self, net: Net, x: Tensor, sample: Sample, step: int) -> Terms:
         """The terms on x: [B, ...] for a sample known to fit it (drawn by ``draw``, or checked by ``__call__``):
-        ``compute`` plus the logged ratio_fm. The trainer's micro-batches come here with rows of a drawn sample."""
-        terms = self.compute(net, x, sample, step)
+        ``compute`` plus the logged ratio_fm. The trainer's micro-batches come here with rows of a drawn sample.
+        During the call ``weighted`` and ``loss_weight`` know a sample's element count (x[0].numel()), which
+        ``adaptive_reduce="sum"`` needs."""
+        self._elements = math.prod(x.shape[1:])
+        try:
+            terms = self.compute(net, x, sample, step)
+        finally:
+            self._elements = None
         terms.logs["ratio_fm"] = self.ratio_fm(step)
         return terms
 
@@ -310,9 +343,20 @@ class Objective:
         v = velocity(x, sample.eps)
         return z, self.guidance.guided_velocity(target_module(net), z, sample.t, v, sample.labels)
 
+    def adaptive_elements(self) -> int:
+        """n in ``adaptive_loss``: 1 for ``adaptive_reduce="mean"``, a sample's element count for ``"sum"`` (known
+        inside ``evaluate`` only)."""
+        if self.adaptive_reduce == "mean":
+            return 1
+        if self._elements is None:
+            raise RuntimeError("adaptive_reduce='sum' weights by a sample's element count, which an objective knows "
+                               "only while it evaluates (call the objective, or Objective.evaluate)")
+        return self._elements
+
     def weighted(self, mse: Tensor, numerator: Tensor | float = 1.0) -> Tensor:
-        return adaptive_loss(mse, numerator, p=self.adaptive_p, c=self.adaptive_c)
+        """The adaptive loss of element means mse [B] (``adaptive_loss``, with this objective's p, c and reduction)."""
+        return adaptive_loss(mse, numerator, p=self.adaptive_p, c=self.adaptive_c, elements=self.adaptive_elements())
 
     def loss_weight(self, mse: Tensor, numerator: Tensor | float = 1.0) -> Tensor | float:
         """``Terms.weight`` for a loss ``weighted(mse, numerator)``: see ``adaptive_weight``."""
-        return adaptive_weight(mse, numerator, p=self.adaptive_p, c=self.adaptive_c)
+        return adaptive_weight(mse, numerator, p=self.adaptive_p, c=self.adaptive_c, elements=self.adaptive_elements())

@@ -55,6 +55,9 @@ class DecoupledMeanFlow(Objective):
         if not (math.isfinite(logvar_c) and logvar_c > 0):
             raise ValueError(f"logvar_c (the c in log(e^(-lv)·mse + c)) must be > 0, got {logvar_c}")
         self.logvar_c = float(logvar_c)
+        if self.adaptive_reduce != "mean":
+            raise ValueError("objective.adaptive_reduce chooses what the adaptive weight reads, and "
+                             "decoupled_meanflow weights by its learned log-variance instead; leave it at 'mean'")
 
     def compute(self, net: Net, x: Tensor, sample: Sample, step: int) -> Terms:
         module = unwrap(net)

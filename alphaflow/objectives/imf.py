@@ -16,8 +16,11 @@ components ``tfm``, ``tcc`` (and ``mf`` = ``mse`` = L_u) split its gradient as M
 unweighted extra ``aux`` = w_v·L_v, so the probes and the conflict interventions apply unchanged. Where this follows
 the official code rather than the paper: v̂ in L_v is the head's output at (r, t) from the main forward, the
 unconditional pass runs at ω = 1, r = t rows have the interval [0, 1], and dropped rows regress the unguided v.
-Deviations: guidance is summed into the adaLN conditioning (the official DiT uses in-context tokens); the adaptive
-weight uses the project's element means and c (the official sums over elements with c = 0.01).
+Deviations: guidance is summed into the adaLN conditioning (the official DiT uses in-context tokens); by default the
+adaptive weight reads element means with c = 10⁻³ (the official sums over elements with c = 0.01:
+``objective.adaptive_reduce=sum objective.adaptive_c=0.01``), the r = t rows draw one time (the official takes the max
+of a pair: ``objective.time.fm_time=max_of_pair``) and the network sees t and h = t − r (the official h alone:
+``model.time_cond=h``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@
 
 On r = t rows u_tgt = ṽ (flow matching); du/dt is needed only on the r < t rows. The prediction
 and du/dt come from ``alphaflow.jvp.prediction_and_dudt``: one forward with the JVP riding along
-where the model has a tangent mode (the DiT), else a no-grad JVP then an ordinary forward.
+where the model has a tangent mode (the DiT), else a no-grad JVP then an ordinary forward. The size
+of du/dt per r < t row goes to ``Terms.logs["dudt_rms"]`` (``alphaflow.jvp.dudt_rms``; docs/spikes.md).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import torch
 from torch import Tensor
 
 from alphaflow.conventions import expand_time
-from alphaflow.jvp import average_velocity_jvp, prediction_and_dudt
+from alphaflow.jvp import average_velocity_jvp, dudt_rms, prediction_and_dudt
 from alphaflow.objectives.base import (Net, Objective, Rows, Sample, Terms, keep_equal_time_rows, pair_rows, put_rows,
-                                       regression_components, take_rows)
+                                       regression_components, row_count, take_rows)
 from alphaflow.objectives.options import ObjectiveOptions
 from alphaflow.schedules import ScheduleConfig
 
@@ -40,15 +41,20 @@ def target_from_dudt(v_tilde: Tensor, r: Tensor, t: Tensor, rows: Rows, dudt: Te
 
 
 def meanflow_prediction(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None,
-                        v_tilde: Tensor, rows: Rows | None = None) -> tuple[Tensor, Tensor]:
+                        v_tilde: Tensor, rows: Rows | None = None, *,
+                        logs: dict[str, Tensor | float] | None = None) -> tuple[Tensor, Tensor]:
     """(u_θ(z, r, t) with grad, sg(u_tgt)), both [B, ...]; du/dt runs on the r < t rows only.
 
     rows: the r < t rows as ``pair_rows`` gives them (a slice for a drawn sample: no host sync); None
     finds them by one ``nonzero`` (one host sync). The prediction goes through ``net`` (DDP sees one forward).
+    logs: an objective's ``Terms.logs``; where given and there are r < t rows, ``logs["dudt_rms"]`` receives
+    the per-row size of du/dt ([B], NaN on the r = t rows: ``alphaflow.jvp.dudt_rms``).
     """
     if rows is None:
         rows = (r < t).nonzero().squeeze(1)  # [P]
     pred, dudt = prediction_and_dudt(net, z, r, t, labels, take_rows(v_tilde.detach(), rows), rows)
+    if logs is not None and row_count(rows, z.shape[0]) > 0:  # P is known on the host: no sync
+        logs["dudt_rms"] = dudt_rms(dudt, rows, z.shape[0])
     return pred, target_from_dudt(v_tilde, r, t, rows, dudt)
 
 
@@ -88,8 +94,10 @@ class MeanFlow(Objective):
 
     def compute(self, net: Net, x: Tensor, sample: Sample, step: int) -> Terms:
         z, v_tilde = self.guided(net, x, sample)
-        pred, target = meanflow_prediction(net, z, sample.r, sample.t, sample.labels, v_tilde, pair_rows(sample))
+        logs: dict[str, Tensor | float] = {"alpha": 0.0}
+        pred, target = meanflow_prediction(net, z, sample.r, sample.t, sample.labels, v_tilde, pair_rows(sample),
+                                           logs=logs)
         parts = regression_components(pred, target, v_tilde)
         parts["mf"] = parts["mse"]
         return Terms(loss=self.weighted(parts["mse"]), weight=self.loss_weight(parts["mse"]), components=parts,
-                     pred=pred, target=target, sample=sample, logs={"alpha": 0.0})
+                     pred=pred, target=target, sample=sample, logs=logs)

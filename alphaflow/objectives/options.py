@@ -6,7 +6,7 @@ defaults, and the registry in ``alphaflow.objectives`` maps the name to both. Ad
 objective's ``Options`` adds the config key ``objective.<field>`` for that objective only.
 
 A field of type ``ScheduleConfig`` is resolved against the run's length, ``time`` becomes the
-``time_sampler``; every other field is passed to the objective's constructor under its own name.
+``time_sampler`` and ``fm_time``; every other field is passed to the objective's constructor under its own name.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from alphaflow.timesteps import TimeConfig
 @dataclass
 class ObjectiveOptions:
     """What every objective takes: the r = t share, the time sampler, guidance and the adaptive weight
-    w·‖Δ‖²/(sg(‖Δ‖²) + c)^p (arXiv 2510.20771 §4.2, Table 5b; p = 0 is the plain MSE)."""
+    w·‖Δ‖²/(sg(‖Δ‖²) + c)^p (arXiv 2510.20771 §4.2, Table 5b; p = 0 is the plain MSE), with ‖Δ‖² the mean
+    (``adaptive_reduce="mean"``, α-Flow's official code) or the sum (``"sum"``, MeanFlow's JAX code) over a sample's
+    elements (``alphaflow.objectives.base.adaptive_loss``)."""
 
     name: str = "objective"
     ratio_fm: ScheduleConfig = field(default_factory=lambda: ScheduleConfig.constant(0.0))
@@ -31,6 +33,7 @@ class ObjectiveOptions:
     guidance: Guidance = field(default_factory=Guidance)
     adaptive_p: float = 1.0
     adaptive_c: float = 1e-3
+    adaptive_reduce: str = "mean"
 
 
 def constructor_kwargs(options: ObjectiveOptions, total_steps: int) -> dict[str, Any]:
@@ -42,6 +45,7 @@ def constructor_kwargs(options: ObjectiveOptions, total_steps: int) -> dict[str,
             continue
         if f.name == "time":
             kwargs["time_sampler"] = value.build()
+            kwargs["fm_time"] = value.fm_time
         elif isinstance(value, ScheduleConfig):
             kwargs[f.name] = value.resolve(total_steps)
         else:

@@ -8,7 +8,10 @@ The snapshot is read without running its code (``unpickle.read_snapshot``); the 
 and, where the shapes cannot tell (the number of heads, whether the label table has a null row), from the
 snapshot's config (``cfg['model']['num_heads']``, ``cfg['dataset']['label_shape']``, ``cfg['model']['label_dropout']``)
 or the command line (``--model``, ``--num-classes``). The latent statistics are the wrapper's buffers
-(``autoencoder_mean``, ``autoencoder_var``), or a ``--latent-stats`` file. The run folder:
+(``autoencoder_mean``, ``autoencoder_var``), or a ``--latent-stats`` file. The wrapper must be α-Flow's
+(``cfg['model']['precond']`` = ``alphaflow``, or not in the config): it hands the DiT's input and output through
+unscaled, while e.g. ``recflow`` scales both, which the imported DiT alone would not reproduce (``check_precond``).
+The run folder:
 
     RUN/config.json                 model.name and model.pos_embed=stored, data.name=latents at RUN/latents-meta
     RUN/latents-meta/meta.json      the latent shape and classes, no samples (unless --data-path names real latents)
@@ -39,6 +42,7 @@ from alphaflow.runfolder import RunFolder
 from alphaflow.train.loop import CHECKPOINT_FORMAT
 
 META = "latents-meta"
+PRECOND = "alphaflow"  # the wrapper whose DiT output is u itself: c_in = c_out = 1, no skip (docs/official_code.md)
 
 
 def dig(tree: Any, *path: Any) -> Any:
@@ -49,6 +53,19 @@ def dig(tree: Any, *path: Any) -> Any:
         except (KeyError, IndexError, TypeError):
             return None
     return tree
+
+
+def check_precond(cfg: Any) -> str:
+    """The snapshot's ``cfg['model']['precond']``: ``alphaflow`` is returned, a missing key is reported as such, any
+    other value is refused in one line naming the key, the value and the expected value."""
+    precond = dig(cfg, "model", "precond")
+    if precond is None:
+        return "not in the snapshot's config (assumed alphaflow)"
+    if precond != PRECOND:
+        raise ValueError(f"the snapshot's cfg['model']['precond'] is {precond!r}, expected {PRECOND!r}: only the "
+                         "α-Flow wrapper hands the DiT's input and output through unscaled, so another one's network "
+                         "would not be reproduced by its DiT alone")
+    return PRECOND
 
 
 def choose_model(arch: dict[str, int], cfg: Any, model: str | None) -> str:
@@ -134,6 +151,7 @@ def import_official(snapshot: str | Path, out: str | Path, *, weights: str = "em
         have = [k for k in ("net", "ema") if isinstance(snap.get(k), dict)]
         raise ValueError(f"the snapshot has no {weights!r} state dict (it has {have or 'neither net nor ema'})")
     cfg = snap.get("cfg")
+    precond = check_precond(cfg)
     prefix, dit, rest = find_dit(state)
     arch = architecture(dit)
     name, classes = choose_model(arch, cfg, model), class_count(arch, cfg, num_classes)
@@ -154,7 +172,7 @@ def import_official(snapshot: str | Path, out: str | Path, *, weights: str = "em
                              f"{meta['num_classes']} classes; the snapshot's DiT takes {list(shape)} and {classes}")
     _write(run, name, shape, classes, (vae_path, data_path), net.state_dict(), stats, step, {
         "source": str(Path(snapshot).resolve()), "weights": weights, "prefix": prefix, "model": name,
-        "num_classes": classes, "null_row": "the source's" if arch["table_rows"] == classes + 1
+        "num_classes": classes, "precond": precond, "null_row": "the source's" if arch["table_rows"] == classes + 1
         else f"class {classes - 1}'s row repeated (the source has no null row)",
         "latent_stats": str(latent_stats) if latent_stats else "the snapshot's autoencoder_mean/var",
         "their_config": {k: dig(cfg, *p) for k, p in (("num_blocks", ("model", "num_blocks")), ("dim", ("model", "dim")),

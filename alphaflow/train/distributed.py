@@ -287,6 +287,15 @@ def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return values
 
 
+def all_reduce_max(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Elementwise maximum over ranks (identity in one process). ``values`` must live on ``info.device``."""
+    check_device(values, info, "all_reduce_max")
+    if info.distributed:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
+
+
 def mean_over_ranks(values: Sequence[float], info: DistInfo) -> list[float]:
     """Host numbers → their means over ranks, as host numbers: one float64 tensor on the run's device,
     one all-reduce, one device-to-host transfer. The identity in one process."""

@@ -9,13 +9,13 @@ RNGs, the batch number), so a resumed run continues bit-for-bit where it stopped
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from alphaflow.train import distributed as D
@@ -37,6 +37,7 @@ from alphaflow.train.initialise import initialise_from
 from alphaflow.runlock import run_lock
 from alphaflow.train.sample_grids import write_samples
 from alphaflow.train.checkpointing import AsyncCheckpointer
+from alphaflow.train.resume import check_resumed_config
 from alphaflow.train.compiling import CompileCount, compile_for_training
 
 CHECKPOINT_FORMAT = 1
@@ -117,7 +118,8 @@ class _Session:
         conflict = (ConflictCombiner(self.cfg.conflict, self.net, params, self.info)
                     if self.cfg.conflict.mode != "none" else None)  # how g_TFM and g_TCC combine
         self.parts = StepParts(self.net, self.model, self.objective, self.opt, self.ema, self.info, self.bf16,
-                               self.cfg.optim.grad_clip, conflict, params, self.cfg.train.micro_batch)
+                               self.cfg.optim.grad_clip, conflict, params, self.cfg.train.micro_batch,
+                               self.cfg.train.spike_guard)
         self.compiled = CompileCount() if self.cfg.train.compile else None
 
     @property
@@ -138,7 +140,7 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     if len(data) < cfg.train.batch_size:  # refused before the folder holds a config the user cannot rerun
         raise UsageError(f"train.batch_size={cfg.train.batch_size} exceeds the size of dataset {cfg.data.name!r} "
                          f"({len(data)} samples); use train.batch_size <= {len(data)}")
-    D.on_main(info, lambda: run.write_config(to_dict(cfg), normalize=lambda stored: to_dict(from_dict(stored))))
+    D.on_main(info, lambda: _record_config(run, cfg, unless_checkpointed=True))
     if run.is_done():
         say(f"{run.root} is already finished (DONE exists); nothing to do")
         return TrainResult(run, None, None, cfg.train.steps, True)
@@ -187,6 +189,7 @@ def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     resumed = run.load_checkpoint(map_location="cpu", report=say)
     if resumed is not None:
         ckpt, path = resumed
+        check_resumed_config(ckpt.get("config"), to_dict(cfg), path)  # also where config.json was deleted
         state = _restore(ckpt, net, ema, opt, data, gen, info, say)
         del ckpt, resumed  # its tensors were copied into the model, EMA and Adam: free the host copy
         say(f"resuming {run.root} from {path.name} (step {state.step})")
@@ -195,6 +198,7 @@ def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         D.on_main(info, lambda: run.write_init(record))
     else:
         data.fit_stats(torch.Generator().manual_seed(cfg.seed), cfg.data.stats_samples)
+    D.on_main(info, lambda: _record_config(run, cfg, unless_checkpointed=False))  # written now if it was missing
     if info.is_main and cfg.data.vae_path is not None and data.decodes_samples:
         data.attach_decoder(cfg.data.vae_path, device, batch_size=cfg.eval.decode_batch_size)  # grids are images
     D.agree(state.step, info, "the restored step", hint=f"every rank must see the checkpoints in {run.root} "
@@ -204,6 +208,15 @@ def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         run.warn_if_short_of_space(2 * 16 * sum(p.numel() for p in net.parameters()), "the next two checkpoints", say)
     return _Session(cfg, run, info, say, callbacks, bf16, data, net, _wrap(net, cfg, info), ema, objective, opt, gen,
                     state)
+
+
+def _record_config(run: RunFolder, cfg: Config, *, unless_checkpointed: bool) -> None:
+    """Write config.json, or refuse a config that differs from it (``RunFolder.write_config``). With
+    ``unless_checkpointed``, a missing config.json in a folder with checkpoints waits until ``_start`` has compared
+    the config with the newest checkpoint's: the record is not rewritten with a config the run was not trained with."""
+    if unless_checkpointed and run.read_config() is None and run.checkpoints():
+        return
+    run.write_config(to_dict(cfg), normalize=lambda stored: to_dict(from_dict(stored)))
 
 
 def _wrap(net: torch.nn.Module, cfg: Config, info: D.DistInfo) -> torch.nn.Module:
@@ -284,7 +297,8 @@ def _finish(s: _Session) -> None:
     def mark_done() -> None:
         rows = s.run.read_metrics()
         s.run.mark_done({"step": s.state.step, "images": s.state.images, "wall": s.state.wall,
-                         "final_loss": rows[-1]["loss"] if rows else None})
+                         "final_loss": rows[-1]["loss"] if rows else None,  # the run's totals of the rows' counts:
+                         **{key: sum(r.get(key, 0) for r in rows) for key in ("nonfinite", "spike_skipped")}})
     D.on_main(s.info, mark_done)
     s.say(f"finished {s.run.root} at step {s.state.step}")
 
@@ -293,38 +307,59 @@ def _finish(s: _Session) -> None:
 
 def _accumulate(tick: Tick, out: StepOutput) -> None:
     """Sum the step's scalars on the device (no host transfer); a log row reports their means over the tick
-    (EDM-style), each over the steps that had it (the conflict scalars skip reuse steps). The sums are float64,
-    so a long tick loses nothing to round-off."""
+    (EDM-style), each over the steps that had it (the conflict scalars skip reuse steps), and, as ``max_<key>``,
+    the largest per-step value of the loss, its parts, the gradient norm and the objective's per-row logs
+    (docs/spikes.md). The sums and maxima are float64, so a long tick loses nothing to round-off.
+
+    A per-row log is a [B] tensor in ``Terms.logs``, NaN on the rows it does not describe (MeanFlow's
+    ``dudt_rms``: ``alphaflow.jvp.dudt_rms``); its per-step value is the mean over the described rows. A step
+    skipped by ``train.spike_guard`` is counted and its values logged (its batch was seen; only the update was
+    held back); a non-finite step is only counted."""
     tick.steps += 1
     if not out.finite:
         tick.nonfinite += 1
         return
     tick.finite += 1
-    values = {"loss": out.loss, "grad_norm": out.grad_norm, **out.conflict}
-    values.update({f"loss_{name}": c.detach().float().mean() for name, c in out.terms.components.items()})
-    for key, value in values.items():
+    tick.skipped += int(out.skipped)
+    peaks = {"loss": out.loss, "grad_norm": out.grad_norm}
+    peaks.update({f"loss_{name}": c.detach().float().mean() for name, c in out.terms.components.items()})
+    peaks.update({key: v.detach().float().nanmean() for key, v in out.terms.logs.items()
+                  if isinstance(v, Tensor) and v.ndim == 1})
+    for key, value in {**peaks, **out.conflict}.items():
         value = value.detach().to(torch.float64)
         tick.sums[key] = tick.sums[key] + value if key in tick.sums else value
         tick.counts[key] = tick.counts.get(key, 0) + 1
+        if key in peaks:  # torch.maximum keeps a NaN; a resumed tick holds floats
+            high = tick.maxima.get(key)
+            tick.maxima[key] = value if high is None else torch.maximum(
+                high if isinstance(high, Tensor) else value.new_tensor(high), value)
 
 
 def _log_row(state: LoopState, lr: float, logs: dict, info: D.DistInfo, batch_size: int) -> dict[str, Any]:
-    """The metrics row of the tick that ends here (means over its steps, averaged over ranks); starts a new tick."""
+    """The metrics row of the tick that ends here (means over its steps, averaged over ranks; maxima over its
+    steps and ranks); starts a new tick."""
     tick = state.tick
-    keys = sorted(tick.sums)
-    means: list[float] = []
-    if keys:  # one tensor on the run's device, one all-reduce, one host transfer per log tick
-        sums = torch.stack([torch.as_tensor(tick.sums[k], dtype=torch.float64, device=info.device)  # a resumed
-                            / max(tick.counts.get(k, tick.finite), 1) for k in keys])       # tick holds floats
-        means = D.all_reduce_mean(sums, info).tolist()
+    keys, peaks = sorted(tick.sums), sorted(tick.maxima)
+    values: list[float] = []
+    if keys:  # on the run's device: one all-reduce of the means, one of the maxima, one host transfer per log tick
+        means = torch.stack([_on_device(tick.sums[k], info) / max(tick.counts.get(k, tick.finite), 1) for k in keys])
+        reduced = [D.all_reduce_mean(means, info)]
+        if peaks:
+            reduced.append(D.all_reduce_max(torch.stack([_on_device(tick.maxima[k], info) for k in peaks]), info))
+        values = torch.cat(reduced).tolist()
     seconds = state.wall - tick.wall
     row = {"step": state.step, "images": state.images, "wall": round(state.wall, 3), "lr": lr,
            "alpha": float(logs.get("alpha", float("nan"))), "ratio_fm": float(logs.get("ratio_fm", float("nan"))),
            **{k: float(v) for k, v in logs.items() if k not in ("alpha", "ratio_fm") and isinstance(v, (int, float))},
-           **dict(zip(keys, means)), "nonfinite": tick.nonfinite,
-           "images_per_sec": tick.steps * batch_size / max(seconds, 1e-9)}
+           **dict(zip(keys + [f"max_{k}" for k in peaks], values)), "nonfinite": tick.nonfinite,
+           "spike_skipped": tick.skipped, "images_per_sec": tick.steps * batch_size / max(seconds, 1e-9)}
     state.tick = Tick(wall=state.wall)
     return row
+
+
+def _on_device(value: Tensor | float, info: D.DistInfo) -> Tensor:
+    """A tick's sum or maximum as a float64 tensor on the run's device (a resumed tick holds floats)."""
+    return torch.as_tensor(value, dtype=torch.float64, device=info.device)
 
 
 def _count_graphs(s: _Session, row: dict[str, Any]) -> None:

@@ -6,9 +6,11 @@ in paragraphs (each under ``torch.profiler.record_function``, so a GPU trace and
 name them): set the learning rate; the objective's terms under bf16 autocast (its target passes, α-Flow's jump,
 MeanFlow's tangent, guidance, ride inside); zero the gradients and backward (or the conflict rule's two backward
 passes, without DDP's all-reduce, reduced by hand), ``micro_batch`` rows at a time when set (gradient
-accumulation: the sample drawn once for the whole batch and split by rows, DDP's all-reduce on the last); one all-reduce of three flags (loss finite? gradients finite?
-did any rank ask to stop?), the step's only host sync; then, on a finite step, gradient hygiene and clipping,
-Adam and the EMA. A non-finite step changes nothing but the counters the caller keeps.
+accumulation: the sample drawn once for the whole batch and split by rows, DDP's all-reduce on the last); one
+all-reduce of four flags (loss finite? gradients finite? did any rank ask to stop? is the gradient norm a spike,
+``train.spike_guard``?), the step's only host sync; then, on a finite step that is no spike, gradient hygiene and
+clipping, Adam and the EMA. A non-finite or skipped step changes nothing but the counters the caller keeps (and
+the spike guard's window of norms).
 
 The loop's state is typed (``LoopState``, ``Tick``): what a checkpoint saves of the loop besides the weights.
 """
@@ -29,6 +31,7 @@ from alphaflow.objectives.base import Terms
 from alphaflow.train import distributed as D
 from alphaflow.train.conflict import ConflictCombiner, no_sync
 from alphaflow.train.optim import EMA, gradient_norm, sanitize_and_clip
+from alphaflow.train.spikes import remember_norm, spike_flag
 
 __all__ = ["Tick", "LoopState", "StepParts", "StepOutput", "training_step"]
 
@@ -38,11 +41,13 @@ class Tick:
     """Sums of the step scalars since the last metrics row (device float64 tensors; floats after a resume)."""
 
     steps: int = 0
-    finite: int = 0
+    finite: int = 0   # steps whose loss was finite on every rank (skipped ones included: their values are logged)
     nonfinite: int = 0
     sums: dict[str, Tensor | float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)  # steps that had each key (conflict scalars skip some)
     wall: float = 0.0  # LoopState.wall when the tick began
+    skipped: int = 0  # finite steps whose update train.spike_guard held back
+    maxima: dict[str, Tensor | float] = field(default_factory=dict)  # the largest per-step value of some sums' keys
 
 
 @dataclass
@@ -55,26 +60,32 @@ class LoopState:
     nonfinite: int = 0  # consecutive non-finite steps
     tick: Tick = field(default_factory=Tick)
     conflict_coef: Tensor | list | None = None  # conflict.every > 1: the reused coefficients, [K, 2]
+    grad_norms: Tensor | list | None = None  # train.spike_guard: the window of recent norms, [n ≤ 100], oldest first
 
     def to_checkpoint(self) -> dict[str, Any]:
-        """Host values only (the tick's device sums as floats: float64 → float is exact)."""
+        """Host values only (the tick's device sums and maxima as floats: float64 → float is exact; the norms'
+        window as floats, exact for float32 and float64)."""
         tick = self.tick
         coef = self.conflict_coef.tolist() if isinstance(self.conflict_coef, Tensor) else self.conflict_coef
+        norms = self.grad_norms.tolist() if isinstance(self.grad_norms, Tensor) else self.grad_norms
         return {"step": self.step, "images": self.images, "wall": self.wall, "nonfinite": self.nonfinite,
                 "tick": {"steps": tick.steps, "finite": tick.finite, "nonfinite": tick.nonfinite, "wall": tick.wall,
-                         "sums": {k: float(v) for k, v in tick.sums.items()}, "counts": dict(tick.counts)},
-                **({"conflict_coef": coef} if coef is not None else {})}
+                         "sums": {k: float(v) for k, v in tick.sums.items()}, "counts": dict(tick.counts),
+                         "skipped": tick.skipped, "maxima": {k: float(v) for k, v in tick.maxima.items()}},
+                **({"conflict_coef": coef} if coef is not None else {}),
+                **({"grad_norms": norms} if norms is not None else {})}
 
     @classmethod
     def from_checkpoint(cls, saved: dict[str, Any]) -> "LoopState":
-        """The inverse of ``to_checkpoint``; a checkpoint of an earlier version has no tick counts (every key was
-        then counted on every finite step)."""
+        """The inverse of ``to_checkpoint``. A checkpoint of an earlier version may lack the tick counts (every
+        key was then counted on every finite step), the maxima (the first row after the resume then reports the
+        largest values of the steps since the resume) and the spike guard's window (it refills)."""
         t = saved.get("tick", {})
         counts = t.get("counts") or {k: t.get("finite", 0) for k in t.get("sums", {})}
         tick = Tick(t.get("steps", 0), t.get("finite", 0), t.get("nonfinite", 0), dict(t.get("sums", {})),
-                    dict(counts), t.get("wall", 0.0))
+                    dict(counts), t.get("wall", 0.0), t.get("skipped", 0), dict(t.get("maxima", {})))
         return cls(saved["step"], saved["images"], saved["wall"], saved.get("nonfinite", 0), tick,
-                   saved.get("conflict_coef"))
+                   saved.get("conflict_coef"), saved.get("grad_norms"))
 
 
 @dataclass
@@ -93,6 +104,7 @@ class StepParts:
     conflict: ConflictCombiner | None = None
     params: list[nn.Parameter] = field(default_factory=list)
     micro_batch: int = 0  # rows per forward (gradient accumulation); 0: the whole batch at once
+    spike_guard: float = 0.0  # k: skip a step whose gradient norm is not <= k · its running median (0: off)
 
     def __post_init__(self) -> None:
         if not self.params:
@@ -104,9 +116,10 @@ class StepOutput:
     terms: Terms                   # the objective's per-sample terms (their graph freed by backward)
     loss: Tensor                   # 0-d, the optimised mean (at least fp32)
     grad_norm: Tensor              # 0-d, before clipping; NaN on a non-finite step
-    finite: bool                   # the loss was finite on every rank (the update ran)
+    finite: bool                   # the loss was finite on every rank (the update ran unless ``skipped``)
     stop: bool                     # some rank's ``should_stop`` said yes
     conflict: dict[str, Tensor] = field(default_factory=dict)  # the conflict rule's scalars (exact steps)
+    skipped: bool = False          # finite, but train.spike_guard held the update back (no Adam step, no EMA)
 
 
 def training_step(parts: StepParts, state: LoopState, x: Tensor, y: Tensor | None, *, lr: float,
@@ -115,8 +128,10 @@ def training_step(parts: StepParts, state: LoopState, x: Tensor, y: Tensor | Non
     """One optimiser step on the batch x: [B, ...] (prepared data), y: [B] int64 or None.
 
     ``state.step`` is the step being taken (0-based: schedules read it, the EMA is updated to step + 1); the
-    caller advances the counters. ``sample``: the objective's (t, r, ε, ...) given instead of drawn from
-    ``generator`` (the memory plan and the census, on fake tensors). Returns what the caller logs.
+    caller advances the counters, the step keeps what its rules remember (``state.conflict_coef``, and with
+    ``parts.spike_guard`` > 0 the window of gradient norms ``state.grad_norms``: ``alphaflow.train.spikes``).
+    ``sample``: the objective's (t, r, ε, ...) given instead of drawn from ``generator`` (the memory plan and the
+    census, on fake tensors). Returns what the caller logs.
     """
     p, step = parts, state.step
     for group in p.opt.param_groups:
@@ -143,10 +158,14 @@ def training_step(parts: StepParts, state: LoopState, x: Tensor, y: Tensor | Non
     # gradient norm is the same on every rank: DDP has averaged the gradients in backward.
     norm = gradient_norm(p.params)
     flags = torch.stack([torch.isfinite(loss.detach()).float(), torch.isfinite(norm).float(),
-                         loss.new_full((), float(should_stop is not None and should_stop()))])
-    all_finite, grads_finite, any_stop = D.all_reduce_mean(flags, p.info).tolist()
+                         loss.new_full((), float(should_stop is not None and should_stop())),
+                         spike_flag(norm, state.grad_norms, p.spike_guard)])
+    all_finite, grads_finite, any_stop, any_spike = D.all_reduce_mean(flags, p.info).tolist()
     finite = all_finite == 1.0
-    if finite:
+    skipped = finite and any_spike > 0
+    if p.spike_guard > 0 and finite and grads_finite == 1.0:  # the guard's window: finite norms, spikes included
+        state.grad_norms = remember_norm(state.grad_norms, norm)
+    if finite and not skipped:
         if p.conflict is not None:
             p.conflict.commit(state)
         with record_function("alphaflow.optimizer"):
@@ -155,9 +174,9 @@ def training_step(parts: StepParts, state: LoopState, x: Tensor, y: Tensor | Non
         if p.ema is not None:
             with record_function("alphaflow.ema"):
                 p.ema.update(p.net, step + 1)
-    else:
-        grad_norm = loss.new_full((), float("nan"))
-    return StepOutput(terms, loss.detach(), grad_norm, finite, any_stop > 0, conflict)
+    else:  # a skipped step logs the norm that tripped the guard
+        grad_norm = norm if skipped else loss.new_full((), float("nan"))
+    return StepOutput(terms, loss.detach(), grad_norm, finite, any_stop > 0, conflict, skipped)
 
 
 def _at_least_fp32(loss: Tensor) -> Tensor:
@@ -223,4 +242,14 @@ def _concatenated(parts: list[Terms], sample: Sample) -> Terms:
     return dataclasses.replace(first, loss=torch.cat([t.loss for t in parts]), pred=torch.cat([t.pred for t in parts]),
                                target=torch.cat([t.target for t in parts]), sample=sample, weight=weight,
                                components={k: torch.cat([t.components[k] for t in parts]) for k in first.components},
-                               logs=parts[-1].logs)
+                               logs=_concatenated_logs(parts))
+
+
+def _concatenated_logs(parts: list[Terms]) -> dict[str, Tensor | float]:
+    """The last micro-batch's scalar logs, and every per-row log ([m] tensors, ``Terms.logs``) over the whole
+    batch: concatenated, NaN on the rows of a micro-batch that did not log it (e.g. one without r < t rows)."""
+    logs = dict(parts[-1].logs)
+    for key in sorted({k for t in parts for k, v in t.logs.items() if isinstance(v, Tensor) and v.ndim == 1}):
+        logs[key] = torch.cat([t.logs[key] if key in t.logs else t.loss.new_full(t.loss.shape, float("nan"),
+                                                                                 dtype=torch.float32) for t in parts])
+    return logs
