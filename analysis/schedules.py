@@ -89,12 +89,3 @@ def fig_losses(metrics: pd.DataFrame, columns: Sequence[str] = LOSSES, *, path: 
                ncols: int = 3) -> Figure:
     """The training losses against step, one panel per loss some run logged (objectives log different parts)."""
     return fig_panels(metrics, columns, path=path, ncols=ncols, title="Training losses, one line per run")
-
-
-def fig_quality_curves(metrics: pd.DataFrame, *, prefix: str = "eval_", path: str | Path | None = None,
-                       ncols: int = 2) -> Figure:
-    """Sample quality during training: every ``eval_<metric>_nfe<k>`` column the trainer logged (``eval.every``),
-    one panel each; a single panel saying so when no run logged any."""
-    columns = sorted(c for c in metrics.columns if c.startswith(prefix))
-    return fig_panels(metrics, columns, path=path, ncols=ncols, title="Sample quality during training",
-                      empty_note=f"no {prefix}* columns in metrics.jsonl (train with eval.every > 0)")

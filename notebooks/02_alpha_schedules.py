@@ -46,7 +46,10 @@ ROOT = os.environ.get("ALPHAFLOW_SWEEP_ROOT", "runs/demo")
 from analysis import load_runs
 from analysis.notebook import inventory, resolve_root
 from analysis import summarize_runs, summarize_variants
-from analysis.schedules import fig_losses, fig_quality_curves, fig_schedules
+from analysis.curves import fig_quality_curves, quality_curves
+from analysis.report import comparisons
+from analysis.compare import comparison_cells
+from analysis.schedules import fig_losses, fig_schedules
 from analysis.tables import interval_table, quality_table, run_quality
 
 # %%
@@ -69,10 +72,27 @@ interval_table(quality_table(runs.evals))
 run_quality(runs.evals)
 
 # %% [markdown]
-# Quality during training, for the runs that measured it (`eval.every` > 0):
+# ## Versus the baseline, paired by seed
+#
+# Every variant against the baseline (the sweep file's `baseline:`, else its first variant; `BASELINE` below
+# overrides it). Run s of each variant starts from the same initial weights and sees the same data order as run
+# s of the baseline, so the difference on each seed removes what the seeds share: the table gives the mean
+# difference (variant − baseline) with its 95 % t-interval and a bootstrap beside it, the seeds on which the
+# variant is better, and how many seeds an interval at this spread would need to exclude 0. `auc_` rows compare
+# the quality curves' mean height over training (below).
 
 # %%
-fig_quality_curves(runs.metrics)
+BASELINE = None  # a variant name, or None for the sweep's
+curves = quality_curves(runs)
+compare, compare_steps = comparisons(runs, runs.probes, curves, BASELINE)
+comparison_cells(compare) if not compare.empty else "nothing to compare (one variant?)"
+
+# %% [markdown]
+# Quality during training, for the runs that measured it (`eval.every` > 0): per variant the mean over seeds,
+# shaded between the seeds' min and max.
+
+# %%
+fig_quality_curves(curves)
 
 # %% [markdown]
 # ## The schedules actually used
