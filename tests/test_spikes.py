@@ -122,6 +122,15 @@ def test_dudt_rms_is_the_size_of_the_tangent_on_the_r_below_t_rows(tiny_net, bat
     torch.testing.assert_close(index, logged, rtol=0, atol=0, equal_nan=True)  # row indices and a slice alike
 
 
+def test_alphaflow_at_alpha_zero_logs_the_same_dudt_as_meanflow(tiny_net, batch):
+    x, y = batch
+    sample = build_objective("meanflow").draw(x, y, generator=torch.Generator().manual_seed(3))
+    meanflow = build_objective("meanflow")(tiny_net, x, sample=sample).logs["dudt_rms"]
+    alpha0 = build_objective("alphaflow", alpha=0.0)(tiny_net, x, sample=sample).logs["dudt_rms"]
+    torch.testing.assert_close(alpha0, meanflow, rtol=0, atol=0, equal_nan=True)
+    assert "dudt_rms" not in build_objective("alphaflow", alpha=0.5)(tiny_net, x, sample=sample).logs
+
+
 def test_micro_batches_log_the_same_per_row_dudt(tiny_net, batch):
     twin = copy.deepcopy(tiny_net)
     one, _, _ = toy_step(tiny_net, batch, [])

@@ -90,8 +90,9 @@ class AlphaFlow(Objective):
         t, r, labels = sample.t, sample.r, sample.labels
         z, v_tilde = self.guided(net, x, sample)
         rows = pair_rows(sample)  # a slice for a drawn sample: no host sync
-        if alpha == 0.0:  # MeanFlow: the prediction and du/dt in one pass where the model allows it
-            pred, target = meanflow_prediction(net, z, r, t, labels, v_tilde, rows)
+        logs: dict = {"alpha": alpha}
+        if alpha == 0.0:  # MeanFlow: the prediction and du/dt in one pass where the model allows it (and its size)
+            pred, target = meanflow_prediction(net, z, r, t, labels, v_tilde, rows, logs=logs)
         else:
             target = self.discrete_target(net, z, r, t, labels, v_tilde, rows, alpha)
             pred = net(z, r, t, labels)
@@ -104,7 +105,7 @@ class AlphaFlow(Objective):
             numerator = torch.ones_like(parts["mse"]).masked_fill(r < t, alpha)
         return Terms(loss=self.weighted(parts["mse"], numerator), components=parts,
                      weight=self.loss_weight(parts["mse"], numerator), pred=pred,
-                     target=target, sample=sample, logs={"alpha": alpha})
+                     target=target, sample=sample, logs=logs)
 
     def discrete_target(self, net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | None,
                         v_tilde: Tensor, rows: Rows, alpha: float) -> Tensor:
