@@ -125,6 +125,12 @@ def _markdown(root: Path, runs: Runs, summary: pd.DataFrame, variants: pd.DataFr
              "(mean ± t₀.₉₇₅,ₙ₋₁·sd/√n, clipped to the quantity's range: a squared error ≥ 0); a variant with "
              "one run has no interval.\n",
              markdown_table(interval_table(variants, value_cols), floatfmt=".4g")]
+    for name, what in (("spike_skipped", "updates skipped by train.spike_guard"),
+                       ("nonfinite", "non-finite steps (no update)")):
+        if name in summary.columns and summary[name].sum() > 0:
+            hit = summary[summary[name] > 0]
+            parts.append(f"{what}: {int(hit[name].sum())} in {len(hit)} run(s): "
+                         + ", ".join(f"{r} ({int(k)})" for r, k in zip(hit["run"], hit[name])) + "\n")
     failed = runs.runs[runs.runs["status"] == "failed"]
     if len(failed):
         parts.append("## Failed runs\n")

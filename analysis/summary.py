@@ -88,6 +88,7 @@ def varying(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     return [c for c in columns if frame[c].astype(str).nunique(dropna=False) > 1]
 
 
+COUNTS = ("spike_skipped", "nonfinite")  # per-row counts a run summary totals
 SUMMARY_METRICS = ("loss_mse", "loss_tfm", "loss_tcc")  # unweighted: the adaptive-weighted ``loss`` ends near 1 in
 #                                                         every run (that is what the weight does), so it tells runs apart by nothing
 
@@ -95,7 +96,8 @@ SUMMARY_METRICS = ("loss_mse", "loss_tfm", "loss_tcc")  # unweighted: the adapti
 def summarize_runs(runs: Runs, metrics: Sequence[str] = SUMMARY_METRICS) -> pd.DataFrame:
     """One row per run: run, variant, status, last_step, steps (``cfg.train.steps``), then for each metric
     ``final_<m>`` (its value at the largest step where it was logged) and ``best_<m>`` (its minimum),
-    then the cfg.* columns that differ between runs. A metric a run never logged is NaN there (flow matching
+    then ``spike_skipped`` and ``nonfinite`` (updates the trainer held back, summed over the rows, where the
+    metrics have them), then the cfg.* columns that differ between runs. A metric a run never logged is NaN there (flow matching
     logs no ``loss_tfm`` / ``loss_tcc``: it has no r < t rows).
     """
     table = runs.runs
@@ -110,6 +112,10 @@ def summarize_runs(runs: Runs, metrics: Sequence[str] = SUMMARY_METRICS) -> pd.D
             best = rows.groupby("run", sort=False)[name].min()
         out[f"final_{name}"] = out["run"].map(final).astype(float)
         out[f"best_{name}"] = out["run"].map(best).astype(float)
+    for name in COUNTS:  # steps the trainer did not apply, summed over the rows (train.spike_guard, non-finite)
+        if name in runs.metrics.columns:
+            totals = runs.metrics.assign(run=runs.metrics["run"].astype(str)).groupby("run")[name].sum()
+            out[name] = out["run"].map(totals).fillna(0).astype(int)
     cfg = varying(table, [c for c in table.columns if c.startswith("cfg.")])
     return pd.concat([out, table[cfg]], axis=1).reset_index(drop=True)
 

@@ -398,3 +398,16 @@ def test_seeds_of_one_config_stay_one_variant(tmp_path):
     _launch(tmp_path / "root", tmp_path / "s.yaml")
     runs = load_runs(tmp_path / "root", cache=False)
     assert list(runs.runs["variant"]) == ["fm"] * 3 and not [p for p in runs.problems if "configs" in p]
+
+
+def test_skipped_updates_are_totalled_per_run_and_named_in_the_summary(tmp_path):
+    root = tmp_path / "root"
+    for name, skips in (("a-s0", [0, 2, 1]), ("a-s1", [0, 0, 0])):
+        (root / name).mkdir(parents=True)
+        (root / name / "config.json").write_text(json.dumps({"seed": int(name[-1])}))
+        rows = [{"step": 100 * (k + 1), "loss": 1.0, "spike_skipped": s, "nonfinite": 0} for k, s in enumerate(skips)]
+        (root / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = summarize_runs(load_runs(root, cache=False)).set_index("run")
+    assert summary.loc["a-s0", "spike_skipped"] == 3 and summary.loc["a-s1", "spike_skipped"] == 0
+    md = (write_report(root) / "summary.md").read_text()
+    assert "updates skipped by train.spike_guard: 3 in 1 run(s): a-s0 (3)" in md and "non-finite steps" not in md
