@@ -29,7 +29,7 @@ $(VENV)/.installed: $(VENV)/.installed-run
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
