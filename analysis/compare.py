@@ -158,3 +158,27 @@ def headline_per_run(quality: pd.DataFrame, auc: pd.DataFrame, conflict: pd.Data
         merged = part if merged is None else merged.merge(part, on=lead, how="outer")
     merged.insert(2, "seed", merged["run"].map(seeds))
     return merged, values
+
+
+def steps_table(by_step: pd.DataFrame, metric: str, *, max_rows: int = 10, digits: int = 3) -> pd.DataFrame:
+    """The paired difference of ``metric`` at up to ``max_rows`` evaluated steps (evenly spaced, the last always
+    kept): one row per step, one column per variant, cells "d̄ [lo, hi]" (95 % t) and the seeds better, from
+    ``comparisons``' per-step frame (``step`` + ``paired_table`` columns)."""
+    rows = by_step[by_step["metric"] == metric] if not by_step.empty else by_step
+    if rows.empty:
+        return pd.DataFrame(columns=["step"])
+    steps = sorted(rows["step"].unique())
+    keep = sorted({steps[round(i * (len(steps) - 1) / max(max_rows - 1, 1))] for i in range(min(max_rows, len(steps)))})
+
+    def fmt(v: float) -> str:
+        return "" if pd.isna(v) else f"{v:.{digits}g}"
+
+    out = []
+    for step in keep:
+        row: dict = {"step": int(step)}
+        for r in rows[rows["step"] == step].itertuples():
+            cell = f"{fmt(r.diff)} [{fmt(r.diff_lo)}, {fmt(r.diff_hi)}]" if pd.notna(r.diff_lo) else fmt(r.diff)
+            better = f", {round(r.better * r.pairs)}/{r.pairs}" if pd.notna(r.better) else ""
+            row[r.variant] = cell + better
+        out.append(row)
+    return pd.DataFrame(out)

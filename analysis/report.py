@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .compare import baseline_of, comparison_cells, headline_per_run, paired_table
+from .compare import baseline_of, comparison_cells, headline_per_run, paired_table, steps_table
 from .conflict_ticks import fig_conflict, ticks_by_variant
 from .curves import area_under_curve, at_each_step, fig_quality_curves, quality_curves
 from .family import fig_conflict_panels, third_parts_by_variant
@@ -86,9 +86,14 @@ COMPARE_TEXT = ("Versus the baseline **{baseline}**, paired by seed (run s of ea
                 "`auc_` is the quality curve's mean height over training (eval.every).")
 
 
+STEPS_TEXT = ("During training: {metric} of each variant minus the baseline's (**{baseline}**), paired by seed, at "
+              "evaluated steps (eval.every; small-sample distances): mean difference [95 % t-interval], then the "
+              "seeds on which the variant is lower. All steps: compare_steps.csv.")
+
+
 def headline(root: Path, quality: pd.DataFrame, conflict: list[tuple[str, pd.DataFrame]],
              ticks: pd.DataFrame | None = None, third: pd.DataFrame | None = None,
-             compare: pd.DataFrame | None = None) -> str:
+             compare: pd.DataFrame | None = None, compare_steps: pd.DataFrame | None = None) -> str:
     """The tables a reader wants first: few-step quality, the paired comparison with the baseline
     (``compare.paired_table``), then each (source, table) of gradient conflict per variant, the third gradient
     parts (``family.third_parts_by_variant``) and the conflict interventions' tick means
@@ -103,6 +108,10 @@ def headline(root: Path, quality: pd.DataFrame, conflict: list[tuple[str, pd.Dat
     if compare is not None and not compare.empty:
         parts += [COMPARE_TEXT.format(baseline=compare["baseline"].iloc[0]) + "\n",
                   markdown_table(comparison_cells(compare))]
+    if compare_steps is not None and not compare_steps.empty:
+        for metric in sorted(compare_steps["metric"].unique()):
+            parts += [STEPS_TEXT.format(metric=metric, baseline=compare_steps["baseline"].iloc[0]) + "\n",
+                      markdown_table(steps_table(compare_steps, metric))]
     for source, table in conflict:
         if not table.empty:
             parts += [f"Gradient conflict per variant ({source}): {CONFLICT_TEXT}\n",
@@ -226,7 +235,7 @@ def write_report(root: str | Path, out: str | Path | None = None, *, baseline: s
     if not ticks.empty or "ratio_tfm_tcc" in online.columns:
         fig_conflict(runs, online=online, path=out / "conflict.png")
         figures.append("conflict.png")
-    top = headline(root, quality, sections, ticks, third, compare)
+    top = headline(root, quality, sections, ticks, third, compare, compare_steps)
     (out / "headline.md").write_text(top)
     (out / "summary.md").write_text(top + "\n" + _markdown(root, runs, summary, variants, value_cols, figures))
     (out / "problems.txt").write_text("".join(f"{p}\n" for p in runs.problems))  # what the command prints

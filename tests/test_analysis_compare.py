@@ -105,3 +105,13 @@ def test_the_report_compares_with_the_recorded_baseline(tmp_path):
     assert (out / "quality_curves.png").read_bytes()[:4] == b"\x89PNG"
     other = write_report(root, tmp_path / "other", baseline="alpha")
     assert set(pd.read_csv(other / "compare.csv")["baseline"]) == {"alpha"}
+
+
+def test_the_steps_table_keeps_evenly_spaced_steps_and_the_last():
+    from analysis.compare import steps_table
+
+    rows = [{"step": s, "metric": "fd 1-NFE", "variant": "v", "baseline": "b", "pairs": 3, "diff": -1.0 * s,
+             "diff_lo": -2.0 * s, "diff_hi": -0.5 * s, "better": 2 / 3} for s in range(100, 2100, 100)]
+    table = steps_table(pd.DataFrame(rows), "fd 1-NFE", max_rows=5)
+    assert list(table["step"]) == [100, 600, 1100, 1500, 2000]  # indices round(i·19/4): 0, 5, 10, 14, 19
+    assert table.iloc[0]["v"] == "-100 [-200, -50], 2/3"
