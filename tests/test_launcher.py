@@ -43,7 +43,8 @@ def test_local_sweep_end_to_end_and_resubmission_submits_nothing(tmp_path):
         assert run.is_done() and json.loads((run.root / "job.json").read_text())["executor"] == "local"
         assert run_status(root / r.name).state == "done"
         assert run.read_info() == {"sweep": "t", "variant": r.name.split("-")[0], "seed": 0,
-                                   "config_hash": r.name[-10:]}, "written at submission"
+                                   "config_hash": r.name[-10:], "baseline": sweep.runs[0].variant}, \
+            "written at submission, with the sweep's baseline (its first variant)"
     lines.clear()
     assert launcher.submit(sweep.runs, root, executor="local", resources=sweep.resources, name="t", log=lines.append) == []
     assert lines == ["2 runs: 2 done", "nothing to submit"]

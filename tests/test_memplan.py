@@ -125,12 +125,23 @@ def test_the_xl2_recipe_fits_an_80gb_gpu_in_every_phase():
 
 
 @pytest.mark.slow
-def test_micro_batching_lowers_the_train_phase_and_the_plan_proposes_the_largest_that_fits():
+def test_micro_batching_lowers_the_train_phase_and_the_plan_proposes_the_largest_that_fits(monkeypatch):
     """train.micro_batch plans the activations of that many rows (the state stays); propose_micro_batch halves the
-    per-rank batch until the train phase fits, so the next larger micro-batch would not."""
-    from alphaflow.perf.memplan import plan_training, propose_micro_batch
+    per-rank batch until the train phase fits, so the next larger micro-batch would not. Each micro-batch is
+    planned once (a plan of the same config is the same: memoised here, ~4 s each on 2 cores)."""
+    import alphaflow.perf.memplan as memplan
 
-    cfg = load_config(None, ["model.name=DiT-S/2", "data.name=latents", "train.batch_size=16", "objective.name=fm"])
+    plans: dict = {}
+    real = memplan.plan_training
+
+    def plan_training(cfg, **kw):
+        key = (cfg.train.micro_batch, tuple(sorted(kw.items())))
+        plans[key] = plans[key] if key in plans else real(cfg, **kw)
+        return plans[key]
+
+    monkeypatch.setattr(memplan, "plan_training", plan_training)
+    propose_micro_batch = memplan.propose_micro_batch
+    cfg = load_config(None, ["model.name=DiT-XT/2", "data.name=latents", "train.batch_size=16", "objective.name=fm"])
     at = {m: plan_training(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, micro_batch=m))).total_bytes
           for m in (0, 8, 4)}  # 256 tokens: the activations outweigh the gradients that accumulate beside them
     assert at[0] > at[8] > at[4]

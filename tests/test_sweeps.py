@@ -231,7 +231,8 @@ seeds: [0, 1]
     run_inline(runs, root, log=lambda _: None)
     for r in runs:
         assert RunFolder(root / r.name).read_info() == {"sweep": "demo", "variant": r.variant, "seed": r.config.seed,
-                                                       "config_hash": config_hash(r.config)}
+                                                       "config_hash": config_hash(r.config),
+                                                       "baseline": runs[0].variant}
     first = RunFolder(root / runs[0].name)
     first.write_info(sweep="demo", variant="renamed-by-hand", seed=0, config_hash=config_hash(runs[0].config))
     variants = load_runs(root, cache=False).runs.set_index("run")["variant"]
