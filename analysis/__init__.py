@@ -27,13 +27,29 @@ and never parses logs. Load → aggregate → plot, on DataFrames:
     print(markdown_table(summarize_conflict(df)))
 """
 
-from .plots import fig2a, fig2b, fig2c, fig6, fig_quantity, save_figures
-from .probe_frames import load_online_probes, load_probes, markdown_table, summarize_conflict
-from .report import write_report
-from .runplots import fig_metric
-from .loading import Runs, load_runs
-from .summary import summarize_runs, summarize_variants
+import importlib
+from typing import Any
 
-__all__ = ["Runs", "fig2a", "fig2b", "fig2c", "fig6", "fig_metric", "fig_quantity", "load_online_probes",
-           "load_probes", "load_runs", "markdown_table", "save_figures", "summarize_conflict", "summarize_runs",
-           "summarize_variants", "write_report"]
+# Each public name and the module it lives in. They load on first use (PEP 562), so importing
+# ``analysis.command`` for ``alphaflow --help`` costs no pandas, scipy or matplotlib.
+_HOME = {
+    "fig2a": "plots", "fig2b": "plots", "fig2c": "plots", "fig6": "plots", "fig_quantity": "plots",
+    "save_figures": "plots",
+    "load_online_probes": "probe_frames", "load_probes": "probe_frames", "markdown_table": "probe_frames",
+    "summarize_conflict": "probe_frames",
+    "write_report": "report", "fig_metric": "runplots", "Runs": "loading", "load_runs": "loading",
+    "summarize_runs": "summary", "summarize_variants": "summary",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOME])

@@ -45,6 +45,16 @@ def test_digits():
         data.get([1797])
 
 
+def test_digits_file_is_sklearn_load_digits():
+    """The loader reads scikit-learn's shipped CSV itself (no sklearn import at start-up): the same images and labels."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    x, y = load_digits(torch.float64)
+    bunch = sklearn_digits()
+    assert torch.equal(x, torch.as_tensor(bunch.images).unsqueeze(1) / 16.0 * 2.0 - 1.0)
+    assert torch.equal(y, torch.as_tensor(bunch.target)) and y.dtype == torch.int64
+
+
 @pytest.mark.parametrize("toy,classes", [("moons", 2), ("gaussians8", 8), ("checkerboard", 0)])
 def test_toy2d(toy, classes):
     data = build_dataset("toy2d", toy=toy, toy_size=512, seed=3)
