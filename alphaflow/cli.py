@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from alphaflow.errors import UsageError, run_command
+from alphaflow.errors import Interrupted, UsageError, run_command
 
 if TYPE_CHECKING:  # the launcher is imported by the commands that use it
     from alphaflow.launch.sweeps import Sweep
@@ -49,8 +49,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     from alphaflow.evaluate.callbacks import train_with_evaluation as train
 
-    train(cfg, args.out)
+    try:
+        train(cfg, args.out)
+    except KeyboardInterrupt:
+        raise Interrupted(resume_hint(args.out)) from None
     return 0
+
+
+def resume_hint(run_dir: str | Path) -> str:
+    """Where an interrupted run stands: its last logged step and its newest checkpoint, which the same command
+    resumes from."""
+    from alphaflow.runfolder import RunFolder
+
+    run = RunFolder(run_dir)
+    saved, logged = run.checkpoints(), run.last_step()
+    at = f"after step {logged} (the last logged); " if logged else ""
+    if not saved:
+        return f"{at}{run_dir} holds no checkpoint yet: the same command starts it again at step 0"
+    return f"{at}{run_dir} keeps its checkpoint of step {saved[0][0]}: the same command resumes from there"
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -141,10 +157,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run or args.status:
         return _cmd_sweep_listing(args, sweep, root, kind)
     _make_root(root)
-    jobs = launcher.submit(sweep.runs, root, executor=kind, resources=sweep.resources, name=sweep.name,
-                           retry_failed=args.retry_failed)
+    try:
+        jobs = launcher.submit(sweep.runs, root, executor=kind, resources=sweep.resources, name=sweep.name,
+                               retry_failed=args.retry_failed)
+    except KeyboardInterrupt:
+        raise Interrupted(f"the runs under {root} keep their checkpoints; run the same command again to resume "
+                          "them") from None
     if args.wait and jobs:
-        return 1 if launcher.wait(jobs, sweep.runs, root, every=args.wait_every) else 0
+        try:
+            return 1 if launcher.wait(jobs, sweep.runs, root, every=args.wait_every) else 0
+        except KeyboardInterrupt:
+            raise Interrupted(f"stopped waiting; `alphaflow sweep {args.file} --root {root} --status` shows each "
+                              "run's state, and the same command resumes any run that stopped") from None
     return 0
 
 

@@ -5,6 +5,10 @@
     WriteFailed  a file of a run could not be written (no space, no permission, quota); exit code 1. What
                  was written before it is intact (``alphaflow.files``), so the same command resumes once
                  the cause is fixed.
+    RunFailed    a run that stopped on its own account (a diverging loss, runs of a sweep that failed); exit
+                 code 1. Its checkpoints and metrics up to the failure are kept.
+    Interrupted  Ctrl-C (``KeyboardInterrupt``), with where the run stopped; exit code 130. A bare
+                 ``KeyboardInterrupt`` gets the same exit code and a plain line.
 
 ``alphaflow ... --debug`` (or ``ALPHAFLOW_DEBUG=1``) shows the traceback instead.
 """
@@ -37,6 +41,20 @@ class WriteFailed(OSError):
         return self.message
 
 
+class RunFailed(RuntimeError):
+    """A run stopped by itself (diverged, or a sweep's runs failed); ``str()`` is the one line a user reads."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, re-raised with where the work stopped and how to take it up again (``str()``: one line)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message up to its first line break; its type name when the message is empty."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def free_space_text(folder: Path) -> str:
     """The free space of the file system holding ``folder`` (or its nearest existing parent), e.g. '3.1 MiB'."""
     path = Path(folder)
@@ -58,11 +76,22 @@ def format_bytes(n: float) -> str:
 
 
 def run_command(name: str, work: Callable[[], int], *, debug: bool = False, resumable: bool = False) -> int:
-    """``work()``'s exit code; a ``WriteFailed`` becomes one line on stderr and 1, a ``ValueError`` (a bad input:
-    ``UsageError``, ``ConfigError`` and the library's other input checks) or an ``ImportError`` (a missing
-    optional dependency) one line and 2. With ``debug`` they propagate, traceback and all."""
+    """``work()``'s exit code; a ``WriteFailed`` or ``RunFailed`` becomes one line on stderr and 1, a ``ValueError``
+    (a bad input: ``UsageError``, ``ConfigError`` and the library's other input checks) or an ``ImportError`` (a
+    missing optional dependency) one line and 2, Ctrl-C one line and 130. With ``debug`` they propagate,
+    traceback and all."""
     try:
         return work()
+    except KeyboardInterrupt as exc:
+        if debug:
+            raise
+        print(f"{name}: interrupted{': ' + str(exc) if isinstance(exc, Interrupted) else ''}", file=sys.stderr)
+        return 130
+    except RunFailed as exc:
+        if debug:
+            raise
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
     except WriteFailed as exc:
         if debug:
             raise

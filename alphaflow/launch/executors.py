@@ -49,7 +49,7 @@ import submitit
 import torch
 
 from alphaflow.config import Config, config_hash, from_dict, to_dict
-from alphaflow.errors import UsageError
+from alphaflow.errors import RunFailed, UsageError, one_line
 from alphaflow.perf.memplan import data_shape
 from alphaflow.models import build_for_data
 from alphaflow.runfolder import ERROR, STATES, RunFolder, SchedulerLookup, State, run_status
@@ -272,7 +272,8 @@ def run_inline(runs: list[SweepRun], root: str | Path, *, name: str = "", resour
     """Train every run under ``root`` one after another in this process; returns [] (there are no jobs).
 
     Done, pending and running runs are skipped; a failed run is trained again whatever ``retry_failed`` says
-    (this is how one debugs it). ``name`` and ``resources`` are not used here.
+    (this is how one debugs it). A run that fails gets its error.txt (the state 'failed') and the others go on,
+    as under submitit; then ``RunFailed`` names the failed runs. ``name`` and ``resources`` are not used here.
     """
     from alphaflow.evaluate.callbacks import train_with_evaluation as train  # the trainer is heavy; imported here
 
@@ -281,15 +282,25 @@ def run_inline(runs: list[SweepRun], root: str | Path, *, name: str = "", resour
     n = Counter(states)
     others = "".join(f", {n[s]} {s}" for s in STATES if n[s] and s not in (State.DONE, State.INCOMPLETE, State.NEW))
     log(f"{len(runs)} runs: {n[State.DONE]} done, {n[State.INCOMPLETE]} incomplete, {n[State.NEW]} new{others}")
+    failed = []
     for r, state in zip(runs, states):
         state = run_status(root / r.name, scheduler_state(root)).state  # another sweep may have started it since
         if state in (State.DONE, State.PENDING, State.RUNNING):
             continue
         log(f"--- {r.name} ({state})")
+        run = prepare_run(root, r)
         try:
-            train(r.config, prepare_run(root, r).root, log=log)
+            train(r.config, run.root, log=log)
         except RunLocked as exc:  # started by another process between the check and the lock: it is that one's
             log(f"skipped: {exc}")
+        except Exception as exc:  # as a local or SLURM job would: error.txt, the state 'failed', the next run
+            with contextlib.suppress(OSError):  # a full disk may refuse error.txt too; the line below says why
+                run.write_error(traceback.format_exc()[-4000:])
+            log(f"failed: {r.name}: {one_line(exc)}")
+            failed.append(r.name)
+    if failed:
+        raise RunFailed(f"{len(failed)} of {len(runs)} runs failed ({', '.join(failed)}); each folder's error.txt "
+                        f"says why, the other runs went on; fix the cause and run the same command again")
     return []
 
 

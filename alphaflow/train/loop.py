@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from alphaflow.errors import RunFailed
 from alphaflow.train import distributed as D
 from alphaflow.train.batches import EpochBatches
 from alphaflow.objectives import objective_from_options
@@ -43,7 +44,7 @@ from alphaflow.train.compiling import CompileCount, compile_for_training
 CHECKPOINT_FORMAT = 1
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunFailed):
     """Raised when the loss stays NaN/inf for ``train.max_nonfinite`` consecutive steps."""
 
 

@@ -1,0 +1,92 @@
+"""A new user's faults end in one line on stderr, the right exit code, and nothing saved lost (docs: README's
+first screen; alphaflow.errors). Each test reproduces one fault as a user meets it."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alphaflow.cli import main
+from alphaflow.errors import RunFailed
+from alphaflow.launch.executors import run_inline
+from alphaflow.launch.sweeps import load_sweep
+from alphaflow.runfolder import RunFolder, run_status
+from alphaflow.train.loop import NonFiniteLossError
+
+TINY = ["model.name=DiT-XT/2", "train.batch_size=8", "train.sample_every=0"]
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def write_sweep(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_diverging_run_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    def diverge(cfg, out, **_):
+        raise NonFiniteLossError(f"the loss was non-finite for 3 consecutive steps, last at step 7; kept in {out}")
+
+    monkeypatch.setattr("alphaflow.evaluate.callbacks.train_with_evaluation", diverge)
+    assert main(["train", "--out", str(tmp_path / "run"), *TINY]) == 1
+    assert one_line(capsys.readouterr().err).startswith("alphaflow train: the loss was non-finite for 3")
+
+
+def test_an_inline_sweep_records_a_failed_run_and_goes_on(tmp_path, monkeypatch, capsys):
+    path = write_sweep(tmp_path, "name: f\nbase: {train: {steps: 4}}\nvariants: {a: {}, b: {optim.lr: 0.5}}\n"
+                                 "seeds: [0, 1]\n")
+    runs, root = load_sweep(path).runs, tmp_path / "root"
+    trained = []
+
+    def train(cfg, out, log=None):
+        if cfg.optim.lr == 0.5 and cfg.seed == 0:
+            raise NonFiniteLossError("the loss was non-finite for 3 consecutive steps\nsecond line")
+        trained.append(Path(out).name)
+        RunFolder(out).mark_done({})
+
+    monkeypatch.setattr("alphaflow.evaluate.callbacks.train_with_evaluation", train)
+    messages: list[str] = []
+    with pytest.raises(RunFailed, match=r"1 of 4 runs failed \(b-s0-"):
+        run_inline(runs, root, log=messages.append)
+    failed = next(r for r in runs if r.variant == "b" and r.config.seed == 0)
+    assert len(trained) == 3 and failed.name not in trained, "the runs after the failed one still train"
+    assert run_status(root / failed.name).state == "failed"
+    assert "NonFiniteLossError" in (root / failed.name / "error.txt").read_text()
+    assert f"failed: {failed.name}: the loss was non-finite for 3 consecutive steps" in messages
+
+    # the command line: one line, exit 1, and `--status` says failed
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--root", str(root), "--executor", "inline"]) == 1
+    err = capsys.readouterr().err
+    assert one_line(err).startswith("alphaflow sweep: 1 of 4 runs failed"), err
+    assert main(["sweep", str(path), "--root", str(root), "--status"]) == 0
+    status = [line for line in capsys.readouterr().out.splitlines() if failed.name in line]
+    assert status and status[0].startswith("failed"), status
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_with_130_and_says_where_to_resume(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "alphaflow", "train", "--out", str(run), *TINY, "train.steps=100000",
+           "train.ckpt_every=5", "train.log_every=5", "train.threads=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not RunFolder(run).checkpoints() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    line = one_line(err)
+    step = RunFolder(run).checkpoints()[0][0]
+    assert line.startswith("alphaflow train: interrupted: after step ") and f"checkpoint of step {step}:" in line
+    assert line.endswith("the same command resumes from there")
