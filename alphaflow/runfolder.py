@@ -5,7 +5,8 @@
       run.json               {"sweep", "variant", "seed", "config_hash"}: written when a sweep starts the run
       metrics.jsonl          one JSON object per log tick (``step`` always present)
       checkpoints/
-        latest-00001000.pt   rolling: the two most recent are kept, older ones deleted
+        latest-00001000.pt   rolling: the two most recent are kept, older ones deleted (each with the checksums
+                             of its tensors, checked when it is read: ``alphaflow.files.read_checkpoint``)
         step-00010000.pt     permanent keeps (train.keep_every)
       samples/
         step-00001000-nfe1.png   EMA sample grids
@@ -19,7 +20,8 @@
 
 Every file is written atomically (temporary name, then rename), so a crash leaves either the
 old file or the new one, never half of one. The JSONL files are append-only; a torn last line
-(a crash mid-write) is skipped on read (``scan_jsonl`` counts it) and cut off when a run resumes.
+(a crash mid-write) is skipped on read (``scan_jsonl`` counts it) and cut off when a run resumes
+(``alphaflow.train.startup``: also what becomes of a damaged line before it, and of a kill's temporaries).
 
 The state of a run (``run_status``; ``State``), the same for ``alphaflow sweep --status``, the
 executors and ``analysis``:
@@ -51,17 +53,17 @@ from typing import Any, Callable
 
 import torch
 
-from alphaflow.files import (append_jsonl, atomic_copy, atomic_write_bytes, read_checkpoint,  # noqa: F401 (re-exported)
-                             read_json, read_jsonl, save_torch_atomic, scan_jsonl)
+from alphaflow.files import (CheckpointUnreadable, append_jsonl, atomic_copy, atomic_write_bytes,  # noqa: F401
+                             read_checkpoint, read_json, read_json_object, read_jsonl, save_torch_atomic, scan_jsonl,
+                             stale_temporaries, with_checksum)
 from alphaflow.errors import format_bytes
-from alphaflow.runlock import lock_holder
+from alphaflow.runlock import lock_holder, process_alive
 
 CONFIG, METRICS, CHECKPOINTS, SAMPLES, DONE = "config.json", "metrics.jsonl", "checkpoints", "samples", "DONE"
 INIT = "init.json"  # where a run started from train.init_from came from (alphaflow.train.initialise)
 PROBES, EVAL, JOB, ERROR, RUN_INFO = "probes.jsonl", "eval.jsonl", "job.json", "error.txt", "run.json"
 FILES = (CONFIG, RUN_INFO, METRICS, PROBES, EVAL, JOB, ERROR, DONE)  # every file of a run folder (not the folders)
 _CKPT = re.compile(r"^(latest|step)-(\d{8})\.pt$")
-_CKPT_TMP = re.compile(r"^\.(latest|step)-\d{8}\.pt\.tmp\d+$")  # files.py's temporary of a checkpoint
 ROLLING_KEPT = 2
 
 
@@ -112,27 +114,30 @@ class RunFolder:
 
     # ------------------------------------------------------------------ config and run.json
     def read_config(self) -> dict | None:
-        """config.json as written; None if there is none (a garbled file raises)."""
-        if not self.config_path.exists():
-            return None
-        return json.loads(self.config_path.read_text())
+        """config.json as written; None if there is none. One that is not a JSON object raises ``UsageError``
+        naming the file."""
+        return read_json_object(self.config_path, "a valid run config", fix="Restore it, or delete it (training "
+                                "then checks its command against the newest checkpoint's config and writes it again)")
 
-    def write_config(self, config: dict, normalize: Callable[[dict], dict] | None = None) -> None:
+    def write_config(self, config: dict, normalize: Callable[[dict], dict] | None = None,
+                     accept: Callable[[dict, list[str]], bool] | None = None) -> None:
         """Write config.json, or check it matches the one already there (a resume must not change the run).
 
         ``normalize`` maps the stored dict to today's form before comparing (the trainer passes the config's
-        own loader, so a run written by an earlier version of the config schema resumes); the file is kept."""
+        own loader, so a run written by an earlier version of the config schema resumes); the file is kept.
+        A difference raises ``ValueError`` unless ``accept(stored, differing dotted keys)`` says yes: then
+        ``config`` replaces the stored one (the trainer's rules: ``alphaflow.train.startup``)."""
         existing = self.read_config()
         if existing is not None and normalize is not None:
             try:
                 existing = normalize(existing)
             except ValueError:
                 pass  # not a config today's schema reads: compared as stored, so the difference is reported
-        if existing is not None and existing != config:
-            diff = sorted(_flat_diff(existing, config))
+        diff = sorted(_flat_diff(existing, config)) if existing is not None and existing != config else []
+        if diff and not (accept is not None and accept(existing, diff)):
             raise ValueError(f"{self.config_path} holds a different config; resuming would mix two runs. "
                              f"Differing keys: {', '.join(diff[:10])}. Use another --out, or delete the folder.")
-        if existing is None:
+        if existing is None or diff:
             atomic_write_bytes(self.config_path, (json.dumps(config, indent=2) + "\n").encode(), what="the config")
 
     def read_info(self, problems: list[str] | None = None) -> dict[str, Any]:
@@ -223,15 +228,15 @@ class RunFolder:
 
     def save_checkpoint(self, state: dict[str, Any], step: int, *, keep: bool = False) -> Path:
         """Atomically write the rolling checkpoint (and a permanent copy if ``keep``); prune old rolling ones.
-        A failed write (``WriteFailed``) leaves no partial file, and the older checkpoints as they were. The
-        temporary of a write that a crash or kill -9 cut short is removed first: the caller is the run's one
-        writer (it holds the run's lock and has no other write in flight), so no other write owns it."""
+        The file holds ``state`` and its tensors' checksums (``with_checksum``). A failed write (``WriteFailed``)
+        leaves no partial file, and the older checkpoints as they were. A temporary that a crash or kill -9 left
+        is removed first if its writer is gone or this process (the run's one writer, nothing else in flight)."""
         path = self.checkpoint_dir / f"latest-{step:08d}.pt"
-        for stray in self.checkpoint_dir.glob(".*.tmp*"):
-            if _CKPT_TMP.match(stray.name):
+        for stray, pid in stale_temporaries(self.checkpoint_dir):
+            if pid == os.getpid() or not process_alive(pid):
                 with contextlib.suppress(OSError):  # e.g. a read-only folder: the write below says so
                     stray.unlink(missing_ok=True)
-        save_torch_atomic(state, path, what=f"checkpoint {path.name}")
+        save_torch_atomic(with_checksum(state), path, what=f"checkpoint {path.name}")
         kept = self.checkpoint_dir / f"step-{step:08d}.pt"
         if keep and not kept.exists():
             try:  # a hard link costs no space; fall back to a copy where links are not supported
@@ -245,12 +250,14 @@ class RunFolder:
 
     def load_checkpoint(self, *, map_location: str | torch.device = "cpu",
                         report: Callable[[str], None] = print) -> tuple[dict[str, Any], Path] | None:
-        """The newest checkpoint that loads; unreadable ones are reported and skipped. None if there is none."""
+        """The newest checkpoint that loads and passes its checksum; the others are reported (one line each)
+        and skipped. None if there is none (``checkpoints()`` tells whether none was there or none was usable)."""
         for step, path in self.checkpoints():
             try:
                 state = read_checkpoint(path, map_location=map_location)
-            except Exception as exc:  # truncated zip, not ours, I/O error: fall back to an older one
-                report(f"warning: checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); trying an older one")
+            except Exception as exc:  # torn, damaged, not ours, I/O error: fall back to an older one
+                why = f": {exc.reason}" if isinstance(exc, CheckpointUnreadable) else f" ({type(exc).__name__}: {exc})"
+                report(f"warning: checkpoint {path} is unreadable{why}; trying an older one")
                 continue
             if not isinstance(state, dict) or state.get("step") != step:
                 report(f"warning: checkpoint {path} does not hold step {step}; trying an older one")
@@ -386,7 +393,7 @@ def init_checkpoint(source: str | Path, *, seed: int | None = None, root: Path |
 
 
 def load_weights(path: Path, key: str) -> tuple[dict, dict]:
-    """(state dict ``key``, data statistics) of a checkpoint, read on the CPU; the rest (the other weights,
-    Adam's moments: two thirds of an XL/2 checkpoint's 10.8 GB) is dropped before anything reaches the GPU."""
-    ckpt = read_checkpoint(path)
+    """(state dict ``key``, data statistics) of a checkpoint, read on the CPU and checked against its checksums;
+    the rest (the other weights, Adam's moments: two thirds of an XL/2 checkpoint's 10.8 GB) is dropped first."""
+    ckpt = read_checkpoint(path, sections=(key, "data_stats"))
     return ckpt[key], ckpt["data_stats"]

@@ -89,6 +89,11 @@ def _process_start(pid: int) -> str | None:
         return "?"
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (any process: a reused pid reads as alive)."""
+    return pid > 0 and _process_start(pid) is not None
+
+
 def slurm_job_id() -> str | None:
     """This process's SLURM job: ARRAYJOB_TASK for an array task (what submitit calls it), else SLURM_JOB_ID."""
     env = os.environ

@@ -15,8 +15,9 @@ Ordering guarantees:
   writer waits on an event recorded after them before it reads the host copy.
 - At most one write is in flight: ``save`` first waits for the previous one (whose buffers it reuses), so
   checkpoints reach the disk in step order, each through ``RunFolder.save_checkpoint`` (temporary name,
-  fsync, rename, then rotation of the rolling ones). A crash or kill -9 mid-write leaves the older
-  checkpoints and a temporary file that no reader takes for a checkpoint (the next save removes it).
+  fsync, rename, then rotation of the rolling ones; the checksums of the tensors are computed there too, on the
+  writer thread). A crash or kill -9 mid-write leaves the older checkpoints and a temporary file that no reader
+  takes for a checkpoint (the next trainer to take the run's lock removes it: ``alphaflow.train.startup``).
 - A failed write raises on the training thread the exception the synchronous path raises (``WriteFailed``
   and its one-line message) at the next ``poll``, ``save``, ``wait`` or ``close``; ``failed`` tells without
   raising. ``wait`` returns once the file has its final name: the trainer calls it before a run stops or is

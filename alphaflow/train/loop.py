@@ -22,7 +22,7 @@ from alphaflow.errors import RunFailed
 from alphaflow.train import distributed as D
 from alphaflow.train.batches import EpochBatches
 from alphaflow.objectives import objective_from_options
-from alphaflow.config import Config, from_dict, to_dict
+from alphaflow.config import Config, to_dict
 from alphaflow.data import build_dataset, dataset_options
 from alphaflow.models import build_for_data, model_options
 from alphaflow.train.optim import EMA, build_optimizer, warmup_factor
@@ -38,7 +38,7 @@ from alphaflow.train.initialise import initialise_from
 from alphaflow.runlock import run_lock
 from alphaflow.train.sample_grids import write_samples
 from alphaflow.train.checkpointing import AsyncCheckpointer
-from alphaflow.train.resume import check_resumed_config
+from alphaflow.train.startup import record_config, resume_checkpoint, resume_metrics, take_folder
 from alphaflow.train.compiling import CompileCount, compile_for_training
 
 CHECKPOINT_FORMAT = 1
@@ -75,8 +75,9 @@ def train(cfg: Config, out: str | Path, *, callbacks: list[Callback] | None = No
     lock = run_lock(out, say=say) if info.is_main else None  # the ranks of one run are one holder
     writer = AsyncCheckpointer(RunFolder(out), asynchronous=cfg.train.async_ckpt)  # rank 0 is the one that saves
     try:
-        D.on_main(info, lambda: lock.acquire() if lock is not None else None)  # before anything touches ``out``
-        result = _train(cfg, writer.run, info, say, stop_at, should_stop, callbacks, writer)
+        tried: list[bool] = []  # rank 0: whether a trainer took the folder before (a failed start may restart)
+        D.on_main(info, lambda: tried.append(take_folder(lock, writer.run, say)))  # before anything touches ``out``
+        result = _train(cfg, writer.run, info, say, stop_at, should_stop, callbacks, writer, any(tried))
         if created:  # every rank done before the group goes: a rank tearing gloo down mid-exchange aborts the other
             D.barrier(info)
         return result
@@ -134,14 +135,14 @@ class _Session:
 
 def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], None],
            stop_at: int | None, should_stop: Callable[[], bool] | None, callbacks: list[Callback],
-           writer: AsyncCheckpointer) -> TrainResult:
+           writer: AsyncCheckpointer, tried: bool = False) -> TrainResult:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     data = build_dataset(cfg.data.name, seed=cfg.seed, **dataset_options(cfg.data))
     if len(data) < cfg.train.batch_size:  # refused before the folder holds a config the user cannot rerun
         raise UsageError(f"train.batch_size={cfg.train.batch_size} exceeds the size of dataset {cfg.data.name!r} "
                          f"({len(data)} samples); use train.batch_size <= {len(data)}")
-    D.on_main(info, lambda: _record_config(run, cfg, unless_checkpointed=True))
+    D.on_main(info, lambda: record_config(run, cfg, say, unless_checkpointed=True, restartable=tried))
     if run.is_done():
         say(f"{run.root} is already finished (DONE exists); nothing to do")
         return TrainResult(run, None, None, cfg.train.steps, True)
@@ -187,10 +188,9 @@ def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     opt = build_optimizer(net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + info.rank)
     state = LoopState()
-    resumed = run.load_checkpoint(map_location="cpu", report=say)
+    resumed = resume_checkpoint(run, cfg, say)  # also compared with the command where config.json was deleted
     if resumed is not None:
         ckpt, path = resumed
-        check_resumed_config(ckpt.get("config"), to_dict(cfg), path)  # also where config.json was deleted
         state = _restore(ckpt, net, ema, opt, data, gen, info, say)
         del ckpt, resumed  # its tensors were copied into the model, EMA and Adam: free the host copy
         say(f"resuming {run.root} from {path.name} (step {state.step})")
@@ -199,25 +199,16 @@ def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
         D.on_main(info, lambda: run.write_init(record))
     else:
         data.fit_stats(torch.Generator().manual_seed(cfg.seed), cfg.data.stats_samples)
-    D.on_main(info, lambda: _record_config(run, cfg, unless_checkpointed=False))  # written now if it was missing
+    D.on_main(info, lambda: record_config(run, cfg, say, unless_checkpointed=False))  # written now if it was missing
     if info.is_main and cfg.data.vae_path is not None and data.decodes_samples:
         data.attach_decoder(cfg.data.vae_path, device, batch_size=cfg.eval.decode_batch_size)  # grids are images
     D.agree(state.step, info, "the restored step", hint=f"every rank must see the checkpoints in {run.root} "
             "(a node on another file system starts at 0)")
-    D.on_main(info, lambda: run.truncate_metrics(state.step))  # rows past the checkpoint are replayed, once
+    D.on_main(info, lambda: resume_metrics(run, state.step, say))  # rows past the checkpoint are replayed, once
     if info.is_main:  # the next two checkpoints: fp32 weights, EMA and Adam's two moments, 16 bytes per parameter
         run.warn_if_short_of_space(2 * 16 * sum(p.numel() for p in net.parameters()), "the next two checkpoints", say)
     return _Session(cfg, run, info, say, callbacks, bf16, data, net, _wrap(net, cfg, info), ema, objective, opt, gen,
                     state)
-
-
-def _record_config(run: RunFolder, cfg: Config, *, unless_checkpointed: bool) -> None:
-    """Write config.json, or refuse a config that differs from it (``RunFolder.write_config``). With
-    ``unless_checkpointed``, a missing config.json in a folder with checkpoints waits until ``_start`` has compared
-    the config with the newest checkpoint's: the record is not rewritten with a config the run was not trained with."""
-    if unless_checkpointed and run.read_config() is None and run.checkpoints():
-        return
-    run.write_config(to_dict(cfg), normalize=lambda stored: to_dict(from_dict(stored)))
 
 
 def _wrap(net: torch.nn.Module, cfg: Config, info: D.DistInfo) -> torch.nn.Module:
