@@ -50,7 +50,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(trained, tmp_p
     with pytest.raises(ValueError, match=refused):
         read_checkpoint(path)
     assert not marker.exists(), "the pickle's code ran"
-    # the trainer reports it and starts over rather than running it; the commands refuse with one line
+    # the trainer reports it and refuses to resume (no usable checkpoint); the commands refuse with one line
     assert main(["eval", str(trained.root), "--num-samples", "4"]) == 2
     assert "is not an alphaflow checkpoint" in capsys.readouterr().err
     assert not marker.exists()
