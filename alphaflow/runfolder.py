@@ -342,7 +342,8 @@ def select_checkpoints(run: RunFolder, which: str) -> list[tuple[int, Path]]:
     for step, path in run.checkpoints():  # newest first; a rolling and a permanent file may share a step
         found.setdefault(step, path)
     if not found:
-        raise ValueError(f"{run.root} has no checkpoints to probe (train with train.keep_every to keep them)")
+        raise ValueError(f"{run.root} has no checkpoint yet: a run writes one every train.ckpt_every steps and at "
+                         "its last step; train it further (the same `alphaflow train` resumes it)")
     if which == "all":
         return sorted(found.items())
     if which == "last":

@@ -10,7 +10,11 @@ from pathlib import Path
 
 
 def add_report_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="summary tables (CSV, markdown) and standard figures for a sweep root")
+    p = sub.add_parser("report", help="summary tables (CSV, markdown) and standard figures for a sweep root",
+                       description="Reads every run folder under ROOT (a sweep's root, or any folder of runs), "
+                                   "groups runs into variants by name and config, and writes headline.md, summary.md, "
+                                   "the tables as CSV and the figures into ROOT/report (or --out); prints the "
+                                   "headline and any problem found (docs/statistics.md says what each number is).")
     p.add_argument("root", help="folder of run folders (e.g. runs/<sweep name>)")
     p.add_argument("--out", default=None, help="output folder (default: ROOT/report)")
     p.add_argument("--baseline", default=None, metavar="VARIANT",

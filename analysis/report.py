@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from alphaflow.errors import UsageError, WriteFailed
+
 from .compare import baseline_of, comparison_cells, headline_per_run, paired_table, steps_table
 from .conflict_ticks import fig_conflict, ticks_by_variant
 from .curves import area_under_curve, at_each_step, fig_quality_curves, quality_curves
@@ -40,7 +42,7 @@ from .probe_frames import (checkpoints_per_run, markdown_table, offline_makes_cu
 from .records import STATUSES
 from .runplots import fig_metric
 from .loading import Runs, load_runs
-from .samples import fig_sample_grids
+from .samples import fig_sample_grids, final_grids, sample_index
 from .schedules import fig_schedules
 from .summary import summarize_runs, summarize_variants
 from .tables import conflict_by_variant, interval_table, quality_table, run_quality
@@ -185,12 +187,54 @@ def comparisons(runs: Runs, probes: pd.DataFrame, curves: pd.DataFrame,
     return compare, by_step[["step", *[c for c in by_step.columns if c != "step"]]] if not by_step.empty else by_step
 
 
+def report_folder(root: Path, out: str | Path | None) -> Path:
+    """The report's folder (``root/report`` unless ``out``), checked before any work: an empty ``out`` or one that
+    is a file is refused in one line (``UsageError``). It is created when the report is written."""
+    if out is not None and not str(out).strip():
+        raise UsageError("--out is empty (an unset shell variable?): give the report's folder, or drop --out "
+                         f"for {root / 'report'}")
+    folder = Path(out) if out is not None else root / "report"
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is a file: give a folder (it is created if missing)")
+    return folder
+
+
+def _write_files(root: Path, out: Path, runs: Runs, tables: dict[str, pd.DataFrame | None], value_cols: list[str],
+                 curves: pd.DataFrame, curves_q: pd.DataFrame, online: pd.DataFrame, ticks: pd.DataFrame,
+                 top: str) -> None:
+    """Every table as CSV, the figures that have data, headline.md, summary.md and problems.txt into ``out``."""
+    for name, frame in tables.items():
+        if frame is not None:
+            frame.to_csv(out / f"{name}.csv", index=False)
+    loss = next((c for c in LOSS if c in runs.metrics.columns), LOSS[0])
+    fig_metric(runs.metrics, loss, path=out / "loss.png", title=f"training {loss}")
+    fig_schedules(runs.metrics, path=out / "schedules.png")
+    figures = ["loss.png", "schedules.png"]
+    if not final_grids(sample_index(root)).empty:  # no grids, no figure (not a blank one)
+        fig_sample_grids(root, evals=runs.evals, path=out / "samples.png")
+        figures.append("samples.png")
+    if not curves_q.empty:
+        fig_quality_curves(curves_q, path=out / "quality_curves.png")
+        figures.append("quality_curves.png")
+    if not curves.empty:
+        figures += [p.name for p in save_figures(curves, out).values()]
+        fig_conflict_panels(curves, path=out / "conflict_panels.png")  # Fig. 2a, one panel per variant
+        figures.append("conflict_panels.png")
+    if not ticks.empty:  # some run used conflict.mode (the probe panels alone are conflict_panels.png)
+        fig_conflict(runs, online=online, path=out / "conflict.png")
+        figures.append("conflict.png")
+    summary, variants = tables["summary"], tables["variants"]
+    (out / "headline.md").write_text(top)
+    (out / "summary.md").write_text(top + "\n" + _markdown(root, runs, summary, variants, value_cols, figures))
+    (out / "problems.txt").write_text("".join(f"{p}\n" for p in runs.problems))  # what the command prints
+
+
 def write_report(root: str | Path, out: str | Path | None = None, *, baseline: str | None = None) -> Path:
     """Load ``root`` (cached), write the tables, summary.md, headline.md and figures into ``out`` (default
     ``root/report``); returns ``out``. ``baseline``: the variant the others are compared with (default: the
     sweep's, as run.json records it, else the first by name)."""
     root = Path(root)
-    out = Path(out) if out is not None else root / "report"
+    out = report_folder(root, out)  # refused before the work, not after it
     runs = load_runs(root)
     summary = summarize_runs(runs)
     value_cols = [c for c in summary.columns if c.startswith(("final_", "best_"))]
@@ -210,33 +254,15 @@ def write_report(root: str | Path, out: str | Path | None = None, *, baseline: s
     third = third_parts_by_variant(online)
     curves_q = quality_curves(runs)
     compare, compare_steps = comparisons(runs, runs.probes, curves_q, baseline)
-    out.mkdir(parents=True, exist_ok=True)
     tables = {"runs": runs.runs, "summary": summary, "variants": variants, "quality": quality, "conflict": conflict,
               "conflict_online": conflict_online, "conflict_ticks": ticks,
               "third_parts": third if not third.empty else None, "compare": compare,
               "compare_steps": compare_steps if not compare_steps.empty else None,
               "quality_curves": curves_q if not curves_q.empty else None}
-    for name, frame in tables.items():
-        if frame is not None:
-            frame.to_csv(out / f"{name}.csv", index=False)
-
-    loss = next((c for c in LOSS if c in runs.metrics.columns), LOSS[0])
-    fig_metric(runs.metrics, loss, path=out / "loss.png", title=f"training {loss}")
-    fig_schedules(runs.metrics, path=out / "schedules.png")
-    fig_sample_grids(root, evals=runs.evals, path=out / "samples.png")
-    figures = ["loss.png", "schedules.png", "samples.png"]
-    if not curves_q.empty:
-        fig_quality_curves(curves_q, path=out / "quality_curves.png")
-        figures.append("quality_curves.png")
-    if not curves.empty:
-        figures += [p.name for p in save_figures(curves, out).values()]
-        fig_conflict_panels(curves, path=out / "conflict_panels.png")  # Fig. 2a, one panel per variant
-        figures.append("conflict_panels.png")
-    if not ticks.empty or "ratio_tfm_tcc" in online.columns:
-        fig_conflict(runs, online=online, path=out / "conflict.png")
-        figures.append("conflict.png")
-    top = headline(root, quality, sections, ticks, third, compare, compare_steps)
-    (out / "headline.md").write_text(top)
-    (out / "summary.md").write_text(top + "\n" + _markdown(root, runs, summary, variants, value_cols, figures))
-    (out / "problems.txt").write_text("".join(f"{p}\n" for p in runs.problems))  # what the command prints
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_files(root, out, runs, tables, value_cols, curves, curves_q, online, ticks,
+                     headline(root, quality, sections, ticks, third, compare, compare_steps))
+    except OSError as exc:
+        raise WriteFailed("the report (--out FOLDER writes it elsewhere)", out, exc) from exc
     return out

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are written to files; no display in CI
+# The tests never write into the user's ~/.cache/alphaflow (or their $ALPHAFLOW_CACHE): the digits classifier and
+# reference statistics they need are built once into the repository's own .pytest_cache/ and reused from there
+# (subprocesses inherit it). ALPHAFLOW_TEST_CACHE moves it.
+os.environ["ALPHAFLOW_CACHE"] = os.environ.get("ALPHAFLOW_TEST_CACHE") or str(
+    Path(__file__).resolve().parents[1] / ".pytest_cache" / "alphaflow-cache")
 
 import numpy as np
 import pytest

@@ -303,7 +303,8 @@ def test_write_report_writes_the_files(sweep):
     assert "skipped 1 unreadable line(s)" in md
     assert len(pd.read_csv(out / "runs.csv")) == 3 and len(pd.read_csv(out / "variants.csv")) == 2
     assert "report" not in set(load_runs(sweep).runs["run"]), "the report folder is not read as a run"
-    assert {"quality.csv", "conflict.csv", "headline.md", "schedules.png", "samples.png"} <= names
+    assert {"quality.csv", "conflict.csv", "headline.md", "schedules.png"} <= names
+    assert "samples.png" not in names and "conflict.png" not in names, "no grids, no conflict.mode: no blank figure"
     head = (out / "headline.md").read_text()
     assert "No eval.jsonl rows" in head, "the golden eval row predates the metric/value format"
     assert "Gradient conflict per variant (offline probes, probes.jsonl)" in head and "meanflow-fm75" in head
@@ -411,3 +412,43 @@ def test_skipped_updates_are_totalled_per_run_and_named_in_the_summary(tmp_path)
     assert summary.loc["a-s0", "spike_skipped"] == 3 and summary.loc["a-s1", "spike_skipped"] == 0
     md = (write_report(root) / "summary.md").read_text()
     assert "updates skipped by train.spike_guard: 3 in 1 run(s): a-s0 (3)" in md and "non-finite steps" not in md
+
+
+def test_report_refuses_a_bad_out_in_one_line_before_any_work(sweep, tmp_path, capsys):
+    from alphaflow.cli import main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    assert main(["report", str(sweep), "--out", str(a_file)]) == 2
+    assert capsys.readouterr().err.strip() == f"alphaflow report: --out {a_file} is a file: give a folder (it is " \
+                                              "created if missing)"
+    assert a_file.read_text() == "keep me"
+    assert main(["report", str(sweep), "--out", ""]) == 2
+    assert "--out is empty" in capsys.readouterr().err
+    assert not (sweep / "report").exists() and not (sweep / ".analysis-cache").exists(), "refused before loading"
+
+
+def test_report_on_a_read_only_root_is_one_line_and_exit_1(sweep, tmpfs, capsys):
+    from alphaflow.cli import main
+    from small_fs import remount
+
+    fs = tmpfs("20m")
+    root = Path(shutil.copytree(sweep, fs / "sweep"))
+    remount(fs, "ro")
+    assert main(["report", str(root)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"alphaflow report: could not write the report (--out FOLDER writes "
+                                               f"it elsewhere) in {root / 'report'}: Read-only file system"), err
+    assert main(["report", str(root), "--out", str(fs.parent / "elsewhere")]) == 0, "the cache is optional there"
+
+
+def test_report_draws_the_sample_figure_only_with_grids(sweep):
+    """The golden runs hold no grid (no samples.png, see above); one grid of one run makes the figure."""
+    from PIL import Image
+
+    grid = sweep / S0 / "samples" / "step-00000004-nfe1.png"
+    grid.parent.mkdir()
+    Image.new("L", (16, 16), 128).save(grid)
+    out = write_report(sweep)
+    assert (out / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "samples.png" in (out / "summary.md").read_text()

@@ -80,7 +80,7 @@ def test_ctrl_c_ends_with_130_and_says_where_to_resume(tmp_path):
     cmd = [sys.executable, "-m", "alphaflow", "train", "--out", str(run), *TINY, "train.steps=100000",
            "train.ckpt_every=5", "train.log_every=5", "train.threads=1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not RunFolder(run).checkpoints() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
@@ -90,3 +90,15 @@ def test_ctrl_c_ends_with_130_and_says_where_to_resume(tmp_path):
     step = RunFolder(run).checkpoints()[0][0]
     assert line.startswith("alphaflow train: interrupted: after step ") and f"checkpoint of step {step}:" in line
     assert line.endswith("the same command resumes from there")
+
+
+@pytest.mark.parametrize("command", [["eval"], ["sample", "--out", "grid.png"], ["probe"]])
+def test_a_run_without_checkpoints_says_to_train_it_first(command, tmp_path, capsys, monkeypatch):
+    from alphaflow.config import Config, to_dict
+
+    monkeypatch.chdir(tmp_path)
+    RunFolder(tmp_path / "run").write_config(to_dict(Config()))
+    assert main([command[0], str(tmp_path / "run"), *command[1:]]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"alphaflow {command[0]}: {tmp_path / 'run'} has no checkpoint") and "yet" in line
+    assert "train.ckpt_every" in line and "keep_every" not in line and "the same `alphaflow train` resumes it" in line

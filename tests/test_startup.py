@@ -51,3 +51,15 @@ assert main(['train', '--out', {str(tmp_path / 'dry')!r}, '--dry-run']) == 0
     loaded = _imported_after(code, tmp_path)
     assert "torch" in loaded and not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
     assert (tmp_path / "run" / "metrics.jsonl").is_file()
+
+
+def test_the_suite_keeps_out_of_the_users_cache():
+    """conftest points $ALPHAFLOW_CACHE at the repository's .pytest_cache (or $ALPHAFLOW_TEST_CACHE)."""
+    import os
+    from pathlib import Path
+
+    from alphaflow.metrics.features import default_cache_dir
+
+    expected = os.environ.get("ALPHAFLOW_TEST_CACHE") or Path(__file__).resolve().parents[1] / ".pytest_cache"
+    assert Path(expected) in [default_cache_dir(), *default_cache_dir().parents]
+    assert default_cache_dir() != Path.home() / ".cache" / "alphaflow"
