@@ -7,13 +7,9 @@ import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from alphaflow.errors import Interrupted, UsageError, run_command
-
-if TYPE_CHECKING:  # the launcher is imported by the commands that use it
-    from alphaflow.launch.sweeps import Sweep
-
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from alphaflow.models import MODELS, parameter_count
@@ -37,6 +33,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from alphaflow.cli_eval import checked_path
+
+    checked_path("--out", args.out)
     from alphaflow.build import preflight
     from alphaflow.config import dump_yaml, load_config
 
@@ -104,6 +103,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract_latents(args: argparse.Namespace) -> int:
+    from alphaflow.cli_eval import checked_path
+
+    checked_path("--out", args.out)
     from alphaflow.data.latents import extract_latents
 
     path = extract_latents(args.images, args.vae, args.out, resolution=args.resolution, batch_size=args.batch_size,
@@ -126,99 +128,13 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preflight_runs(runs: list) -> None:
-    """Refuse a sweep whose runs cannot start (a missing data path, an unknown model) before submitting any."""
-    from alphaflow.build import preflight
-
-    for r in runs:
-        try:
-            preflight(r.config)
-        except ValueError as exc:
-            raise ValueError(f"run {r.name}: {exc} (give it on the command line, e.g. data.path=/datasets/...)") from None
-
-
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from alphaflow.launch.sweeps import load_sweep
+    from alphaflow.cli_eval import checked_path
 
-    sweep = load_sweep(args.file, args.overrides)
-    if args.smoke:
-        return _cmd_smoke(args, sweep)
-    if args.smoke_steps is not None:
-        raise UsageError("--smoke-steps sets the steps of a rehearsal; add --smoke")
-    root = Path(args.root or f"runs/{sweep.name}")
-    if not (args.dry_run or args.status):
-        _preflight_runs(sweep.runs)
-    from alphaflow.launch import executors as launcher
+    checked_path("--root", args.root)
+    from alphaflow.launch.command import sweep_command  # the launcher: imported when a sweep runs
 
-    kind = launcher.resolve_executor(args.executor)
-    if kind != "inline":
-        launcher.executor_parameters(sweep.resources)  # refuse unknown resources before anything runs
-        sweep.resources = launcher.with_defaults(sweep.resources, sweep.runs)
-    if args.dry_run or args.status:
-        return _cmd_sweep_listing(args, sweep, root, kind)
-    _make_root(root)
-    try:
-        jobs = launcher.submit(sweep.runs, root, executor=kind, resources=sweep.resources, name=sweep.name,
-                               retry_failed=args.retry_failed)
-    except KeyboardInterrupt:
-        raise Interrupted(f"the runs under {root} keep their checkpoints; run the same command again to resume "
-                          "them") from None
-    if args.wait and jobs:
-        try:
-            return 1 if launcher.wait(jobs, sweep.runs, root, every=args.wait_every) else 0
-        except KeyboardInterrupt:
-            raise Interrupted(f"stopped waiting; `alphaflow sweep {args.file} --root {root} --status` shows each "
-                              "run's state, and the same command resumes any run that stopped") from None
-    return 0
-
-
-def _cmd_sweep_listing(args: argparse.Namespace, sweep: Sweep, root: Path, kind: str) -> int:
-    """--dry-run (the runs and their overrides; for slurm the batch script) or --status (each run's state)."""
-    from alphaflow.launch import executors as launcher
-    from alphaflow.runfolder import RunFolder, run_status
-
-    state = launcher.scheduler_state(root) if args.status else None
-    print(f"{'state':<11} {'step':>7}  run")
-    for r in sweep.runs:
-        st = run_status(root / r.name, state)
-        extra = f"   [{st.detail}]" if st.detail else ("" if args.status else "   " + " ".join(r.overrides))
-        print(f"{st.state:<11} {RunFolder(root / r.name).last_step():>7}  {r.name}{extra}")
-    if args.dry_run and kind == "slurm":
-        print("\n# the batch script of the job array:\n" + launcher.sbatch_script(root, sweep.resources, sweep.name,
-                                                                                len(sweep.runs)))
-    return 0
-
-
-def _make_root(root: Path) -> None:
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--root {root}: cannot create this folder ({exc.strerror or exc})") from None
-
-
-def _cmd_smoke(args: argparse.Namespace, real: Sweep) -> int:
-    """``sweep FILE --smoke``: every run shrunk and trained here for a few CPU steps (``alphaflow.launch.smoke``)."""
-    from alphaflow.launch import smoke
-
-    if args.executor not in ("auto", "inline"):
-        raise UsageError(f"--smoke trains every run in this process on this CPU; --executor {args.executor} is for "
-                         "the real sweep (the rehearsal prints its batch script)")
-    if args.retry_failed or args.wait:
-        raise UsageError("--smoke retries failed runs and waits for every run by itself; drop --retry-failed/--wait")
-    steps = smoke.SMOKE_STEPS if args.smoke_steps is None else args.smoke_steps
-    sweep, shrunk = smoke.smoke_sweep(real, steps)
-    root = Path(args.root or f"runs/{sweep.name}")
-    if args.status:
-        return _cmd_sweep_listing(args, sweep, root, "inline")
-    if not args.dry_run:
-        _preflight_runs(real.runs)  # the real configs too: a block count or path check the shrinking could hide
-        _preflight_runs(sweep.runs)
-    print(smoke.describe(args.file, sweep, shrunk, root, steps))
-    print(smoke.resources_summary(real, Path(f"runs/{real.name}")), flush=True)
-    if args.dry_run:
-        return _cmd_sweep_listing(args, sweep, root, "inline")
-    _make_root(root)
-    return 1 if smoke.rehearse(sweep, root) else 0
+    return sweep_command(args)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -293,13 +209,14 @@ def _add_probe_and_sweep_commands(sub: argparse._SubParsersAction) -> None:
     """probe, sweep."""
     p = sub.add_parser("probe", help="gradient-conflict probes on a run's checkpoints (writes RUN_DIR/probes.jsonl)",
                        description="The paper's protocol (arXiv 2510.20771 Appendix E; docs/probes.md#offline-probes): "
-                                   "per checkpoint, N batches with r < t; mean and 5/95 %% percentiles of every "
+                                   "per checkpoint, N batches with r < t; mean and 5/95 % percentiles of every "
                                    "term's loss, gradient norm and pairwise cosine.")
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="probe.* keys, e.g. probe.batches=50")
     p.add_argument("--batches", type=int, default=None, help="batches per checkpoint (default: probe.batches)")
     p.add_argument("--batch-size", type=int, default=None, help="samples per batch (default: probe.batch_size)")
-    p.add_argument("--checkpoints", default="all", help="all, last, or a comma list of steps")
+    p.add_argument("--checkpoints", default="all", help="all (default: every saved checkpoint), last, or a comma "
+                                                         "list of steps")
     p.add_argument("--weights", choices=("raw", "ema"), default="raw", help="raw training weights (default) or EMA")
     p.add_argument("--parts", action="store_true", help="also per DiT block / embedder / final layer")
     p.add_argument("--chunk-size", type=int, default=None, metavar="ROWS",
@@ -315,8 +232,8 @@ def _add_probe_and_sweep_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="applied to every run, e.g. data.path=/datasets/imagenet-latents")
     p.add_argument("--executor", choices=("auto", "local", "slurm", "inline"), default="auto",
-                   help="auto: slurm when sbatch is on PATH, else submitit's local executor; inline: train "
-                        "one after another in this process")
+                   help="auto: slurm when a SLURM controller answers `scontrol ping`, else submitit's local "
+                        "executor (it says which, and why); inline: train one after another in this process")
     p.add_argument("--root", default=None, help="folder of the runs (default: runs/<sweep name>)")
     p.add_argument("--dry-run", action="store_true", help="list the runs (and, for slurm, the batch script)")
     p.add_argument("--status", action="store_true", help="each run's state from disk and the scheduler")

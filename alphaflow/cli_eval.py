@@ -1,10 +1,13 @@
 """The commands on trained networks: ``eval``, ``ref-stats``, ``sample`` and ``import-official`` (thin wrappers over
-``alphaflow.evaluate`` and ``alphaflow.official``), and ``run_config_with``, which ``probe`` shares."""
+``alphaflow.evaluate`` and ``alphaflow.official``), and the helpers every command shares: ``run_config_with``
+(``probe`` too) and ``checked_path`` (the ``--out``/``--root`` of train, sweep, extract-latents)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Sequence
+
+from alphaflow.errors import UsageError
 
 
 def run_config_with(run_dir: str, overrides: Sequence[str], sections: tuple[str, ...]):
@@ -24,10 +27,36 @@ def run_config_with(run_dir: str, overrides: Sequence[str], sections: tuple[str,
     return cfg
 
 
+def checked_path(flag: str, value: str | None) -> str | None:
+    """``value`` of a path flag (``--out``, ``--root``), refused when empty or blank: an unset shell variable
+    (``--out $RUN``) would otherwise mean the current folder. None (an optional flag not given) passes."""
+    if value is not None and not value.strip():
+        raise UsageError(f"{flag} is empty ({value!r}); give a path (an unset shell variable?)")
+    return value
+
+
+def weights_choice(value: str) -> str:
+    """``--weights``: ``ema`` or ``raw`` (the training weights) in every command; ``net``, the old name of ``raw``
+    in ``sample`` and ``import-official``, is still accepted."""
+    return "raw" if value == "net" else value
+
+
+def require_checkpoint(run_dir: str, what: str) -> None:
+    """Refuse ``eval``/``sample`` of a run folder that holds no checkpoint yet, saying when a run writes one."""
+    from alphaflow.runfolder import RunFolder
+
+    run = RunFolder(run_dir)
+    if run.config_path.exists() and not run.checkpoints():
+        raise ValueError(f"{run_dir} has no checkpoint to {what} yet: a run writes one every train.ckpt_every steps "
+                         "and at its last step; train it further (the same `alphaflow train` resumes it), then "
+                         f"{what} it")
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from alphaflow.evaluate.quality import EvalRequest, References, evaluate_run
 
     cfg = run_config_with(args.run_dir, args.overrides, ("eval", "sample"))
+    require_checkpoint(args.run_dir, "evaluate")
     request = EvalRequest.from_config(cfg, nfe=args.nfe, sampler=args.sampler, t_mid=args.t_mid,
                                       num_samples=args.num_samples, labels=args.labels, metrics=args.metric,
                                       seed=args.seed, checkpoint=args.checkpoint, weights=args.weights,
@@ -86,7 +115,8 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="samples generated at once (default: eval.batch_size)")
     p.add_argument("--decode-batch-size", type=int, default=None,
                    help="latent runs: samples decoded by the VAE at once (default: eval.decode_batch_size)")
-    p.add_argument("--weights", choices=("ema", "raw"), default=None, help="default: ema")
+    p.add_argument("--weights", type=weights_choice, choices=("ema", "raw"), default=None,
+                   help="EMA (default) or the raw training weights")
     p.add_argument("--seed", type=int, default=None, help="default: eval.seed")
     p.add_argument("--cache", default=None, help="feature-extractor and reference-statistics cache folder")
     p.add_argument("--device", default="auto")
@@ -115,7 +145,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nfe", type=int, nargs="+", default=[1, 2])
     p.add_argument("--num", type=int, default=64, help="samples per grid")
     p.add_argument("--out", required=True, metavar="FILE.png")
-    p.add_argument("--weights", choices=("ema", "net"), default="ema")
+    p.add_argument("--weights", type=weights_choice, choices=("ema", "raw"), default="ema",
+                   help="EMA (default) or the raw training weights (net: the old name of raw)")
     p.add_argument("--sampler", choices=("auto", "ode", "consistency", "euler"), default="auto")
     p.add_argument("--t-mid", type=float, default=None, help="default: the run's sample.t_mid")
     p.add_argument("--checkpoint", default="last", help="last or a step")
@@ -129,7 +160,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
                                    "train.init_from accept (docs/official_code.md#importing-checkpoints).")
     p.add_argument("snapshot", metavar="SNAPSHOT.pt")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
-    p.add_argument("--weights", choices=("ema", "net"), default="ema", help="which of its weights (default: ema)")
+    p.add_argument("--weights", type=weights_choice, choices=("ema", "raw"), default="ema",
+                   help="which of its weights: EMA (default) or the raw training weights (net: the old name of raw)")
     p.add_argument("--model", default=None, help="a registry DiT, when the snapshot's config does not settle it")
     p.add_argument("--num-classes", type=int, default=None, help="when its config names neither classes nor dropout")
     p.add_argument("--latent-stats", default=None, metavar="FILE.npz",
@@ -143,17 +175,22 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
+    checked_path("--out", args.out)
     from alphaflow.evaluate.sample_run import sample_run
 
-    sample_run(args.run_dir, args.out, nfe=args.nfe, num=args.num, weights=args.weights, sampler=args.sampler,
+    require_checkpoint(args.run_dir, "sample")
+    weights = "net" if args.weights == "raw" else args.weights  # the library's name of the raw weights
+    sample_run(args.run_dir, args.out, nfe=args.nfe, num=args.num, weights=weights, sampler=args.sampler,
                t_mid=args.t_mid, seed=args.seed, checkpoint=args.checkpoint, device=args.device)
     return 0
 
 
 def _cmd_import_official(args: argparse.Namespace) -> int:
+    checked_path("--out", args.out)
     from alphaflow.official import import_official
 
-    import_official(args.snapshot, args.out, weights=args.weights, model=args.model, num_classes=args.num_classes,
+    weights = "net" if args.weights == "raw" else args.weights  # the snapshot's name of the raw weights
+    import_official(args.snapshot, args.out, weights=weights, model=args.model, num_classes=args.num_classes,
                     latent_stats=args.latent_stats, vae_path=args.vae_path,
                     data_path=args.data_path)
     return 0

@@ -32,9 +32,9 @@ Bookkeeping on disk, next to the runs: ``ROOT/.submitit/`` holds submitit's pick
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
-import shutil
 import signal
 import time
 import traceback
@@ -49,32 +49,20 @@ import submitit
 import torch
 
 from alphaflow.config import Config, config_hash, from_dict, to_dict
-from alphaflow.errors import RunFailed, UsageError, one_line
-from alphaflow.perf.memplan import data_shape
+from alphaflow.errors import RunFailed, one_line
 from alphaflow.models import build_for_data
+from alphaflow.perf.memplan import data_shape
 from alphaflow.runfolder import ERROR, STATES, RunFolder, SchedulerLookup, State, run_status
 from alphaflow.runlock import RunLocked, sweep_lock
+from alphaflow.launch import resources as checks
+from alphaflow.launch.cluster import probe_controller
+from alphaflow.launch.prepare import prepare_run, restore, snapshot
+from alphaflow.launch.resources import (DEFAULT_MAX_NUM_TIMEOUT, DEFAULT_RESOURCES, RESOURCES,  # noqa: F401 (the
+                                        max_num_timeout)  # launcher's names too)
 from alphaflow.launch.sweeps import SweepRun
 
-# Sweep-file ``resources`` keys → submitit AutoExecutor parameters.
-RESOURCES = {
-    "timeout_min": "timeout_min", "nodes": "nodes", "gpus_per_node": "gpus_per_node",
-    "tasks_per_node": "tasks_per_node", "cpus_per_task": "cpus_per_task", "mem_gb": "mem_gb",
-    "partition": "slurm_partition", "array_parallelism": "slurm_array_parallelism",
-    "signal_delay_s": "slurm_signal_delay_s",  # SIGUSR2 this many seconds before the time limit
-    "slurm": "slurm_additional_parameters",  # free-form: account, qos, constraint, ...
-    "max_num_timeout": "max_num_timeout",  # requeues after a time limit; an argument of the executor itself
-}
-DEFAULT_RESOURCES = {"timeout_min": 60, "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 2}
 # Keys given to the executor's constructor (AutoExecutor's ``<cluster>_max_num_timeout``), not to update_parameters.
 _CONSTRUCTOR_RESOURCES = ("max_num_timeout",)
-# submitit's requeue budget: how many times a job that reaches its time limit is requeued (preemptions do not count).
-# submitit's own default, 3, ends a run at its 4th time limit although every segment resumes from the checkpoint
-# written at the signal and so makes progress; a long ImageNet run may need more segments than that. 20 still
-# bounds a job that keeps coming back without finishing. A run stopped by the budget is "incomplete", and the next
-# ``alphaflow sweep`` submits it again.
-DEFAULT_MAX_NUM_TIMEOUT = 20
-
 # MASTER_PORT of a job with several tasks: PORT_BASE + crc32(job id) % PORT_SPAN, i.e. 20000-32767, below Linux's
 # default ephemeral range (32768-60999, net.ipv4.ip_local_port_range) from which outgoing connections take ports.
 PORT_BASE, PORT_SPAN = 20000, 12768
@@ -134,32 +122,27 @@ def export_rendezvous(env: submitit.JobEnvironment) -> None:
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
-def resolve_executor(name: str) -> str:
-    """The ``EXECUTORS`` entry ``name`` names; 'auto' → slurm when ``sbatch`` is on PATH, else local."""
+def choose_executor(name: str) -> tuple[str, str]:
+    """The ``EXECUTORS`` entry ``name`` names, and why: 'auto' → slurm only when a SLURM controller answers
+    (``alphaflow.launch.cluster.probe_controller``), else local; any other name is taken as given."""
     if name == "auto":
-        return "slurm" if shutil.which("sbatch") else "local"
+        answered, why = probe_controller()
+        return ("slurm", why) if answered else ("local", why)
     if name not in EXECUTORS:
         raise ValueError(f"--executor must be auto, {', '.join(EXECUTORS)}, got {name!r}")
-    return name
+    return name, "as asked"
+
+
+def resolve_executor(name: str) -> str:
+    """The ``EXECUTORS`` entry ``name`` names (``choose_executor`` without the reason)."""
+    return choose_executor(name)[0]
 
 
 def executor_parameters(resources: dict[str, Any]) -> dict[str, Any]:
-    """Sweep-file resources → AutoExecutor keyword arguments; unknown keys are refused."""
-    unknown = set(resources) - set(RESOURCES)
-    if unknown:
-        raise ValueError(f"unknown resources {sorted(unknown)}; expected some of {sorted(RESOURCES)}")
-    merged = {**DEFAULT_RESOURCES, **resources}
+    """Sweep-file resources → AutoExecutor keyword arguments; unknown keys and bad values are refused
+    (``alphaflow.launch.resources``)."""
+    merged = {**DEFAULT_RESOURCES, **checks.check_resources(resources)}
     return {RESOURCES[k]: v for k, v in merged.items() if v is not None and k not in _CONSTRUCTOR_RESOURCES}
-
-
-def max_num_timeout(resources: dict[str, Any]) -> int:
-    """``resources.max_num_timeout`` checked (a whole number >= 0), or ``DEFAULT_MAX_NUM_TIMEOUT`` when left out."""
-    value = resources.get("max_num_timeout")
-    if value is None:
-        return DEFAULT_MAX_NUM_TIMEOUT
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UsageError(f"resources.max_num_timeout must be a whole number of requeues >= 0, got {value!r}")
-    return value
 
 
 # Write speed assumed for a checkpoint on a slow shared file system, and the floor of the signal delay.
@@ -186,13 +169,10 @@ def signal_delay_s(runs: list[SweepRun]) -> int:
 
 
 def with_defaults(resources: dict[str, Any], runs: list[SweepRun]) -> dict[str, Any]:
-    """The sweep file's resources with ``signal_delay_s`` filled in from the runs and ``max_num_timeout`` with
-    ``DEFAULT_MAX_NUM_TIMEOUT`` when the file leaves them out (both checked when given)."""
-    out = {**resources, "max_num_timeout": max_num_timeout(resources)}
-    given = resources.get("signal_delay_s")
-    if given is not None:
-        if isinstance(given, bool) or not isinstance(given, int) or given < 1:
-            raise ValueError(f"resources.signal_delay_s must be a whole number of seconds >= 1, got {given!r}")
+    """The sweep file's resources, checked, with ``signal_delay_s`` filled in from the runs and ``max_num_timeout``
+    with ``DEFAULT_MAX_NUM_TIMEOUT`` when the file leaves them out."""
+    out = {**checks.check_resources(resources), "max_num_timeout": max_num_timeout(resources)}
+    if resources.get("signal_delay_s") is not None:
         return out
     return {**out, "signal_delay_s": signal_delay_s(runs)}
 
@@ -206,13 +186,27 @@ def make_executor(kind: str, root: Path, resources: dict[str, Any], name: str) -
     return executor
 
 
-def sbatch_script(root: Path, resources: dict[str, Any], name: str, count: int) -> str:
-    """The batch script a SLURM submission of ``count`` array tasks would use (for --dry-run).
+class _ScriptOnlySlurm(submitit.SlurmExecutor):
+    """submitit's SLURM executor, built without looking for ``srun``: it only writes batch scripts (``--dry-run``,
+    ``--smoke``), so a laptop without SLURM reads the script the cluster would get. It never submits."""
 
-    Built by submitit itself (its SLURM executor's private script writer), so it is the real thing.
+    @classmethod
+    def affinity(cls) -> int:
+        return 2  # submitit's constructor refuses an executor whose affinity is not positive (no srun)
+
+
+def sbatch_script(root: Path, resources: dict[str, Any], name: str, count: int) -> str:
+    """The batch script a SLURM submission of ``count`` array tasks would use (for --dry-run); needs no SLURM.
+
+    Written by submitit itself (its SLURM executor's private script writer) from the parameters ``make_executor``
+    gives AutoExecutor, translated as AutoExecutor translates them (generic names → SLURM's, ``slurm_*`` → as
+    they are), so it is the real thing.
     """
-    executor = make_executor("slurm", root, resources, name)
-    slurm = executor._executor
+    slurm = _ScriptOnlySlurm(root / ".submitit", max_num_timeout=max_num_timeout(resources))
+    params = {"name": name, **executor_parameters(resources)}
+    own = {k[len("slurm_"):]: v for k, v in params.items() if k.startswith("slurm_")}
+    slurm.update_parameters(**slurm._convert_parameters({k: v for k, v in params.items() if not k.startswith("slurm_")}),
+                            **own)
     slurm.parameters["map_count"] = count
     lines = slurm._make_submission_file_text("python -u -m submitit.core._submit <folder>", "<uid>").split("\n")
     last = max((i for i, line in enumerate(lines) if line.startswith("#SBATCH")), default=0)
@@ -255,16 +249,6 @@ def _local_controller_state(folder: Path, job_id: str) -> str:
 def _states(runs: list[SweepRun], root: Path) -> list[str]:
     lookup = scheduler_state(root)
     return [run_status(root / r.name, lookup).state for r in runs]
-
-
-def prepare_run(root: Path, r: SweepRun) -> RunFolder:
-    """Write config.json and run.json and drop a stale error.txt: from here on the run is at least incomplete."""
-    run = RunFolder(root / r.name)
-    run.write_config(to_dict(r.config))
-    run.write_info(sweep=r.sweep, variant=r.variant, seed=r.config.seed, config_hash=config_hash(r.config),
-                   baseline=r.baseline)
-    run.clear_error()
-    return run
 
 
 def run_inline(runs: list[SweepRun], root: str | Path, *, name: str = "", resources: dict[str, Any] | None = None,
@@ -320,6 +304,7 @@ def submit_array(kind: str, runs: list[SweepRun], root: str | Path, *, name: str
     if not todo:
         log("nothing to submit")
         return []
+    before = [snapshot(root / r.name) for r in todo]
     for r in todo:
         prepare_run(root, r)
     parallel = resources.get("array_parallelism")
@@ -327,8 +312,17 @@ def submit_array(kind: str, runs: list[SweepRun], root: str | Path, *, name: str
         log(f"warning: submitit's local executor starts all {len(todo)} jobs at once; resources.array_parallelism="
             f"{parallel} limits only SLURM arrays (submitit issue #1685). To share one machine, run "
             f"`alphaflow sweep FILE --executor inline` in {parallel} shells: each run's lock keeps them apart.")
-    ex = make_executor(kind, root, resources, name)
-    jobs = ex.map_array(TrainJob(), [{"config": to_dict(r.config), "run_dir": str(root / r.name)} for r in todo])
+    said = io.StringIO()  # submitit prints sbatch's complaint on stderr before raising it: one line says it all
+    try:
+        with contextlib.redirect_stderr(said):
+            ex = make_executor(kind, root, resources, name)
+            jobs = ex.map_array(TrainJob(), [{"config": to_dict(r.config), "run_dir": str(root / r.name)} for r in todo])
+    except Exception as exc:
+        for snap in before:  # no job will train these: their folders go back to what they were
+            restore(snap)
+        why = one_line(exc) if str(exc).strip() else (said.getvalue().strip().splitlines() or [type(exc).__name__])[0]
+        raise RunFailed(f"the {kind} submission of {len(todo)} run(s) failed ({why}); nothing was submitted and "
+                        f"their folders under {root} are as before") from exc
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     for r, job in zip(todo, jobs):
         RunFolder(root / r.name).write_job({"job_id": job.job_id, "executor": kind, "submitted": stamp})

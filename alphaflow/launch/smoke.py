@@ -18,10 +18,12 @@ schedules, guidance, conflict rule, data pipeline (path, resolution, workers, VA
 
 The step-unit schedules are not rescaled, so a 4-step rehearsal of "sigmoid 0 → 400K" trains at α ≈ 1:
 the point is that every code path of the real run starts, checkpoints, resumes and ends, not its numbers.
-The file's ``resources`` are checked and its SLURM batch script built exactly as the real submission
-would (``executors.sbatch_script``); they are shown, not used. The runs go to their own root
-(``runs/<sweep>-smoke`` by default), named by the hash of the shrunk config, so they never mix with real
-runs; a second ``--smoke`` skips the runs that finished and retries the others.
+The file's ``resources`` are checked (``alphaflow.launch.resources``) and its SLURM batch script built exactly as
+the real submission would (``executors.sbatch_script``, no SLURM needed); they are shown, not used
+(``alphaflow.launch.command``). A latents run without ``data.path`` trains on made-up latents of its recipe's
+shape (``alphaflow.launch.smoke_data``). The runs go to their own root (``runs/<sweep>-smoke`` by default),
+named by the hash of the shrunk config, so they never mix with real runs; a second ``--smoke`` skips the runs
+that finished and retries the others.
 """
 
 from __future__ import annotations
@@ -160,27 +162,13 @@ def describe(file: str | Path, sweep: Sweep, shrunk: list[Shrunk], root: Path, s
     return "\n".join(lines)
 
 
-def resources_summary(real: Sweep, root: Path) -> str:
-    """The file's resources, checked and completed as the real submission of ``real`` (the unshrunk sweep) under
-    ``root`` would (``executor_parameters``, ``with_defaults``), and the ``#SBATCH`` lines of its batch script."""
-    from alphaflow.launch import executors  # imports submitit: the launcher's job
-
-    executors.executor_parameters(real.resources)
-    resources = executors.with_defaults(real.resources, real.runs)
-    script = executors.sbatch_script(root, resources, real.name, len(real.runs))
-    header = [line for line in script.splitlines() if line.startswith(("#SBATCH", "# requeued"))]
-    given = " ".join(f"{k}={v}" for k, v in resources.items())
-    return "\n".join([f"resources (checked, not used here): {given or '(defaults)'}",
-                      "the real submission's batch script (--executor slurm):", *(f"  {h}" for h in header)])
-
-
 def rehearse(sweep: Sweep, root: Path, *, log: Callable[[str], None] = print) -> int:
     """Train every run of ``sweep`` (a ``smoke_sweep``) under ``root`` in the file's order: to half-way, then
     again from that checkpoint to the end, as a job requeued at its time limit would. One failure does not stop
     the rest; its traceback goes to the run's error.txt. Logs a table of the runs; returns how many did not finish.
     """
     from alphaflow.evaluate.callbacks import train_with_evaluation as train  # the trainer: heavy, imported here
-    from alphaflow.launch.executors import prepare_run
+    from alphaflow.launch.prepare import prepare_run
     from alphaflow.runlock import RunLocked
 
     results = []

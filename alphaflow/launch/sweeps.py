@@ -1,6 +1,6 @@
 """Sweep files: a base config, named variants, a grid, zipped axes and seeds, expanded into runs.
 
-    name: grad_conflict
+    name: grad_conflict                  # a plain folder name (default: the file's stem): runs/<name>
     recipe: digits                       # optional: start from a recipe or YAML file
     base: {train: {steps: 1500}}         # a (partial) config mapping applied on top
     variants:                            # named sets of dotted overrides (optional)
@@ -14,6 +14,9 @@
     resources: {timeout_min: 60, gpus_per_node: 1, tasks_per_node: 1, cpus_per_task: 8, mem_gb: 32,
                 partition: learn, array_parallelism: 16, max_num_timeout: 20,
                 slurm: {account: my-account, qos: normal}}
+
+Every section is checked for this shape when the file is read, ``resources`` key by key with types and ranges
+(``alphaflow.launch.resources``), so a bad file is refused in one line naming the file and the key.
 
 Each run is named ``<readable-description>-<config-hash>`` (DomainBed style), so its folder is a
 pure function of its config; the description is the variant, the grid and zip values and ``s<seed>``.
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from alphaflow.config import Config, ConfigError, apply_overrides, config_hash, load_config, read_yaml, validate
+from alphaflow.launch.resources import check_resources
 
 _KEYS = {"name", "recipe", "base", "variants", "grid", "zip", "seeds", "resources", "baseline"}
 
@@ -68,6 +72,66 @@ def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[str]:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # one folder under runs/: no '/', '..', hidden or empty
+
+
+def sweep_name(path: Path, spec: dict) -> str:
+    """The sweep's ``name`` (default: the file's stem), refused unless it is a plain folder name: the default root
+    of its runs is ``runs/<name>``, which a name such as ``../..`` or ``a/b`` would put elsewhere."""
+    name = spec.get("name", path.stem)
+    if isinstance(name, str) and _PLAIN_NAME.fullmatch(name):
+        return name
+    rule = "a plain folder name (letters, digits, '-', '_' and '.', not starting with '.'), as runs go to runs/<name>"
+    if "name" not in spec:
+        raise ValueError(f"{path}: the file has no 'name' and its stem {name!r} is not {rule}; add name: <a name>")
+    raise ValueError(f"{path}: 'name' must be {rule}, got {name!r}")
+
+
+def _check_sections(path: Path, spec: dict) -> None:
+    """Every section has the shape the module docstring gives it: recipe a string, base a mapping, variants a
+    mapping of names to mappings of dotted keys, grid and zip mappings of dotted keys, seeds whole numbers,
+    baseline a variant's name; ``resources`` is checked key by key (``alphaflow.launch.resources``)."""
+    sweep_name(path, spec)
+    recipe = spec.get("recipe")
+    if recipe is not None and (not isinstance(recipe, str) or not recipe.strip()):
+        raise ValueError(f"{path}: 'recipe' must be a recipe name or a YAML file (a string), got {recipe!r}")
+    base = spec.get("base")
+    if base is not None and not isinstance(base, dict):
+        raise ValueError(f"{path}: 'base' must be a (partial) config mapping, e.g. {{train: {{steps: 1500}}}}, "
+                         f"got {base!r}")
+    variants = spec.get("variants")
+    if variants is not None and not isinstance(variants, dict):
+        raise ValueError(f"{path}: 'variants' must map variant names to mappings of dotted overrides, e.g. "
+                         f"{{fm: {{objective.name: fm}}}}, got {variants!r}")
+    for name, extra in (variants or {}).items():
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"{path}: variant names are strings, got {name!r} in 'variants'")
+        if extra is not None and not isinstance(extra, dict):
+            raise ValueError(f"{path}: variant {name!r} must be a mapping of dotted overrides, e.g. "
+                             f"{{objective.name: fm}}, got {extra!r}")
+        bad = [k for k in (extra or {}) if not isinstance(k, str) or not k.strip()]
+        if bad:
+            raise ValueError(f"{path}: variant {name!r}: {bad[0]!r} is not a dotted config key such as optim.lr")
+    for section in ("grid", "zip"):
+        bad = [k for k in (spec.get(section) or {}) if not isinstance(k, str) or not k.strip()] \
+            if isinstance(spec.get(section), dict) else []
+        if bad:
+            raise ValueError(f"{path}: {section} axis {bad[0]!r} is not a dotted config key such as optim.lr")
+    seeds = spec.get("seeds")
+    lists = seeds.values() if isinstance(seeds, dict) else [seeds] if isinstance(seeds, list) else []
+    bad = [x for values in lists if isinstance(values, list) for x in values
+           if isinstance(x, bool) or not isinstance(x, int)]
+    if bad:
+        raise ValueError(f"{path}: 'seeds' holds whole numbers (e.g. [0, 1, 2]), got {bad[0]!r}")
+    baseline = spec.get("baseline")
+    if "baseline" in spec and (not isinstance(baseline, str) or not baseline.strip()):
+        raise ValueError(f"{path}: 'baseline' must name one of the variants, got {baseline!r}")
+    try:
+        check_resources(spec.get("resources"))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _check_axes(path: Path, spec: dict) -> None:
@@ -130,7 +194,8 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raise ValueError(f"{path}: a sweep file is a mapping with keys {sorted(_KEYS)}")
     unknown = set(spec) - _KEYS
     if unknown:
-        raise ValueError(f"{path}: unknown sweep keys {sorted(unknown)}; expected some of {sorted(_KEYS)}")
+        raise ValueError(f"{path}: unknown sweep keys {sorted(map(str, unknown))}; expected some of {sorted(_KEYS)}")
+    _check_sections(path, spec)
     _check_axes(path, spec)
     _check_overrides(path, spec, overrides)
     base = _flatten(spec.get("base") or {}) + list(overrides)
@@ -143,7 +208,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     zip_rows = list(zip(*zipped.values())) if zipped else [()]
     seeds = spec.get("seeds") or [None]
     per_variant = seeds if isinstance(seeds, dict) else {v: seeds for v in variants}
-    name = spec.get("name", path.stem)
+    name = sweep_name(path, spec)
     runs = []
     points = [(variant, extra, combo, row, seed)
               for (variant, extra), combo, row in itertools.product(variants.items(),
@@ -171,7 +236,4 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: two runs share a name (identical configs?): {sorted(n for n in names if names.count(n) > 1)}")
-    resources = spec.get("resources") or {}
-    if not isinstance(resources, dict):
-        raise ValueError(f"{path}: 'resources' must be a mapping, got {resources!r}")
-    return Sweep(name, runs, resources)
+    return Sweep(name, runs, check_resources(spec.get("resources")))
