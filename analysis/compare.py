@@ -13,8 +13,9 @@ seeds both have:
 
     table = paired_table(per_run, ["fd_digits 1-NFE"], baseline="meanflow")   # per_run: variant, seed, values
 
-A difference's interval is not clipped: a difference of two quantities in [a, b] lies in [a − b, b − a],
-wider than any interval here. ``baseline_of`` picks the reference: the one asked for, else the sweep's
+A difference of two quantities in [a, b] lies in [a − b, b − a] (cosines: [−2, 2]; a distance: unbounded), and
+its t-interval is clipped there (``difference_range``), as every interval of the report is clipped to its
+quantity's range. ``baseline_of`` picks the reference: the one asked for, else the sweep's
 (run.json's ``baseline``: the file's ``baseline:`` key or its first variant), else the first by name.
 """
 
@@ -26,6 +27,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from .summary import value_range
 
 COLUMNS = ["metric", "variant", "baseline", "pairs", "baseline_mean", "variant_mean", "diff", "diff_sd",
            "diff_lo", "diff_hi", "boot_lo", "boot_hi", "better", "seeds_to_resolve"]
@@ -70,6 +73,13 @@ def bootstrap_interval(d: np.ndarray, level: float = 0.95, resamples: int = BOOT
     return float(lo), float(hi)
 
 
+def difference_range(metric: str) -> tuple[float, float]:
+    """[a − b, b − a] for a quantity in [a, b] (``summary.value_range``): (−2, 2) for a cosine, unbounded for a
+    distance (a − b = −inf), (−1, 1) for a share."""
+    a, b = value_range(metric)
+    return a - b, b - a
+
+
 def paired(baseline: pd.Series, variant: pd.Series, metric: str, level: float = 0.95) -> dict[str, float]:
     """The paired statistics (module docstring) of two per-seed series (index: seed; NaN values dropped)."""
     both = pd.concat([baseline.rename("b"), variant.rename("v")], axis=1).dropna()
@@ -79,7 +89,8 @@ def paired(baseline: pd.Series, variant: pd.Series, metric: str, level: float = 
            "variant_mean": float(both["v"].mean()) if n else math.nan,
            "diff": float(d.mean()) if n else math.nan, "diff_sd": float(d.std(ddof=1)) if n > 1 else math.nan}
     half = stats.t.ppf(0.5 + level / 2, n - 1) * out["diff_sd"] / math.sqrt(n) if n > 1 else math.nan
-    out["diff_lo"], out["diff_hi"] = out["diff"] - half, out["diff"] + half
+    lo, hi = difference_range(metric)
+    out["diff_lo"], out["diff_hi"] = max(out["diff"] - half, lo), min(out["diff"] + half, hi)
     out["boot_lo"], out["boot_hi"] = bootstrap_interval(d, level)
     lower = lower_is_better(metric)
     out["better"] = float(np.mean(d < 0 if lower else d > 0)) if n and lower is not None else math.nan

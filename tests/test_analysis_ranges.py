@@ -100,3 +100,19 @@ def test_one_seed_gets_no_t_interval_and_the_clip_was_needed(report):
     assert conflict.loc["three", "frac_tfm_tcc_below_-0.4_interval"] == "wilson"
     head = (report / "headline.md").read_text()
     assert "(band " in head and "-1.8" not in head
+
+
+
+def test_paired_differences_lie_in_the_range_of_a_difference():
+    """A difference of two cosines lies in [−2, 2], of two shares in [−1, 1]: the t-interval of seeds that swing
+    from −0.9 to 0.9 leaves [−2, 2] and is clipped there; the bootstrap's never leaves it; a distance is not clipped."""
+    from analysis.compare import difference_range, paired
+
+    base, other = pd.Series([-0.9, 0.9, -0.9]), pd.Series([0.9, -0.9, 0.9])
+    out = paired(base, other, "mean_cos_tfm_tcc")
+    assert out["diff_lo"] == -2.0 and out["diff_hi"] == 2.0 and difference_range("mean_cos_tfm_tcc") == (-2.0, 2.0)
+    assert -2.0 <= out["boot_lo"] <= out["boot_hi"] <= 2.0
+    share = paired(base.abs() / 2, other.abs() * 0 + 0.9, "frac_tfm_tcc_below_-0.4")
+    assert -1.0 <= share["diff_lo"] <= share["diff_hi"] <= 1.0
+    far = paired(base * 100, other * 100, "fd_digits 1-NFE")
+    assert far["diff_lo"] < -200 and far["diff_hi"] > 200, "a distance's difference is unbounded"
