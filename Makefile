@@ -32,7 +32,7 @@ test: setup
 	$(PY) -m pytest -q --durations=25
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow or fast"
 
 # the main job: sweeps/demo.yaml in DEMO_SHELLS one-thread inline sweeps at once (one per core), then the report
 # (DEMO_ROOT to move it; scripts/demo.sh says why not submitit's local executor)

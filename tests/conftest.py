@@ -104,16 +104,6 @@ def latents(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- tiers
-# `make test-fast` runs `pytest -m "not slow"`: the identities and unit tests, under a minute. Modules that
-# train, submit jobs, start SLURM, execute notebooks, compile or run the GPU-check rehearsal are the slow tier.
-SLOW_MODULES = {"test_trainer", "test_launcher", "test_launcher_races", "test_conflict_training", "test_launcher_slurm", "test_slurm_cluster", "test_notebooks",
-                "test_compile", "test_evaluate", "test_run_eval", "test_gpucheck", "test_readme", "test_sweeps",
-                "test_memplan", "test_bench", "test_metrics_digits", "test_features", "test_bf16_objectives",
-                "test_host_syncs", "test_extractors", "test_official_runs", "test_smoke_imagenet"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        in_slow_module = item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES
-        if in_slow_module and item.get_closest_marker("fast") is None:  # @pytest.mark.fast: a file check in a slow module
-            item.add_marker(pytest.mark.slow)
+# `make test-fast` runs `pytest -m "not slow or fast"`: the identities and unit tests, under a minute. A module that
+# trains, submits jobs, starts SLURM, executes notebooks, compiles or runs the GPU-check rehearsal says so itself
+# (`pytestmark = pytest.mark.slow`); a quick test inside it is marked `@pytest.mark.fast` and stays in the fast tier.

@@ -15,6 +15,8 @@ from alphaflow.perf.bench import (BASE_VARIANTS, CONFLICT_VARIANTS, FAMILY_VARIA
 from alphaflow.cli import main
 from alphaflow.models import build_for_data
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 MODEL, BATCH, SHAPE = "DiT-N/2", 4, (1, 8, 8)
 
 

@@ -21,6 +21,8 @@ from alphaflow.models import build_model
 from alphaflow.models.mlp import MLP
 from alphaflow.objectives import Guidance, build_objective
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 OBJECTIVES = {
     "fm": ("fm", {}),
     "tfm": ("tfm", {}),

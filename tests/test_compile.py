@@ -22,6 +22,8 @@ from alphaflow.build import preflight
 from alphaflow.config import ConfigError, load_config
 from alphaflow.train.loop import train
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 if not torch._dynamo.is_dynamo_supported():  # e.g. a Python that TorchDynamo does not support yet
     pytest.skip("torch.compile is unavailable on this Python", allow_module_level=True)
 

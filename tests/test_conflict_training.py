@@ -18,6 +18,8 @@ from alphaflow.train.conflict import ConflictCombiner, weighted_parts
 from alphaflow.train.loop import train
 from test_trainer import TINY, _ddp_worker, _free_port, assert_same_state, deterministic
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 CONFLICT_KEYS = {"conflict_cos", "conflict_norm_tfm", "conflict_norm_tcc", "conflict_ratio", "conflict_changed",
                  "conflict_change"}
 

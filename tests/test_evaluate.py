@@ -14,6 +14,8 @@ from alphaflow.models import build_for_data
 from alphaflow.runfolder import read_jsonl
 from alphaflow.train.loop import train
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):

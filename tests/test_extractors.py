@@ -20,6 +20,8 @@ from alphaflow.metrics import EXTRACTORS, METRIC_NAMES, FeatureExtractor, Featur
 from alphaflow.metrics.inception import FIDInceptionV3, InceptionFeatures, inception_extractor
 from alphaflow.metrics.preprocess import dinov2_input, inception_input, quantize_8bit, to_uint8_levels
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 REAL_INCEPTION = os.environ.get("ALPHAFLOW_INCEPTION_WEIGHTS")
 REAL_DINOV2 = os.environ.get("ALPHAFLOW_DINOV2")
 

@@ -10,6 +10,8 @@ import torch
 from alphaflow.data.digits import load_digits
 from alphaflow.metrics import features as F
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

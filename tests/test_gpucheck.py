@@ -22,6 +22,8 @@ from alphaflow.perf.gpucheck.markdown import headline, render
 from alphaflow.perf.gpucheck.report import merge_entries, read_report, record, report_path
 from alphaflow.perf.gpucheck.settings import BACKGROUND, FOREGROUND, Skip
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 NON_FINITE = ("NaN", "Infinity", "-Infinity")

@@ -17,6 +17,8 @@ from alphaflow.models.mlp import MLP
 from alphaflow.objectives import Guidance, build_objective
 from alphaflow.perf.syncs import count_host_syncs
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 # ----------------------------------------------------------------------------- the counter
 
 X = torch.arange(6.0)

@@ -17,6 +17,8 @@ from alphaflow.launch.executors import run_inline
 from alphaflow.launch.sweeps import load_sweep
 from alphaflow.runfolder import RunFolder, run_status
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 TINY_BASE = ("{model: {name: DiT-N/2}, train: {steps: STEPS, batch_size: 8, log_every: 2, ckpt_every: 4, "
              "sample_every: 0, threads: 1}, sample: {num: 4}, data: {stats_samples: 16}}")
 

@@ -18,6 +18,9 @@ from alphaflow.launch.sweeps import load_sweep
 from alphaflow.runfolder import RunFolder, read_checkpoint
 from alphaflow.runlock import sweep_lock
 from test_launcher import sweep_file, task_pids
+import pytest
+
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
 
 REPO = Path(__file__).resolve().parents[1]
 TWO_TASKS = {"timeout_min": 5, "tasks_per_node": 2, "cpus_per_task": 1}

@@ -13,6 +13,9 @@ from alphaflow.launch import executors as launcher
 from alphaflow.launch.executors import run_inline
 from alphaflow.launch.sweeps import load_sweep
 from alphaflow.runfolder import RunFolder
+import pytest
+
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
 
 SWEEP = """name: slurm-test
 base: {model: {name: DiT-N/2}, train: {steps: 200, batch_size: 8, log_every: 2, ckpt_every: 50, sample_every: 0,

@@ -19,6 +19,8 @@ from alphaflow.objectives import AlphaFlow, MeanFlow
 from alphaflow.train.optim import EMA, gradient_norm, sanitize_and_clip
 from alphaflow.instrument.probes import probe_gradients
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE, BATCH = (1, 16, 16), 32
 TOLERANCE = 0.05  # measured agreement is within 1 % (0.7 % for the whole-batch probe)

@@ -6,6 +6,9 @@ import torch
 
 from alphaflow.data import load_digits
 from alphaflow.metrics import FeatureStats, digits_extractor, frechet_distance
+import pytest
+
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
 
 
 def test_digit_halves_are_close_and_noise_is_far(tmp_path):

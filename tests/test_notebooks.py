@@ -32,6 +32,8 @@ from analysis.schedules import fig_schedules
 from analysis.summary import t_interval
 from analysis.tables import interval_table, quality_column, quality_table, run_quality
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 NAMES = ["01_gradient_conflict", "02_alpha_schedules", "03_samples", "04_conflict_interventions", "05_family"]

@@ -20,6 +20,8 @@ from alphaflow.runfolder import RunFolder
 from alphaflow.train.loop import train
 from test_import_official import TINY, save_snapshot, their_pair
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def imported(latents, tmp_path_factory):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+import pytest
+
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
 
 
 def test_readme_python_blocks_run():

@@ -11,6 +11,8 @@ from alphaflow.runfolder import RunFolder, read_jsonl
 from alphaflow.evaluate.callbacks import train_with_evaluation as train
 from alphaflow.train.loop import train as bare_train
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 SMALL = ["model.name=DiT-N/2", "train.steps=20", "train.batch_size=16", "train.log_every=10",
          "train.sample_every=0", "ema.halflife_steps=5", "objective.name=meanflow"]
 

@@ -13,6 +13,8 @@ import pytest
 
 from slurm_fixtures import PARTITION, _alive, _cluster, _pids, _require_slurm
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 # --- sbatch and the sacct stand-in -------------------------------------------------------------------------------
 
 

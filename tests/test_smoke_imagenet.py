@@ -19,6 +19,8 @@ from alphaflow.launch.sweeps import load_sweep
 from alphaflow.runfolder import RunFolder
 from fake_imagenet import make_all
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[1]
 TABLE2A = ROOT / "sweeps" / "imagenet" / "table2a_schedules.yaml"
 

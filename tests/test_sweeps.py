@@ -12,6 +12,8 @@ from alphaflow.launch.executors import run_inline
 from alphaflow.launch.sweeps import load_sweep
 from alphaflow.runfolder import run_status
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

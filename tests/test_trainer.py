@@ -14,6 +14,8 @@ from alphaflow.config import load_config, to_dict
 from alphaflow.runfolder import RunFolder
 from alphaflow.train.loop import NonFiniteLossError, train
 
+pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
+
 TINY = ["model.name=DiT-N/2", "train.steps=6", "train.batch_size=16", "train.log_every=2", "train.ckpt_every=3",
         "train.sample_every=0", "sample.num=8", "ema.halflife_steps=2", "data.stats_samples=64"]
 TIMING_KEYS = {"wall", "images_per_sec"}  # the only metrics that may differ between identical runs
