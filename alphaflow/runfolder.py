@@ -352,10 +352,10 @@ def select_checkpoints(run: RunFolder, which: str) -> list[tuple[int, Path]]:
     try:
         steps = [int(s) for s in which.split(",") if s.strip()]
     except ValueError:
-        raise ValueError(f"--checkpoints must be all, last or a comma list of steps, got {which!r}") from None
+        raise ValueError(f"checkpoints must be all, last or a comma list of steps, got {which!r}") from None
     missing = [s for s in steps if s not in found]
     if missing:
-        raise ValueError(f"--checkpoints: no checkpoint at step(s) {missing} in {run.root}; saved: {sorted(found)}")
+        raise ValueError(f"no checkpoint at step(s) {missing} in {run.root}; saved: {sorted(found)}")
     return [(s, found[s]) for s in steps]
 
 

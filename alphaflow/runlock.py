@@ -254,6 +254,8 @@ def sweep_lock(root: Path | str, *, say: Callable[[str], None] = print, wait_s: 
 def break_lock(root: Path | str) -> str:
     """Clear the record of run folder ``root``'s lock after its holder has gone (``alphaflow unlock``); returns
     what was done. Refuses while a process on this host holds it, or while flock shows it is held."""
+    if not Path(root).is_dir():
+        raise ValueError(f"{root} is not a folder: give the run folder whose lock to clear")
     path = Path(root) / LOCK_FILE
     holder = read_holder(path)
     if holder is None:

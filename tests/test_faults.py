@@ -102,3 +102,20 @@ def test_a_run_without_checkpoints_says_to_train_it_first(command, tmp_path, cap
     line = one_line(capsys.readouterr().err)
     assert line.startswith(f"alphaflow {command[0]}: {tmp_path / 'run'} has no checkpoint") and "yet" in line
     assert "train.ckpt_every" in line and "keep_every" not in line and "the same `alphaflow train` resumes it" in line
+
+
+def test_more_bad_inputs_get_one_line(tmp_path, capsys):
+    """Found by trying bad inputs beyond the issue's list: each is refused in one line with exit 2."""
+    sweep = write_sweep(tmp_path, "name: ok\nvariants: {a: {}}\nseeds: [0]\n")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    cases = [
+        (["sweep", str(sweep), "--wait", "--wait-every", "-1", "--dry-run"], "--wait-every is the seconds between"),
+        (["sweep", str(sweep), "--root", str(a_file), "--executor", "inline"], f"--root {a_file} is a file"),
+        (["unlock", str(tmp_path / "nowhere")], f"{tmp_path / 'nowhere'} is not a folder"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        line = one_line(capsys.readouterr().err)
+        assert line.startswith(f"alphaflow {argv[0]}: {expected}"), (argv, line)
+    assert not (tmp_path / "runs").exists() and a_file.read_text() == ""

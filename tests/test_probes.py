@@ -136,7 +136,7 @@ def test_offline_probe_writes_every_column(tmp_path):
     assert json.loads(path.read_text().splitlines()[-1])["weights"] == "ema"
     with pytest.raises(ValueError, match=r"no checkpoint at step\(s\) \[5\]"):
         probe_run(tmp_path, checkpoints="2,5", batch_size=8)
-    with pytest.raises(ValueError, match="--checkpoints must be"):
+    with pytest.raises(ValueError, match="checkpoints must be all, last or a comma list"):
         probe_run(tmp_path, checkpoints="first", batch_size=8)
     # the command takes its defaults from the run's probe section, changed by probe.* overrides
     assert main(["probe", str(tmp_path), "probe.batches=2", "probe.batch_size=4", "--checkpoints", "last"]) == 0

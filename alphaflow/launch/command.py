@@ -29,6 +29,8 @@ def preflight_runs(runs: list[SweepRun]) -> None:
 
 def make_root(root: Path) -> None:
     """Create the sweep's root folder; a folder that cannot be created is a bad ``--root``."""
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--root {root} is a file: give the folder of the sweep's runs (it is created if missing)")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -42,6 +44,8 @@ def sweep_command(args: argparse.Namespace) -> int:
         return smoke_command(args, sweep)
     if args.smoke_steps is not None:
         raise UsageError("--smoke-steps sets the steps of a rehearsal; add --smoke")
+    if not args.wait_every > 0:
+        raise UsageError(f"--wait-every is the seconds between progress lines: a number > 0, got {args.wait_every:g}")
     root = Path(args.root or f"runs/{sweep.name}")
     if args.status:
         return listing(args, sweep, root, "")
