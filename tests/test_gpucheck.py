@@ -263,3 +263,22 @@ def test_headline_joins_speed_with_flops_and_plans():
 def test_non_finite_numbers_are_written_as_strings():
     assert jsonable({"a": float("nan"), "b": (1, float("inf")), "c": -float("inf"), "d": True}) == \
         {"a": "NaN", "b": [1, "Infinity"], "c": "-Infinity", "d": True}
+
+
+def test_recompiles_count_frames_compiled_again_not_a_second_compiled_module():
+    """Two compiled functions (the prediction and the target pass) are two first compiles, not a recompile; a
+    dtype change of one of them is one recompile."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from alphaflow.perf.gpucheck.compiling import _dynamo_counts, _frame_compiles
+
+    torch._dynamo.reset()
+    counters.clear()
+    before = _frame_compiles()
+    f = torch.compile(lambda x: x.sin() * 2, backend="eager")
+    g = torch.compile(lambda x: x.cos() + 1, backend="eager")
+    f(torch.ones(3)), g(torch.ones(3))
+    assert _dynamo_counts(before)["recompiles"] == 0
+    f(torch.ones(3, dtype=torch.float64))
+    assert _dynamo_counts(before)["recompiles"] == 1

@@ -23,22 +23,41 @@ from alphaflow.perf.gpucheck.trainer import train_once, write_latents
 NEED_S = {"cuda": 60.0, "cpu": 0.0}  # least time worth starting a compiled run with
 
 
-def _dynamo_counts() -> dict[str, int]:
+def _frame_compiles() -> dict:
+    """TorchDynamo's compiles per frame so far (``convert_frame.FRAME_COMPILE_COUNTER``: frame id → compiles; a
+    private counter, so {} where this torch has none)."""
+    try:
+        from torch._dynamo.convert_frame import FRAME_COMPILE_COUNTER
+    except ImportError:
+        return {}
+    return dict(FRAME_COMPILE_COUNTER)
+
+
+def _dynamo_counts(before: dict | None = None) -> dict[str, int | None]:
+    """Graphs, frames, graph breaks and recompiles since ``counters.clear()``. A recompile is a frame compiled again
+    after its first compile (``before``: ``_frame_compiles()`` at the start); the prediction and the no-grad target
+    pass are two frames, each compiled once when nothing recompiles. None where the per-frame counter is missing."""
     from torch._dynamo.utils import counters
 
     frames = dict(counters.get("frames", {}))
+    after = _frame_compiles()
+    recompiles = None
+    if after and before is not None:
+        new = sum(n - before.get(f, 0) for f, n in after.items())
+        first = sum(1 for f, n in after.items() if n > 0 and before.get(f, 0) == 0)
+        recompiles = new - first
     return {"unique_graphs": int(counters["stats"].get("unique_graphs", 0)),
             "frames_compiled": int(frames.get("ok", 0)), "frames_total": int(frames.get("total", 0)),
-            "graph_breaks": int(sum(counters.get("graph_break", {}).values())),
-            "recompiles": max(int(frames.get("ok", 0)) - 1, 0)}  # compiles of the model after its first
+            "graph_breaks": int(sum(counters.get("graph_break", {}).values())), "recompiles": recompiles}
 
 
 def _compiled(s: Settings, run: TrainerRun, data: Path, folder: Path) -> dict[str, Any]:
     from torch._dynamo.utils import counters
 
     counters.clear()
+    before = _frame_compiles()
     result = train_once(s, run, data, folder, compile=True, steps=s.compile_steps)
-    result.update(_dynamo_counts())
+    result.update(_dynamo_counts(before))
     # the first tick holds the compile: its time less what its steps take once compiled
     result["compile_s"] = result["first_tick_s"] - result["first_tick_steps"] * result["step_ms"] / 1e3
     return result
