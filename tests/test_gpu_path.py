@@ -15,6 +15,7 @@ import torch
 
 import alphaflow.train.distributed as D
 import alphaflow.train.loop as trainer_module
+import alphaflow.train.ticks as ticks
 from alphaflow.train.step import LoopState, StepOutput
 from alphaflow.data.latent_data import LatentData
 from alphaflow.models import build_model
@@ -58,8 +59,8 @@ def test_the_log_tick_reduces_on_the_runs_device(recorded_collectives):
     for _ in range(2):
         terms = type("T", (), {"components": {"mse": torch.tensor([1.0, 3.0])}, "logs": {}})()
         out = StepOutput(terms, torch.tensor(0.5), torch.tensor(2.0), finite=True, stop=False)
-        trainer_module._accumulate(state.tick, out)
-    row = trainer_module._log_row(state, 1e-3, {"alpha": 0.5}, fake_rank(), 16)
+        ticks.accumulate(state.tick, out)
+    row = ticks.log_row(state, 1e-3, {"alpha": 0.5}, fake_rank(), 16)
     assert recorded_collectives == [META, META]  # the means, then the maxima
     assert {"loss", "loss_mse", "grad_norm", "max_loss", "max_loss_mse", "max_grad_norm"} <= row.keys()
 

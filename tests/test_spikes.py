@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import alphaflow.train.loop as trainer_module
+import alphaflow.train.ticks as ticks
 import alphaflow.train.spikes as spikes
 import alphaflow.train.step as step_module
 from alphaflow.cli import main
@@ -102,7 +103,7 @@ def test_the_guarded_step_and_its_tick_make_only_the_steps_one_host_sync(tiny_ne
     monkeypatch.setattr(spikes, "WINDOW", 4)
     with count_host_syncs() as syncs:
         out, state, _ = toy_step(tiny_net, batch, torch.tensor([1e-9] * 4, dtype=torch.float64))
-        trainer_module._accumulate(state.tick, out)
+        ticks.accumulate(state.tick, out)
     assert out.skipped and syncs.events == ["Tensor.tolist"], syncs.events
 
 
@@ -151,11 +152,11 @@ def test_a_row_has_each_parts_largest_step_and_survives_a_checkpoint_mid_tick():
              fake_out(float("nan"), float("nan"), 1.0, [5.0, 5.0], finite=False), fake_out(0.5, 1.0, 1.0, [0.5, 0.5])]
     straight, resumed = LoopState(step=4), LoopState(step=4)
     for i, out in enumerate(steps):
-        trainer_module._accumulate(straight.tick, out)
-        trainer_module._accumulate(resumed.tick, out)
+        ticks.accumulate(straight.tick, out)
+        ticks.accumulate(resumed.tick, out)
         if i == 1:  # a checkpoint, then a resume, in the middle of the tick
             resumed = LoopState.from_checkpoint(resumed.to_checkpoint())
-    rows = [trainer_module._log_row(s, 1e-3, {"alpha": 0.0, "ratio_fm": 0.5}, DistInfo(), 16)
+    rows = [ticks.log_row(s, 1e-3, {"alpha": 0.0, "ratio_fm": 0.5}, DistInfo(), 16)
             for s in (straight, resumed)]
     assert rows[0] == {**rows[1], "images_per_sec": rows[0]["images_per_sec"]}
     row = rows[0]
@@ -168,8 +169,8 @@ def test_an_old_checkpoint_without_maxima_or_window_loads():
     old = {"step": 3, "images": 48, "wall": 1.0, "tick": {"steps": 1, "finite": 1, "sums": {"loss": 2.0}}}
     state = LoopState.from_checkpoint(old)
     assert state.grad_norms is None and state.tick.maxima == {} and state.tick.skipped == 0
-    trainer_module._accumulate(state.tick, fake_out(1.0, 2.0, 3.0, [1.0, 1.0]))
-    row = trainer_module._log_row(state, 1e-3, {}, DistInfo(), 16)
+    ticks.accumulate(state.tick, fake_out(1.0, 2.0, 3.0, [1.0, 1.0]))
+    row = ticks.log_row(state, 1e-3, {}, DistInfo(), 16)
     assert row["loss"] == 1.5 and row["max_loss"] == 1.0, "the maxima of the steps since the resume"
 
 
