@@ -79,7 +79,9 @@ def test_ctrl_c_ends_with_130_and_says_where_to_resume(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "alphaflow", "train", "--out", str(run), *TINY, "train.steps=100000",
            "train.ckpt_every=5", "train.log_every=5", "train.threads=1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default in the child: a shell's background job (CI may run one) inherits it ignored
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not RunFolder(run).checkpoints() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
