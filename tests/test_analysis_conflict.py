@@ -98,6 +98,7 @@ def test_fig_conflict_draws_one_pooled_curve_per_variant(sweep):
     assert list(next(ln for ln in tick_ratio.lines if len(ln.get_xdata()) == 4).get_ydata()) == [0.5] * 4
 
 
+@pytest.mark.slow  # writes a whole report or trains: the slow tier
 def test_the_report_writes_the_tick_table_and_figure(sweep):
     out = write_report(sweep)
     names = {p.name for p in out.iterdir()}

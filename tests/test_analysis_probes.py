@@ -207,6 +207,7 @@ def test_save_figures_writes_four_pngs(sweep, tmp_path):
         assert p.exists() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
 
 
+@pytest.mark.slow  # writes a whole report or trains: the slow tier
 def test_grad_conflict_report_writes_figures_and_table(sweep, tmp_path):
     from analysis.grad_conflict import report
 

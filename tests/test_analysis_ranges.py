@@ -75,6 +75,7 @@ def report(tmp_path_factory) -> Path:
     return write_report(root)
 
 
+@pytest.mark.slow  # writes a whole report or trains: the slow tier
 def test_every_interval_of_every_csv_lies_in_its_range(report):
     checked = 0
     for path in sorted(report.glob("*.csv")):
@@ -89,6 +90,7 @@ def test_every_interval_of_every_csv_lies_in_its_range(report):
     assert checked >= 40, "the sweep must exercise many intervals"
 
 
+@pytest.mark.slow  # writes a whole report or trains: the slow tier
 def test_one_seed_gets_no_t_interval_and_the_clip_was_needed(report):
     variants = pd.read_csv(report / "variants.csv").set_index("variant")
     assert variants.loc["one", "final_loss_mse_n"] == 1 and pd.isna(variants.loc["one", "final_loss_mse_lo"])

@@ -290,6 +290,7 @@ def test_summarize_runs_final_and_best(sweep):
 
 # ----------------------------------------------------------------------------- report
 
+@pytest.mark.slow  # writes a whole report or trains: the slow tier
 def test_write_report_writes_the_files(sweep):
     out = write_report(sweep)
     assert out == sweep / "report"
@@ -428,6 +429,7 @@ def test_report_refuses_a_bad_out_in_one_line_before_any_work(sweep, tmp_path, c
     assert not (sweep / "report").exists() and not (sweep / ".analysis-cache").exists(), "refused before loading"
 
 
+@pytest.mark.slow  # writes a whole report or trains: the slow tier
 def test_report_on_a_read_only_root_is_one_line_and_exit_1(sweep, tmpfs, capsys):
     from alphaflow.cli import main
     from small_fs import remount
@@ -442,6 +444,7 @@ def test_report_on_a_read_only_root_is_one_line_and_exit_1(sweep, tmpfs, capsys)
     assert main(["report", str(root), "--out", str(fs.parent / "elsewhere")]) == 0, "the cache is optional there"
 
 
+@pytest.mark.slow  # writes a whole report or trains: the slow tier
 def test_report_draws_the_sample_figure_only_with_grids(sweep):
     """The golden runs hold no grid (no samples.png, see above); one grid of one run makes the figure."""
     from PIL import Image

@@ -48,6 +48,7 @@ def test_train_preflight_names_the_bad_key(capsys, tmp_path, override, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # writes a whole report or trains: the slow tier
 def test_extract_latents_command(capsys, tmp_path, latents):
     vae_root, _, _ = latents
     from conftest import make_image_folder
@@ -59,6 +60,7 @@ def test_extract_latents_command(capsys, tmp_path, latents):
     assert {p.name for p in (tmp_path / "lat").iterdir()} >= {"meta.json", "mean.npy", "logvar.npy", "labels.npy"}
 
 
+@pytest.mark.slow  # writes a whole report or trains: the slow tier
 def test_report_writes_tables_and_figures(capsys, tmp_path):
     import shutil
     from pathlib import Path

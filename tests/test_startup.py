@@ -40,6 +40,7 @@ except SystemExit:
     assert not loaded & {*HEAVY, "torch", "numpy"}, sorted(loaded & {*HEAVY, "torch", "numpy"})
 
 
+@pytest.mark.slow  # writes a whole report or trains: the slow tier
 def test_train_reaches_its_first_step_without_analysis_libraries(tmp_path):
     """A two-step run on the embedded digits, then `--dry-run`: torch and numpy, never pandas, scipy, matplotlib."""
     code = f"""

@@ -121,6 +121,7 @@ def history(records) -> dict[int, dict[str, float]]:
     return rows
 
 
+@pytest.mark.slow  # writes a whole report or trains: the slow tier
 def test_an_offline_wandb_run_holds_the_metrics_rows_and_a_resumed_run_keeps_its_id(tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="the trackers extra: pip install 'alphaflow[trackers]'")
     from alphaflow.evaluate.callbacks import train_with_evaluation
