@@ -167,10 +167,15 @@ def test_two_trainers_on_one_folder_the_second_is_refused_and_a_killed_one_is_ta
     assert steps == sorted(set(steps)), "the second process wrote nothing"
     third = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        lines = [third.stdout.readline() for _ in range(2)]
+        lines = [third.stdout.readline() for _ in range(3)]
     finally:
         third.kill()
         third.wait()
     assert lines[0].startswith(f"taking over the lock of {run.root} left by pid {first.pid}"), lines
     assert "that process is no longer running" in lines[0]
+    if lines[1].startswith("removed 1 temporary file"):
+        # the kill can land while the first trainer writes a checkpoint: its temporary file is
+        # named after its pid and the third trainer clears it before resuming
+        assert f".tmp{first.pid}" in lines[1] and "no longer running" in lines[1], lines
+        lines.pop(1)
     assert lines[1].startswith(f"resuming {run.root} from latest-"), lines
