@@ -1,3 +1,3 @@
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 
 raise SystemExit(main())

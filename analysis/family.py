@@ -24,7 +24,7 @@ from .labels import variant_column
 from .plots import _cos_axes, curves, draw_quantity, save_figure
 from .summary import summarize_variants
 
-THIRD_PARTS = ("d", "lv", "aux")  # the probes' names for them (alphaflow.instrument.probes.EXTRA_TERMS)
+THIRD_PARTS = ("d", "lv", "aux")  # the probes' names for them (alphaflow.train.probes.EXTRA_TERMS)
 VALUES = ("cos_tfm_x", "cos_tcc_x", "norm_x_over_tfm")
 CONFLICT_LINE = -0.4  # "typically below −0.4" (arXiv 2510.20771 §3.2, Fig. 2a)
 

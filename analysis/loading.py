@@ -174,7 +174,7 @@ def load_runs(root: str | Path, *, cache: bool = True) -> Runs:
     """Load every run under ``root`` (a sweep root, or one run folder) into a ``Runs``.
 
     Tolerant: a torn line is skipped, a run without DONE is ``incomplete``, a run with error.txt
-    ``failed``, a folder with nothing in it ``empty`` (``alphaflow.runfolder.run_status``); what was
+    ``failed``, a folder with nothing in it ``empty`` (``alphaflow.run.folder.run_status``); what was
     skipped is in ``Runs.problems``.
     With ``cache`` (default) each run is read once per change of its files and kept as Parquet under
     ``root/.analysis-cache/``.

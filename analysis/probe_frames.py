@@ -1,7 +1,7 @@
 """Load gradient-probe records from a sweep root into tidy frames, and the conflict table
 (docs/probes.md; arXiv 2510.20771 §3.2, Appendix E).
 
-A sweep root holds run folders (``alphaflow.runfolder``); each may hold ``probes.jsonl``, one JSON
+A sweep root holds run folders (``alphaflow.run.folder``); each may hold ``probes.jsonl``, one JSON
 object per (checkpoint, probe settings)::
 
     {"step": 20000, "weights": "raw", "batches": 1000, "batch_size": 128, "seed": 0,
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from alphaflow.runfolder import CONFIG
+from alphaflow.run.folder import CONFIG
 
 from .labels import RUN_COLUMNS, ratio_value, variant_column
 from .loading import Runs, load_runs

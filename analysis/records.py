@@ -1,9 +1,9 @@
 """Read one run folder into a ``RunRecord`` (config, status, variant, tables): what ``load_runs`` and its cache hold.
 
-The files, their readers and the state of a run are ``alphaflow.runfolder``'s: ``read_run`` turns
+The files, their readers and the state of a run are ``alphaflow.run.folder``'s: ``read_run`` turns
 config.json, run.json, job.json, error.txt and the JSONL files (metrics, probes, eval) into a
 ``RunRecord``: the config (through ``alphaflow.config.from_dict``, which upgrades old files), the
-status (``alphaflow.runfolder.run_status`` without a scheduler, so one of ``STATUSES``), the variant
+status (``alphaflow.run.folder.run_status`` without a scheduler, so one of ``STATUSES``), the variant
 (run.json's, else ``variant_of`` the run name) and one ``pyarrow.Table`` per JSONL file. It never
 raises on bad content: a torn line, an unreadable config, run.json or job.json become strings in
 ``RunRecord.problems``.
@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from alphaflow.config import Config, ConfigError, config_hash, from_dict, to_dict, without_later_defaults
-from alphaflow.runfolder import (CHECKPOINTS, CONFIG, ERROR, EVAL, FILES, METRICS, PROBES, SAMPLES, RunFolder, State,
+from alphaflow.run.folder import (CHECKPOINTS, CONFIG, ERROR, EVAL, FILES, METRICS, PROBES, SAMPLES, RunFolder, State,
                                  read_json, run_status, scan_jsonl)
 
 TABLES = {"metrics": METRICS, "probes": PROBES, "evals": EVAL}  # RunRecord.tables key → file

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from alphaflow.errors import UsageError, WriteFailed
+from alphaflow.run.errors import UsageError, WriteFailed
 
 from .compare import baseline_of, comparison_cells, headline_per_run, paired_table, steps_table
 from .conflict_ticks import fig_conflict, ticks_by_variant

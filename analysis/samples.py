@@ -1,4 +1,4 @@
-"""The EMA sample grids of a sweep root (``samples/step-<k>-nfe<n>.png``, ``alphaflow.runfolder``), side by side.
+"""The EMA sample grids of a sweep root (``samples/step-<k>-nfe<n>.png``, ``alphaflow.run.folder``), side by side.
 
     index = sample_index("runs/demo")          # run, variant, seed, step, nfe, path: one row per PNG grid
     fig_sample_grids("runs/demo", evals=load_runs("runs/demo").evals)
@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from alphaflow.runfolder import RunFolder
+from alphaflow.run.folder import RunFolder
 
 from .labels import variant_column
 from .loading import Runs, load_runs

@@ -6,7 +6,7 @@
 Writes a root in a temporary folder: real configs (``alphaflow.config``) named like a sweep
 (``<variant>-s<seed>-<hash>``) with the run.json a sweep writes, metrics.jsonl rows shaped like the
 trainer's (~20 keys: step, images, wall, lr, alpha, ratio_fm, grad_norm, loss_*, probe_* every 4th
-row), DONE on most runs; the files through ``alphaflow.runfolder``.
+row), DONE on most runs; the files through ``alphaflow.run.folder``.
 Prints the times; not a test. The target: a warm load of 1,000 × 1,000 under 10 s.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from alphaflow.config import config_hash, load_config, to_dict  # noqa: E402
-from alphaflow.runfolder import RunFolder  # noqa: E402
+from alphaflow.run.folder import RunFolder  # noqa: E402
 
 VARIANTS = {"meanflow-fm0": ["objective.name=meanflow", "objective.ratio_fm=0.0"],
             "meanflow-fm75": ["objective.name=meanflow", "objective.ratio_fm=0.75"],

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from alphaflow.conventions import NULL_LABEL
+from alphaflow.core.conventions import NULL_LABEL
 from alphaflow.data import extract_latents
 from slurm_fixtures import slurm_cluster, slurm_env  # noqa: F401  (shared, session-scoped)
 from small_fs import tmpfs  # noqa: F401  (small real file systems for the full-disk tests)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from alphaflow.conventions import expand_time
+from alphaflow.core.conventions import expand_time
 
 
 class GaussianOracle:

@@ -108,7 +108,7 @@ def test_variant_names():
 
 def test_variant_from_run_json_else_from_the_name(sweep):
     """The golden folders predate run.json: their variant comes from the name (the legacy fallback)."""
-    from alphaflow.runfolder import RunFolder
+    from alphaflow.run.folder import RunFolder
 
     assert not any((sweep / n / "run.json").exists() for n in (S0, S1, FAILED))
     RunFolder(sweep / S1).write_info(sweep="golden", variant="meanflow-fm75-late", seed=1, config_hash=S1[-10:])
@@ -130,7 +130,7 @@ def test_the_hash_check_of_a_config_in_an_older_schema(sweep):
     """A config.json written before a field existed hashes differently once upgraded: run.json's hash is checked."""
     import hashlib
 
-    from alphaflow.runfolder import RunFolder
+    from alphaflow.run.folder import RunFolder
 
     raw = json.loads((sweep / S0 / "config.json").read_text())
     del raw["train"]["dist_timeout_min"]  # as if written before train.dist_timeout_min existed
@@ -350,7 +350,7 @@ def _launch(root: Path, sweep_file: Path) -> None:
     """What the launcher leaves behind before training: each run's config.json and run.json (and one metrics row)."""
     from alphaflow.config import config_hash, to_dict
     from alphaflow.launch.sweeps import load_sweep
-    from alphaflow.runfolder import RunFolder
+    from alphaflow.run.folder import RunFolder
 
     for r in load_sweep(sweep_file).runs:
         run = RunFolder(root / r.name)
@@ -416,7 +416,7 @@ def test_skipped_updates_are_totalled_per_run_and_named_in_the_summary(tmp_path)
 
 
 def test_report_refuses_a_bad_out_in_one_line_before_any_work(sweep, tmp_path, capsys):
-    from alphaflow.cli import main
+    from alphaflow.cli.main import main
 
     a_file = tmp_path / "a_file"
     a_file.write_text("keep me")
@@ -431,7 +431,7 @@ def test_report_refuses_a_bad_out_in_one_line_before_any_work(sweep, tmp_path, c
 
 @pytest.mark.slow  # writes a whole report or trains: the slow tier
 def test_report_on_a_read_only_root_is_one_line_and_exit_1(sweep, tmpfs, capsys):
-    from alphaflow.cli import main
+    from alphaflow.cli.main import main
     from small_fs import remount
 
     fs = tmpfs("20m")

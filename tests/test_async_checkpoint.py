@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import alphaflow.files as files
-import alphaflow.runfolder as runfolder
+import alphaflow.run.files as files
+import alphaflow.run.folder as runfolder
 from alphaflow.config import load_config
-from alphaflow.errors import WriteFailed
-from alphaflow.files import read_checkpoint
-from alphaflow.runfolder import RunFolder
+from alphaflow.run.errors import WriteFailed
+from alphaflow.run.files import read_checkpoint
+from alphaflow.run.folder import RunFolder
 from alphaflow.train.checkpointing import AsyncCheckpointer, PinnedArena, snapshot
-from alphaflow.train.hooks import Callback
+from alphaflow.train.callbacks import Callback
 from alphaflow.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,7 +209,7 @@ def test_async_and_synchronous_checkpoints_are_bit_identical_through_a_mapped_re
 DRIVER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    import alphaflow.files as files
+    import alphaflow.run.files as files
 
     out, blocked, marker, overrides = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4:]
     real = files._Recorder.write
@@ -223,7 +223,7 @@ DRIVER = textwrap.dedent("""
         return n
 
     files._Recorder.write = write
-    from alphaflow.cli import main
+    from alphaflow.cli.main import main
     sys.exit(main(["train", "--out", out, *overrides]))
 """)
 

@@ -12,7 +12,7 @@ import torch
 
 from alphaflow.perf.bench import (BASE_VARIANTS, CONFLICT_VARIANTS, FAMILY_VARIANTS, count_flops, format_table, peak_memory,
                                   resolve_variants, run_bench)
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 from alphaflow.models import build_for_data
 
 pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`

@@ -6,7 +6,7 @@ Two failure classes of the GPU path, each pinned here:
    (Shortcut wrote the bf16 two-jump target into the fp32 target: "Index put requires the source and
    destination dtypes match"). A bf16 step must run and give every parameter a finite, non-zero gradient.
 2. autocast's weight cache: a no-grad target pass inside the training autocast must not read or write
-   the cache (``alphaflow.amp.target_pass``; pytorch issues 112583 / 65766 / 158232). A spy network records
+   the cache (``alphaflow.core.amp.target_pass``; pytorch issues 112583 / 65766 / 158232). A spy network records
    ``torch.is_autocast_cache_enabled()`` in every pass.
 """
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from alphaflow.amp import target_pass
+from alphaflow.core.amp import target_pass
 from alphaflow.models import build_model
 from alphaflow.models.mlp import MLP
 from alphaflow.objectives import Guidance, build_objective

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 from alphaflow.models import build_for_data
 from alphaflow.objectives import FlowMatching, MeanFlow
 from alphaflow.perf.bench import count_flops, step_objectives

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 
 
 def test_help_lists_the_commands(capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.name=DiT-N/2", "train.steps=2", "train.batch_size=8", "train.sample_every=0", "data.stats_samples=16"]

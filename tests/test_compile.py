@@ -18,7 +18,7 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from alphaflow.build import preflight
+from alphaflow.train.build import preflight
 from alphaflow.config import ConfigError, load_config
 from alphaflow.train.loop import train
 

@@ -1,4 +1,4 @@
-"""The conflict interventions stated as identities in float64 (alphaflow/conflict.py, docs/conflict.md): what each
+"""The conflict interventions stated as identities in float64 (alphaflow/core/conflict.py, docs/conflict.md): what each
 rule does to g_TFM and g_TCC, CAGrad against a brute-force search, and the split of the loss's gradient."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from alphaflow.conflict import MODES, cagrad_coefficients, coefficients, conflict_stats
+from alphaflow.core.conflict import MODES, cagrad_coefficients, coefficients, conflict_stats
 from alphaflow.objectives import build_objective
-from alphaflow.train.conflict import weighted_parts
+from alphaflow.train.split_backward import weighted_parts
 
 
 def gram_of(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:

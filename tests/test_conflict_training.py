@@ -1,4 +1,4 @@
-"""The conflict interventions in the trainer (alphaflow/train/conflict.py): the combined gradient is the rule's,
+"""The conflict interventions in the trainer (alphaflow/train/split_backward.py): the combined gradient is the rule's,
 `none` is the plain step, metrics land in every row, resume stays exact, DDP ranks stay identical."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import torch
 import torch.multiprocessing as mp
 
 from alphaflow.config import load_config
-from alphaflow.conflict import coefficients
-from alphaflow.instrument.probes import parameter_groups
+from alphaflow.core.conflict import coefficients
+from alphaflow.train.probes import parameter_groups
 from alphaflow.objectives import build_objective
-from alphaflow.runfolder import RunFolder
+from alphaflow.run.folder import RunFolder
 from alphaflow.config.schema import ConflictConfig
 from alphaflow.train import distributed as D
-from alphaflow.train.conflict import ConflictCombiner, weighted_parts
+from alphaflow.train.split_backward import ConflictCombiner, weighted_parts
 from alphaflow.train.loop import train
 from test_trainer import TINY, _ddp_worker, _free_port, assert_same_state, deterministic
 

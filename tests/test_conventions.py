@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alphaflow.conventions import NULL_LABEL, check_times, expand_time, interpolate, velocity
+from alphaflow.core.conventions import NULL_LABEL, check_times, expand_time, interpolate, velocity
 
 DT = torch.float64
 

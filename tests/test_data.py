@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from alphaflow.conventions import NULL_LABEL
+from alphaflow.core.conventions import NULL_LABEL
 from alphaflow.data import (DATA_OPTIONS, DATASETS, TrainData, build_dataset, check_data_options, dataset_class,
                             dataset_from_config, dataset_options, extract_latents, load_digits)
 from alphaflow.data.cifar10 import BATCHES

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alphaflow.cli import main
-from alphaflow.errors import UsageError
+from alphaflow.cli.main import main
+from alphaflow.run.errors import UsageError
 from alphaflow.train import distributed as D
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from alphaflow.conventions import interpolate, velocity
+from alphaflow.core.conventions import interpolate, velocity
 from alphaflow.models import build_model
 from alphaflow.objectives import AlphaFlow, Guidance, MeanFlow, Sample
 

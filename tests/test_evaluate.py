@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 from alphaflow.config import load_config
 from alphaflow.data import build_dataset
 from alphaflow.evaluate.quality import EvalRequest, References, evaluate_run, extractor_for, reference_stats, sample_features
 from alphaflow.metrics import frechet_distance
 from alphaflow.models import build_for_data
-from alphaflow.runfolder import read_jsonl
+from alphaflow.run.folder import read_jsonl
 from alphaflow.train.loop import train
 
 pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 from alphaflow.evaluate.quality import extractor_for, load_reference, parse_metrics, parse_ref_stats
 from alphaflow.metrics import EXTRACTORS, METRIC_NAMES, FeatureExtractor, FeatureStats
 from alphaflow.metrics.inception import FIDInceptionV3, InceptionFeatures, inception_extractor
@@ -286,7 +286,7 @@ def test_eval_command_with_fid_and_fdd(tmp_path: Path, inception_file: Path, din
     """One set of samples, two metrics, reference statistics from files (a full digits reference through a
     299-pixel Inception would take minutes on CPU)."""
     from alphaflow.config import load_config
-    from alphaflow.runfolder import read_jsonl
+    from alphaflow.run.folder import read_jsonl
     from alphaflow.train.loop import train
 
     cfg = load_config(None, ["model.name=DiT-N/2", "train.steps=2", "train.batch_size=8", "train.sample_every=0",

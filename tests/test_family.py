@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from alphaflow.conventions import interpolate, velocity
+from alphaflow.core.conventions import interpolate, velocity
 from alphaflow.objectives import OBJECTIVES, Sample, build_objective
 from alphaflow.objectives.base import regression_components
-from alphaflow.train.conflict import weighted_extra, weighted_parts
+from alphaflow.train.split_backward import weighted_extra, weighted_parts
 from flows import GaussianOracle  # tests/flows.py
 
 DT = torch.float64
@@ -177,7 +177,7 @@ def test_modular_meanflow_gradient_flows_through_the_jvp_and_splits_in_three(mod
 
 
 def test_the_probes_report_modular_meanflows_third_part(tiny_net, batch):
-    from alphaflow.instrument.probes import term_losses
+    from alphaflow.train.probes import term_losses
 
     x, y = batch
     objective = build_objective("modular_meanflow", lam=0.5)
@@ -193,7 +193,7 @@ def test_a_conflict_rule_passes_modular_meanflows_third_part_unchanged(every, ti
     """CAGrad with c = 0 returns the plain sum g_TFM + g_TCC, so with g_D added the update is ∇loss exactly, on an
     exact step and on a step that reuses the coefficients."""
     from alphaflow.config.schema import ConflictConfig
-    from alphaflow.train.conflict import ConflictCombiner
+    from alphaflow.train.split_backward import ConflictCombiner
     from alphaflow.train.distributed import DistInfo
     from alphaflow.train.step import LoopState
 
@@ -248,7 +248,7 @@ def test_a_decoupled_dit_is_the_plain_dit_on_r_equals_t_and_conditions_its_late_
 
 
 def test_decouple_at_is_checked_before_a_run():
-    from alphaflow.build import preflight
+    from alphaflow.train.build import preflight
     from alphaflow.config import load_config
 
     with pytest.raises(ValueError, match=r"model.decouple_at must lie in \[0, 4\]"):
@@ -290,7 +290,7 @@ def test_decoupled_meanflow_is_meanflow_under_the_learned_uncertainty_weighting(
 
 
 def test_the_log_variance_head_starts_at_zero_and_preflight_asks_for_it():
-    from alphaflow.build import preflight
+    from alphaflow.train.build import preflight
     from alphaflow.config import load_config
 
     net = _dit(logvar=True)

@@ -10,8 +10,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from alphaflow.conventions import NULL_LABEL, interpolate, velocity
-from alphaflow.jvp import prediction_and_dudt
+from alphaflow.core.conventions import NULL_LABEL, interpolate, velocity
+from alphaflow.core.jvp import prediction_and_dudt
 from alphaflow.models import MLP, build_model
 from alphaflow.models import tangent as tangent_module
 from alphaflow.models.tangent import Linear
@@ -217,7 +217,7 @@ def test_tangent_mode_refuses_malformed_tangents():
 
 
 def test_row_selection_prefers_views():
-    from alphaflow.jvp import row_selection
+    from alphaflow.core.jvp import row_selection
 
     assert row_selection(torch.arange(6), 6) is None
     assert row_selection(torch.tensor([2, 3, 4]), 6) == slice(2, 5)

@@ -1,5 +1,5 @@
 """A new user's faults end in one line on stderr, the right exit code, and nothing saved lost (docs: README's
-first screen; alphaflow.errors). Each test reproduces one fault as a user meets it."""
+first screen; alphaflow.run.errors). Each test reproduces one fault as a user meets it."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from alphaflow.cli import main
-from alphaflow.errors import RunFailed
+from alphaflow.cli.main import main
+from alphaflow.run.errors import RunFailed
 from alphaflow.launch.executors import run_inline
 from alphaflow.launch.sweeps import load_sweep
-from alphaflow.runfolder import RunFolder, run_status
+from alphaflow.run.folder import RunFolder, run_status
 from alphaflow.train.loop import NonFiniteLossError
 
 TINY = ["model.name=DiT-XT/2", "train.batch_size=8", "train.sample_every=0"]
@@ -37,7 +37,7 @@ def test_a_diverging_run_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
     def diverge(cfg, out, **_):
         raise NonFiniteLossError(f"the loss was non-finite for 3 consecutive steps, last at step 7; kept in {out}")
 
-    monkeypatch.setattr("alphaflow.evaluate.callbacks.train_with_evaluation", diverge)
+    monkeypatch.setattr("alphaflow.launch.training.train_run", diverge)
     assert main(["train", "--out", str(tmp_path / "run"), *TINY]) == 1
     assert one_line(capsys.readouterr().err).startswith("alphaflow train: the loss was non-finite for 3")
 
@@ -54,7 +54,7 @@ def test_an_inline_sweep_records_a_failed_run_and_goes_on(tmp_path, monkeypatch,
         trained.append(Path(out).name)
         RunFolder(out).mark_done({})
 
-    monkeypatch.setattr("alphaflow.evaluate.callbacks.train_with_evaluation", train)
+    monkeypatch.setattr("alphaflow.launch.training.train_run", train)
     messages: list[str] = []
     with pytest.raises(RunFailed, match=r"1 of 4 runs failed \(b-s0-"):
         run_inline(runs, root, log=messages.append)

@@ -20,7 +20,7 @@ from alphaflow.train.step import LoopState, StepOutput
 from alphaflow.data.latent_data import LatentData
 from alphaflow.models import build_model
 from alphaflow.objectives import MeanFlow
-from alphaflow.instrument.probes import probe_gradients
+from alphaflow.train.probes import probe_gradients
 
 ROOT = Path(__file__).resolve().parents[1]
 META = torch.device("meta")
@@ -149,7 +149,7 @@ def test_latents_are_decoded_in_chunks_with_the_same_images(latents):
 
 
 def test_commands_load_one_state_dict_on_the_cpu(tmp_path):
-    from alphaflow.runfolder import load_weights
+    from alphaflow.run.folder import load_weights
 
     path = tmp_path / "c.pt"
     torch.save({"format": 1, "step": 3, "config": {}, "net": {"w": torch.ones(2)}, "ema": {"w": torch.zeros(2)},

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import alphaflow.perf.gpucheck as gpucheck
-from alphaflow.cli import main as cli_main
+from alphaflow.cli.main import main as cli_main
 from alphaflow.perf.gpucheck import CPU_REHEARSAL, GPU, SECTIONS, jsonable, run_doctor
 from alphaflow.perf.gpucheck.live import Results, attempt, set_deadline
 from alphaflow.perf.gpucheck.markdown import headline, render
@@ -186,7 +186,7 @@ def test_sections_fit_the_budget_and_list_for_the_script(capsys):
 def test_the_gpu_runs_are_valid_trainer_configs(tmp_path):
     """What the rehearsal cannot show for the GPU sizes: every GPU trainer run (and its compiled twin) is a config
     the trainer accepts, at the recipe's guidance, the asked batch, α and micro-batch."""
-    from alphaflow.build import preflight
+    from alphaflow.train.build import preflight
     from alphaflow.perf.gpucheck.trainer import run_config
 
     data = tmp_path / "latents"

@@ -11,7 +11,7 @@ from alphaflow.models import build_model
 from alphaflow.objectives import OBJECTIVES, build_objective
 from alphaflow.train.distributed import DistInfo
 from alphaflow.train.optim import build_optimizer
-from alphaflow.train.conflict import ConflictCombiner
+from alphaflow.train.split_backward import ConflictCombiner
 from alphaflow.train.step import LoopState, StepParts, training_step
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from alphaflow.config import ConfigError, from_dict, validate
-from alphaflow.conventions import NULL_LABEL, interpolate, velocity
+from alphaflow.core.conventions import NULL_LABEL, interpolate, velocity
 from alphaflow.models import build_model
 from alphaflow.objectives import build_objective
 from alphaflow.objectives.imf import guidance_inputs
@@ -91,7 +91,7 @@ def test_the_dit_refuses_what_it_was_not_built_for():
 
 
 def test_preflight_asks_for_the_head_and_the_guidance_conditioning():
-    from alphaflow.build import preflight
+    from alphaflow.train.build import preflight
 
     base = {"model": {"name": "DiT-XT/2"}, "objective": {"name": "imf"}}
     with pytest.raises(ConfigError, match="model.aux_head_depth=K"):
@@ -137,7 +137,7 @@ def test_h_only_conditioning_sees_t_minus_r_alone_and_its_tangent_is_the_jvp(opt
 
 
 def test_time_cond_is_refused_by_name_and_where_it_does_not_apply():
-    from alphaflow.build import preflight
+    from alphaflow.train.build import preflight
 
     with pytest.raises(ValueError, match=r"model.time_cond.* must be one of \['t_and_h', 'h'\], got 't'"):
         dit(time_cond="t")
@@ -236,7 +236,7 @@ def test_the_guidance_draw_is_log_uniform_with_the_whole_interval_on_r_equals_t_
 
 
 def test_an_imf_network_samples_with_its_u_alone(batch):
-    from alphaflow.sampling import generate
+    from alphaflow.core.sampling import generate
 
     x, y = batch
     net = dit(aux_head_depth=1)
@@ -249,7 +249,7 @@ def test_an_imf_network_samples_with_its_u_alone(batch):
 
 
 def test_with_guidance_hands_the_scale_and_interval_to_every_call(batch):
-    from alphaflow.sampling import generate, with_guidance
+    from alphaflow.core.sampling import generate, with_guidance
 
     x, y = batch
     net = dit(aux_head_depth=0, guidance_embed=True)

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import alphaflow
-from alphaflow.cli import main
-from alphaflow.conventions import NULL_LABEL
+from alphaflow.cli.main import main
+from alphaflow.core.conventions import NULL_LABEL
 from alphaflow.official import import_official
 
 DT = torch.float64

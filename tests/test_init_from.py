@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from alphaflow.build import preflight
+from alphaflow.train.build import preflight
 from alphaflow.config import config_hash, load_config
-from alphaflow.files import read_checkpoint
-from alphaflow.runfolder import RunFolder
+from alphaflow.run.files import read_checkpoint
+from alphaflow.run.folder import RunFolder
 from alphaflow.train.loop import train
 
 TINY = ["model.name=DiT-N/2", "train.batch_size=8", "train.log_every=2", "train.ckpt_every=2", "train.sample_every=0",
@@ -75,7 +75,7 @@ def test_the_option_at_its_default_leaves_run_names_unchanged():
 
 
 def test_a_sweep_names_the_same_seed_of_another_variant_and_an_unfinished_source_is_refused(source, tmp_path):
-    from alphaflow.runfolder import init_checkpoint
+    from alphaflow.run.folder import init_checkpoint
 
     root = source.parent
     (root / "fm-s0-0123456789").mkdir(exist_ok=True)

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from alphaflow.launch import executors as launcher
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 from alphaflow.launch.executors import run_inline
 from alphaflow.launch.sweeps import load_sweep
-from alphaflow.runfolder import RunFolder, run_status
+from alphaflow.run.folder import RunFolder, run_status
 
 pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
 

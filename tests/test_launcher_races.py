@@ -15,8 +15,8 @@ import torch
 
 from alphaflow.launch import executors as launcher
 from alphaflow.launch.sweeps import load_sweep
-from alphaflow.runfolder import RunFolder, read_checkpoint
-from alphaflow.runlock import sweep_lock
+from alphaflow.run.folder import RunFolder, read_checkpoint
+from alphaflow.run.lock import sweep_lock
 from test_launcher import sweep_file, task_pids
 import pytest
 

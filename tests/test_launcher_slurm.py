@@ -12,7 +12,7 @@ import torch
 from alphaflow.launch import executors as launcher
 from alphaflow.launch.executors import run_inline
 from alphaflow.launch.sweeps import load_sweep
-from alphaflow.runfolder import RunFolder
+from alphaflow.run.folder import RunFolder
 import pytest
 
 pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`

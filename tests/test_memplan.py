@@ -17,7 +17,7 @@ from alphaflow.perf.memtrack import FakeRun, rounded
 from alphaflow.models import build_model
 from alphaflow.objectives import AlphaFlow, MeanFlow
 from alphaflow.train.optim import EMA, gradient_norm, sanitize_and_clip
-from alphaflow.instrument.probes import probe_gradients
+from alphaflow.train.probes import probe_gradients
 
 pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
 
@@ -104,7 +104,7 @@ def test_the_plan_grows_with_the_batch_and_knows_the_ranks():
 
 
 def test_the_plan_command_prints_a_table(capsys):
-    from alphaflow.cli import main
+    from alphaflow.cli.main import main
 
     assert main(["plan", "train.batch_size=16", "--world-size", "2"]) == 0
     out = capsys.readouterr().out

@@ -22,7 +22,7 @@ import pytest
 from jupytext.config import find_jupytext_configuration_file, load_jupytext_configuration_file
 from nbclient import NotebookClient
 
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 from alphaflow.launch.executors import run_inline
 from alphaflow.launch.sweeps import load_sweep
 from analysis import load_runs
@@ -168,7 +168,7 @@ def test_the_notebooks_state_their_question_and_sweep_and_take_the_root():
 
 @pytest.mark.fast
 def test_notebook_cells_import_only_analysis():
-    """The import layers (README.md#layout): notebooks → analysis (and nothing heavier than os besides)."""
+    """The import layers (docs/architecture.md): notebooks → analysis (and nothing heavier than os besides)."""
     for name in NAMES:
         for cell in _notebook(name).cells:
             if cell.cell_type != "code":

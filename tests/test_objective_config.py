@@ -10,7 +10,7 @@ import torch
 from alphaflow.config import ConfigError, config_hash, from_dict, load_config, to_dict
 from alphaflow.objectives import OBJECTIVES, OPTIONS, REGISTRY, Shortcut, objective_from_options
 from alphaflow.objectives.base import element_mean
-from alphaflow.schedules import ScheduleConfig
+from alphaflow.core.schedules import ScheduleConfig
 
 
 def test_every_registered_objective_has_options_tagged_with_its_name():

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alphaflow.conventions import NULL_LABEL, interpolate, velocity
-from alphaflow.jvp import average_velocity_jvp
+from alphaflow.core.conventions import NULL_LABEL, interpolate, velocity
+from alphaflow.core.jvp import average_velocity_jvp
 from alphaflow.objectives import (Guidance, AlphaFlow, FlowMatching, MeanFlow, Sample, Shortcut, TrajectoryFlowMatching,
                                   build_objective)
-from alphaflow.schedules import sigmoid
+from alphaflow.core.schedules import sigmoid
 
 
 def make_sample(x, labels, *, all_pairs=False, seed=2) -> Sample:
@@ -406,7 +406,7 @@ def test_guidance_dropout_style_is_refused_by_name():
 
 def test_fm_time_reaches_the_drawn_sample(batch):
     """objective.time.fm_time: the objective's drawn r = t rows take the max of a pair."""
-    from alphaflow.timesteps import LogitNormal, sample_time_pairs
+    from alphaflow.core.timesteps import LogitNormal, sample_time_pairs
 
     x, y = batch
     obj = MeanFlow(ratio_fm=0.5, fm_time="max_of_pair")
@@ -414,7 +414,7 @@ def test_fm_time_reaches_the_drawn_sample(batch):
     t, r = sample_time_pairs(8, 0.5, LogitNormal(), fm_time="max_of_pair", generator=torch.Generator().manual_seed(3),
                              dtype=x.dtype)
     assert torch.equal(drawn.t, t) and torch.equal(drawn.r, r) and drawn.num_fm == 4
-    from alphaflow.instrument.probes import probe_sample
+    from alphaflow.train.probes import probe_sample
 
     probed = probe_sample(x, y, obj, ratio_fm=0.5, generator=torch.Generator().manual_seed(3))
     assert torch.equal(probed.t, t) and torch.equal(probed.r, r), "the probes draw the objective's pairs too"

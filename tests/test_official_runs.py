@@ -12,11 +12,11 @@ from PIL import Image
 
 import alphaflow
 
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 from alphaflow.config import load_config
-from alphaflow.files import read_checkpoint
+from alphaflow.run.files import read_checkpoint
 from alphaflow.official import import_official
-from alphaflow.runfolder import RunFolder
+from alphaflow.run.folder import RunFolder
 from alphaflow.train.loop import train
 from test_import_official import TINY, save_snapshot, their_pair
 

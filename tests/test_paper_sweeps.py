@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 from alphaflow.config import Config
 from alphaflow.launch.sweeps import load_sweep
 
@@ -141,7 +141,7 @@ def test_submitting_without_the_data_path_is_refused_before_anything_runs(tmp_pa
 def test_the_family_sweeps_hold_every_objective_and_pass_preflight(path, tmp_path):
     """Every objective of the family, each run's config accepted by preflight (the ImageNet one with a data
     folder faked only as far as its path check goes), decoupled_meanflow started from the same seed's fm run."""
-    from alphaflow.build import preflight
+    from alphaflow.train.build import preflight
     from alphaflow.objectives import OBJECTIVES
 
     runs = by_variant(path)

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 from alphaflow.config import load_config
 from alphaflow.models import build_model
 from alphaflow.objectives import MeanFlow, Sample
 from alphaflow.evaluate.offline_probe import probe_run
-from alphaflow.instrument.probes import EXTRA_TERMS, TERMS, gram_matrices, gram_summary, parameter_groups, probe_gradients, term_losses
-from alphaflow.runfolder import RunFolder
+from alphaflow.train.probes import EXTRA_TERMS, TERMS, gram_matrices, gram_summary, parameter_groups, probe_gradients, term_losses
+from alphaflow.run.folder import RunFolder
 from alphaflow.train.loop import train
 
 SIX = ("cos_tfm_tcc", "cos_fmb_tcc", "cos_tfm_fmb", "cos_tfm_mf", "cos_fmb_mf", "cos_tcc_mf")

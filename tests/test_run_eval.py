@@ -7,8 +7,8 @@ import math
 import pytest
 
 from alphaflow.config import ConfigError, load_config
-from alphaflow.runfolder import RunFolder, read_jsonl
-from alphaflow.evaluate.callbacks import train_with_evaluation as train
+from alphaflow.run.folder import RunFolder, read_jsonl
+from alphaflow.launch.training import train_run as train
 from alphaflow.train.loop import train as bare_train
 
 pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
@@ -95,7 +95,7 @@ def test_bad_eval_settings_name_their_key(override, key):
 
 
 def test_in_run_evaluation_that_cannot_work_is_refused_before_training(monkeypatch, tmp_path):
-    from alphaflow.build import preflight
+    from alphaflow.train.build import preflight
 
     monkeypatch.delenv("ALPHAFLOW_INCEPTION_WEIGHTS", raising=False)
     (tmp_path / "empty").mkdir()
@@ -111,6 +111,6 @@ def test_the_bare_training_loop_refuses_evaluation_it_cannot_do(tmp_path):
     """alphaflow.train imports nothing from evaluation: asked for eval.every without the evaluation callbacks,
     it says so instead of silently skipping the evaluation."""
     cfg = load_config(None, ["train.steps=2", "train.log_every=1", "eval.every=1"])
-    with pytest.raises(ValueError, match=r"eval.every is set but no callback serves it.*train_with_evaluation"):
+    with pytest.raises(ValueError, match=r"eval.every is set but no callback serves it.*train_run"):
         bare_train(cfg, tmp_path / "run", log=lambda _: None)
     assert not (tmp_path / "run").exists(), "refused before anything was written"

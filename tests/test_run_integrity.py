@@ -13,11 +13,11 @@ import sys
 import pytest
 import torch
 
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 from alphaflow.config import load_config
-from alphaflow.files import read_checkpoint
-from alphaflow.loader import load_model
-from alphaflow.runfolder import RunFolder
+from alphaflow.run.files import read_checkpoint
+from alphaflow.train.build import load_model
+from alphaflow.run.folder import RunFolder
 from alphaflow.train.loop import train
 
 TINY = ["model.name=DiT-XT/2", "train.batch_size=8", "train.steps=6", "train.ckpt_every=2", "train.log_every=1",

@@ -1,4 +1,4 @@
-"""One trainer per run folder (alphaflow/runlock.py, docs/locking.md): refusals name the holder, stale locks are
+"""One trainer per run folder (alphaflow/run/lock.py, docs/locking.md): refusals name the holder, stale locks are
 taken over with a line, a locked run reads as running, and `alphaflow unlock` clears another host's record."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import alphaflow.runlock as runlock
-from alphaflow.runfolder import RunFolder, run_status
-from alphaflow.runlock import LOCK_FILE, RunLocked, break_lock, lock_holder, read_holder, run_lock
+import alphaflow.run.lock as runlock
+from alphaflow.run.folder import RunFolder, run_status
+from alphaflow.run.lock import LOCK_FILE, RunLocked, break_lock, lock_holder, read_holder, run_lock
 
 REPO = Path(__file__).resolve().parents[1]
 ALPHAFLOW = [sys.executable, "-m", "alphaflow"]
@@ -122,7 +122,7 @@ def test_the_heartbeat_touches_the_lock_file(tmp_path, monkeypatch):
 def test_a_lock_held_by_another_process_shows_the_run_as_running_until_it_dies(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from alphaflow.runlock import run_lock
+        from alphaflow.run.lock import run_lock
         lock = run_lock({str(tmp_path)!r}).acquire()
         print("locked", flush=True)
         time.sleep(600)

@@ -7,8 +7,8 @@ import io
 import pytest
 
 from alphaflow.train.progress import Progress
-from alphaflow.runfolder import STATES, RunFolder, State, read_jsonl, run_status, scan_jsonl
-from alphaflow.files import CHECKPOINT_KEYS
+from alphaflow.run.folder import STATES, RunFolder, State, read_jsonl, run_status, scan_jsonl
+from alphaflow.run.files import CHECKPOINT_KEYS
 
 
 def ckpt(step: int) -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alphaflow.sampling import (
+from alphaflow.core.sampling import (
     SAMPLERS,
     generate,
     sample_average_velocity,

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from alphaflow.schedules import Schedule, as_schedule, check_unit_interval, constant, sigmoid
+from alphaflow.core.schedules import Schedule, as_schedule, check_unit_interval, constant, sigmoid
 
 GAMMA, ETA = 25.0, 5e-3
 HALF_WIDTH = math.log((1 - ETA) / ETA) / GAMMA  # α ∈ (0, 1) only while |k − mid| < HALF_WIDTH·(k_e − k_s)

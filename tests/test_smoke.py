@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 from alphaflow.config import to_dict
 from alphaflow.launch.smoke import SMOKE_BATCH, describe, shrink_config, smoke_sweep
 from alphaflow.launch.sweeps import load_sweep

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 from alphaflow.config import to_dict
 from alphaflow.launch.sweeps import load_sweep
-from alphaflow.runfolder import RunFolder
+from alphaflow.run.folder import RunFolder
 from fake_imagenet import make_all
 
 pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`

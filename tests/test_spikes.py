@@ -16,15 +16,15 @@ import alphaflow.train.loop as trainer_module
 import alphaflow.train.ticks as ticks
 import alphaflow.train.spikes as spikes
 import alphaflow.train.step as step_module
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 from alphaflow.config import ConfigError, load_config, to_dict
 from alphaflow.config.loading import without_later_defaults
-from alphaflow.conventions import interpolate
-from alphaflow.errors import UsageError
-from alphaflow.jvp import average_velocity_jvp, dudt_rms
+from alphaflow.core.conventions import interpolate
+from alphaflow.run.errors import UsageError
+from alphaflow.core.jvp import average_velocity_jvp, dudt_rms
 from alphaflow.objectives import build_objective
 from alphaflow.perf.syncs import count_host_syncs
-from alphaflow.runfolder import RunFolder
+from alphaflow.run.folder import RunFolder
 from alphaflow.train.distributed import DistInfo
 from alphaflow.train.optim import EMA, build_optimizer
 from alphaflow.train.resume import config_changes

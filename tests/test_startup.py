@@ -30,7 +30,7 @@ print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))
                                   ["probe", "--help"], ["eval", "--help"], ["doctor", "--help"]])
 def test_help_imports_neither_torch_nor_analysis(argv, tmp_path):
     code = f"""
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 try:
     main({argv!r})
 except SystemExit:
@@ -44,7 +44,7 @@ except SystemExit:
 def test_train_reaches_its_first_step_without_analysis_libraries(tmp_path):
     """A two-step run on the embedded digits, then `--dry-run`: torch and numpy, never pandas, scipy, matplotlib."""
     code = f"""
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 assert main(['train', '--out', {str(tmp_path / 'run')!r}, 'train.steps=2', 'model.name=DiT-XT/2',
              'train.sample_every=0']) == 0
 assert main(['train', '--out', {str(tmp_path / 'dry')!r}, '--dry-run']) == 0

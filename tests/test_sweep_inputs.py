@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from alphaflow.cli import build_parser, main
+from alphaflow.cli.main import build_parser, main
 from alphaflow.config import load_config, to_dict
 from alphaflow.launch import cluster
 from alphaflow.launch.sweeps import load_sweep
-from alphaflow.runfolder import RunFolder, run_status
+from alphaflow.run.folder import RunFolder, run_status
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml")) + sorted((ROOT / "sweeps" / "imagenet").glob("*.yaml"))
@@ -268,7 +268,7 @@ def one_run_per_shape(sweep):
 def test_every_committed_sweep_file_rehearses_from_a_fresh_state(capsys, tmp_path, monkeypatch, path):
     """`--smoke` of each committed file from a fresh root, without SLURM or data, through the command line; each
     distinct shape of its runs once (``one_run_per_shape``; `alphaflow sweep FILE --smoke` trains them all)."""
-    import alphaflow.launch.command as command
+    import alphaflow.cli.sweep as command
 
     monkeypatch.setenv("PATH", f"{fake_bin(tmp_path)}{os.pathsep}/usr/bin:/bin")  # no SLURM, no data
     monkeypatch.setattr(command, "load_sweep", lambda *a, **k: one_run_per_shape(load_sweep(*a, **k)))

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from alphaflow.cli import main
+from alphaflow.cli.main import main
 from alphaflow.config import config_hash
 from alphaflow.launch.executors import run_inline
 from alphaflow.launch.sweeps import load_sweep
-from alphaflow.runfolder import run_status
+from alphaflow.run.folder import run_status
 
 pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
 
@@ -156,7 +156,7 @@ LAYOUT = ["new", "empty", "incomplete", "failed", "failed (job.json)", "done", "
 def lay_out(root: Path, runs) -> dict[str, str]:
     """Write one folder per entry of LAYOUT; {run name: expected state}."""
     from alphaflow.config import to_dict
-    from alphaflow.runfolder import RunFolder
+    from alphaflow.run.folder import RunFolder
 
     expected = {}
     for r, kind in zip(runs, LAYOUT):
@@ -203,7 +203,7 @@ def test_one_state_function_answers_status_inline_and_analysis_alike(tmp_path, c
     assert table == no_scheduler, "analysis asks no scheduler: a queued or running run is incomplete there"
 
     trained: list[Path] = []
-    monkeypatch.setattr("alphaflow.evaluate.callbacks.train_with_evaluation",
+    monkeypatch.setattr("alphaflow.launch.training.train_run",
                         lambda cfg, run_dir, log: trained.append(Path(run_dir)))
     messages: list[str] = []
     run_inline(runs, root, log=messages.append)
@@ -215,7 +215,7 @@ def test_one_state_function_answers_status_inline_and_analysis_alike(tmp_path, c
 
 def test_the_sweep_writes_run_json_and_analysis_reads_the_variant_from_it(tmp_path, monkeypatch):
     from alphaflow.config import config_hash
-    from alphaflow.runfolder import RunFolder
+    from alphaflow.run.folder import RunFolder
     from analysis import load_runs
     from analysis.records import variant_of
 
@@ -229,7 +229,7 @@ seeds: [0, 1]
     runs, root = load_sweep(path).runs, tmp_path / "root"
     assert all(r.variant == variant_of(r.name) and r.sweep == "demo" for r in runs), "run.json agrees with the name"
     assert {r.variant for r in runs} == {"mf-lr0.001", "mf-lr0.0003", "af-lr0.001", "af-lr0.0003"}
-    monkeypatch.setattr("alphaflow.evaluate.callbacks.train_with_evaluation", lambda cfg, run_dir, log: None)
+    monkeypatch.setattr("alphaflow.launch.training.train_run", lambda cfg, run_dir, log: None)
     run_inline(runs, root, log=lambda _: None)
     for r in runs:
         assert RunFolder(root / r.name).read_info() == {"sweep": "demo", "variant": r.variant, "seed": r.config.seed,

@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from alphaflow.timesteps import (LogitNormal, TimeConfig, Uniform, build_time_sampler, num_fm_rows,
+from alphaflow.core.timesteps import (LogitNormal, TimeConfig, Uniform, build_time_sampler, num_fm_rows,
                                  sample_time_pairs)
 
 N = 200_000  # samples for the moment checks; tolerances below are ≥ 5 standard errors

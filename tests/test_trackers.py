@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from alphaflow.build import preflight
+from alphaflow.train.build import preflight
 from alphaflow.config.extras import check_trackers
 from alphaflow.config import ConfigError, load_config
 from alphaflow.train.trackers import TensorBoardTracker
@@ -28,11 +28,11 @@ def events(run_dir) -> EventAccumulator:
 
 
 def test_tensorboard_events_of_a_run_hold_its_metrics_rows_eval_rows_and_sample_grids(tmp_path):
-    from alphaflow.evaluate.callbacks import train_with_evaluation
+    from alphaflow.launch.training import train_run
 
     run = tmp_path / "run"
     final = ["eval.final=true", "eval.final_samples=64", "eval.nfe=[1]"]
-    train_with_evaluation(load_config(None, TINY + final), run, log=lambda _m: None)
+    train_run(load_config(None, TINY + final), run, log=lambda _m: None)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     (evaluation,) = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     acc = events(run)
@@ -124,7 +124,7 @@ def history(records) -> dict[int, dict[str, float]]:
 @pytest.mark.slow  # writes a whole report or trains: the slow tier
 def test_an_offline_wandb_run_holds_the_metrics_rows_and_a_resumed_run_keeps_its_id(tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="the trackers extra: pip install 'alphaflow[trackers]'")
-    from alphaflow.evaluate.callbacks import train_with_evaluation
+    from alphaflow.launch.training import train_run
 
     for key in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_MODE"):
         monkeypatch.delenv(key, raising=False)
@@ -132,9 +132,9 @@ def test_an_offline_wandb_run_holds_the_metrics_rows_and_a_resumed_run_keeps_its
     run = tmp_path / "run"
     wandb_on = ["log.tensorboard=false", "log.wandb=offline", "train.steps=6", "train.ckpt_every=2",
                 "eval.final=true", "eval.final_samples=64", "eval.nfe=[1]"]
-    train_with_evaluation(load_config(None, TINY + wandb_on), run, stop_at=2, log=lambda _m: None)
+    train_run(load_config(None, TINY + wandb_on), run, stop_at=2, log=lambda _m: None)
     first_id = (run / "wandb_id.txt").read_text().strip()
-    train_with_evaluation(load_config(None, TINY + wandb_on), run, log=lambda _m: None)  # resumes at step 2
+    train_run(load_config(None, TINY + wandb_on), run, log=lambda _m: None)  # resumes at step 2
     assert (run / "wandb_id.txt").read_text().strip() == first_id
     offline = sorted(run.glob("wandb/offline-run-*"))
     assert len(offline) == 2 and all(p.name.endswith(f"-{first_id}") for p in offline), "one wandb run, two attempts"

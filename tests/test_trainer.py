@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 import alphaflow.train.loop as trainer_module
 from alphaflow.config import load_config, to_dict
-from alphaflow.runfolder import RunFolder
+from alphaflow.run.folder import RunFolder
 from alphaflow.train.loop import NonFiniteLossError, train
 
 pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from alphaflow.errors import WriteFailed
-from alphaflow.files import append_jsonl, atomic_write_bytes, read_checkpoint
-from alphaflow.images import save_grid_png
-from alphaflow.runfolder import RunFolder
+from alphaflow.run.errors import WriteFailed
+from alphaflow.run.files import append_jsonl, atomic_write_bytes, read_checkpoint
+from alphaflow.run.images import save_grid_png
+from alphaflow.run.folder import RunFolder
 from small_fs import fill, remount
 
 REPO = Path(__file__).resolve().parents[1]

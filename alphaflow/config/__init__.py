@@ -20,8 +20,8 @@ from alphaflow.config.merge import ConfigError, apply_overrides
 from alphaflow.config.schema import (DEVICES, PRECISIONS, SAMPLERS, Config, DataConfig, EMAConfig, EvalConfig,
                                      ModelConfig, OptimConfig, ProbeConfig, SampleConfig, TrainConfig)
 from alphaflow.objectives import Guidance, ObjectiveOptions
-from alphaflow.schedules import ScheduleConfig
-from alphaflow.timesteps import TimeConfig
+from alphaflow.core.schedules import ScheduleConfig
+from alphaflow.core.timesteps import TimeConfig
 
 __all__ = ["Config", "ConfigError", "DataConfig", "EMAConfig", "EvalConfig", "Guidance", "ModelConfig",
            "ObjectiveOptions", "OptimConfig", "ProbeConfig", "RECIPE_DIR", "SampleConfig", "ScheduleConfig",

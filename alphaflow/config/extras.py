@@ -1,5 +1,5 @@
 """Optional packages a config asks for (the ``trackers`` extra), checked before anything runs: by
-``alphaflow.build.preflight`` (the command line and the sweeps) and by ``train`` itself (docs/trackers.md)."""
+``alphaflow.train.build.preflight`` (the command line and the sweeps) and by ``train`` itself (docs/trackers.md)."""
 
 from __future__ import annotations
 

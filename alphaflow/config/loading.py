@@ -24,9 +24,9 @@ import yaml
 from alphaflow.config.merge import ConfigError, _apply, _did_you_mean, _hints, _optional, _type_name, apply_overrides
 from alphaflow.config.strict_yaml import safe_load_unique
 from alphaflow.config.schema import DEVICES, PRECISIONS, SAMPLERS, WANDB_MODES, Config, ConflictConfig, LogConfig
-from alphaflow.conflict import MODES
+from alphaflow.core.conflict import MODES
 from alphaflow.objectives import OPTIONS
-from alphaflow.schedules import ScheduleConfig, check_unit_interval
+from alphaflow.core.schedules import ScheduleConfig, check_unit_interval
 
 RECIPE_DIR = Path(__file__).parents[1] / "recipes"  # a recipe name is the stem of a YAML file here
 
@@ -172,7 +172,7 @@ def config_hash(cfg: Config, length: int = 10) -> str:
 
 # ----------------------------------------------------------------------------- semantic rules
 # Registry names config validation cannot see (model, dataset) and the data path are checked by
-# ``alphaflow.build.preflight`` before a run starts.
+# ``alphaflow.train.build.preflight`` before a run starts.
 
 def _flat(d: Mapping, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}

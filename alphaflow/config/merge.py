@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 
 from alphaflow.config.schema import TAGGED, Config
-from alphaflow.errors import UsageError
-from alphaflow.schedules import ScheduleConfig
+from alphaflow.run.errors import UsageError
+from alphaflow.core.schedules import ScheduleConfig
 
 
 class ConfigError(UsageError):

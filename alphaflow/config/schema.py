@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from alphaflow.objectives import OPTIONS, ObjectiveOptions
 from alphaflow.objectives.alpha import AlphaFlowOptions
 
-# Closed sets checked by ``validate``. SAMPLERS is ``alphaflow.sampling.SAMPLERS`` plus "auto" (the
+# Closed sets checked by ``validate``. SAMPLERS is ``alphaflow.core.sampling.SAMPLERS`` plus "auto" (the
 # trainer's choice: euler for fm, ode otherwise); a test keeps them equal.
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -127,7 +127,7 @@ class ProbeConfig:
 @dataclass
 class ConflictConfig:
     """How the gradients of trajectory flow matching and trajectory consistency combine at every step
-    (``alphaflow.conflict``, docs/conflict.md): ``mode`` none (their sum, the plain gradient), pcgrad,
+    (``alphaflow.core.conflict``, docs/conflict.md): ``mode`` none (their sum, the plain gradient), pcgrad,
     project_tcc, balance or cagrad (with radius ``c``); ``per_group``: the rule per DiT block, embedder and
     final layer instead of on the whole vector; ``every``: compute the rule's coefficients every k steps and
     reuse them in between (one backward on those steps; an approximation, whole-vector only)."""

@@ -21,7 +21,7 @@ class TrainData:
     """Base class: ``num_classes`` (0 = unconditional) and ``shape`` of one model-facing sample.
 
     Unconditional datasets return labels filled with ``NULL_LABEL`` (−1), the project's marker for
-    the "∅" input (``alphaflow.conventions``).
+    the "∅" input (``alphaflow.core.conventions``).
 
     Capabilities, declared on each dataset class so that callers ask the class instead of testing
     its name or type:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from alphaflow.conventions import NULL_LABEL
+from alphaflow.core.conventions import NULL_LABEL
 from alphaflow.data.base import TrainData, as_index, check_batch, existing_dir
 from alphaflow.data.latents import FORMAT, LABELS, LOGVAR, MEAN, META, load_vae
 

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from alphaflow.conventions import NULL_LABEL
+from alphaflow.core.conventions import NULL_LABEL
 from alphaflow.data.base import InMemoryData
 
 

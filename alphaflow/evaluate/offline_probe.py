@@ -3,7 +3,7 @@
 
 For each chosen checkpoint, N fresh batches of B samples with (t, r) from the run's logit-normal
 min–max rule and r < t on every row (L_TCC vanishes at r = t); on each batch the probe of
-``alphaflow.instrument.probes``; then per quantity the mean and the 5 % / 95 % percentiles over the batches,
+``alphaflow.train.probes``; then per quantity the mean and the 5 % / 95 % percentiles over the batches,
 one row per checkpoint in ``RUN_DIR/probes.jsonl``. Every checkpoint sees the same batches (the
 generator is reseeded), so curves over training compare like with like. Rows already present
 for the same settings are kept and skipped, so re-running after more training only adds rows.
@@ -18,11 +18,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from alphaflow.build import open_run
+from alphaflow.train.build import open_run
 from alphaflow.objectives import objective_from_options
 from alphaflow.train.distributed import resolve_device, set_tf32
-from alphaflow.instrument.probes import probe_gradients, probe_sample
-from alphaflow.runfolder import load_weights, select_checkpoints
+from alphaflow.train.probes import probe_gradients, probe_sample
+from alphaflow.run.folder import load_weights, select_checkpoints
 
 SETTINGS = ("weights", "batches", "batch_size", "seed", "parts")  # chunk_size is not one: it changes no number
 

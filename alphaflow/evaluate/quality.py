@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from alphaflow.build import open_run
+from alphaflow.train.build import open_run
 from alphaflow.objectives import objective_from_options
 from alphaflow.config import Config
 from alphaflow.data import build_dataset, dataset_class
@@ -39,12 +39,12 @@ from alphaflow.metrics import (EXTRACTORS, METRIC_NAMES, FeatureExtractor, Featu
                                frechet_distance)
 from alphaflow.metrics.choice import LATENT_REFERENCE, METRICS, extractor_for, parse_metrics
 from alphaflow.metrics.features import default_cache_dir
-from alphaflow.files import atomic_write_bytes
-from alphaflow.images import to_uint8
-from alphaflow.runfolder import append_jsonl, load_weights, select_checkpoints
+from alphaflow.run.files import atomic_write_bytes
+from alphaflow.run.images import to_uint8
+from alphaflow.run.folder import append_jsonl, load_weights, select_checkpoints
 
 from alphaflow.train.sample_grids import sampler_for
-from alphaflow.sampling import generate
+from alphaflow.core.sampling import generate
 
 def data_tag(name: str, path: str | Path | None = None, resolution: int | None = None) -> str:
     """The cache name of a training set: its dataset name, plus resolution and a path hash for image folders."""

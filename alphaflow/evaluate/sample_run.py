@@ -7,12 +7,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from alphaflow.build import open_run
+from alphaflow.train.build import open_run
 from alphaflow.evaluate.quality import per_nfe_paths
-from alphaflow.images import save_grid_png
+from alphaflow.run.images import save_grid_png
 from alphaflow.objectives import objective_from_options
-from alphaflow.runfolder import load_weights, select_checkpoints
-from alphaflow.sampling import generate
+from alphaflow.run.folder import load_weights, select_checkpoints
+from alphaflow.core.sampling import generate
 from alphaflow.train.distributed import resolve_device
 from alphaflow.train.sample_grids import sampler_for
 

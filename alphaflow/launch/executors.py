@@ -4,7 +4,7 @@
     local    submitit's local executor: one job array of processes on this machine
     slurm    submitit's SLURM executor: one job array, with the sweep file's ``resources``
 
-Every executor asks ``alphaflow.runfolder.run_status`` (with the scheduler lookup ``scheduler_state``) what
+Every executor asks ``alphaflow.run.folder.run_status`` (with the scheduler lookup ``scheduler_state``) what
 state each run is in, skips done, pending and running runs (and failed ones, unless retrying them), and writes
 config.json and run.json before a run starts.
 
@@ -20,13 +20,13 @@ same step (the trainer reduces the flag across ranks), and rank 0 requeues the j
 The ranks meet at the job's first node on a port derived from the job id (``rendezvous_port``), never at a
 MASTER_PORT the submitting shell exported.
 
-Two ``alphaflow sweep`` on one root: submission holds ``ROOT/.sweep.lock`` (``alphaflow.runlock``), so the
+Two ``alphaflow sweep`` on one root: submission holds ``ROOT/.sweep.lock`` (``alphaflow.run.lock``), so the
 second waits, then finds the first one's jobs pending or running and submits nothing twice; a trainer holds
 its run folder's lock, so a run is never trained by two processes even when started by hand.
 
 Bookkeeping on disk, next to the runs: ``ROOT/.submitit/`` holds submitit's pickles and logs
 (%j_%t_log.out / .err); each run folder gets job.json and, after a failed attempt, error.txt
-(``alphaflow.runfolder``).
+(``alphaflow.run.folder``).
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ import submitit
 import torch
 
 from alphaflow.config import Config, config_hash, from_dict, to_dict
-from alphaflow.errors import RunFailed, one_line
+from alphaflow.run.errors import RunFailed, one_line
 from alphaflow.models import build_for_data
 from alphaflow.perf.memplan import data_shape
-from alphaflow.runfolder import ERROR, STATES, RunFolder, SchedulerLookup, State, run_status
-from alphaflow.runlock import RunLocked, sweep_lock
+from alphaflow.run.folder import ERROR, STATES, RunFolder, SchedulerLookup, State, run_status
+from alphaflow.run.lock import RunLocked, sweep_lock
 from alphaflow.launch import resources as checks
 from alphaflow.launch.cluster import probe_controller
 from alphaflow.launch.prepare import prepare_run, restore, snapshot
@@ -72,7 +72,7 @@ class TrainJob(submitit.helpers.Checkpointable):
     """Train one run folder; ``spec`` = {"config": <config dict>, "run_dir": <path>}."""
 
     def __call__(self, spec: dict[str, Any]) -> dict[str, Any]:
-        from alphaflow.evaluate.callbacks import train_with_evaluation as train  # imported in the job process
+        from alphaflow.launch.training import train_run as train  # imported in the job process
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # several tasks: DDP ranks from submitit's view of the job
@@ -259,7 +259,7 @@ def run_inline(runs: list[SweepRun], root: str | Path, *, name: str = "", resour
     (this is how one debugs it). A run that fails gets its error.txt (the state 'failed') and the others go on,
     as under submitit; then ``RunFailed`` names the failed runs. ``name`` and ``resources`` are not used here.
     """
-    from alphaflow.evaluate.callbacks import train_with_evaluation as train  # the trainer is heavy; imported here
+    from alphaflow.launch.training import train_run as train  # the trainer is heavy; imported here
 
     root = Path(root)
     states = _states(runs, root)

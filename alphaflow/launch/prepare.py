@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alphaflow.config import config_hash, to_dict
-from alphaflow.files import atomic_write_bytes
+from alphaflow.run.files import atomic_write_bytes
 from alphaflow.launch.sweeps import SweepRun
-from alphaflow.runfolder import CONFIG, ERROR, RUN_INFO, RunFolder
-from alphaflow.runlock import lock_holder
+from alphaflow.run.folder import CONFIG, ERROR, RUN_INFO, RunFolder
+from alphaflow.run.lock import lock_holder
 
 PREPARED = (CONFIG, RUN_INFO, ERROR)  # the files ``prepare_run`` writes or drops
 

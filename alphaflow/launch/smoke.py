@@ -20,7 +20,7 @@ The step-unit schedules are not rescaled, so a 4-step rehearsal of "sigmoid 0 â†
 the point is that every code path of the real run starts, checkpoints, resumes and ends, not its numbers.
 The file's ``resources`` are checked (``alphaflow.launch.resources``) and its SLURM batch script built exactly as
 the real submission would (``executors.sbatch_script``, no SLURM needed); they are shown, not used
-(``alphaflow.launch.command``). A latents run without ``data.path`` trains on made-up latents of its recipe's
+(``alphaflow.cli.sweep``). A latents run without ``data.path`` trains on made-up latents of its recipe's
 shape (``alphaflow.launch.smoke_data``). The runs go to their own root (``runs/<sweep>-smoke`` by default),
 named by the hash of the shrunk config, so they never mix with real runs; a second ``--smoke`` skips the runs
 that finished and retries the others.
@@ -40,7 +40,7 @@ from alphaflow.config import Config, apply_overrides, config_hash, validate
 from alphaflow.launch.sweeps import Sweep, SweepRun
 from alphaflow.models import MODELS
 from alphaflow.models.registry import SIZES
-from alphaflow.runfolder import RunFolder, State, run_status
+from alphaflow.run.folder import RunFolder, State, run_status
 
 SMOKE_STEPS = 4
 SMOKE_BATCH = 8
@@ -167,9 +167,9 @@ def rehearse(sweep: Sweep, root: Path, *, log: Callable[[str], None] = print) ->
     again from that checkpoint to the end, as a job requeued at its time limit would. One failure does not stop
     the rest; its traceback goes to the run's error.txt. Logs a table of the runs; returns how many did not finish.
     """
-    from alphaflow.evaluate.callbacks import train_with_evaluation as train  # the trainer: heavy, imported here
+    from alphaflow.launch.training import train_run as train  # the trainer: heavy, imported here
     from alphaflow.launch.prepare import prepare_run
-    from alphaflow.runlock import RunLocked
+    from alphaflow.run.lock import RunLocked
 
     results = []
     for r in sweep.runs:

@@ -73,7 +73,7 @@ def write_made_up(made: MadeUp, folder: Path | None = None, seed: int = 0) -> Pa
     random posterior means, small log-variances, random labels; through a temporary name and a rename."""
     import numpy as np
 
-    from alphaflow.conventions import NULL_LABEL
+    from alphaflow.core.conventions import NULL_LABEL
     from alphaflow.data.latents import FORMAT, LABELS, LOGVAR, MEAN, META, VERSION
 
     out = Path(made.folder if folder is None else folder)

@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from alphaflow.files import save_torch_atomic
+from alphaflow.run.files import save_torch_atomic
 from alphaflow.metrics.dinov2 import dinov2_extractor
 from alphaflow.metrics.inception import inception_extractor
 

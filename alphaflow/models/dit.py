@@ -2,7 +2,7 @@
 DiT arXiv 2212.09748, SiT arXiv 2401.08740).
 
 The ``DiT`` module with its one commented ``initialize_weights`` and its options (the layers: ``dit_layers.py``;
-the size registry: ``registry.py``). The call contract (``alphaflow.conventions``):
+the size registry: ``registry.py``). The call contract (``alphaflow.core.conventions``):
 
     u = net(z, r, t, labels)      z: [B, C, H, W], r, t: [B], labels: [B] int64 or None → u: [B, C, H, W]
 
@@ -32,7 +32,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from alphaflow.conventions import NULL_LABEL
+from alphaflow.core.conventions import NULL_LABEL
 from alphaflow.models.dit_layers import (Attention, DiTBlock, FinalLayer, TimestepEmbedder, layer_norm, modulate,
                                          sincos_pos_embed_2d)
 from alphaflow.models.jvp_attention import ATTENTION_IMPLS, triton_available

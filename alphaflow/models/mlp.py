@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from alphaflow.conventions import NULL_LABEL
+from alphaflow.core.conventions import NULL_LABEL
 from alphaflow.models.dit import TimestepEmbedder
 from alphaflow.models.tangent import Linear
 

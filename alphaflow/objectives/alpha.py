@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from alphaflow.amp import target_pass
-from alphaflow.conventions import expand_time
-from alphaflow.jvp import target_module
+from alphaflow.core.amp import target_pass
+from alphaflow.core.conventions import expand_time
+from alphaflow.core.jvp import target_module
 from alphaflow.objectives.base import (Net, Objective, Rows, Sample, Terms, keep_equal_time_rows, pair_rows, put_rows,
                                        regression_components, row_count, take_rows)
 from alphaflow.objectives.meanflow import meanflow_prediction
 from alphaflow.objectives.options import ObjectiveOptions
-from alphaflow.schedules import Schedule, ScheduleConfig, as_schedule, check_unit_interval, sigmoid
+from alphaflow.core.schedules import Schedule, ScheduleConfig, as_schedule, check_unit_interval, sigmoid
 
 SHIFT_VELOCITIES = ("velocity", "model")
 
@@ -113,7 +113,7 @@ class AlphaFlow(Objective):
         gives them: a slice or [P] int64 indices; a tied row among them keeps ṽ).
 
         No host sync: the rows are a slice or indices, never a mask. The model passes run under
-        ``target_pass`` (no grad, autocast without its weight cache: ``alphaflow.amp``).
+        ``target_pass`` (no grad, autocast without its weight cache: ``alphaflow.core.amp``).
         """
         target = v_tilde.detach().clone()
         if row_count(rows, target.shape[0]) == 0:

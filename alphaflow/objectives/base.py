@@ -29,12 +29,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from alphaflow.conventions import check_times, interpolate, velocity
-from alphaflow.jvp import target_module
+from alphaflow.core.conventions import check_times, interpolate, velocity
+from alphaflow.core.jvp import target_module
 from alphaflow.objectives.guidance import Guidance
 from alphaflow.objectives.options import ObjectiveOptions
-from alphaflow.schedules import Schedule, as_schedule, check_unit_interval
-from alphaflow.timesteps import TimeSampler, check_fm_time, num_fm_rows, sample_time_pairs
+from alphaflow.core.schedules import Schedule, as_schedule, check_unit_interval
+from alphaflow.core.timesteps import TimeSampler, check_fm_time, num_fm_rows, sample_time_pairs
 
 Net = Callable[..., Tensor]  # net(z [B,...], r [B], t [B], labels [B] | None) -> u [B,...]
 
@@ -157,7 +157,7 @@ class Terms:
     sample: Sample
     logs: dict[str, Tensor | float] = field(default_factory=dict)  # detached scalars
     weight: Tensor | float = 1.0       # [B] detached w with loss = w·mse + const per sample, so that
-    #                                    ∇loss.mean() = ∇mean(w·tfm) + ∇mean(w·tcc) (alphaflow.train.conflict)
+    #                                    ∇loss.mean() = ∇mean(w·tfm) + ∇mean(w·tcc) (alphaflow.train.split_backward)
     extra: tuple[str, ...] = ()        # components whose gradient completes that sum when the loss has a third
     #                                    part (Modular MeanFlow's "d"): ∇loss.mean() = ∇(w·tfm + w·tcc + w·Σ extra)
     extra_unweighted: tuple[str, ...] = ()  # ... and ones that enter without w (Decoupled MeanFlow's log-variance)
@@ -265,8 +265,8 @@ class Objective:
 
     x: [B, ...] data; labels: [B] int64 or None. ``net`` may be wrapped (DDP, compiled): the
     prediction goes through it so gradients synchronise, the no-grad target passes use
-    ``alphaflow.jvp.target_module(net)`` (the unwrapped net, compiled under
-    ``train.compile``) under ``alphaflow.amp.target_pass``. A drawn sample carries ``num_fm``, so a
+    ``alphaflow.core.jvp.target_module(net)`` (the unwrapped net, compiled under
+    ``train.compile``) under ``alphaflow.core.amp.target_pass``. A drawn sample carries ``num_fm``, so a
     step reads nothing back from the device (one ``nonzero`` when guiding: ``Guidance.guided_velocity``).
     """
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from alphaflow.jvp import unwrap
+from alphaflow.core.jvp import unwrap
 from alphaflow.objectives.base import Net, Objective, Sample, Terms, pair_rows, regression_components
 from alphaflow.objectives.meanflow import meanflow_prediction
 from alphaflow.objectives.options import ObjectiveOptions
-from alphaflow.schedules import ScheduleConfig
+from alphaflow.core.schedules import ScheduleConfig
 
 
 @dataclass

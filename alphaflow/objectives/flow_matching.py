@@ -16,7 +16,7 @@ from torch import Tensor
 
 from alphaflow.objectives.base import Net, Objective, Sample, Terms, regression_components
 from alphaflow.objectives.options import ObjectiveOptions
-from alphaflow.schedules import ScheduleConfig, as_schedule
+from alphaflow.core.schedules import ScheduleConfig, as_schedule
 
 
 def _regress_velocity(obj: Objective, net: Net, x: Tensor, sample: Sample, r: Tensor) -> Terms:

@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from alphaflow.amp import target_pass
-from alphaflow.conventions import NULL_LABEL
+from alphaflow.core.amp import target_pass
+from alphaflow.core.conventions import NULL_LABEL
 
 Net = Callable[..., Tensor]  # net(z [B,...], r [B], t [B], labels [B] | None) -> u [B,...]
 
@@ -85,7 +85,7 @@ class Guidance:
 
         The window rows depend on the values of t, so they are found by one ``nonzero`` (the step's one
         host sync when guiding); the rest is index_select / index_copy. The passes run under
-        ``target_pass`` (no grad, autocast without its weight cache: ``alphaflow.amp``). With
+        ``target_pass`` (no grad, autocast without its weight cache: ``alphaflow.core.amp``). With
         ``dropout_style="official_jax"`` the rows whose label is ∅ (the dropped ones) keep ṽ = v.
         """
         if not self.guides:

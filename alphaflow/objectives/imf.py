@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from alphaflow.amp import target_pass
-from alphaflow.conventions import NULL_LABEL, expand_time, interpolate, velocity
-from alphaflow.jvp import target_module, unwrap
+from alphaflow.core.amp import target_pass
+from alphaflow.core.conventions import NULL_LABEL, expand_time, interpolate, velocity
+from alphaflow.core.jvp import target_module, unwrap
 from alphaflow.objectives.base import (Net, Objective, Sample, Terms, element_mean, own_uniforms, pair_rows,
                                        regression_components, row_count, take_rows)
 from alphaflow.objectives.meanflow import target_from_dudt
 from alphaflow.objectives.options import ObjectiveOptions
-from alphaflow.schedules import ScheduleConfig
+from alphaflow.core.schedules import ScheduleConfig
 
 
 @dataclass

@@ -4,9 +4,9 @@
     L_MF  = E ‖u_θ(z_t, r, t) − u_tgt‖²,   weighted per sample by 1/(sg(‖Δ‖²) + c)^p
 
 On r = t rows u_tgt = ṽ (flow matching); du/dt is needed only on the r < t rows. The prediction
-and du/dt come from ``alphaflow.jvp.prediction_and_dudt``: one forward with the JVP riding along
+and du/dt come from ``alphaflow.core.jvp.prediction_and_dudt``: one forward with the JVP riding along
 where the model has a tangent mode (the DiT), else a no-grad JVP then an ordinary forward. The size
-of du/dt per r < t row goes to ``Terms.logs["dudt_rms"]`` (``alphaflow.jvp.dudt_rms``; docs/spikes.md).
+of du/dt per r < t row goes to ``Terms.logs["dudt_rms"]`` (``alphaflow.core.jvp.dudt_rms``; docs/spikes.md).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from alphaflow.conventions import expand_time
-from alphaflow.jvp import average_velocity_jvp, dudt_rms, prediction_and_dudt
+from alphaflow.core.conventions import expand_time
+from alphaflow.core.jvp import average_velocity_jvp, dudt_rms, prediction_and_dudt
 from alphaflow.objectives.base import (Net, Objective, Rows, Sample, Terms, keep_equal_time_rows, pair_rows, put_rows,
                                        regression_components, row_count, take_rows)
 from alphaflow.objectives.options import ObjectiveOptions
-from alphaflow.schedules import ScheduleConfig
+from alphaflow.core.schedules import ScheduleConfig
 
 
 def target_from_dudt(v_tilde: Tensor, r: Tensor, t: Tensor, rows: Rows, dudt: Tensor) -> Tensor:
@@ -48,7 +48,7 @@ def meanflow_prediction(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tenso
     rows: the r < t rows as ``pair_rows`` gives them (a slice for a drawn sample: no host sync); None
     finds them by one ``nonzero`` (one host sync). The prediction goes through ``net`` (DDP sees one forward).
     logs: an objective's ``Terms.logs``; where given and there are r < t rows, ``logs["dudt_rms"]`` receives
-    the per-row size of du/dt ([B], NaN on the r = t rows: ``alphaflow.jvp.dudt_rms``).
+    the per-row size of du/dt ([B], NaN on the r = t rows: ``alphaflow.core.jvp.dudt_rms``).
     """
     if rows is None:
         rows = (r < t).nonzero().squeeze(1)  # [P]

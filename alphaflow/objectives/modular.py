@@ -23,13 +23,13 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from alphaflow.conventions import expand_time
-from alphaflow.jvp import unwrap
+from alphaflow.core.conventions import expand_time
+from alphaflow.core.jvp import unwrap
 from alphaflow.objectives.base import (Net, Objective, Rows, Sample, Terms, element_mean, pair_rows, put_rows,
                                        regression_components, row_count, take_rows)
 from alphaflow.objectives.meanflow import meanflow_prediction
 from alphaflow.objectives.options import ObjectiveOptions
-from alphaflow.schedules import Schedule, ScheduleConfig, as_schedule, check_unit_interval
+from alphaflow.core.schedules import Schedule, ScheduleConfig, as_schedule, check_unit_interval
 
 
 def _warmup() -> ScheduleConfig:

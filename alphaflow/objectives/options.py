@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alphaflow.objectives.guidance import Guidance
-from alphaflow.schedules import ScheduleConfig
-from alphaflow.timesteps import TimeConfig
+from alphaflow.core.schedules import ScheduleConfig
+from alphaflow.core.timesteps import TimeConfig
 
 
 @dataclass

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from alphaflow.amp import target_pass
-from alphaflow.conventions import expand_time
-from alphaflow.jvp import target_module
+from alphaflow.core.amp import target_pass
+from alphaflow.core.conventions import expand_time
+from alphaflow.core.jvp import target_module
 from alphaflow.objectives.base import (Net, Objective, Sample, Terms, keep_equal_time_rows, pair_rows, put_rows,
                                        regression_components, row_count, take_rows)
 from alphaflow.objectives.options import ObjectiveOptions
-from alphaflow.schedules import ScheduleConfig
+from alphaflow.core.schedules import ScheduleConfig
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Shortcut(Objective):
         Under autocast the network returns bf16; u₁, u₂ are taken to z's dtype (the fp32 activations)
         before the shift and the mean, so the target is not rounded to bf16 and it can be written into
         the fp32 target (an index put refuses mismatched dtypes). The passes run under ``target_pass``
-        (no grad, autocast without its weight cache: ``alphaflow.amp``).
+        (no grad, autocast without its weight cache: ``alphaflow.core.amp``).
         """
         with target_pass():
             module = target_module(net)

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from alphaflow.amp import target_pass
-from alphaflow.conventions import expand_time
-from alphaflow.jvp import target_module
+from alphaflow.core.amp import target_pass
+from alphaflow.core.conventions import expand_time
+from alphaflow.core.jvp import target_module
 from alphaflow.objectives.base import (Net, Objective, Sample, Terms, keep_equal_time_rows, own_uniforms, pair_rows,
                                        put_rows, regression_components, row_count, take_rows)
 from alphaflow.objectives.options import ObjectiveOptions
-from alphaflow.schedules import ScheduleConfig
+from alphaflow.core.schedules import ScheduleConfig
 
 
 @dataclass

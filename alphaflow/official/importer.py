@@ -34,11 +34,11 @@ from torch import Tensor
 
 from alphaflow.config import from_dict, to_dict
 from alphaflow.data.latent_data import read_meta
-from alphaflow.files import atomic_write_bytes
+from alphaflow.run.files import atomic_write_bytes
 from alphaflow.models import MODELS, build_model
 from alphaflow.official.mapping import PATCH_KEY, architecture, find_dit, map_dit
 from alphaflow.official.unpickle import read_snapshot
-from alphaflow.runfolder import RunFolder
+from alphaflow.run.folder import RunFolder
 from alphaflow.train.loop import CHECKPOINT_FORMAT
 
 META = "latents-meta"

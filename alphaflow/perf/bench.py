@@ -57,14 +57,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from alphaflow.conventions import expand_time, interpolate, velocity
+from alphaflow.core.conventions import expand_time, interpolate, velocity
 from alphaflow.models import build_for_data
 from alphaflow.objectives import (AlphaFlow, FlowMatching, ImprovedMeanFlow, MeanFlow, ModularMeanFlow, Objective, Sample,
                                   SplitMeanFlow)
 from alphaflow.objectives.base import Terms, adaptive_loss, element_mean
 from alphaflow.config.schema import ConflictConfig
-from alphaflow.instrument.probes import gram_matrices, gram_summary
-from alphaflow.train.conflict import ConflictCombiner
+from alphaflow.train.probes import gram_matrices, gram_summary
+from alphaflow.train.split_backward import ConflictCombiner
 from alphaflow.train.distributed import DistInfo
 from alphaflow.train.optim import EMA, build_optimizer
 from alphaflow.train.step import LoopState, StepParts, training_step
@@ -140,7 +140,7 @@ def make_steps(net: nn.Module, x: Tensor, labels: Tensor | None, *, bf16: bool =
                 state.step += 1
         return step
 
-    def probe() -> None:  # the trainer's online probe, two terms (alphaflow.instrument.probes)
+    def probe() -> None:  # the trainer's online probe, two terms (alphaflow.train.probes)
         with autocast():
             mf = MeanFlow(ratio_fm=0.0)(net, x, labels, generator=generator)
         terms = {"tfm": mf.components["tfm"].float().mean(), "tcc": mf.components["tcc"].float().mean()}

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from alphaflow.instrument.probes import probe_sample
+from alphaflow.train.probes import probe_sample
 from alphaflow.objectives import Objective, Sample
 from alphaflow.perf.memtrack import FakeRun
 from alphaflow.train.distributed import DistInfo

@@ -40,9 +40,9 @@ from alphaflow.perf.fakestep import FakeStep, draw, drawn_samples_only, fake_sam
 from alphaflow.perf.memtrack import FakeRun
 from alphaflow.models import build_for_data, model_options
 from alphaflow.objectives import AlphaFlow, Objective
-from alphaflow.instrument.probes import probe_gradients
-from alphaflow.sampling import generate
-from alphaflow.schedules import as_schedule
+from alphaflow.train.probes import probe_gradients
+from alphaflow.core.sampling import generate
+from alphaflow.core.schedules import as_schedule
 
 PHASES = ("train", "online_probe", "offline_probe", "eval")
 GIB = 2 ** 30

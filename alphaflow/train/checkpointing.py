@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from alphaflow.runfolder import RunFolder
+from alphaflow.run.folder import RunFolder
 
 __all__ = ["AsyncCheckpointer", "PinnedArena", "snapshot"]
 

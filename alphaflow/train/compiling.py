@@ -6,7 +6,7 @@ Two compiled callables share the network's weights:
   all-reduce still overlaps the backward), ``torch.compile(net)`` on one. The prediction pass goes through it:
   forward and backward, with the DiT's tangent-mode JVP riding along the forward.
 * the **target module**: the same ``torch.compile(net)`` on one rank, a second ``torch.compile(net)`` (no DDP)
-  across ranks. The objectives' no-grad target passes call it through ``alphaflow.jvp.target_module``:
+  across ranks. The objectives' no-grad target passes call it through ``alphaflow.core.jvp.target_module``:
   α-Flow's jump, Shortcut's and SplitMeanFlow's half jumps, the guidance passes (35–45 % of an XL/2-cfg step).
   They compile as inference graphs of their own (no-grad, their own row counts).
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from alphaflow.jvp import route_target_passes
+from alphaflow.core.jvp import route_target_passes
 
 __all__ = ["compile_for_training", "CompileCount"]
 

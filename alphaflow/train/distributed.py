@@ -38,7 +38,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.distributed as dist
 
-from alphaflow.errors import UsageError
+from alphaflow.run.errors import UsageError
 
 
 @dataclass(frozen=True)

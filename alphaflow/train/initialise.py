@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-from alphaflow.files import read_checkpoint
-from alphaflow.runfolder import init_checkpoint
+from alphaflow.run.files import read_checkpoint
+from alphaflow.run.folder import init_checkpoint
 from alphaflow.train.optim import EMA
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from alphaflow.errors import RunFailed
+from alphaflow.run.errors import RunFailed
 from alphaflow.train import distributed as D
 from alphaflow.train.batches import EpochBatches
 from alphaflow.objectives import objective_from_options
@@ -29,13 +29,13 @@ from alphaflow.train.step import LoopState, StepOutput, StepParts, training_step
 from alphaflow.train.ticks import accumulate, log_row
 from alphaflow.train.progress import Progress
 from alphaflow.train.callbacks import Callback, LogContext, OnlineProbe, check_served
-from alphaflow.train.hooks import close_all
+from alphaflow.train.callbacks import close_all
 from alphaflow.train.trackers import append_row, tracker_callbacks
-from alphaflow.train.conflict import ConflictCombiner
-from alphaflow.errors import UsageError
-from alphaflow.runfolder import RunFolder
+from alphaflow.train.split_backward import ConflictCombiner
+from alphaflow.run.errors import UsageError
+from alphaflow.run.folder import RunFolder
 from alphaflow.train.initialise import initialise_from
-from alphaflow.runlock import run_lock
+from alphaflow.run.lock import run_lock
 from alphaflow.train.sample_grids import write_samples
 from alphaflow.train.checkpointing import AsyncCheckpointer
 from alphaflow.train.startup import record_config, resume_checkpoint, resume_metrics, take_folder
@@ -63,7 +63,7 @@ def train(cfg: Config, out: str | Path, *, callbacks: list[Callback] | None = No
 
     ``callbacks``: work inside the run (``alphaflow.train.callbacks``); the online probe of ``probe.every``
     is added here. In-run evaluation (``eval.every``, ``eval.final``, ``probe.final``) comes from
-    ``alphaflow.evaluate.callbacks``; a config that asks for it without its callback is refused.
+    ``alphaflow.evaluate.in_run``; a config that asks for it without its callback is refused.
     ``stop_at``: stop after that step with a checkpoint and no DONE marker (a later call resumes).
     ``should_stop``: polled after every step (e.g. a preemption flag set by a signal handler); when any
     rank says yes, every rank stops at that same step boundary with a checkpoint.

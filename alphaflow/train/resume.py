@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from alphaflow.errors import UsageError
+from alphaflow.run.errors import UsageError
 
 __all__ = ["FREE_ON_RESUME", "check_resumed_config", "config_changes"]
 

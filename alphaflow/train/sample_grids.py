@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from alphaflow.config import Config
-from alphaflow.files import save_torch_atomic
-from alphaflow.images import save_grid_png, save_scatter_png
+from alphaflow.run.files import save_torch_atomic
+from alphaflow.run.images import save_grid_png, save_scatter_png
 from alphaflow.objectives import Objective
-from alphaflow.runfolder import RunFolder
-from alphaflow.sampling import generate
+from alphaflow.run.folder import RunFolder
+from alphaflow.core.sampling import generate
 
 
 def sampler_for(objective: Objective, sampler: str) -> str:

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from alphaflow.config import Config, from_dict, to_dict
-from alphaflow.errors import UsageError, format_bytes
-from alphaflow.files import keep_damaged_lines, stale_temporaries
-from alphaflow.runfolder import FILES, RunFolder
-from alphaflow.runlock import FileLock, process_alive
+from alphaflow.run.errors import UsageError, format_bytes
+from alphaflow.run.files import keep_damaged_lines, stale_temporaries
+from alphaflow.run.folder import FILES, RunFolder
+from alphaflow.run.lock import FileLock, process_alive
 from alphaflow.train.resume import FREE_ON_RESUME, check_resumed_config, config_changes
 
 __all__ = ["METRICS_DAMAGED", "record_config", "remove_dead_temporaries", "resume_checkpoint", "resume_metrics",

@@ -29,7 +29,7 @@ from torch.profiler import record_function
 from alphaflow.objectives import Objective, Sample
 from alphaflow.objectives.base import Terms
 from alphaflow.train import distributed as D
-from alphaflow.train.conflict import ConflictCombiner, no_sync
+from alphaflow.train.split_backward import ConflictCombiner, no_sync
 from alphaflow.train.optim import EMA, gradient_norm, sanitize_and_clip
 from alphaflow.train.spikes import remember_norm, spike_flag
 

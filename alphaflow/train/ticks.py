@@ -19,7 +19,7 @@ def accumulate(tick: Tick, out: StepOutput) -> None:
     (docs/spikes.md). The sums and maxima are float64, so a long tick loses nothing to round-off.
 
     A per-row log is a [B] tensor in ``Terms.logs``, NaN on the rows it does not describe (MeanFlow's
-    ``dudt_rms``: ``alphaflow.jvp.dudt_rms``); its per-step value is the mean over the described rows. A step
+    ``dudt_rms``: ``alphaflow.core.jvp.dudt_rms``); its per-step value is the mean over the described rows. A step
     skipped by ``train.spike_guard`` is counted and its values logged (its batch was seen; only the update was
     held back); a non-finite step is only counted."""
     tick.steps += 1

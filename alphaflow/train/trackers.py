@@ -4,7 +4,7 @@ metrics.jsonl stays the source of truth. A tracker is a callback that receives e
 trainer has appended it (main rank only, ``Callback.on_row``), the sample grids once they are on disk, and at
 the end the rows of eval.jsonl. The tracker packages are an optional extra (``pip install
 'alphaflow[trackers]'``); a config that asks for one that is not installed is refused before the run starts
-(``alphaflow.config.extras.check_trackers``, part of ``alphaflow.build.preflight``).
+(``alphaflow.config.extras.check_trackers``, part of ``alphaflow.train.build.preflight``).
 
     log.tensorboard=true     RUN_DIR/tensorboard/events.out.tfevents.*     tensorboard --logdir runs/
     log.wandb=offline        RUN_DIR/wandb/offline-run-*/ (no network)    wandb sync RUN_DIR/wandb/offline-run-*
@@ -29,10 +29,10 @@ import torch
 
 from alphaflow.config import Config
 from alphaflow.config.extras import check_trackers
-from alphaflow.files import atomic_write_bytes, read_jsonl
-from alphaflow.runfolder import RunFolder
+from alphaflow.run.files import atomic_write_bytes, read_jsonl
+from alphaflow.run.folder import RunFolder
 from alphaflow.train import distributed as D
-from alphaflow.train.hooks import Callback
+from alphaflow.train.callbacks import Callback
 
 _GRID = re.compile(r"^step-(\d+)-nfe(\d+)\.png$")
 WANDB_ID = "wandb_id.txt"  # in the run folder: the wandb run a resumed or requeued run continues

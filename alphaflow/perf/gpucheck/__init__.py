@@ -106,7 +106,7 @@ def default_out() -> str:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """The ``doctor`` subcommand of ``alphaflow`` (alphaflow/cli.py)."""
+    """The ``doctor`` subcommand of ``alphaflow`` (alphaflow/cli/main.py)."""
     p = sub.add_parser("doctor", help="check the whole CUDA path (trainer, bench ratios, JVP kernel, tangent, "
                                       "precision, compile, DDP) and write a JSON and a markdown report",
                        description="One entry per section with status ok/fail/skipped, its measured numbers, the "

@@ -59,7 +59,7 @@ def run_ddp(folder: Path, *, device: str, model_name: str, steps: int, batch_siz
             extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """Train ``world`` ranks (spawned processes) into ``folder`` and read back what the run wrote; raises
     when a rank fails, a tick or probe row is missing, or a logged number is non-finite."""
-    from alphaflow.runfolder import RunFolder
+    from alphaflow.run.folder import RunFolder
 
     half = max(steps // 2, 1)
     overrides = [f"model.name={model_name}", f"train.steps={steps}", f"train.log_every={half}",

@@ -95,7 +95,7 @@ def losses(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def train_once(s: Settings, run: TrainerRun, data_path: Path, folder: Path, *, compile: bool = False,
                steps: int | None = None, stop_at: int | None = None) -> dict[str, Any]:
     """One ``train()`` call into ``folder``; images/s, losses, peak memory, the config's attention choice."""
-    from alphaflow.build import preflight
+    from alphaflow.train.build import preflight
     from alphaflow.train.loop import train
 
     dev = device_of(s)

@@ -43,7 +43,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from alphaflow.jvp import unwrap
+from alphaflow.core.jvp import unwrap
 from alphaflow.objectives import FlowMatching, Guidance, MeanFlow, Objective, Sample, draw_sample
 
 EXTRA_TERMS = ("d", "lv", "aux")  # the third parts some objectives have (Terms.extra, Terms.extra_unweighted)

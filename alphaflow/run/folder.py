@@ -6,7 +6,7 @@
       metrics.jsonl          one JSON object per log tick (``step`` always present)
       checkpoints/
         latest-00001000.pt   rolling: the two most recent are kept, older ones deleted (each with the checksums
-                             of its tensors, checked when it is read: ``alphaflow.files.read_checkpoint``)
+                             of its tensors, checked when it is read: ``alphaflow.run.files.read_checkpoint``)
         step-00010000.pt     permanent keeps (train.keep_every)
       samples/
         step-00001000-nfe1.png   EMA sample grids
@@ -16,7 +16,7 @@
       init.json              {"init_from", "checkpoint", "step"}: a run started from train.init_from's weights
       error.txt              the traceback tail of a failed attempt
       DONE                   written last, holds a short JSON summary
-      .lock                  held by the one process training the run (``alphaflow.runlock``)
+      .lock                  held by the one process training the run (``alphaflow.run.lock``)
 
 Every file is written atomically (temporary name, then rename), so a crash leaves either the
 old file or the new one, never half of one. The JSONL files are append-only; a torn last line
@@ -29,7 +29,7 @@ executors and ``analysis``:
     new         no folder
     empty       a folder with none of config.json, a metrics row, error.txt, a failed job.json, DONE
     pending     the scheduler queues its latest job (PENDING, REQUEUED, CONFIGURING)
-    running     a trainer holds the folder's lock (``alphaflow.runlock``: any executor, any host), or the
+    running     a trainer holds the folder's lock (``alphaflow.run.lock``: any executor, any host), or the
                 scheduler runs its latest job (RUNNING, COMPLETING)
     failed      error.txt exists, or job.json records a failed state (``FAILED_STATES``; not TIMEOUT or
                 PREEMPTED, which resume)
@@ -53,11 +53,11 @@ from typing import Any, Callable
 
 import torch
 
-from alphaflow.files import (CheckpointUnreadable, append_jsonl, atomic_copy, atomic_write_bytes,  # noqa: F401
+from alphaflow.run.files import (CheckpointUnreadable, append_jsonl, atomic_copy, atomic_write_bytes,  # noqa: F401
                              read_checkpoint, read_json, read_json_object, read_jsonl, save_torch_atomic, scan_jsonl,
                              stale_temporaries, with_checksum)
-from alphaflow.errors import format_bytes
-from alphaflow.runlock import lock_holder, process_alive
+from alphaflow.run.errors import format_bytes
+from alphaflow.run.lock import lock_holder, process_alive
 
 CONFIG, METRICS, CHECKPOINTS, SAMPLES, DONE = "config.json", "metrics.jsonl", "checkpoints", "samples", "DONE"
 INIT = "init.json"  # where a run started from train.init_from came from (alphaflow.train.initialise)

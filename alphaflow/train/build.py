@@ -1,18 +1,22 @@
-"""Config → objects, and the checks that need the registries (which config, the lowest layer, cannot import)."""
+"""Config → objects, and the checks that need the registries (which config, the lowest layer, cannot import);
+``load_model`` (``alphaflow.load_model``): the network of any run folder, trained here or imported
+(``alphaflow import-official``), ready to call as ``net(z, r, t, labels)``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from alphaflow.config import Config, ConfigError, from_dict
 from alphaflow.config.extras import check_trackers
 from alphaflow.data import TrainData, check_data_options, dataset_class, dataset_from_config
 from alphaflow.models import MODELS, build_for_data, check_model_name, model_options
-from alphaflow.runfolder import RunFolder, init_checkpoint
+from alphaflow.run.folder import RunFolder, init_checkpoint, load_weights, select_checkpoints
 from alphaflow.metrics.choice import WEIGHTS_SOURCES, parse_metrics, weights_path
 from alphaflow.objectives import OBJECTIVES, objective_from_options
+
 
 def preflight(cfg: Config) -> None:
     """Check what config validation cannot (registry names, the data path, the objective's options)
@@ -115,3 +119,22 @@ def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunFolder, Conf
     data = dataset_from_config(cfg.data, cfg.seed)
     net = build_for_data(cfg.model.name, data.shape, data.num_classes, **model_options(cfg.model)).to(device)
     return run, cfg, data, net
+
+
+def load_model(run_dir: str | Path, weights: str = "ema", *, checkpoint: str = "last",
+               device: str | torch.device = "cpu") -> nn.Module:
+    """The network of ``run_dir`` with its ``weights`` ("ema" or "net", the raw weights) at ``checkpoint`` ("last"
+    or a step), in eval mode on ``device``: ``u = net(z, r, t, labels)`` with z [B, C, H, W], r, t [B] and labels
+    [B] int64 (or None), u the average velocity over [r, t] (docs/conventions.md). Built from the run's config.json
+    and sized by its data (an imported run's latents-meta), so the run's data must be readable here; in the
+    precision its weights were saved in."""
+    if weights not in ("ema", "net"):
+        raise ValueError(f"weights must be 'ema' or 'net' (the raw weights), got {weights!r}")
+    run, _, _, net = open_run(run_dir, torch.device(device))
+    ((_, path),) = select_checkpoints(run, str(checkpoint))
+    state, _ = load_weights(path, weights)
+    floating = [v.dtype for v in state.values() if v.is_floating_point()]
+    if floating:  # the weights' own precision (a float64 import stays float64)
+        net.to(floating[0])
+    net.load_state_dict(state)
+    return net.eval()

@@ -1,9 +1,9 @@
 """Files on disk, written so a crash or a full disk never leaves half of one: atomic writes, tolerant JSON and
 JSONL readers, checksums of a checkpoint's tensors, and reading a checkpoint without running code. The run
-folder (``alphaflow.runfolder``) is built on these.
+folder (``alphaflow.run.folder``) is built on these.
 
 A write that fails (no space, no permission, quota) removes its temporary file, leaves the previous version of
-the file as it was, and raises ``alphaflow.errors.WriteFailed`` naming what was written, the folder and, when
+the file as it was, and raises ``alphaflow.run.errors.WriteFailed`` naming what was written, the folder and, when
 the disk is full, its free space."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from alphaflow.errors import UsageError, WriteFailed
+from alphaflow.run.errors import UsageError, WriteFailed
 
 
 def _tmp_name(path: Path) -> Path:

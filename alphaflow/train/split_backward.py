@@ -1,4 +1,4 @@
-"""The conflict interventions inside a training step (``conflict.*``; the rules: ``alphaflow.conflict``;
+"""The conflict interventions inside a training step (``conflict.*``; the rules: ``alphaflow.core.conflict``;
 docs/conflict.md).
 
 On an exact step the two weighted parts of the loss are differentiated separately,
@@ -32,8 +32,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from alphaflow.config.schema import ConflictConfig
-from alphaflow.conflict import coefficients, conflict_stats
-from alphaflow.instrument.probes import parameter_groups
+from alphaflow.core.conflict import coefficients, conflict_stats
+from alphaflow.train.probes import parameter_groups
 from alphaflow.train import distributed as D
 
 

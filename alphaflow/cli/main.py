@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Sequence
 
-from alphaflow.errors import Interrupted, UsageError, run_command
+from alphaflow.run.errors import Interrupted, UsageError, run_command
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from alphaflow.models import MODELS, parameter_count
@@ -33,10 +33,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from alphaflow.cli_eval import checked_path
+    from alphaflow.cli.evaluate import checked_path
 
     checked_path("--out", args.out)
-    from alphaflow.build import preflight
+    from alphaflow.train.build import preflight
     from alphaflow.config import dump_yaml, load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -46,7 +46,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print("# peak GPU memory per rank of this config: alphaflow plan with the same --config and overrides "
               "(--world-size N)")
         return 0
-    from alphaflow.evaluate.callbacks import train_with_evaluation as train
+    from alphaflow.launch.training import train_run as train
 
     try:
         train(cfg, args.out)
@@ -58,7 +58,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def resume_hint(run_dir: str | Path) -> str:
     """Where an interrupted run stands: its last logged step and its newest checkpoint, which the same command
     resumes from."""
-    from alphaflow.runfolder import RunFolder
+    from alphaflow.run.folder import RunFolder
 
     run = RunFolder(run_dir)
     saved, logged = run.checkpoints(), run.last_step()
@@ -103,7 +103,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract_latents(args: argparse.Namespace) -> int:
-    from alphaflow.cli_eval import checked_path
+    from alphaflow.cli.evaluate import checked_path
 
     checked_path("--out", args.out)
     from alphaflow.data.latents import extract_latents
@@ -117,7 +117,7 @@ def _cmd_extract_latents(args: argparse.Namespace) -> int:
 def _cmd_probe(args: argparse.Namespace) -> int:
     from alphaflow.evaluate.offline_probe import probe_run
 
-    from alphaflow.cli_eval import run_config_with
+    from alphaflow.cli.evaluate import run_config_with
 
     p = run_config_with(args.run_dir, args.overrides, ("probe",)).probe
     pick = lambda flag, value: value if flag is None else flag  # noqa: E731 (a flag beats the config)
@@ -129,10 +129,10 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from alphaflow.cli_eval import checked_path
+    from alphaflow.cli.evaluate import checked_path
 
     checked_path("--root", args.root)
-    from alphaflow.launch.command import sweep_command  # the launcher: imported when a sweep runs
+    from alphaflow.cli.sweep import sweep_command  # the launcher: imported when a sweep runs
 
     return sweep_command(args)
 
@@ -162,7 +162,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alphaflow", description="α-Flow / MeanFlow / flow matching research framework")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from alphaflow.cli_eval import add_evaluation_commands
+    from alphaflow.cli.evaluate import add_evaluation_commands
 
     for add in (_add_training_commands, _add_probe_and_sweep_commands, add_evaluation_commands, _add_tool_commands):
         add(sub)
@@ -304,7 +304,7 @@ def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_unlock(args: argparse.Namespace) -> int:
-    from alphaflow.runlock import break_lock
+    from alphaflow.run.lock import break_lock
 
     print(break_lock(args.run_dir))
     return 0
@@ -312,7 +312,7 @@ def _cmd_unlock(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line. A bad input ends with one line on stderr and exit code 2, a file that could not be
-    written with one line and exit code 1 (``alphaflow.errors.run_command``); ``--debug`` anywhere on the line,
+    written with one line and exit code 1 (``alphaflow.run.errors.run_command``); ``--debug`` anywhere on the line,
     or ``ALPHAFLOW_DEBUG=1``, shows the traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("ALPHAFLOW_DEBUG", "") not in ("", "0")

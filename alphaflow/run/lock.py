@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from alphaflow.errors import UsageError
+from alphaflow.run.errors import UsageError
 
 LOCK_FILE, SWEEP_LOCK_FILE = ".lock", ".sweep.lock"
 HEARTBEAT_S = 30.0   # how often the holder touches its lock file

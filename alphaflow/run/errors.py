@@ -3,7 +3,7 @@
     UsageError   a bad input: a value, path, file or run folder that cannot be used as given; exit code 2.
                  ``ValueError`` raised by the library's checks counts as this too (``ConfigError`` is one).
     WriteFailed  a file of a run could not be written (no space, no permission, quota); exit code 1. What
-                 was written before it is intact (``alphaflow.files``), so the same command resumes once
+                 was written before it is intact (``alphaflow.run.files``), so the same command resumes once
                  the cause is fixed.
     RunFailed    a run that stopped on its own account (a diverging loss, runs of a sweep that failed); exit
                  code 1. Its checkpoints and metrics up to the failure are kept.

@@ -1,4 +1,4 @@
-"""``alphaflow sweep``: the command behind ``alphaflow.cli``'s thin ``sweep`` entry (imported only when it runs).
+"""``alphaflow sweep``: the command behind ``alphaflow.cli.main``'s thin ``sweep`` entry (imported only when it runs).
 
 The order is the command's promise: read and check the file (``load_sweep``: structure, name, resources), check
 the runs (``preflight``) and the executor (``--executor slurm`` needs a controller that answers), and only then
@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from alphaflow.errors import Interrupted, UsageError
+from alphaflow.run.errors import Interrupted, UsageError
 from alphaflow.launch.sweeps import Sweep, SweepRun, load_sweep
 
 
 def preflight_runs(runs: list[SweepRun]) -> None:
     """Refuse a sweep whose runs cannot start (a missing data path, an unknown model) before submitting any."""
-    from alphaflow.build import preflight
+    from alphaflow.train.build import preflight
 
     for r in runs:
         try:
@@ -85,7 +85,7 @@ def sweep_command(args: argparse.Namespace) -> int:
 def listing(args: argparse.Namespace, sweep: Sweep, root: Path, kind: str) -> int:
     """--dry-run (the runs and their overrides; for slurm the batch script) or --status (each run's state)."""
     from alphaflow.launch import executors as launcher
-    from alphaflow.runfolder import RunFolder, run_status
+    from alphaflow.run.folder import RunFolder, run_status
 
     state = launcher.scheduler_state(root) if args.status else None
     print(f"{'state':<11} {'step':>7}  run")

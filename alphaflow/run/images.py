@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from alphaflow.files import atomic_write_bytes
+from alphaflow.run.files import atomic_write_bytes
 
 
 def to_uint8(images: Tensor, low: float = -1.0, high: float = 1.0) -> Tensor:

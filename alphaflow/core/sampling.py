@@ -1,6 +1,6 @@
 """Few-step samplers for average-velocity networks (docs/conventions.md#samplers; arXiv 2510.20771 Algorithm 3, §4.2).
 
-Time runs from noise (t = 1) to data (t = 0), see ``alphaflow.conventions``. A network
+Time runs from noise (t = 1) to data (t = 0), see ``alphaflow.core.conventions``. A network
 ``net(z, r, t, labels) -> u`` predicts the average velocity over [r, t], so one jump is
 
     z_r = z_t − (t − r)·u(z_t, r, t).

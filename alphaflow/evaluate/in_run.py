@@ -26,7 +26,6 @@ from alphaflow.metrics.features import METRIC_NAMES, default_cache_dir
 from alphaflow.objectives import Objective
 from alphaflow.train import distributed as D
 from alphaflow.train.callbacks import Callback, LogContext
-from alphaflow.train.loop import TrainResult, train
 from alphaflow.train.sample_grids import sampler_for
 
 
@@ -102,12 +101,6 @@ def in_run_callbacks(cfg: Config) -> list[Callback]:
     if cfg.eval.final or cfg.probe.final:
         out.append(FinalWork(cfg))
     return out
-
-
-def train_with_evaluation(cfg: Config, out: str | Path, **kwargs) -> TrainResult:
-    """``alphaflow.train.loop.train`` with the evaluation callbacks the config asks for (what the command
-    line and the sweep executors run)."""
-    return train(cfg, out, callbacks=[*in_run_callbacks(cfg), *kwargs.pop("callbacks", [])], **kwargs)
 
 
 def finish_run(cfg: Config, run_dir: str | Path, device: str, log: Callable[[str], None] = print) -> None:

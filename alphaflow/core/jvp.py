@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from alphaflow.amp import target_pass
+from alphaflow.core.amp import target_pass
 
 Net = Callable[..., Tensor]
 
@@ -68,7 +68,7 @@ def average_velocity_jvp(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tens
 
     z, tangent: [B, ...]; r, t: [B]; labels: [B] or None. Returns two detached [B, ...]
     tensors. ``net`` is unwrapped here, so callers may pass the DDP-wrapped module. Runs under
-    ``target_pass`` (no grad, and autocast without its weight cache: ``alphaflow.amp``).
+    ``target_pass`` (no grad, and autocast without its weight cache: ``alphaflow.core.amp``).
     """
     module = unwrap(net)
 

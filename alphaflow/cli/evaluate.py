@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from alphaflow.errors import UsageError
+from alphaflow.run.errors import UsageError
 
 
 def run_config_with(run_dir: str, overrides: Sequence[str], sections: tuple[str, ...]):
     """A run folder's config with ``key=value`` overrides of the given sections (``eval``, ``sample``, ``probe``)."""
     from alphaflow.config import apply_overrides, from_dict, validate
-    from alphaflow.runfolder import RunFolder
+    from alphaflow.run.folder import RunFolder
 
     config = RunFolder(run_dir).read_config()
     if config is None:
@@ -43,7 +43,7 @@ def weights_choice(value: str) -> str:
 
 def require_checkpoint(run_dir: str, what: str) -> None:
     """Refuse ``eval``/``sample`` of a run folder that holds no checkpoint yet, saying when a run writes one."""
-    from alphaflow.runfolder import RunFolder
+    from alphaflow.run.folder import RunFolder
 
     run = RunFolder(run_dir)
     if run.config_path.exists() and not run.checkpoints():
