@@ -72,3 +72,29 @@ def test_report_writes_tables_and_figures(capsys, tmp_path):
     written = {p.name for p in (root / "report").iterdir()}
     assert {"runs.csv", "summary.csv", "variants.csv", "summary.md", "loss.png"} <= written
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_train_builds_the_objective_once_and_trains_with_it(tmp_path, monkeypatch):
+    """Preflight builds the objective to check its options; the trainer uses that one, it builds no second."""
+    import alphaflow.train.build as build
+    import alphaflow.train.loop as loop
+
+    built: list[object] = []
+
+    def counting(options, steps):  # noqa: ANN001, ANN202
+        built.append(objective_from_options(options, steps))
+        return built[-1]
+
+    from alphaflow.objectives import objective_from_options
+
+    monkeypatch.setattr(build, "objective_from_options", counting)
+    monkeypatch.setattr(loop, "objective_from_options", counting)
+    seen: list[object] = []
+    real_step = loop.training_step
+    monkeypatch.setattr(loop, "training_step", lambda parts, *a, **k: (seen.append(parts.objective), real_step(parts, *a, **k))[1])
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "model.name=DiT-N/2", "train.steps=2", "train.batch_size=8",
+                 "train.log_every=1", "train.ckpt_every=2", "train.sample_every=0", "data.stats_samples=16",
+                 "train.threads=1"]) == 0
+    assert len(built) == 1 and seen and all(o is built[0] for o in seen)
+    assert (out / "DONE").exists()

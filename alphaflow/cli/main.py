@@ -40,7 +40,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from alphaflow.config import dump_yaml, load_config
 
     cfg = load_config(args.config, args.overrides)
-    preflight(cfg)
+    objective = preflight(cfg)
     if args.dry_run:
         print(dump_yaml(cfg), end="")
         print("# peak GPU memory per rank of this config: alphaflow plan with the same --config and overrides "
@@ -49,7 +49,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from alphaflow.launch.training import train_run as train
 
     try:
-        train(cfg, args.out)
+        train(cfg, args.out, objective=objective)
     except KeyboardInterrupt:
         raise Interrupted(resume_hint(args.out)) from None
     return 0

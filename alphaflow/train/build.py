@@ -15,12 +15,13 @@ from alphaflow.data import TrainData, check_data_options, dataset_class, dataset
 from alphaflow.models import MODELS, build_for_data, check_model_name, model_options
 from alphaflow.run.folder import RunFolder, init_checkpoint, load_weights, select_checkpoints
 from alphaflow.metrics.choice import WEIGHTS_SOURCES, parse_metrics, weights_path
-from alphaflow.objectives import OBJECTIVES, objective_from_options
+from alphaflow.objectives import OBJECTIVES, Objective, objective_from_options
 
 
-def preflight(cfg: Config) -> None:
+def preflight(cfg: Config) -> Objective:
     """Check what config validation cannot (registry names, the data path, the objective's options)
-    before anything runs; raises ValueError naming the key."""
+    before anything runs; raises ValueError naming the key. Returns the objective it built to check its
+    options, for the trainer to use (``train(..., objective=)``): one objective per run."""
     objective = objective_from_options(cfg.objective, cfg.train.steps)
     if cfg.conflict.mode != "none" and not objective.conflict_parts:
         names = ", ".join(sorted(n for n, c in OBJECTIVES.items() if c.conflict_parts))
@@ -57,6 +58,7 @@ def preflight(cfg: Config) -> None:
     check_compile(cfg)
     check_trackers(cfg)
     check_eval(cfg)
+    return objective
 
 
 def check_dit_option(name: str, key: str, blocks: int | None) -> None:

@@ -20,9 +20,9 @@ from torch.nn.parallel import DistributedDataParallel
 from alphaflow.run.errors import RunFailed
 from alphaflow.train import distributed as D
 from alphaflow.train.batches import EpochBatches
-from alphaflow.objectives import objective_from_options
+from alphaflow.objectives import Objective, objective_from_options
 from alphaflow.config import Config, to_dict
-from alphaflow.data import build_dataset, dataset_options
+from alphaflow.data import TrainData, build_dataset, dataset_options
 from alphaflow.models import build_for_data, model_options
 from alphaflow.train.optim import EMA, build_optimizer, warmup_factor
 from alphaflow.train.step import LoopState, StepOutput, StepParts, training_step
@@ -57,10 +57,12 @@ class TrainResult:
     finished: bool                       # False when stopped early by ``stop_at``
 
 
-def train(cfg: Config, out: str | Path, *, callbacks: list[Callback] | None = None, stop_at: int | None = None,
+def train(cfg: Config, out: str | Path, *, objective: Objective | None = None, callbacks: list[Callback] | None = None,
+          stop_at: int | None = None,
           should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None) -> TrainResult:
     """Train the run in folder ``out``: start it, resume it from its newest checkpoint, or notice it is done.
 
+    ``objective``: the one ``alphaflow.train.build.preflight`` built from ``cfg.objective`` (built here if None).
     ``callbacks``: work inside the run (``alphaflow.train.callbacks``); the online probe of ``probe.every``
     is added here. In-run evaluation (``eval.every``, ``eval.final``, ``probe.final``) comes from
     ``alphaflow.evaluate.in_run``; a config that asks for it without its callback is refused.
@@ -77,7 +79,7 @@ def train(cfg: Config, out: str | Path, *, callbacks: list[Callback] | None = No
     try:
         tried: list[bool] = []  # rank 0: whether a trainer took the folder before (a failed start may restart)
         D.on_main(info, lambda: tried.append(take_folder(lock, writer.run, say)))  # before anything touches ``out``
-        result = _train(cfg, writer.run, info, say, stop_at, should_stop, callbacks, writer, any(tried))
+        result = _train(cfg, writer.run, info, say, stop_at, should_stop, callbacks, writer, any(tried), objective)
         if created:  # every rank done before the group goes: a rank tearing gloo down mid-exchange aborts the other
             D.barrier(info)
         return result
@@ -104,11 +106,11 @@ class _Session:
     say: Callable[[str], None]
     callbacks: list[Callback]
     bf16: bool
-    data: Any
+    data: TrainData
     net: torch.nn.Module
     model: torch.nn.Module  # net, DDP-wrapped and/or compiled: the prediction pass goes through it
     ema: EMA
-    objective: Any
+    objective: Objective
     opt: torch.optim.Optimizer
     gen: torch.Generator
     state: LoopState
@@ -135,7 +137,7 @@ class _Session:
 
 def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], None],
            stop_at: int | None, should_stop: Callable[[], bool] | None, callbacks: list[Callback],
-           writer: AsyncCheckpointer, tried: bool = False) -> TrainResult:
+           writer: AsyncCheckpointer, tried: bool = False, objective: Objective | None = None) -> TrainResult:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     data = build_dataset(cfg.data.name, seed=cfg.seed, **dataset_options(cfg.data))
@@ -146,7 +148,7 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     if run.is_done():
         say(f"{run.root} is already finished (DONE exists); nothing to do")
         return TrainResult(run, None, None, cfg.train.steps, True)
-    s = _start(cfg, run, info, say, callbacks, data)
+    s = _start(cfg, run, info, say, callbacks, data, objective)
     batches = EpochBatches(s.data, global_batch=cfg.train.batch_size, seed=cfg.seed, rank=info.rank,
                            world_size=info.world_size, pin_memory=s.device.type == "cuda")
     progress = Progress(cfg.train.steps, s.state.step, enabled=info.is_main, say=say)
@@ -174,7 +176,7 @@ def _train(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
 
 
 def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], None],
-           callbacks: list[Callback], data: Any) -> _Session:
+           callbacks: list[Callback], data: TrainData, objective: Objective | None) -> _Session:
     """Build the run's objects on its device, then resume them from the newest readable checkpoint (or fit the
     data statistics of a fresh run)."""
     device = info.device
@@ -183,7 +185,8 @@ def _start(cfg: Config, run: RunFolder, info: D.DistInfo, say: Callable[[str], N
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     net = build_for_data(cfg.model.name, data.shape, data.num_classes, **model_options(cfg.model)).to(device)
     ema = EMA(net, cfg.ema.halflife_steps, cfg.ema.rampup_ratio)
-    objective = objective_from_options(cfg.objective, cfg.train.steps)
+    if objective is None:
+        objective = objective_from_options(cfg.objective, cfg.train.steps)
     o = cfg.optim
     opt = build_optimizer(net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + info.rank)

@@ -100,7 +100,7 @@ def train_once(s: Settings, run: TrainerRun, data_path: Path, folder: Path, *, c
 
     dev = device_of(s)
     cfg = run_config(s, run, data_path, compile=compile, steps=steps)
-    preflight(cfg)  # what `alphaflow train` checks before it runs
+    objective = preflight(cfg)  # what `alphaflow train` checks before it runs
     logs: list[str] = []
 
     def say(msg: str) -> None:
@@ -109,7 +109,7 @@ def train_once(s: Settings, run: TrainerRun, data_path: Path, folder: Path, *, c
 
     cleanup(s)
     start = time.perf_counter()
-    result = train(cfg, folder, stop_at=stop_at, log=say)
+    result = train(cfg, folder, objective=objective, stop_at=stop_at, log=say)
     wall = time.perf_counter() - start
     rows = result.run.read_metrics()
     out: dict[str, Any] = {"model": run.model, "batch": run.batch, "recipe": run.recipe, "alpha": run.alpha,
