@@ -1,4 +1,4 @@
-"""The README's library example runs as written."""
+"""The library example of docs/library.md runs as written."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import pytest
 
 pytestmark = pytest.mark.slow  # trains, submits, compiles or executes: left out of `make test-fast`
 
+LIBRARY = Path(__file__).resolve().parents[1] / "docs" / "library.md"
 
-def test_readme_python_blocks_run():
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+def test_library_python_blocks_run():
+    text = LIBRARY.read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks, "the README should carry a runnable library example"
+    assert blocks, "docs/library.md should carry a runnable library example"
     for block in blocks:
         namespace: dict = {}
-        exec(compile(block, "README.md", "exec"), namespace)
+        exec(compile(block, str(LIBRARY), "exec"), namespace)
         assert namespace["terms"].loss.shape == (16,)
         assert namespace["images"].shape == (16, 1, 8, 8)
