@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,9 +30,12 @@ CACHE_DIR = ".analysis-cache"
 VERSION = 3  # bump when RunRecord or the reading rules change: older entries then miss
 
 
-def source_key(folder: Path) -> dict[str, list[int] | None]:
+SourceKey = dict[str, list[int] | None]  # a run's cache key: {file name: [size, mtime_ns] or None}
+
+
+def source_key(folder: Path) -> SourceKey:
     """{file name: [size, mtime_ns] or None} for each source file of the run folder."""
-    key: dict[str, list[int] | None] = {}
+    key: SourceKey = {}
     for name in SOURCES:
         try:
             st = os.stat(folder / name)
@@ -46,7 +49,7 @@ def _digest(key: Any) -> str:
     return hashlib.sha1(json.dumps([VERSION, key], sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _replace_write(path: Path, write) -> None:
+def _replace_write(path: Path, write: Callable[..., object]) -> None:  # write(path); a lambda may bind defaults
     """Write through a hidden temporary name, then rename: readers see the old file or the new one."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -62,7 +65,7 @@ class RunCache:
     def __init__(self, root: str | Path) -> None:
         self.dir = Path(root) / CACHE_DIR
 
-    def load(self, name: str, key: dict) -> RunRecord | None:
+    def load(self, name: str, key: SourceKey) -> RunRecord | None:
         """The cached record of run ``name`` if its key equals ``key`` and every file is readable, else None."""
         try:
             meta = json.loads((self.dir / f"{name}.json").read_text())
@@ -76,7 +79,7 @@ class RunCache:
                          {t: tables.get(t, pa.table({})) for t in ("metrics", "probes", "evals")}, meta["variant"],
                          meta.get("baseline", ""))
 
-    def store(self, record: RunRecord, key: dict) -> None:
+    def store(self, record: RunRecord, key: SourceKey) -> None:
         """Write ``record`` under ``key`` (tables first, the sidecar last). Raises OSError if the folder is
         not writable."""
         self.dir.mkdir(exist_ok=True)
@@ -92,7 +95,7 @@ class RunCache:
         text = json.dumps(meta, allow_nan=True)
         _replace_write(self.dir / f"{record.name}.json", lambda p: p.write_text(text))
 
-    def prune(self, keep: dict[str, dict]) -> None:
+    def prune(self, keep: dict[str, SourceKey]) -> None:
         """Delete entries of runs not in ``keep`` (run name → current key) and tables of older keys."""
         try:
             entries = [p for p in self.dir.iterdir() if not p.name.startswith(".")]

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 
-def add_report_command(sub: argparse._SubParsersAction) -> None:
+def add_report_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("report", help="summary tables (CSV, markdown) and standard figures for a sweep root",
                        description="Reads every run folder under ROOT (a sweep's root, or any folder of runs), "
                                    "groups runs into variants by name and config, and writes headline.md, summary.md, "

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -167,6 +168,7 @@ def headline_per_run(quality: pd.DataFrame, auc: pd.DataFrame, conflict: pd.Data
         values += [c for c in cols if c not in values]
         part = f[lead + cols].assign(run=f["run"].astype(str), variant=f["variant"].astype(str))
         merged = part if merged is None else merged.merge(part, on=lead, how="outer")
+    assert merged is not None  # frames is not empty
     merged.insert(2, "seed", merged["run"].map(seeds))
     return merged, values
 
@@ -186,7 +188,7 @@ def steps_table(by_step: pd.DataFrame, metric: str, *, max_rows: int = 10, digit
 
     out = []
     for step in keep:
-        row: dict = {"step": int(step)}
+        row: dict[str, Any] = {"step": int(step)}
         for r in rows[rows["step"] == step].itertuples():
             cell = f"{fmt(r.diff)} [{fmt(r.diff_lo)}, {fmt(r.diff_hi)}]" if pd.notna(r.diff_lo) else fmt(r.diff)
             better = f", {round(r.better * r.pairs)}/{r.pairs}" if pd.notna(r.better) else ""

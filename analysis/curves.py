@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,7 +55,7 @@ def curve_column(metric: str, nfe: int, prefix: str = "") -> str:
 def area_under_curve(curves: pd.DataFrame) -> pd.DataFrame:
     """One row per run: run, variant, seed, then ``auc_<metric> <k>-NFE`` (module docstring; NaN for a run with
     fewer than two evaluated steps)."""
-    rows: dict[str, dict] = {}
+    rows: dict[str, dict[str, Any]] = {}
     for (run, variant, seed, metric, nfe), g in curves.groupby(["run", "variant", "seed", "metric", "nfe"],
                                                                sort=True, dropna=False):
         g = g.sort_values("step")

@@ -28,7 +28,7 @@ def _pct(v: Any) -> str:
     return f"{float(v) * 100:g}%"
 
 
-def run_label(cfg: dict) -> str:
+def run_label(cfg: dict[str, Any]) -> str:
     """A human name from objective + ratio_fm (+ the conflict mode when it is not none): "meanflow, r=t 75%",
     "alphaflow, r=t linear 100%→0%", "meanflow, r=t default, pcgrad".
 
@@ -48,7 +48,7 @@ def run_label(cfg: dict) -> str:
     return f"{name}, r=t default{suffix}"
 
 
-def run_identity(runs: list[tuple[str, dict]]) -> pd.DataFrame:
+def run_identity(runs: list[tuple[str, dict[str, Any]]]) -> pd.DataFrame:
     """One row per (run name, config dict): RUN_COLUMNS; labels made unique by seed, then by run name, where they collide."""
     rows = [{"run": name, "objective": (cfg.get("objective") or {}).get("name"),
              "ratio_fm": ratio_value((cfg.get("objective") or {}).get("ratio_fm")),

@@ -26,13 +26,14 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 
-from .cache import RunCache, source_key
+from .cache import RunCache, SourceKey, source_key
 from .labels import RUN_COLUMNS, run_identity
 from .records import RunRecord, flatten, last_step, read_run, run_folders
 from .variants import split_variants
@@ -63,7 +64,8 @@ def _records(root: Path, cache: bool, problems: list[str]) -> list[RunRecord]:
     folders, scan_problems = run_folders(root)
     problems += scan_problems
     store = RunCache(root) if cache else None
-    keys = [source_key(f) for f in folders] if store else [None] * len(folders)  # stat before reading
+    keys = cast(list[SourceKey],  # the Nones only without a store, which reads no key
+                [source_key(f) for f in folders] if store else [None] * len(folders))  # stat before reading
     cached: list[RunRecord | None] = [None] * len(folders)
     if store is not None:
         with ThreadPoolExecutor(os.cpu_count() or 2) as pool:  # Parquet reads release the GIL
@@ -112,7 +114,9 @@ def _broadcast(runs: pd.DataFrame, cols: list[str], codes: np.ndarray) -> pd.Dat
     Numpy-typed columns of one dtype are taken together into one 2-D block, laid out as pandas keeps
     it, so a million rows cost one copy and no consolidation; text and mixed columns become categoricals.
     """
-    parts, groups, other = [], {}, {}
+    parts: list[pd.DataFrame] = []
+    groups: dict[np.dtype, list[str]] = {}
+    other: dict[str, object] = {}
     for c in cols:
         dtype = runs[c].dtype
         if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
@@ -161,7 +165,7 @@ def _probe_frame(records: list[RunRecord], runs: pd.DataFrame) -> pd.DataFrame:
     df = _tidy(with_cfg, sub, "probes")
     if df.empty or not with_cfg:
         return pd.DataFrame(columns=RUN_COLUMNS + ["step", "weights", "batches", "batch_size", "probe_seed"])
-    ident = run_identity([(r.name, r.config) for r in with_cfg])
+    ident = run_identity([(r.name, cast(dict[str, Any], r.config)) for r in with_cfg])  # each has a config
     df = df.assign(run=df["run"].astype(str)).rename(columns={"seed": "probe_seed"})
     df = df.merge(ident, on="run", how="left", sort=False)
     sort = [c for c in ("label", "weights", "step") if c in df.columns]
@@ -179,7 +183,8 @@ def load_runs(root: str | Path, *, cache: bool = True) -> Runs:
     With ``cache`` (default) each run is read once per change of its files and kept as Parquet under
     ``root/.analysis-cache/``.
     """
-    root, problems = Path(root), []
+    root = Path(root)
+    problems: list[str] = []
     records = _records(root, cache, problems)
     for r in records:
         problems += r.problems

@@ -33,7 +33,7 @@ def repo_root() -> Path:
     return here
 
 
-def resolve_root(root: str | os.PathLike) -> Path:
+def resolve_root(root: str | os.PathLike[str]) -> Path:
     """``root`` as an absolute path; a relative one is taken from the repository root (``repo_root``),
     not the working directory, so a notebook run from ``notebooks/`` finds ``runs/demo``."""
     path = Path(root).expanduser()
@@ -45,6 +45,15 @@ def _count_rows(frame: pd.DataFrame, runs: pd.Series) -> pd.Series:
         return pd.Series(0, index=runs.index)
     counts = frame["run"].astype(str).value_counts()
     return runs.map(counts).fillna(0).astype(int)
+
+
+def shown(path: Path) -> str:
+    """``path`` as a notebook prints it: relative to the repository root when inside it (``runs/demo``), so an
+    executed notebook shows no folder of the machine that ran it."""
+    try:
+        return str(path.resolve().relative_to(repo_root().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def inventory(root: str | Path, runs: Runs) -> pd.DataFrame:
@@ -68,7 +77,7 @@ def inventory(root: str | Path, runs: Runs) -> pd.DataFrame:
               "(see the first cell), or set ALPHAFLOW_SWEEP_ROOT.")
     else:
         status = table["status"].value_counts()
-        print(f"{root}: {len(table)} runs in {table['variant'].nunique()} variants ("
+        print(f"{shown(root)}: {len(table)} runs in {table['variant'].nunique()} variants ("
               + ", ".join(f"{n} {s}" for s, n in status.items()) + ")")
         missing = [
             ("metrics", "metrics.jsonl rows", "the run has not logged yet"),

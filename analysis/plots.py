@@ -12,16 +12,22 @@ every function returns the Figure and saves a PNG when given ``path``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import matplotlib
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from .probe_frames import latest_per_step
+
+if TYPE_CHECKING:
+    from matplotlib.typing import ColorType
 
 NAMES = {"tfm": "TFM", "tcc": "TCc", "fmb": "FM'", "mf": "MF"}
 FIG6_PAIRS = ["fmb_tcc", "tfm_fmb", "tfm_mf", "fmb_mf", "tcc_mf", "tcc_tfm"]  # arXiv 2510.20771 Figure 6 (a)–(f)
@@ -64,14 +70,15 @@ def curves(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
-def palette(names: list[str]) -> dict[str, tuple]:
+def palette(names: list[str]) -> dict[str, tuple[float, float, float]]:
     """A fixed color per curve name (sorted), so a run has the same color in every figure."""
-    colors = matplotlib.colormaps["tab10"].colors
+    tab10 = cast(ListedColormap, matplotlib.colormaps["tab10"])  # a listed colormap, its colors ten RGB tuples
+    colors = cast("tuple[tuple[float, float, float], ...]", tab10.colors)
     return {n: colors[i % len(colors)] for i, n in enumerate(sorted(names))}
 
 
 def draw_quantity(ax: Axes, df: pd.DataFrame, column: str, *, linestyle: str = "-",
-                  colors: dict[str, tuple] | None = None, label: bool = True) -> None:
+                  colors: Mapping[str, ColorType] | None = None, label: bool = True) -> None:
     """One mean line per curve of ``column`` against step, with its p05–p95 band where present."""
     groups = curves(df)
     colors = colors or palette([n for n, _ in groups])
@@ -97,7 +104,7 @@ def _cos_axes(ax: Axes) -> None:
 
 def _new_axes(ax: Axes | None, size: tuple[float, float] = (5.5, 3.8)) -> tuple[Figure, Axes]:
     if ax is not None:
-        return ax.figure, ax
+        return cast(Figure, ax.figure), ax  # an axes of a top-level Figure (a SubFigure's would give the SubFigure)
     fig = Figure(figsize=size, layout="constrained")
     return fig, fig.add_subplot()
 

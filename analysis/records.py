@@ -40,9 +40,9 @@ class RunRecord:
 
     name: str
     status: str
-    config: dict | None  # normalised through alphaflow.config where it parses, else as written
+    config: dict[str, Any] | None  # normalised through alphaflow.config where it parses, else as written
     error: str | None = None  # the last ERROR_TAIL_LINES lines of error.txt
-    job: dict = field(default_factory=dict)
+    job: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     tables: dict[str, pa.Table] = field(default_factory=dict)  # "metrics" | "probes" | "evals"
     variant: str = ""  # run.json's variant, else variant_of(name)
@@ -102,7 +102,7 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- files
 
-def _column(values: list) -> pa.Array:
+def _column(values: list[Any]) -> pa.Array:
     """An Arrow column from Python values. Numbers mixed with text fall back to text; nested values
     (a dict or list logged as one value) become their JSON text."""
     try:
@@ -114,9 +114,9 @@ def _column(values: list) -> pa.Array:
     return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], type=pa.string())
 
 
-def rows_to_table(rows: list[dict]) -> pa.Table:
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     """Rows → a table with one column per key (in order of first appearance); absent keys are null."""
-    union: dict = {}
+    union: dict[str, Any] = {}
     for r in rows:
         union.update(r)  # a C loop: only the keys (in first-seen order) are used
     keys = list(union)
@@ -124,7 +124,7 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_arrays(cols, names=keys) if keys else pa.table({})
 
 
-def _config(run: RunFolder, info: dict, problems: list[str]) -> dict | None:
+def _config(run: RunFolder, info: dict[str, Any], problems: list[str]) -> dict[str, Any] | None:
     """The run's config, normalised (every field of today's schema) where it parses; None if unreadable."""
     unreadable: list[str] = []
     raw = read_json(run.config_path, unreadable)
@@ -144,14 +144,14 @@ def _config(run: RunFolder, info: dict, problems: list[str]) -> dict | None:
     return normal
 
 
-def _check_hash(name: str, raw: dict, cfg: Config, info: dict, problems: list[str]) -> None:
+def _check_hash(name: str, raw: dict[str, Any], cfg: Config, info: dict[str, Any], problems: list[str]) -> None:
     """A sweep run's name ends in the hash of its config; a mismatch means a renamed folder or edited config.
 
     A config.json in an older schema (``from_dict`` upgrades it, so its hash today differs) is checked
     against the hash run.json recorded at submission instead, and not at all without run.json.
     """
     m = _HASH.search(name)
-    current = config_hash(cfg)
+    current: str | None = config_hash(cfg)
     if not m or m.group(1) == current:
         return
     if without_later_defaults(json.loads(json.dumps(to_dict(cfg)))) != without_later_defaults(raw):  # an earlier schema
@@ -170,7 +170,7 @@ def _error_tail(run: RunFolder) -> str | None:
     return None if tail is None else tail or f"(empty {ERROR})"
 
 
-def _last_per_step(rows: list[dict], name: str, problems: list[str]) -> list[dict]:
+def _last_per_step(rows: list[dict[str, Any]], name: str, problems: list[str]) -> list[dict[str, Any]]:
     """One metrics row per step, the last written (a resume that did not truncate would repeat steps)."""
     try:
         by_step = {r["step"]: r for r in rows}
@@ -186,7 +186,8 @@ def read_run(folder: str | Path) -> RunRecord:
     """Read one run folder (config, run.json, JSONL tables, job.json, error.txt) into a ``RunRecord``; never
     raises on content."""
     run = RunFolder(folder)
-    name, problems = run.root.name, []
+    name = run.root.name
+    problems: list[str] = []
     info = run.read_info(problems)
     config = _config(run, info, problems)
     tables = {}

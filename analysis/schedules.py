@@ -30,7 +30,7 @@ TITLES = {"alpha": "consistency step ratio α", "ratio_fm": "share of r = t rows
 MAX_LEGEND = 12
 
 
-def _draw(ax: Axes, metrics: pd.DataFrame, column: str, colors: dict[str, tuple]) -> None:
+def _draw(ax: Axes, metrics: pd.DataFrame, column: str, colors: dict[str, tuple[float, float, float]]) -> None:
     """``column`` against step, one line per run that logged it, colored by variant."""
     rows = metrics[["run", "variant", "step", column]].dropna(subset=[column])
     rows = rows.assign(run=rows["run"].astype(str), variant=rows["variant"].astype(str))

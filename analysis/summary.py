@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 from scipy import stats  # installed with scikit-learn, a core dependency
@@ -131,7 +132,7 @@ def summarize_variants(run_summary: pd.DataFrame, value_cols: Sequence[str], *, 
     columns += [f"{c}_{s}" for c in value_cols for s in ("n", "mean", "sd", "lo", "hi")]
     rows = []
     for key, g in run_summary.groupby(by, sort=True, dropna=False):
-        row: dict = {by: key, "n": len(g)}
+        row: dict[str, Any] = {by: key, "n": len(g)}
         if "status" in g.columns:
             row["done"] = int((g["status"] == "done").sum())
         for c in value_cols:

@@ -5,12 +5,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from alphaflow.run.errors import UsageError
 
+if TYPE_CHECKING:
+    from alphaflow.config import Config
 
-def run_config_with(run_dir: str, overrides: Sequence[str], sections: tuple[str, ...]):
+
+def run_config_with(run_dir: str, overrides: Sequence[str], sections: tuple[str, ...]) -> Config:
     """A run folder's config with ``key=value`` overrides of the given sections (``eval``, ``sample``, ``probe``)."""
     from alphaflow.config import apply_overrides, from_dict, validate
     from alphaflow.run.folder import RunFolder
@@ -92,7 +95,7 @@ def _add_metric_args(p: argparse.ArgumentParser) -> None:
                         "save_pretrained (default: $ALPHAFLOW_DINOV2)")
 
 
-def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
+def add_evaluation_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """eval, ref-stats, sample, import-official."""
     p = sub.add_parser("eval", help="Fréchet distance of EMA samples at 1 and 2 NFE (appends RUN_DIR/eval.jsonl)",
                        description="Defaults come from the run's config: eval.nfe, eval.final_samples, eval.metric, "
@@ -136,7 +139,7 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     _add_model_commands(sub)
 
 
-def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """sample, import-official."""
     p = sub.add_parser("sample", help="sample grids of a run folder (trained or imported) at some NFE",
                        description="The same noise and class-balanced labels at every NFE; with several NFE, "

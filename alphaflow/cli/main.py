@@ -7,7 +7,7 @@ import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from alphaflow.run.errors import Interrupted, UsageError, run_command
 
@@ -120,7 +120,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from alphaflow.cli.evaluate import run_config_with
 
     p = run_config_with(args.run_dir, args.overrides, ("probe",)).probe
-    pick = lambda flag, value: value if flag is None else flag  # noqa: E731 (a flag beats the config)
+    # a flag beats the config
+    pick: Callable[[int | None, int], int] = lambda flag, value: value if flag is None else flag  # noqa: E731
     path = probe_run(args.run_dir, batches=pick(args.batches, p.batches), batch_size=pick(args.batch_size, p.batch_size),
                      checkpoints=args.checkpoints, weights=args.weights, parts=args.parts or p.parts,
                      seed=pick(args.seed, p.seed), device=args.device, chunk_size=pick(args.chunk_size, p.chunk_size))
@@ -173,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+def _add_training_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """train, plan, extract-latents."""
     p = sub.add_parser("train", help="train a model into a run folder (resumes if the folder has checkpoints)",
                        description="Train FM / MeanFlow / α-Flow. Config: defaults in code (the embedded digits "
@@ -205,7 +206,7 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_extract_latents)
 
 
-def _add_probe_and_sweep_commands(sub: argparse._SubParsersAction) -> None:
+def _add_probe_and_sweep_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """probe, sweep."""
     p = sub.add_parser("probe", help="gradient-conflict probes on a run's checkpoints (writes RUN_DIR/probes.jsonl)",
                        description="The paper's protocol (arXiv 2510.20771 Appendix E; docs/probes.md#offline-probes): "
@@ -249,7 +250,7 @@ def _add_probe_and_sweep_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_sweep)
 
 
-def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
+def _add_tool_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """models, bench, unlock."""
     p = sub.add_parser("unlock", help="clear the lock record of a run folder whose trainer has gone (another host)",
                        description="A trainer holds RUN_DIR/.lock while it runs (docs/locking.md). A lock left by a "
@@ -295,7 +296,7 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
-def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+def add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Subcommands other installed packages register under the entry-point group ``alphaflow.commands``: each
     entry is a function ``(subparsers) -> None`` that adds its parser. ``analysis`` adds ``alphaflow report``
     this way (pyproject.toml), so the library never imports the analysis layer."""

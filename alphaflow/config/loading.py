@@ -16,7 +16,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Callable, cast
 from pathlib import Path
 
 import yaml
@@ -79,17 +79,17 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     return cfg
 
 
-def upgrade_legacy(data: Mapping) -> dict:
+def upgrade_legacy(data: Mapping[str, Any]) -> dict[str, Any]:
     """The dict form of a config written by an earlier version, in today's form (a copy).
 
     Earlier versions called the guidance section ``objective.cfg``, wrote ``objective.ratio_fm: null``
     for "the objective's own default", and gave every objective α-Flow's ``alpha``, ``clip`` and ``shift``
     (which only α-Flow read). Today's form is returned unchanged.
     """
-    data = copy.deepcopy(dict(data))
-    objective = data.get("objective")
+    config = copy.deepcopy(dict(data))
+    objective = config.get("objective")
     if not isinstance(objective, dict):
-        return data
+        return config
     if "cfg" in objective and "guidance" not in objective:
         objective["guidance"] = objective.pop("cfg")
     if objective.get("ratio_fm", 0) is None:
@@ -99,10 +99,10 @@ def upgrade_legacy(data: Mapping) -> dict:
         known = {f.name for f in dataclasses.fields(variant)}
         for key in [k for k in objective if k not in known and k in ("alpha", "clip", "shift")]:
             del objective[key]
-    return data
+    return config
 
 
-def from_dict(data: Mapping) -> Config:
+def from_dict(data: Mapping[str, Any]) -> Config:
     """A ``Config`` from its (possibly partial) dict form; strict like YAML. Does not validate.
 
     Accepts the config.json of runs written by earlier versions (``upgrade_legacy``)."""
@@ -111,7 +111,7 @@ def from_dict(data: Mapping) -> Config:
     return _apply(Config(), upgrade_legacy(data))
 
 
-def to_dict(cfg: Config) -> dict:
+def to_dict(cfg: Config) -> dict[str, Any]:
     """Plain nested JSON-able dict, every field present, numbers normalised to their annotation
     (so a config built in code and the same config loaded from YAML give the same dict)."""
     return dataclasses.asdict(_apply(Config(), dataclasses.asdict(cfg)))
@@ -126,7 +126,8 @@ _Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,20
 
 def dump_yaml(cfg: Config) -> str:
     """The YAML text of the whole config; ``load_config`` of it gives ``cfg`` back."""
-    return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+    text: str = yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+    return text
 
 
 # Sections added after runs were first named by their hash: left out of the hash while they hold their
@@ -142,7 +143,7 @@ _LATER_FIELDS = {("train", "init_from"): None, ("model", "decouple_at"): None, (
                  ("objective", "time", "fm_time"): "single", ("objective", "guidance", "dropout_style"): "project"}
 
 
-def without_later_defaults(config: dict) -> dict:
+def without_later_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """A config dict without the sections of ``_LATER_SECTIONS`` and the fields of ``_LATER_FIELDS`` that hold
     their defaults (a copy): the form that is hashed, and the one to compare a config.json written before they
     existed with."""
@@ -153,7 +154,7 @@ def without_later_defaults(config: dict) -> dict:
     return out
 
 
-def _without_default(tree: dict, path: tuple[str, ...], default: Any) -> dict:
+def _without_default(tree: dict[str, Any], path: tuple[str, ...], default: Any) -> dict[str, Any]:
     """``tree`` without the field at ``path`` where it holds ``default`` (or is absent); copies along the path."""
     head, *rest = path
     if not rest:
@@ -174,7 +175,7 @@ def config_hash(cfg: Config, length: int = 10) -> str:
 # Registry names config validation cannot see (model, dataset) and the data path are checked by
 # ``alphaflow.train.build.preflight`` before a run starts.
 
-def _flat(d: Mapping, prefix: str = "") -> dict[str, Any]:
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
@@ -221,16 +222,16 @@ def validate(cfg: Config) -> None:
     problems: list[str] = []
 
     def get(key: str) -> Any:  # None for a key the chosen objective does not have (e.g. objective.clip for fm)
-        return functools.reduce(lambda obj, part: getattr(obj, part, None), key.split("."), cfg)
+        return functools.reduce(lambda obj, part: getattr(obj, part, None), key.split("."), cast(object, cfg))
 
     def need(ok: bool, key: str, rule: str) -> None:
         if not ok:
             problems.append(f"{key} {rule}, got {get(key)!r}")
 
-    for keys, rule, test in ((_AT_LEAST_ONE, "must be >= 1", lambda v: v >= 1),
-                             (_AT_LEAST_TWO, "must be >= 2", lambda v: v >= 2),
-                             (_POSITIVE, "must be > 0", lambda v: v > 0),
-                             (_NON_NEGATIVE, "must be >= 0", lambda v: v >= 0)):
+    rules: tuple[tuple[tuple[str, ...], str, Callable[[float], bool]], ...] = (
+        (_AT_LEAST_ONE, "must be >= 1", lambda v: v >= 1), (_AT_LEAST_TWO, "must be >= 2", lambda v: v >= 2),
+        (_POSITIVE, "must be > 0", lambda v: v > 0), (_NON_NEGATIVE, "must be >= 0", lambda v: v >= 0))
+    for keys, rule, test in rules:
         for key in keys:
             need(get(key) is None or test(get(key)), key, rule)
     for key, allowed in _CHOICES.items():

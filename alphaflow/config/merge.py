@@ -16,13 +16,18 @@ import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 import yaml
 
 from alphaflow.config.schema import TAGGED, Config
 from alphaflow.run.errors import UsageError
 from alphaflow.core.schedules import ScheduleConfig
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_Section = TypeVar("_Section", bound="DataclassInstance")  # a config section (a dataclass instance)
 
 
 class ConfigError(UsageError):
@@ -34,6 +39,11 @@ def _hints(cls: type) -> dict[str, Any]:
     """Field name → resolved annotation (the annotations are strings under __future__)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _dataclass_type(tp: Any) -> TypeGuard[type[Any]]:
+    """``dataclasses.is_dataclass`` of an annotation, which is a class, never an instance."""
+    return dataclasses.is_dataclass(tp)
 
 
 def _optional(tp: Any) -> tuple[Any, bool]:
@@ -52,9 +62,10 @@ def _type_name(tp: Any) -> str:
         return f"list[{typing.get_args(tp)[0].__name__}]"
     if tp is ScheduleConfig:
         return "a schedule (a number for a constant, or a mapping of ScheduleConfig fields)"
-    if dataclasses.is_dataclass(tp):
+    if _dataclass_type(tp):
         return f"a mapping of {tp.__name__} fields"
-    return tp.__name__
+    name: str = tp.__name__  # a class: int, float, str, bool
+    return name
 
 
 def _did_you_mean(word: str, choices: Sequence[str]) -> str:
@@ -115,7 +126,7 @@ def _coerce(value: Any, tp: Any, key: str, current: Any = None) -> Any:
     tp, optional = _optional(tp)
     if value is None and optional:
         return None
-    if dataclasses.is_dataclass(tp):
+    if _dataclass_type(tp):
         if isinstance(value, tp):
             return value
         if isinstance(value, Mapping) and tp in TAGGED:
@@ -154,7 +165,7 @@ def _coerce(value: Any, tp: Any, key: str, current: Any = None) -> Any:
     raise TypeError(f"config.py cannot handle the annotation {tp!r} of {key!r}")  # a schema bug, not user input
 
 
-def _apply(obj: Any, data: Mapping, prefix: str = "") -> Any:
+def _apply(obj: _Section, data: Mapping[str, Any], prefix: str = "") -> _Section:
     """A copy of dataclass ``obj`` with the (possibly nested, partial) keys of ``data`` set."""
     hints, changes = _hints(type(obj)), {}
     for name, value in data.items():
@@ -168,7 +179,7 @@ def _apply(obj: Any, data: Mapping, prefix: str = "") -> Any:
         raise ConfigError(f"{prefix[:-1] or 'config'}: {exc}") from None
 
 
-def _apply_tagged(base: type, current: Any, data: Mapping, prefix: str) -> Any:
+def _apply_tagged(base: type, current: Any, data: Mapping[str, Any], prefix: str) -> Any:
     """Merge ``data`` into a tagged-union section: the tag picks the variant before any other key applies."""
     tag, variants = TAGGED[base]
     current = current if isinstance(current, base) else None

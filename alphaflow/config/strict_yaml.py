@@ -31,7 +31,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     f"duplicate key {key!r} (first at line {first.line + 1}); each key may appear once",
                     key_node.start_mark)
             seen[key] = key_node.start_mark
-        return super().construct_mapping(node, deep=deep)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
 
 
 def safe_load_unique(text: str) -> Any:

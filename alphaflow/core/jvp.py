@@ -21,7 +21,7 @@ forward (there the backbones' ``Linear`` layers skip the all-zero weight tangent
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -32,13 +32,17 @@ from alphaflow.core.amp import target_pass
 Net = Callable[..., Tensor]
 
 
+@overload
+def unwrap(net: nn.Module) -> nn.Module: ...
+@overload
+def unwrap(net: Net) -> Net: ...
 def unwrap(net: Net) -> Net:
     """The plain module under DDP / DataParallel / ``torch.compile`` wrappers."""
     while True:
         if isinstance(net, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             net = net.module
         elif isinstance(net, nn.Module) and hasattr(net, "_orig_mod"):
-            net = net._orig_mod
+            net = cast(nn.Module, net._orig_mod)  # torch.compile's wrapper keeps the module it compiled
         else:
             return net
 
@@ -76,7 +80,8 @@ def average_velocity_jvp(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tens
         return module(z_, r, t_, labels)
 
     with target_pass(), sdpa_kernel([SDPBackend.MATH]):
-        u, dudt = torch.func.jvp(u_of, (z, t), (tangent.to(z.dtype), torch.ones_like(t)))
+        out = torch.func.jvp(u_of, (z, t), (tangent.to(z.dtype), torch.ones_like(t)))
+    u, dudt = cast(tuple[Tensor, Tensor], out)  # without has_aux, jvp returns (output, tangent output)
     return u, dudt
 
 
@@ -118,12 +123,14 @@ def prediction_and_dudt(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tenso
     if getattr(unwrap(net), "supports_tangent", False):
         dr, dt = torch.zeros(P, dtype=t.dtype, device=t.device), torch.ones(P, dtype=t.dtype, device=t.device)
         selection = None if P == B else rows  # every row (strictly increasing indices: P = B means all)
-        return net(z, r, t, labels, tangent=(selection, tangent_z, dr, dt))
+        out = net(z, r, t, labels, tangent=(selection, tangent_z, dr, dt))
+        return cast(tuple[Tensor, Tensor], out)  # a tangent-mode forward returns (prediction, du/dt)
     dtype = torch.promote_types(tangent_z.dtype, torch.float32)
     if P == 0:
         dudt = tangent_z.new_zeros(tangent_z.shape, dtype=dtype)
     else:
-        pick = (lambda a: a[rows]) if isinstance(rows, slice) else (lambda a: a.index_select(0, rows))  # noqa: E731
+        pick: Callable[[Tensor], Tensor] = (  # noqa: E731
+            (lambda a: a[rows]) if isinstance(rows, slice) else (lambda a: a.index_select(0, rows)))
         lab = None if labels is None else pick(labels)
         dudt = average_velocity_jvp(net, pick(z), pick(r), pick(t), lab, tangent_z)[1].to(dtype)
     return net(z, r, t, labels), dudt

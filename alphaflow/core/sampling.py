@@ -157,7 +157,8 @@ def sample_euler(net: Net, noise: Tensor, labels: Tensor | None = None, *, steps
 
 # ----------------------------------------------------------------------------- dispatch
 
-def _gen_ode(net: Net, noise: Tensor, labels: Tensor | None, nfe: int, t_mid: float, generator) -> Tensor:
+def _gen_ode(net: Net, noise: Tensor, labels: Tensor | None, nfe: int, t_mid: float,
+             generator: torch.Generator | None) -> Tensor:
     if nfe == 1:
         return sample_one_step(net, noise, labels)
     if nfe == 2:
@@ -165,7 +166,8 @@ def _gen_ode(net: Net, noise: Tensor, labels: Tensor | None, nfe: int, t_mid: fl
     return sample_average_velocity(net, noise, labels, steps=nfe)  # t_mid is a 2-NFE setting
 
 
-def _gen_consistency(net: Net, noise: Tensor, labels: Tensor | None, nfe: int, t_mid: float, generator) -> Tensor:
+def _gen_consistency(net: Net, noise: Tensor, labels: Tensor | None, nfe: int, t_mid: float,
+                     generator: torch.Generator | None) -> Tensor:
     if nfe == 1:  # both samplers start with the same one-step jump
         return sample_one_step(net, noise, labels)
     if nfe != 2:
@@ -173,7 +175,8 @@ def _gen_consistency(net: Net, noise: Tensor, labels: Tensor | None, nfe: int, t
     return sample_two_step_consistency(net, noise, labels, t_mid, generator=generator)
 
 
-def _gen_euler(net: Net, noise: Tensor, labels: Tensor | None, nfe: int, t_mid: float, generator) -> Tensor:
+def _gen_euler(net: Net, noise: Tensor, labels: Tensor | None, nfe: int, t_mid: float,
+               generator: torch.Generator | None) -> Tensor:
     return sample_euler(net, noise, labels, steps=nfe)
 
 

@@ -28,7 +28,7 @@ import difflib
 import math
 import numbers
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable
 
 UNITS = ("step", "fraction")  # how a ScheduleConfig counts k_start and k_end
 
@@ -124,7 +124,7 @@ class Schedule:
                 return 1.0
         return value
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -140,7 +140,7 @@ def sigmoid(k_start: int, k_end: int, *, gamma: float = 25.0, clamp: float = 5e-
                     gamma=gamma, clamp=clamp, discrete=discrete)
 
 
-def as_schedule(value: float | Schedule | dict) -> Schedule:
+def as_schedule(value: float | Schedule | dict[str, Any]) -> Schedule:
     """Accept a number (constant), a ``Schedule`` or its dict form."""
     if isinstance(value, Schedule):
         return value

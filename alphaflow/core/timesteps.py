@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 from torch import Tensor
@@ -53,7 +54,7 @@ class Uniform:
 
 TimeSampler = LogitNormal | Uniform
 
-TIME_SAMPLERS: dict[str, type] = {"logit_normal": LogitNormal, "uniform": Uniform}
+TIME_SAMPLERS: dict[str, type[LogitNormal] | type[Uniform]] = {"logit_normal": LogitNormal, "uniform": Uniform}
 
 
 def build_time_sampler(name: str, **kwargs: float) -> TimeSampler:
@@ -67,6 +68,14 @@ def build_time_sampler(name: str, **kwargs: float) -> TimeSampler:
 
 # How the r = t rows draw t (``sample_time_pairs``): "single" (α-Flow's official code), "max_of_pair" (MeanFlow's JAX).
 FM_TIMES = ("single", "max_of_pair")
+
+
+class _DrawOptions(TypedDict):
+    """The keyword arguments of a ``TimeSampler`` call."""
+
+    generator: torch.Generator | None
+    device: torch.device | str | None
+    dtype: torch.dtype
 
 
 @dataclass
@@ -121,7 +130,7 @@ def sample_time_pairs(batch: int, ratio_fm: float, sampler: TimeSampler, *, fm_t
     check_fm_time(fm_time)
     n_fm = num_fm_rows(batch, ratio_fm)
     n_pair = batch - n_fm
-    kw = dict(generator=generator, device=device, dtype=dtype)
+    kw = _DrawOptions(generator=generator, device=device, dtype=dtype)
     if fm_time == "max_of_pair":
         a, b = sampler(batch, **kw), sampler(batch, **kw)
         t = torch.maximum(a, b)

@@ -13,10 +13,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+_Size = tuple[int, int]  # (width, height) of an image
 
 from alphaflow.data.base import TrainData, as_index, existing_dir, uint8_to_unit
 
@@ -57,14 +63,14 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], list[str], np.ndarra
     return classes, files, np.asarray(labels, dtype=np.int64)
 
 
-def center_crop_resize(image, resolution: int):
+def center_crop_resize(image: Image.Image, resolution: int) -> Image.Image:
     """ADM centre crop of a PIL image → PIL image of ``resolution`` × ``resolution`` (same mode)."""
     from PIL import Image
 
     while min(image.size) >= 2 * resolution:
-        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
+        image = image.resize(cast(_Size, tuple(s // 2 for s in image.size)), resample=Image.Resampling.BOX)
     scale = resolution / min(image.size)
-    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
+    image = image.resize(cast(_Size, tuple(round(s * scale) for s in image.size)), resample=Image.Resampling.BICUBIC)
     left, top = (image.size[0] - resolution) // 2, (image.size[1] - resolution) // 2
     return image.crop((left, top, left + resolution, top + resolution))
 
@@ -73,6 +79,7 @@ def load_image(file: str | Path, resolution: int) -> Tensor:
     """Decode one image file → float32 [3, resolution, resolution] in [−1, 1]."""
     from PIL import Image
 
+    image: Image.Image  # the opened file, then its crop
     try:
         with Image.open(file) as image:
             image = center_crop_resize(image.convert("RGB"), resolution)

@@ -11,19 +11,23 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from alphaflow.core.conventions import NULL_LABEL
 from alphaflow.data.base import TrainData, as_index, check_batch, existing_dir
 from alphaflow.data.latents import FORMAT, LABELS, LOGVAR, MEAN, META, load_vae
 
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
+
 STAT_KEYS = ("latent_mean", "latent_std")
 
 
-def read_meta(root: Path) -> dict:
+def read_meta(root: Path) -> dict[str, Any]:
     """``root``/meta.json as a dict, checked for the keys the reader needs."""
     file = root / META
     if not file.is_file():
@@ -51,13 +55,17 @@ def _open(file: Path, shape: tuple[int, ...], kinds: str) -> np.ndarray:
     if not file.is_file():
         raise ValueError(f"latents file {file} is missing")
     try:
-        array = np.load(file, mmap_mode="r")
+        array: np.ndarray = np.load(file, mmap_mode="r")
     except Exception as err:  # a truncated or foreign file
         raise ValueError(f"cannot read {file} as a .npy array ({type(err).__name__}: {err})") from err
     if array.shape != shape or array.dtype.kind not in kinds:
         raise ValueError(f"{file} holds {array.dtype} {array.shape}; meta.json says {shape} "
                          f"({'float' if kinds == 'f' else 'integer'})")
     return array
+
+
+# (device, dtype) → the fitted statistics and their mean and std there (``LatentData._stats_like``)
+_StatsCache = tuple[tuple[torch.device, torch.dtype], dict[str, Tensor], Tensor, Tensor]
 
 
 class LatentData(TrainData):
@@ -99,11 +107,11 @@ class LatentData(TrainData):
                              f"but meta.json says num_classes = {self.num_classes}")
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
         self.stats: dict[str, Tensor] | None = None
-        self.decoder: nn.Module | None = None
+        self.decoder: AutoencoderKL | None = None
         self.decode_batch_size = 32
-        self._stats_cache: tuple | None = None  # the statistics on the training device (see _stats_like)
+        self._stats_cache: _StatsCache | None = None  # the statistics on the training device (see _stats_like)
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         # memmaps are reopened in each worker; the decoder is for sample grids, not for workers
         return {**self.__dict__, "_arrays": None, "decoder": None, "_stats_cache": None}
 
@@ -144,8 +152,8 @@ class LatentData(TrainData):
         key = (x.device, x.dtype)
         cached = self._stats_cache
         if cached is None or cached[0] != key or cached[1] is not stats:
-            self._stats_cache = (key, stats, stats["latent_mean"].to(x), stats["latent_std"].to(x))
-        return self._stats_cache[2], self._stats_cache[3]
+            cached = self._stats_cache = (key, stats, stats["latent_mean"].to(x), stats["latent_std"].to(x))
+        return cached[2], cached[3]
 
     def prepare(self, raw: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """raw [b, 2C, H, W] on the training device → (z − mean) / std, [b, C, H, W], per element (c, h, w)."""

@@ -20,18 +20,22 @@ import math
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor
 
 from alphaflow.data.imagefolder import ImageFolderData
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
 FORMAT, VERSION = "alphaflow-latents", 1
 META, MEAN, LOGVAR, LABELS = "meta.json", "mean.npy", "logvar.npy", "labels.npy"
 
 
-def load_vae(vae_path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load_vae(vae_path: str | Path, device: str | torch.device = "cpu") -> AutoencoderKL:
     """A diffusers ``AutoencoderKL`` from a LOCAL folder (config.json + weights), in eval mode on ``device``.
 
     Nothing is downloaded: get the weights once (e.g. ``stabilityai/sd-vae-ft-ema``) and point here.
@@ -53,7 +57,7 @@ def load_vae(vae_path: str | Path, device: str | torch.device = "cpu") -> nn.Mod
     return vae.to(device).eval().requires_grad_(False)
 
 
-class _Batches(torch.utils.data.Dataset):
+class _Batches(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
     """Consecutive row batches of an image folder, so DataLoader workers can decode while the VAE encodes."""
 
     def __init__(self, images: ImageFolderData, batch_size: int) -> None:
@@ -62,7 +66,7 @@ class _Batches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         start = i * self.batch_size
         return self.images.get(range(start, min(start + self.batch_size, len(self.images))))
 
@@ -74,11 +78,11 @@ def _check_out(out: Path) -> None:
 
 
 @torch.no_grad()
-def _encode_all(images: ImageFolderData, vae: nn.Module, folder: Path, *, batch_size: int, device: str,
+def _encode_all(images: ImageFolderData, vae: AutoencoderKL, folder: Path, *, batch_size: int, device: str,
                 num_workers: int) -> tuple[int, ...]:
     """Encode every image into ``folder``/mean.npy, logvar.npy (float16, written in chunks); returns (C, H, W)."""
     loader = torch.utils.data.DataLoader(_Batches(images, batch_size), batch_size=None, num_workers=num_workers)
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.memmap] = {}
     start = 0
     for x, _ in loader:
         posterior = vae.encode(x.to(device, vae.dtype)).latent_dist

@@ -20,8 +20,9 @@ from alphaflow.config import Config
 from alphaflow.data import dataset_from_config
 from alphaflow.data.base import TrainData
 from alphaflow.evaluate.offline_probe import probe_run
-from alphaflow.evaluate.quality import EvalRequest, evaluate_run, extractor_for, reference_stats, sample_features
+from alphaflow.evaluate.quality import EvalRequest, evaluate_run, reference_stats, sample_features
 from alphaflow.metrics import FeatureExtractor, FeatureStats, frechet_distance
+from alphaflow.metrics.choice import extractor_for
 from alphaflow.metrics.features import METRIC_NAMES, default_cache_dir
 from alphaflow.objectives import Objective
 from alphaflow.train import distributed as D
@@ -64,6 +65,7 @@ class OnlineEval(Callback):
     def evaluate(self, ema: nn.Module, objective: Objective, device: torch.device) -> dict[str, float]:
         """{``eval_<metric>_nfe<k>``: d²} for each k in ``eval.nfe``, from ``eval.num_samples`` samples of ``ema``."""
         feats, ref = self._prepare(torch.device(device))
+        assert self.data is not None  # _prepare has set it
         sampler = sampler_for(objective, self.cfg.sample.sampler)
         was_training = ema.training
         ema.eval()

@@ -23,7 +23,7 @@ import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypedDict, cast
 
 import numpy as np
 import torch
@@ -45,6 +45,11 @@ from alphaflow.run.folder import append_jsonl, load_weights, select_checkpoints
 
 from alphaflow.train.sample_grids import sampler_for
 from alphaflow.core.sampling import generate
+
+if TYPE_CHECKING:
+    from typing import Unpack  # Python 3.11; annotations only
+
+SampleBatch = tuple[torch.Tensor, torch.Tensor | None]  # uint8 [b, H, W, 3] samples, labels [b] or None
 
 def data_tag(name: str, path: str | Path | None = None, resolution: int | None = None) -> str:
     """The cache name of a training set: its dataset name, plus resolution and a path hash for image folders."""
@@ -146,7 +151,7 @@ def compute_reference_stats(data_name: str, *, path: str | None = None, resoluti
 @torch.no_grad()
 def sample_stats(net: torch.nn.Module, data: TrainData, extractors: Sequence[FeatureExtractor], *, nfe: int,
                  sampler: str, t_mid: float, num_samples: int, labels: str, seed: int,
-                 batch: int = 256, keep: list | None = None) -> list[FeatureStats]:
+                 batch: int = 256, keep: list[SampleBatch] | None = None) -> list[FeatureStats]:
     """Each extractor's feature statistics of the same ``num_samples`` samples drawn from fixed seeds; with
     ``keep`` (a list) the samples are appended to it too, as (uint8 [b, H, W, 3], labels [b] or None) batches.
 
@@ -177,18 +182,36 @@ def sample_stats(net: torch.nn.Module, data: TrainData, extractors: Sequence[Fea
     return [acc.finalize() for acc in accs]
 
 
-def write_adm_npz(batches: list, path: str | Path) -> Path:
+def write_adm_npz(batches: list[SampleBatch], path: str | Path) -> Path:
     """Samples as ADM's evaluation suite reads them (openai/guided-diffusion, evaluations/evaluator.py):
     ``arr_0`` uint8 [N, H, W, 3] and, for class-conditional samples, ``arr_1`` int64 [N] labels. Written atomically."""
     images = torch.cat([b[0] for b in batches]).numpy()
-    arrays = [images] + ([torch.cat([b[1] for b in batches]).numpy()] if batches and batches[0][1] is not None else [])
+    labelled = bool(batches) and batches[0][1] is not None  # then every batch has its labels (one run's samples)
+    arrays = [images] + ([torch.cat([cast(torch.Tensor, b[1]) for b in batches]).numpy()] if labelled else [])
     buffer = io.BytesIO()
     np.savez(buffer, *arrays)
     atomic_write_bytes(Path(path), buffer.getvalue(), what=f"the samples {Path(path).name}")
     return Path(path)
 
 
-def sample_features(net: torch.nn.Module, data: TrainData, extractor: FeatureExtractor, **kwargs) -> FeatureStats:
+class _SampleArgs(TypedDict):
+    nfe: int
+    sampler: str
+    t_mid: float
+    num_samples: int
+    labels: str
+    seed: int
+
+
+class SampleOptions(_SampleArgs, total=False):
+    """The keyword arguments of ``sample_stats``, which ``sample_features`` passes on."""
+
+    batch: int
+    keep: list[SampleBatch] | None
+
+
+def sample_features(net: torch.nn.Module, data: TrainData, extractor: FeatureExtractor,
+                    **kwargs: Unpack[SampleOptions]) -> FeatureStats:
     """``sample_stats`` for one extractor (same keyword arguments)."""
     return sample_stats(net, data, [extractor], **kwargs)[0]
 
@@ -231,7 +254,7 @@ class EvalRequest:
     decode_batch_size: int = 32
 
     @classmethod
-    def from_config(cls, cfg: Config, **changes) -> "EvalRequest":
+    def from_config(cls, cfg: Config, **changes: Any) -> "EvalRequest":
         """The request a run's config describes (eval.*, sample.sampler, sample.t_mid), with ``changes`` applied
         (None values are ignored, so unset command-line flags keep the config's value)."""
         base = cls(nfe=list(cfg.eval.nfe), sampler=cfg.sample.sampler, t_mid=cfg.sample.t_mid,
@@ -278,7 +301,7 @@ def per_nfe_paths(path: str | Path, nfe: Sequence[int], suffix: str, option: str
 
 def evaluate_run(run_dir: str | Path, request: EvalRequest | None = None, refs: References | None = None, *,
                  device: str = "auto", save_npz: str | Path | None = None,
-                 log: Callable[[str], None] = print) -> list[dict]:
+                 log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Evaluate one checkpoint of a run at each NFE and metric; appends to and returns the eval.jsonl rows.
     With ``save_npz`` the samples of each NFE are written too (``write_adm_npz``, ``per_nfe_paths``).
 
@@ -316,12 +339,12 @@ def evaluate_run(run_dir: str | Path, request: EvalRequest | None = None, refs: 
     rows = []
     npz = per_nfe_paths(save_npz, req.nfe, ".npz", "--save-npz") if save_npz is not None else {}
     for k in req.nfe:
-        kept: list | None = [] if k in npz else None
-        stats = sample_stats(net, data, feats, nfe=k, sampler=sampler, t_mid=req.t_mid, num_samples=req.num_samples,
-                             labels=req.labels, seed=req.seed, batch=req.batch_size, keep=kept)
+        kept: list[SampleBatch] | None = [] if k in npz else None
+        sampled = sample_stats(net, data, feats, nfe=k, sampler=sampler, t_mid=req.t_mid, num_samples=req.num_samples,
+                               labels=req.labels, seed=req.seed, batch=req.batch_size, keep=kept)
         if kept is not None:
             log(f"step {step}  {k}-NFE {sampler}: {req.num_samples} samples written to {write_adm_npz(kept, npz[k])}")
-        for f, s, (ref, ref_source) in zip(feats, stats, references):
+        for f, s, (ref, ref_source) in zip(feats, sampled, references):
             metric = METRIC_NAMES[f.name]
             row = {"step": step, "nfe": k, "sampler": sampler, "t_mid": req.t_mid, "num_samples": req.num_samples,
                    "labels": req.labels, "weights": req.weights, "seed": req.seed, "metric": metric,

@@ -222,8 +222,9 @@ def scheduler_state(root: Path) -> SchedulerLookup:
     submitted it, else by its controller process (the local job id is that pid) on this host."""
     def state(executor: str, job_id: str) -> str:
         folder = root / ".submitit"
+        job: submitit.Job[object]  # only its state is read
         if executor != "slurm":
-            job = submitit.local.local.LocalJob(folder, job_id)
+            job = submitit.LocalJob(folder, job_id)  # submitit.local.local.LocalJob, as submitit exports it
             if job._process is None:  # submitted by another process: submitit cannot tell
                 return _local_controller_state(folder, job_id)
         else:

@@ -130,7 +130,8 @@ class Shrunk:
 def smoke_sweep(sweep: Sweep, steps: int = SMOKE_STEPS) -> tuple[Sweep, list[Shrunk]]:
     """The rehearsal of ``sweep``: every run shrunk (``shrink_config``) and renamed by its new hash (same readable
     description), the sweep named ``<name>-smoke``; and what was shrunk, over all runs."""
-    runs, table = [], {}
+    runs: list[SweepRun] = []
+    table: dict[str, Shrunk] = {}
     for r in sweep.runs:
         small, changes = shrink_config(r.config, steps)
         desc = r.name.rsplit("-", 1)[0]
@@ -154,7 +155,7 @@ def describe(file: str | Path, sweep: Sweep, shrunk: list[Shrunk], root: Path, s
              "data, optimiser, EMA):"]
     width = max((len(s.key) for s in shrunk), default=0)
     for s in shrunk:
-        show = lambda values: ", ".join(str(v) for v in values)  # noqa: E731
+        show: Callable[[list[Any]], str] = lambda values: ", ".join(str(v) for v in values)  # noqa: E731
         count = "" if s.runs == len(sweep.runs) else f"   ({s.runs} of {len(sweep.runs)} runs)"
         lines.append(f"  {s.key:<{width}}  {show(s.before)} -> {show(s.after)}{count}")
     if not shrunk:

@@ -77,7 +77,7 @@ def _slug(text: str) -> str:
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # one folder under runs/: no '/', '..', hidden or empty
 
 
-def sweep_name(path: Path, spec: dict) -> str:
+def sweep_name(path: Path, spec: dict[str, Any]) -> str:
     """The sweep's ``name`` (default: the file's stem), refused unless it is a plain folder name: the default root
     of its runs is ``runs/<name>``, which a name such as ``../..`` or ``a/b`` would put elsewhere."""
     name = spec.get("name", path.stem)
@@ -89,7 +89,7 @@ def sweep_name(path: Path, spec: dict) -> str:
     raise ValueError(f"{path}: 'name' must be {rule}, got {name!r}")
 
 
-def _check_sections(path: Path, spec: dict) -> None:
+def _check_sections(path: Path, spec: dict[str, Any]) -> None:
     """Every section has the shape the module docstring gives it: recipe a string, base a mapping, variants a
     mapping of names to mappings of dotted keys, grid and zip mappings of dotted keys, seeds whole numbers,
     baseline a variant's name; ``resources`` is checked key by key (``alphaflow.launch.resources``)."""
@@ -134,7 +134,7 @@ def _check_sections(path: Path, spec: dict) -> None:
         raise ValueError(f"{path}: {exc}") from None
 
 
-def _check_axes(path: Path, spec: dict) -> None:
+def _check_axes(path: Path, spec: dict[str, Any]) -> None:
     """Refuse empty axes and a key set by two of base/variants/grid/zip/seeds at once."""
     grid, zipped = spec.get("grid") or {}, spec.get("zip") or {}
     for section, axes in (("grid", grid), ("zip", zipped)):
@@ -165,7 +165,7 @@ def _check_axes(path: Path, spec: dict) -> None:
             owners[key] = section
 
 
-def _check_overrides(path: Path, spec: dict, overrides: list[str] | tuple[str, ...]) -> None:
+def _check_overrides(path: Path, spec: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
     """Command-line overrides must be ``key=value`` and must not fight an axis of the file."""
     axes = set((spec.get("grid") or {})) | set((spec.get("zip") or {}))
     axes |= {k for extra in (spec.get("variants") or {}).values() for k in (extra or {})}

@@ -12,16 +12,20 @@ with ``size=`` where the hub code uses a scale factor; the two are not verified 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from alphaflow.metrics.preprocess import dinov2_input
+
+if TYPE_CHECKING:
+    from transformers import Dinov2Model
 
 INPUT_SIZE = 224  # 16 × 16 patches of 14 pixels
 
 
-def load_dinov2(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load_dinov2(folder: str | Path, device: str | torch.device = "cpu") -> Dinov2Model:
     """A ``Dinov2Model`` from a local ``save_pretrained`` folder, in eval mode without grad, on ``device``.
 
     Raises FileNotFoundError for a missing folder / config.json, ImportError without ``transformers`` and
@@ -41,7 +45,8 @@ def load_dinov2(folder: str | Path, device: str | torch.device = "cpu") -> nn.Mo
         config = Dinov2Config.from_pretrained(path, local_files_only=True)
         if config.model_type != "dinov2":
             raise ValueError(f"{str(path)!r} holds a {config.model_type!r} model, not DINOv2")
-        model, info = Dinov2Model.from_pretrained(path, local_files_only=True, output_loading_info=True)
+        loaded = Dinov2Model.from_pretrained(path, local_files_only=True, output_loading_info=True)
+        model, info = cast(tuple[Dinov2Model, dict[str, Any]], loaded)  # (model, loading info) with that flag
     except OSError as err:  # no weights file, unreadable JSON, ...
         raise ValueError(f"cannot load DINOv2 from {str(path)!r}: {err}") from err
     # a mask token is only used for masked-image pre-training inputs, never for features
@@ -49,7 +54,8 @@ def load_dinov2(folder: str | Path, device: str | torch.device = "cpu") -> nn.Mo
     if missing:
         raise ValueError(f"{str(path)!r} lacks {len(missing)} DINOv2 weights, first {sorted(missing)[:3]}; "
                          "the model would be partly random")
-    return model.to(device).eval().requires_grad_(False)
+    # transformers declares PreTrainedModel.to through functools.wraps(nn.Module.to): typed as unbound
+    return model.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]  # the stub gap above
 
 
 class Dinov2Features:
@@ -61,7 +67,7 @@ class Dinov2Features:
 
     name: str = "dinov2"
 
-    def __init__(self, model: nn.Module, folder: Path | None = None, batch_size: int = 64) -> None:
+    def __init__(self, model: Dinov2Model, folder: Path | None = None, batch_size: int = 64) -> None:
         self.model = model.eval().requires_grad_(False)
         self.dim = int(model.config.hidden_size)
         self.folder, self.batch_size = folder, batch_size

@@ -40,6 +40,8 @@ class FeatureExtractor(Protocol):
 class DigitsClassifier(nn.Module):
     """A small CNN for 1×8×8 digits: conv 32 → conv 64 → pool → Linear 64 (the features) → Linear 10."""
 
+    heldout_accuracy: float  # set by ``train_digits_classifier`` (a plain attribute, not a buffer)
+
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.body = nn.Sequential(
@@ -81,7 +83,8 @@ def _stratified_split(labels: Tensor, holdout: float, gen: torch.Generator) -> t
         idx = torch.nonzero(labels == c).squeeze(1)
         idx = idx[torch.randperm(len(idx), generator=gen)]
         k = round(holdout * len(idx))
-        held.append(idx[:k]), train.append(idx[k:])
+        held.append(idx[:k])
+        train.append(idx[k:])
     return torch.cat(train).sort().values, torch.cat(held).sort().values
 
 

@@ -87,7 +87,7 @@ class FeatureStats:
         cov = centred.T @ centred / (x.shape[0] - 1)
         return cls(mean=mean, cov=(cov + cov.T) / 2, count=x.shape[0])
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``mean``, ``cov`` and ``count`` to ``path`` as an uncompressed ``.npz``.
 
         The file is written at exactly ``path`` (numpy would otherwise append ``.npz``
@@ -97,7 +97,7 @@ class FeatureStats:
             np.savez(f, mean=self.mean, cov=self.cov, count=np.int64(self.count))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> FeatureStats:
+    def load(cls, path: str | os.PathLike[str]) -> FeatureStats:
         """Read statistics written by ``save``; shapes are re-validated on construction."""
         with np.load(path, allow_pickle=False) as z:
             missing = {"mean", "cov", "count"} - set(z.files)
@@ -147,6 +147,7 @@ class StatsAccumulator:
         """The statistics of everything seen so far (unbiased covariance, N − 1). Requires N ≥ 2."""
         if self._mean is None or self.count < 2:
             raise ValueError(f"StatsAccumulator needs at least 2 samples before finalize, got {self.count}")
+        assert self._m2 is not None  # set together with _mean
         cov = self._m2 / (self.count - 1)
         return FeatureStats(mean=self._mean.copy(), cov=(cov + cov.T) / 2, count=self.count)
 

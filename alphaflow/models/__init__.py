@@ -30,7 +30,7 @@ def check_model_name(name: str) -> None:
                          f"MLPs are {', '.join(MLPS)} (see `alphaflow models`)")
 
 
-def build_for_data(name: str, shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
+def build_for_data(name: str, shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
     """A registry model sized for samples of ``shape``: (C, H, W) for a DiT, (D,) for an MLP."""
     check_model_name(name)
     if name in MLPS:

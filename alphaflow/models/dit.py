@@ -27,7 +27,7 @@ takes an optional ``tangent`` and then returns (primal, tangent). Hooks fire on 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -159,7 +159,7 @@ class DiT(nn.Module):
         # Patch embedding as a Linear on the flattened kernel [D, C·p·p].
         w = self.x_embedder.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.bias)
+        nn.init.zeros_(cast(Tensor, self.x_embedder.bias))  # a Conv2d built with its bias
         # Label table and both timestep MLPs: N(0, 0.02) weights (biases stay 0).
         nn.init.normal_(self.y_embedder.weight, std=0.02)
         for emb in (*([self.t_embedder] if self.t_embedder is not None else ()), self.d_embedder,
@@ -173,7 +173,7 @@ class DiT(nn.Module):
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
         # Final layers: zero modulation and zero output projection, so u = 0 (and v̂ = 0) exactly.
         for final in heads:
-            for layer in (final.adaLN_modulation[-1], final.linear):
+            for layer in (cast(nn.Linear, final.adaLN_modulation[-1]), final.linear):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
 
@@ -279,7 +279,7 @@ class DiT(nn.Module):
         w_emb, min_emb, max_emb = self.guide_embedders
         return y + w_emb(1.0 - 1.0 / omega) + min_emb(t_min) + max_emb(t_max)
 
-    def _check_tangent(self, tangent: tuple, batch: int) -> tuple[Rows, Tensor, Tensor, Tensor]:
+    def _check_tangent(self, tangent: tuple[Any, ...], batch: int) -> tuple[Rows, Tensor, Tensor, Tensor]:
         """Refuse a malformed (rows, dz, dr, dt); errors name the offending part."""
         if not isinstance(tangent, (tuple, list)) or len(tangent) != 4:
             raise ValueError(f"tangent must be a tuple (rows, dz, dr, dt), got {type(tangent).__name__}")
@@ -307,7 +307,7 @@ class DiT(nn.Module):
         if dz.shape[0] == 0:  # no tangent rows: the ordinary forward and an empty tangent
             out = self.forward(z, r, t, labels, guide=guide, velocity=velocity)
             empty = dz.new_zeros(dz.shape, dtype=out_dtype)
-            return (out[0], empty, out[1]) if velocity else (out, empty)
+            return (out[0], empty, out[1]) if velocity else (cast(Tensor, out), empty)  # velocity: (u, v̂)
         # the time tangents stay in at least fp32 (the sinusoid's phases, [P, 256]: small); z's takes the compute dtype
         dz, dr, dt = dz.to(dtype), dr.to(out_dtype), dt.to(out_dtype)
         x = self.x_embedder(z).flatten(2).transpose(1, 2).contiguous()  # [B, N, D]

@@ -7,6 +7,8 @@ Each module takes an optional ``tangent`` and then returns (primal, tangent): th
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -88,7 +90,7 @@ class TimestepEmbedder(nn.Module):
         """t: [B] → [B, D]; with tangent = (rows, dt [P]) also the tangent [P, D] (SiLU′ from the rows' hidden)."""
         args = self.phases(t)  # [B, half]
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # [B, 256]
-        lin1, _, lin2 = self.mlp
+        lin1, _, lin2 = cast(tuple[Linear, nn.SiLU, Linear], self.mlp)  # nn.Sequential does not type its layers
         if tangent is None:
             return self.mlp(emb.to(lin1.weight.dtype))
         rows, dt = tangent
@@ -161,13 +163,13 @@ class DiTBlock(nn.Module):
         # The same primal as above, with the tangent of each step beside it (rules in models/tangent.py).
         rows, dx, dc = tangent
         _, s_scale_a, s_gate_a, _, s_scale_m, s_gate_m = take(mod, rows).chunk(6, dim=1)
-        d = linear_jvp(silu_jvp(take(c, rows), dc), self.adaLN_modulation[1].weight).chunk(6, dim=1)
+        d = linear_jvp(silu_jvp(take(c, rows), dc), cast(Linear, self.adaLN_modulation[1]).weight).chunk(6, dim=1)
         dh = modulate_jvp(take(x, rows), s_scale_a, dx, d[0], d[1])
         a, da = self.attn(modulate(x, shift_a, scale_a), (rows, dh))
         dx = gated_residual_jvp(dx, s_gate_a, take(a, rows), d[2], da)
         x = torch.addcmul(x, gate_a.unsqueeze(1), a)
         dh = modulate_jvp(take(x, rows), s_scale_m, dx, d[3], d[4])
-        fc1, act, fc2 = self.mlp
+        fc1, act, fc2 = cast(tuple[Linear, nn.GELU, Linear], self.mlp)
         pre = fc1(modulate(x, shift_m, scale_m))  # [B, N, 4D]
         m = fc2(act(pre))
         dx = gated_residual_jvp(dx, s_gate_m, take(m, rows), d[5], mlp_jvp(fc1, fc2, take(pre, rows), dh))
@@ -191,6 +193,7 @@ class FinalLayer(nn.Module):
         if tangent is None:
             return out
         rows, dx, dc = tangent
-        dshift, dscale = linear_jvp(silu_jvp(take(c, rows), dc), self.adaLN_modulation[1].weight).chunk(2, dim=1)
+        adaLN = cast(Linear, self.adaLN_modulation[1])
+        dshift, dscale = linear_jvp(silu_jvp(take(c, rows), dc), adaLN.weight).chunk(2, dim=1)
         dh = modulate_jvp(take(x, rows), take(scale, rows), dx, dshift, dscale)
         return out, linear_jvp(dh, self.linear.weight)

@@ -235,7 +235,8 @@ class _AttentionWithTangent(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, dq: Tensor, dk: Tensor, dv: Tensor,
                 block_m: int | None, block_n: int | None) -> tuple[Tensor, Tensor]:
-        o, do = (t.squeeze(2) for t in _launch(*(t.unsqueeze(1) for t in (q, k, v, dq, dk, dv)), block_m, block_n))
+        q_, k_, v_, dq_, dk_, dv_ = (t.unsqueeze(1) for t in (q, k, v, dq, dk, dv))  # views, named for mypy
+        o, do = (t.squeeze(2) for t in _launch(q_, k_, v_, dq_, dk_, dv_, block_m, block_n))
         ctx.save_for_backward(q, k, v)
         ctx.mark_non_differentiable(do)
         return o, do

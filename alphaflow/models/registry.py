@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
-from typing import Callable
+from typing import Any
 
 import torch
 
@@ -24,14 +24,14 @@ SIZES: dict[str, tuple[int, int, int]] = {
 PATCH_SIZES = (1, 2, 4, 8)
 ARCH_KEYS = frozenset({"patch_size", "hidden_size", "depth", "num_heads"})
 
-MODELS: dict[str, Callable[..., DiT]] = {
+MODELS: dict[str, functools.partial[DiT]] = {
     f"DiT-{size}/{p}": functools.partial(DiT, depth=d, hidden_size=w, num_heads=h, patch_size=p)
     for size, (d, w, h) in SIZES.items()
     for p in PATCH_SIZES
 }
 
 
-def build_model(name: str, **kwargs) -> DiT:
+def build_model(name: str, **kwargs: Any) -> DiT:
     """Build a registry model, e.g. ``build_model("DiT-B/2", input_size=32, in_channels=4, num_classes=1000)``.
 
     kwargs: input_size, in_channels, num_classes, time_scale, mlp_ratio (the name fixes the rest).
@@ -46,7 +46,7 @@ def build_model(name: str, **kwargs) -> DiT:
     return MODELS[name](**kwargs)
 
 
-def parameter_count(name: str, **kwargs) -> int:
+def parameter_count(name: str, **kwargs: Any) -> int:
     """Trainable parameters of ``build_model(name, **kwargs)``, built on the meta device (no memory)."""
     with torch.device("meta"):
         return count_parameters(build_model(name, **kwargs))

@@ -25,6 +25,8 @@ batch, a slice of the batch, or None for all rows.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -46,7 +48,7 @@ class _LinearJVP(torch.autograd.Function):
         return F.linear(x, weight, bias)
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         x, weight, bias = inputs
         ctx.save_for_backward(x, weight)
         ctx.save_for_forward(x, weight)
@@ -54,7 +56,7 @@ class _LinearJVP(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # a missing tangent arrives as None, not as zeros to multiply
 
     @staticmethod
-    def jvp(ctx, dx: Tensor | None, dweight: Tensor | None, dbias: Tensor | None) -> Tensor | None:
+    def jvp(ctx: Any, dx: Tensor | None, dweight: Tensor | None, dbias: Tensor | None) -> Tensor | None:
         x, weight = ctx.saved_tensors
         out = None if dx is None else F.linear(dx, weight)
         if dweight is not None:
@@ -65,7 +67,7 @@ class _LinearJVP(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad: Tensor | None):
+    def backward(ctx: Any, grad: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         x, weight = ctx.saved_tensors
         if grad is None:
             return None, None, None

@@ -14,6 +14,7 @@ in ``REGISTRY`` below; ``objective.name=<its name>`` then trains it, with its op
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 from alphaflow.objectives.alpha import AlphaFlow
 from alphaflow.objectives.base import Objective, Sample, Terms, draw_sample
@@ -58,7 +59,7 @@ def _check_name(name: str, key: str = "objective") -> None:
         raise ValueError(f"unknown {key} {name!r}{hint}; expected one of {sorted(OBJECTIVES)}")
 
 
-def build_objective(name: str, **kwargs) -> Objective:
+def build_objective(name: str, **kwargs: Any) -> Objective:  # the keywords of the named objective's constructor
     """Build an objective by registry name; keyword arguments go to its constructor.
 
     ``guidance`` may be a ``Guidance`` or a dict of its fields.

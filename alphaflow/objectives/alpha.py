@@ -22,6 +22,7 @@ the Shortcut model, α → 0 MeanFlow (Theorem 1).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -29,11 +30,14 @@ from torch import Tensor
 from alphaflow.core.amp import target_pass
 from alphaflow.core.conventions import expand_time
 from alphaflow.core.jvp import target_module
-from alphaflow.objectives.base import (Net, Objective, Rows, Sample, Terms, keep_equal_time_rows, pair_rows, put_rows,
-                                       regression_components, row_count, take_rows)
+from alphaflow.objectives.base import (Net, Objective, ObjectiveArgs, Rows, Sample, Terms, keep_equal_time_rows,
+                                       pair_rows, put_rows, regression_components, row_count, take_rows)
 from alphaflow.objectives.meanflow import meanflow_prediction
 from alphaflow.objectives.options import ObjectiveOptions
 from alphaflow.core.schedules import Schedule, ScheduleConfig, as_schedule, check_unit_interval, sigmoid
+
+if TYPE_CHECKING:
+    from typing import Unpack  # Python 3.11; annotations only
 
 SHIFT_VELOCITIES = ("velocity", "model")
 
@@ -72,8 +76,8 @@ class AlphaFlow(Objective):
     name = "alphaflow"
     Options = AlphaFlowOptions
 
-    def __init__(self, alpha: float | Schedule | dict | None = None, *, clip: float | None = 4.0,
-                 shift: str = "velocity", **kwargs) -> None:
+    def __init__(self, alpha: float | Schedule | dict[str, Any] | None = None, *, clip: float | None = 4.0,
+                 shift: str = "velocity", **kwargs: Unpack[ObjectiveArgs]) -> None:
         super().__init__(**kwargs)
         self.alpha = sigmoid(0, 400_000) if alpha is None else as_schedule(alpha)
         check_unit_interval(self.alpha, "alpha")
@@ -90,7 +94,7 @@ class AlphaFlow(Objective):
         t, r, labels = sample.t, sample.r, sample.labels
         z, v_tilde = self.guided(net, x, sample)
         rows = pair_rows(sample)  # a slice for a drawn sample: no host sync
-        logs: dict = {"alpha": alpha}
+        logs: dict[str, Tensor | float] = {"alpha": alpha}
         if alpha == 0.0:  # MeanFlow: the prediction and du/dt in one pass where the model allows it (and its size)
             pred, target = meanflow_prediction(net, z, r, t, labels, v_tilde, rows, logs=logs)
         else:

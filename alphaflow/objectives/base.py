@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, TypedDict
 
 import torch
 from torch import Tensor
@@ -35,6 +35,9 @@ from alphaflow.objectives.guidance import Guidance
 from alphaflow.objectives.options import ObjectiveOptions
 from alphaflow.core.schedules import Schedule, as_schedule, check_unit_interval
 from alphaflow.core.timesteps import TimeSampler, check_fm_time, num_fm_rows, sample_time_pairs
+
+if TYPE_CHECKING:
+    from typing import Unpack  # Python 3.11; annotations only (the package runs on 3.10)
 
 Net = Callable[..., Tensor]  # net(z [B,...], r [B], t [B], labels [B] | None) -> u [B,...]
 
@@ -252,6 +255,18 @@ def draw_sample(x: Tensor, labels: Tensor | None, *, ratio_fm: float, time_sampl
     return Sample(t, r, eps, labels, num_fm=num_fm_rows(x.shape[0], ratio_fm))
 
 
+class ObjectiveArgs(TypedDict, total=False):
+    """The keyword arguments of ``Objective.__init__``, which every objective passes on (``**kwargs``)."""
+
+    ratio_fm: float | Schedule | dict[str, Any] | None
+    time_sampler: TimeSampler | None
+    guidance: Guidance | dict[str, Any] | None
+    adaptive_p: float | None
+    adaptive_c: float | None
+    adaptive_reduce: str | None
+    fm_time: str | None
+
+
 class Objective:
     """Base class: owns the r = t share schedule, the time sampler, guidance and the weighting.
 
@@ -277,8 +292,9 @@ class Objective:
     needs_logvar = False     # its loss reads the network's learned log-variance (model.logvar=true)
     needs_velocity_head = False  # its loss reads the network's velocity head (model.aux_head_depth=K)
 
-    def __init__(self, *, ratio_fm: float | Schedule | dict | None = None, time_sampler: TimeSampler | None = None,
-                 guidance: Guidance | dict | None = None, adaptive_p: float | None = None,
+    def __init__(self, *, ratio_fm: float | Schedule | dict[str, Any] | None = None,
+                 time_sampler: TimeSampler | None = None,
+                 guidance: Guidance | dict[str, Any] | None = None, adaptive_p: float | None = None,
                  adaptive_c: float | None = None, adaptive_reduce: str | None = None,
                  fm_time: str | None = None) -> None:
         defaults = self.Options()

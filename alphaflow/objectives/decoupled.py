@@ -18,15 +18,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 from torch import Tensor
 
 from alphaflow.core.jvp import unwrap
-from alphaflow.objectives.base import Net, Objective, Sample, Terms, pair_rows, regression_components
+from alphaflow.objectives.base import Net, Objective, ObjectiveArgs, Sample, Terms, pair_rows, regression_components
 from alphaflow.objectives.meanflow import meanflow_prediction
 from alphaflow.objectives.options import ObjectiveOptions
 from alphaflow.core.schedules import ScheduleConfig
+
+if TYPE_CHECKING:
+    from typing import Unpack  # Python 3.11; annotations only
+
+
+class _LogVarianceNet(Protocol):
+    """A network with a learned log-variance head (``model.logvar=true``)."""
+
+    def log_variance(self, r: Tensor, t: Tensor) -> Tensor: ...
 
 
 @dataclass
@@ -50,7 +60,7 @@ class DecoupledMeanFlow(Objective):
     Options = DecoupledMeanFlowOptions
     needs_logvar = True
 
-    def __init__(self, *, logvar_c: float = 0.01, **kwargs) -> None:
+    def __init__(self, *, logvar_c: float = 0.01, **kwargs: Unpack[ObjectiveArgs]) -> None:
         super().__init__(**kwargs)
         if not (math.isfinite(logvar_c) and logvar_c > 0):
             raise ValueError(f"logvar_c (the c in log(e^(-lv)·mse + c)) must be > 0, got {logvar_c}")
@@ -68,7 +78,7 @@ class DecoupledMeanFlow(Objective):
         pred, target = meanflow_prediction(net, z, sample.r, sample.t, sample.labels, v_tilde, pair_rows(sample))
         parts = regression_components(pred, target, v_tilde)
         parts["mf"] = parts["mse"]
-        lv = module.log_variance(sample.r, sample.t).to(parts["mse"].dtype)  # [B]
+        lv = cast(_LogVarianceNet, module).log_variance(sample.r, sample.t).to(parts["mse"].dtype)  # [B]
         c = self.logvar_c
         loss = uncertainty_loss(parts["mse"], lv, c)
         weight = (torch.exp(-lv) / (torch.exp(-lv) * parts["mse"] + c)).detach()

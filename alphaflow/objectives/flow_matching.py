@@ -11,12 +11,16 @@ Both use the adaptive weight 1/(sg(‖Δ‖²) + c)^p of the official code (p = 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from alphaflow.objectives.base import Net, Objective, Sample, Terms, regression_components
+from alphaflow.objectives.base import Net, Objective, ObjectiveArgs, Sample, Terms, regression_components
 from alphaflow.objectives.options import ObjectiveOptions
 from alphaflow.core.schedules import ScheduleConfig, as_schedule
+
+if TYPE_CHECKING:
+    from typing import Unpack  # Python 3.11; annotations only
 
 
 def _regress_velocity(obj: Objective, net: Net, x: Tensor, sample: Sample, r: Tensor) -> Terms:
@@ -56,7 +60,7 @@ class FlowMatching(Objective):
     default_sampler = "euler"  # the network never saw r < t: N Euler steps of the velocity
     conflict_parts = False     # no L_TCC: nothing to combine
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Unpack[ObjectiveArgs]) -> None:
         ratio = kwargs.get("ratio_fm")
         if ratio is not None and as_schedule(ratio) != as_schedule(1.0):
             raise ValueError(f"flow matching uses r = t on every row; ratio_fm must be 1, got {ratio!r}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -34,11 +35,14 @@ from torch import Tensor
 from alphaflow.core.amp import target_pass
 from alphaflow.core.conventions import NULL_LABEL, expand_time, interpolate, velocity
 from alphaflow.core.jvp import target_module, unwrap
-from alphaflow.objectives.base import (Net, Objective, Sample, Terms, element_mean, own_uniforms, pair_rows,
-                                       regression_components, row_count, take_rows)
+from alphaflow.objectives.base import (Net, Objective, ObjectiveArgs, Sample, Terms, element_mean, own_uniforms,
+                                       pair_rows, regression_components, row_count, take_rows)
 from alphaflow.objectives.meanflow import target_from_dudt
 from alphaflow.objectives.options import ObjectiveOptions
 from alphaflow.core.schedules import ScheduleConfig
+
+if TYPE_CHECKING:
+    from typing import Unpack  # Python 3.11; annotations only
 
 
 @dataclass
@@ -75,7 +79,7 @@ class ImprovedMeanFlow(Objective):
     needs_velocity_head = True
 
     def __init__(self, *, omega_max: float = 1.0, random_interval: bool = True, label_dropout: float = 0.1,
-                 **kwargs) -> None:
+                 **kwargs: Unpack[ObjectiveArgs]) -> None:
         super().__init__(**kwargs)
         if not (math.isfinite(omega_max) and omega_max >= 1.0):
             raise ValueError(f"omega_max (ω is log-uniform in [1, omega_max]) must be >= 1, got {omega_max}")

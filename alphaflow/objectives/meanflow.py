@@ -12,6 +12,7 @@ of du/dt per r < t row goes to ``Terms.logs["dudt_rms"]`` (``alphaflow.core.jvp.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -68,7 +69,7 @@ def meanflow_target(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tensor | 
     index = rows.nonzero().squeeze(1)
     if index.shape[0] == 0:
         return v_tilde.detach().clone()
-    pick = lambda a: a.index_select(0, index)  # noqa: E731
+    pick: Callable[[Tensor], Tensor] = lambda a: a.index_select(0, index)  # noqa: E731
     lab = None if labels is None else pick(labels)
     _, dudt = average_velocity_jvp(net, pick(z), pick(r), pick(t), lab, pick(v_tilde))
     return target_from_dudt(v_tilde, r, t, index, dudt.to(torch.promote_types(dudt.dtype, torch.float32)))

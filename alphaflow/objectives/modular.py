@@ -18,6 +18,7 @@ so the probes report all three and the conflict interventions combine g_TFM and 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
@@ -25,11 +26,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from alphaflow.core.conventions import expand_time
 from alphaflow.core.jvp import unwrap
-from alphaflow.objectives.base import (Net, Objective, Rows, Sample, Terms, element_mean, pair_rows, put_rows,
-                                       regression_components, row_count, take_rows)
+from alphaflow.objectives.base import (Net, Objective, ObjectiveArgs, Rows, Sample, Terms, element_mean, pair_rows,
+                                       put_rows, regression_components, row_count, take_rows)
 from alphaflow.objectives.meanflow import meanflow_prediction
 from alphaflow.objectives.options import ObjectiveOptions
 from alphaflow.core.schedules import Schedule, ScheduleConfig, as_schedule, check_unit_interval
+
+if TYPE_CHECKING:
+    from typing import Unpack  # Python 3.11; annotations only
 
 
 def _warmup() -> ScheduleConfig:
@@ -60,7 +64,8 @@ def differentiable_dudt(net: Net, z: Tensor, r: Tensor, t: Tensor, labels: Tenso
         return module(z_, r, t_, labels)
 
     with sdpa_kernel([SDPBackend.MATH]):
-        _, dudt = torch.func.jvp(u_of, (z, t), (tangent_z.to(z.dtype), torch.ones_like(t)))
+        out = torch.func.jvp(u_of, (z, t), (tangent_z.to(z.dtype), torch.ones_like(t)))
+    _, dudt = cast(tuple[Tensor, Tensor], out)  # without has_aux, jvp returns (output, tangent output)
     return dudt
 
 
@@ -71,7 +76,8 @@ class ModularMeanFlow(Objective):
     name = "modular_meanflow"
     Options = ModularMeanFlowOptions
 
-    def __init__(self, lam: float | Schedule | dict | None = None, **kwargs) -> None:
+    def __init__(self, lam: float | Schedule | dict[str, Any] | None = None,
+                 **kwargs: Unpack[ObjectiveArgs]) -> None:
         super().__init__(**kwargs)
         # without a run length, the warm-up of a 400K-step run (the ImageNet recipes'); a config resolves it
         # against train.steps

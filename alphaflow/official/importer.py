@@ -72,7 +72,8 @@ def choose_model(arch: dict[str, int], cfg: Any, model: str | None) -> str:
     """The registry name of the architecture: ``model`` if given (checked against the shapes), else the one entry
     with the snapshot's depth, width and patch (and its config's heads, where readable)."""
     heads = dig(cfg, "model", "num_heads")
-    fits = lambda name: all(MODELS[name].keywords[k] == arch[k] for k in ("depth", "hidden_size", "patch_size"))  # noqa: E731
+    fits: Callable[[str], bool] = lambda name: all(  # noqa: E731
+        MODELS[name].keywords[k] == arch[k] for k in ("depth", "hidden_size", "patch_size"))
     if model is not None:
         if model not in MODELS:
             raise ValueError(f"--model {model!r} is not a DiT of the registry (see `alphaflow models`)")
@@ -124,12 +125,13 @@ def latent_statistics(rest: dict[str, Any], file: str | Path | None, shape: tupl
                 raise ValueError(f"--latent-stats {file}: expected arrays 'mean' and 'std', got {npz.files}")
             mean, std = as_chw(npz["mean"], "its mean"), as_chw(npz["std"], "its std")
     else:
-        pick = lambda end: next((v for k, v in rest.items() if k.split(".")[-1] == end), None)  # noqa: E731
-        mean, var, inited = pick("autoencoder_mean"), pick("autoencoder_var"), pick("are_ldm_stats_inited")
-        if mean is None or var is None or (inited is not None and not bool(inited)):
+        pick: Callable[[str], Any] = lambda end: next(  # noqa: E731
+            (v for k, v in rest.items() if k.split(".")[-1] == end), None)
+        saved, var, inited = pick("autoencoder_mean"), pick("autoencoder_var"), pick("are_ldm_stats_inited")
+        if saved is None or var is None or (inited is not None and not bool(inited)):
             raise ValueError("the snapshot holds no initialised latent statistics (autoencoder_mean / "
                              "autoencoder_var); give --latent-stats FILE.npz with arrays mean and std")
-        mean, std = as_chw(mean, "autoencoder_mean"), (as_chw(var, "autoencoder_var") + 1e-16).sqrt()
+        mean, std = as_chw(saved, "autoencoder_mean"), (as_chw(var, "autoencoder_var") + 1e-16).sqrt()
     return {"latent_mean": mean.float(), "latent_std": std.float()}
 
 

@@ -22,7 +22,7 @@ from torch import Tensor
 WRAPPERS = re.compile(r"(^|\.)(_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\.")
 PATCH_KEY = "x_embedder.proj.weight"
 _W = r"(weight|bias)"
-RULES: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(f"^{a}$"), b) for a, b in (
+RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(f"^{a}$"), b) for a, b in (
     (rf"x_embedder\.proj\.{_W}", r"x_embedder.\1"),
     (r"pos_embed", "pos_embed"),
     (rf"noise_labels_embedder\.mlp\.([02])\.{_W}", r"t_embedder.mlp.\1.\2"),

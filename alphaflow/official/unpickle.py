@@ -38,11 +38,15 @@ def _allowed_globals() -> dict[str, Any]:
         return names
 
 
-class StandIn(dict):
+class StandIn(dict[str, Any]):
     """An inert object in place of a class the unpickler does not trust: keeps ``stand_in_for`` ("module.name"),
     the call's ``args``/``kwargs``, the pickled ``state`` and ``items``; a mapping of the dict items it was given."""
 
     stand_in_for = "?"
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
+    items_: list[Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> StandIn:
         return super().__new__(cls)
@@ -83,8 +87,8 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 RESTRICTED = types.ModuleType("alphaflow_restricted_pickle")
-RESTRICTED.Unpickler = RestrictedUnpickler  # what torch.load takes from its pickle_module
-RESTRICTED.load = pickle.load
+setattr(RESTRICTED, "Unpickler", RestrictedUnpickler)  # what torch.load takes from its pickle_module
+setattr(RESTRICTED, "load", pickle.load)
 RESTRICTED.__name__ = "alphaflow_restricted_pickle"
 
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 import functools
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -61,7 +61,7 @@ from alphaflow.core.conventions import expand_time, interpolate, velocity
 from alphaflow.models import build_for_data
 from alphaflow.objectives import (AlphaFlow, FlowMatching, ImprovedMeanFlow, MeanFlow, ModularMeanFlow, Objective, Sample,
                                   SplitMeanFlow)
-from alphaflow.objectives.base import Terms, adaptive_loss, element_mean
+from alphaflow.objectives.base import Net, Terms, adaptive_loss, element_mean
 from alphaflow.config.schema import ConflictConfig
 from alphaflow.train.probes import gram_matrices, gram_summary
 from alphaflow.train.split_backward import ConflictCombiner
@@ -86,6 +86,7 @@ TARGETS = (("mf_p100 time", "mf_p100", "ratio", 1.4), ("mf_p25 time", "mf_p25", 
            ("mf_pcgrad time", "mf_pcgrad", "ratio", 2.05), ("mf_pcgrad peak memory", "mf_pcgrad", "mem", 1.35))
 
 Step = Callable[[], None]
+_T = TypeVar("_T")  # what a measurement of a step gives
 
 
 class OfficialPattern(MeanFlow):
@@ -97,7 +98,7 @@ class OfficialPattern(MeanFlow):
     sampling, target u_tgt = ṽ − (t − r)·du/dt and adaptive weight as ``MeanFlow``. x: [B, ...].
     """
 
-    def compute(self, net: nn.Module, x: Tensor, sample: Sample, step: int) -> Terms:
+    def compute(self, net: Net, x: Tensor, sample: Sample, step: int) -> Terms:
         s = sample
         z, v = interpolate(x, s.eps, s.t), velocity(x, s.eps)
         with sdpa_kernel([SDPBackend.MATH]):
@@ -185,14 +186,14 @@ class _TotalOnly:
     def __enter__(self) -> "_TotalOnly":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None
 
 
 def count_flops(step: Step) -> int:
     """FLOPs of one call (``FlopCounterMode``: matrix products, convolutions, attention)."""
     counter = FlopCounterMode(display=False)
-    counter.mod_tracker = _TotalOnly()
+    setattr(counter, "mod_tracker", _TotalOnly())  # a stand-in for its ModuleTracker (setattr: mypy allows it)
     with counter:
         step()
     return int(counter.get_total_flops())
@@ -248,7 +249,7 @@ def resolve_device(device: str) -> torch.device:
 def run_bench(model: str = "DiT-T/2", *, batch: int = 48, shape: tuple[int, ...] = (1, 8, 8), classes: int = 10,
               device: str = "auto", precision: str = "auto", rounds: int = 10, warmup: int = 2,
               threads: int | None = None, peak_flops: float = H100_BF16_PEAK, seed: int = 0,
-              variants: tuple[str, ...] = BASE_VARIANTS) -> dict:
+              variants: tuple[str, ...] = BASE_VARIANTS) -> dict[str, Any]:
     """Bench ``variants`` of one step (module docstring); raises ValueError on bad inputs.
 
     Defaults: the embedded recipe (DiT-T/2 on the digits' 1×8×8 with 10 classes, batch 48).
@@ -285,7 +286,7 @@ def _check_inputs(*, batch: int, rounds: int, warmup: int, threads: int | None, 
 
 
 def _bench(model: str, batch: int, shape: tuple[int, ...], classes: int, dev: torch.device, bf16: bool,
-           rounds: int, warmup: int, peak_flops: float, seed: int, variants: tuple[str, ...]) -> dict:
+           rounds: int, warmup: int, peak_flops: float, seed: int, variants: tuple[str, ...]) -> dict[str, Any]:
     torch.manual_seed(seed)
     head = {"aux_head_depth": 0} if "imf_p100" in variants else {}  # iMF's velocity head: unused by the others
     if head and not model.startswith("DiT-"):
@@ -299,18 +300,19 @@ def _bench(model: str, batch: int, shape: tuple[int, ...], classes: int, dev: to
     labels = torch.randint(0, classes, (batch,), generator=gen, device=dev) if classes else None
     steps = {k: v for k, v in make_steps(net, x, labels, bf16=bf16, generator=gen).items() if k in variants}
 
-    def measure(how: Callable, name: str):  # grads to None first, outside the measurement
+    def measure(how: Callable[[Step], _T], name: str) -> _T:  # grads to None first, outside the measurement
         net.zero_grad(set_to_none=True)
         return how(steps[name])
 
     for _ in range(warmup):
         for name in steps:
             measure(lambda step: step(), name)
-    names, times = list(steps), {name: [] for name in steps}
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(rounds):  # round-robin, the order rotating every round
         for name in names[i % len(names):] + names[:i % len(names)]:
             times[name].append(measure(lambda step: time_step(step, dev), name))
-    out: dict = {}
+    out: dict[str, Any] = {}
     for name in steps:
         per = STEPS_PER_CALL.get(name, 1)
         flops = measure(count_flops, name) // per
@@ -329,7 +331,7 @@ def _bench(model: str, batch: int, shape: tuple[int, ...], classes: int, dev: to
     return out
 
 
-def check_targets(results: dict) -> list[dict]:
+def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The cost targets (``TARGETS``) on the variants present: value, bound and pass/fail."""
     checks = []
     for what, name, measure, bound in TARGETS:
@@ -341,7 +343,7 @@ def check_targets(results: dict) -> list[dict]:
     return checks
 
 
-def format_table(results: dict) -> str:
+def format_table(results: dict[str, Any]) -> str:
     """The human output: one line of conditions, an aligned table, one line of target checks."""
     meta = results["meta"]
     cuda = meta["device"].startswith("cuda")

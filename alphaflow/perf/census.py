@@ -29,11 +29,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from torch import Tensor, nn
+from torch._ops import OpOverload
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
 
@@ -178,7 +180,8 @@ class _Counter(FakeRun):
                 return name.removeprefix("alphaflow.")
         return "other"
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(self, func: OpOverload, types: Sequence[type], args: Sequence[Any] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
         name = func.__name__.split(".")[0]
         if name == "_record_function_enter_new":
             self._regions.append(args[0])
@@ -189,7 +192,7 @@ class _Counter(FakeRun):
             self._record(func, name, args, kwargs or {}, out)
         return out
 
-    def _record(self, func, name: str, args, kwargs, out) -> None:
+    def _record(self, func: OpOverload, name: str, args: Sequence[Any], kwargs: dict[str, Any], out: object) -> None:
         if func.namespace not in ("aten", "alphaflow") or name in _NOTHING_MOVES or _is_view(func):
             return  # prim:: and profiler:: ops ask for metadata; views share their input's storage
         inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)]
@@ -225,7 +228,7 @@ class _Counter(FakeRun):
                     self.census.nxn_target_tensors += 1
 
 
-def _is_view(func) -> bool:
+def _is_view(func: OpOverload) -> bool:
     returns = func._schema.returns
     return bool(returns) and all(r.alias_info is not None and not r.alias_info.is_write for r in returns)
 
@@ -276,7 +279,8 @@ def run_census(model: str = "DiT-B/2", *, batch: int = 32, shape: tuple[int, ...
     if "imf_p100" in variants:
         options.setdefault("aux_head_depth", 0)  # iMF's velocity head (unused by the others)
     net = build_for_data(model, shape, classes, **options)  # a real one, once: errors name the model, and N
-    tokens = net.grid[0] * net.grid[1] if hasattr(net, "grid") else 0
+    grid = cast("tuple[int, int]", net.grid) if hasattr(net, "grid") else None  # a DiT's patch grid
+    tokens = grid[0] * grid[1] if grid is not None else 0
     del net
     roofline = ROOFLINES[gpu]
     out: dict[str, Any] = {}

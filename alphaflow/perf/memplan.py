@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -104,7 +105,7 @@ class MemoryPlan:
         lines.append(f"planned = tracked × {1 + MARGIN:g} + {OVERHEAD_BYTES / GIB:g} GiB (context, workspaces, NCCL)")
         return "\n".join(lines)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"world_size": self.world_size, "per_rank_batch": self.per_rank_batch, "micro_batch": self.micro_batch,
                 "precision": self.precision,
                 "phases": {k: {**dataclasses.asdict(p), "total_bytes": p.total_bytes} for k, p in self.phases.items()}}
@@ -120,7 +121,7 @@ def _variants(objective: Objective) -> list[Objective]:
     """The objective's distinct cost regimes: α-Flow at α = 1, ½ and 0; any other objective as it is."""
     if not isinstance(objective, AlphaFlow):
         return [objective]
-    out = []
+    out: list[Objective] = []
     for alpha in (1.0, 0.5, 0.0):
         variant = copy.copy(objective)
         variant.alpha = as_schedule(alpha)
@@ -128,7 +129,7 @@ def _variants(objective: Objective) -> list[Objective]:
     return out
 
 
-def _train_phase(cfg: Config, bf16: bool, world_size: int, shape, classes, probe: bool,
+def _train_phase(cfg: Config, bf16: bool, world_size: int, shape: tuple[int, ...], classes: int, probe: bool,
                  plan_probe: bool = True) -> tuple[PhasePlan, PhasePlan | None]:
     """The trainer's step (``training_step``, after a first one, so Adam's moments exist) and, right after it,
     the online probe (``plan_probe``; planned for information when the config does not use it: ``probe``)."""
@@ -165,7 +166,7 @@ def _train_phase(cfg: Config, bf16: bool, world_size: int, shape, classes, probe
     return train, online
 
 
-def _offline_probe_phase(cfg: Config, shape, classes) -> PhasePlan:
+def _offline_probe_phase(cfg: Config, shape: tuple[int, ...], classes: int) -> PhasePlan:
     objective = objective_from_options(cfg.objective, cfg.train.steps)
     batch = cfg.probe.batch_size
     run = FakeRun()
@@ -177,7 +178,7 @@ def _offline_probe_phase(cfg: Config, shape, classes) -> PhasePlan:
         return PhasePlan("offline_probe", run.peak, {"weights": _state_bytes(net)})
 
 
-def _eval_phase(cfg: Config, shape, classes) -> PhasePlan:
+def _eval_phase(cfg: Config, shape: tuple[int, ...], classes: int) -> PhasePlan:
     from alphaflow.metrics.inception import FIDInceptionV3, InceptionFeatures
     from alphaflow.train.sample_grids import sampler_for
 
@@ -213,6 +214,7 @@ def plan_memory(cfg: Config, *, world_size: int = 1, device: str = "cuda") -> Me
     shape, classes = data_shape(cfg)
     with drawn_samples_only():
         train, online = _train_phase(cfg, bf16, world_size, shape, classes, probe=cfg.probe.every > 0)
+        assert online is not None  # planned: plan_probe is left on
         phases = {"train": train, "online_probe": online,
                   "offline_probe": _offline_probe_phase(cfg, shape, classes), "eval": _eval_phase(cfg, shape, classes)}
     return MemoryPlan(world_size, cfg.train.batch_size // world_size, "bf16" if bf16 else "fp32", phases,

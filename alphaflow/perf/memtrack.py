@@ -15,9 +15,12 @@ of drawn samples are slices (no values needed), so the training and probe paths 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch._ops import OpOverload
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -40,20 +43,20 @@ class FakeRun(TorchDispatchMode):
         super().__init__()
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         self.live = self.peak = 0
-        self._seen: dict[int, weakref.finalize] = {}
+        self._seen: dict[int, weakref.finalize[[int, int], torch.UntypedStorage]] = {}
 
     def __enter__(self) -> "FakeRun":
         self.fake_mode.__enter__()
         return super().__enter__()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:  # (type, value, traceback), passed on
         super().__exit__(*exc)
         self.fake_mode.__exit__(*exc)
 
     def reset_peak(self) -> None:
         self.peak = self.live
 
-    def fake(self, shape, dtype: torch.dtype = torch.float32) -> Tensor:
+    def fake(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
         return torch.empty(tuple(shape), dtype=dtype)
 
     def real(self, value: Tensor) -> Tensor:
@@ -61,7 +64,7 @@ class FakeRun(TorchDispatchMode):
         return self.fake(value.shape, value.dtype)
 
     # ------------------------------------------------------------------ bookkeeping
-    def _track(self, out) -> None:
+    def _track(self, out: object) -> None:
         for t in tree_leaves(out):
             if not isinstance(t, Tensor):
                 continue
@@ -79,7 +82,8 @@ class FakeRun(TorchDispatchMode):
             self.live -= n
 
     # ------------------------------------------------------------------ dispatch
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(self, func: OpOverload, types: Sequence[type], args: Sequence[Any] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         if func is _aten._local_scalar_dense.default:
             return 1  # bool(mask.any()), a count: "selected" (the upper-bound branch)

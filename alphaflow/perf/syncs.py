@@ -73,13 +73,13 @@ class HostSyncs:
         return len(self.events)
 
 
-def _has_mask_index(args: tuple) -> bool:
+def _has_mask_index(args: tuple[Any, ...]) -> bool:
     """index(self, indices) / index_put(self, indices, values): does any index tensor hold a mask?"""
     indices = args[1] if len(args) > 1 else ()
     return any(isinstance(i, torch.Tensor) and i.dtype in _MASK_DTYPES for i in indices or ())
 
 
-def _is_blocking_device_to_host(name: str, args: tuple, kwargs: dict) -> bool:
+def _is_blocking_device_to_host(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """``_to_copy(src, device=cpu)`` or ``copy_(dst_cpu, src)`` from a non-CPU source, not non_blocking."""
     if name == "_to_copy":
         src, device = args[0], kwargs.get("device")
@@ -98,7 +98,8 @@ class _SyncCounter(TorchDispatchMode):
         super().__init__()
         self.record = record
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         name = func.overloadpacket.__name__
         if (name in SYNC_OPS

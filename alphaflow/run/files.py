@@ -18,11 +18,14 @@ import shutil
 import zlib
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import torch
 
 from alphaflow.run.errors import UsageError, WriteFailed
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 
 def _tmp_name(path: Path) -> Path:
@@ -68,6 +71,8 @@ class _Recorder(io.RawIOBase):
     """A write-only file that keeps the ``OSError`` of a failed write: torch's archive writer turns it into
     ``RuntimeError('... unexpected pos ...')``, which says nothing about the disk."""
 
+    error: OSError | None
+
     def __init__(self, f: io.BufferedWriter) -> None:
         super().__init__()
         self.f, self.error = f, None
@@ -75,7 +80,7 @@ class _Recorder(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, b) -> int:  # noqa: ANN001 (a bytes-like object)
+    def write(self, b: ReadableBuffer) -> int:
         try:
             return self.f.write(b)
         except OSError as exc:
@@ -91,7 +96,7 @@ def save_torch_atomic(obj: object, path: Path, what: str | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             recorder = _Recorder(f)
-            torch.save(obj, recorder)
+            torch.save(obj, cast(IO[bytes], recorder))  # torch.save writes to any file object
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -130,7 +135,7 @@ def read_json_object(path: Path, what: str, fix: str = "") -> dict[str, Any] | N
         problem = "" if isinstance(value, dict) else f"it holds a JSON {type(value).__name__}, not an object"
     if problem:
         raise UsageError(f"{path} is not {what}: {problem}" + (f". {fix}" if fix else ""))
-    return value
+    return cast(dict[str, Any], value)  # a JSON object: no problem found
 
 
 def append_jsonl(path: Path, row: dict[str, Any], what: str | None = None) -> None:
@@ -269,7 +274,8 @@ def _crc(tree: Any, crc: int = 0) -> int:
         t = tree.detach()
         t = (t if t.device.type == "cpu" else t.cpu()).contiguous().reshape(-1)
         crc = zlib.crc32(f"{t.dtype}{tuple(tree.shape)}".encode(), crc)
-        return zlib.crc32(t.view(torch.uint8).numpy() if t.numel() else b"", crc)
+        data = t.view(torch.uint8).numpy() if t.numel() else b""  # numpy types ndarray as a buffer from Python 3.12
+        return zlib.crc32(cast("ReadableBuffer", data), crc)
     items = tree.values() if isinstance(tree, Mapping) else tree if isinstance(tree, (list, tuple)) else ()
     for item in items:
         crc = _crc(item, crc)
@@ -330,7 +336,7 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu",
         raise ValueError(f"{path} is not an alphaflow checkpoint: it holds {what} "
                          f"(a training checkpoint has {', '.join(CHECKPOINT_KEYS)})")
     _check_sums(ckpt, path, sections)
-    return ckpt
+    return cast(dict[str, Any], ckpt)  # a dict: no key is missing
 
 
 def _short(exc: BaseException) -> str:

@@ -49,7 +49,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -81,7 +81,11 @@ FAILED_STATES = {"FAILED", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL
 SchedulerLookup = Callable[[str, str], str]  # (executor, job id) → the scheduler's state word, "" if unknown
 
 
-def _file(name: str) -> property:
+class _PathAttribute(Protocol):  # what ``_file`` makes, as mypy sees it (a ``property`` at run time)
+    def __get__(self, folder: RunFolder, owner: type | None = None, /) -> Path: ...
+
+
+def _file(name: str) -> _PathAttribute:
     """A read-only ``RunFolder`` property: the path of ``name`` inside the run folder."""
     def path(self: RunFolder) -> Path:
         return self.root / name
@@ -98,29 +102,23 @@ class RunFolder:
         self.root = Path(root)
 
     # ------------------------------------------------------------------ paths
-    config_path = _file(CONFIG)
-    info_path = _file(RUN_INFO)
-    metrics_path = _file(METRICS)
-    probes_path = _file(PROBES)
-    eval_path = _file(EVAL)
-    job_path = _file(JOB)
-    error_path = _file(ERROR)
-    done_path = _file(DONE)
-    checkpoint_dir = _file(CHECKPOINTS)
-    samples_dir = _file(SAMPLES)
+    config_path, info_path = _file(CONFIG), _file(RUN_INFO)
+    metrics_path, probes_path, eval_path = _file(METRICS), _file(PROBES), _file(EVAL)
+    job_path, error_path, done_path = _file(JOB), _file(ERROR), _file(DONE)
+    checkpoint_dir, samples_dir = _file(CHECKPOINTS), _file(SAMPLES)
 
     def sample_path(self, step: int, nfe: int, suffix: str = ".png") -> Path:
         return self.samples_dir / f"step-{step:08d}-nfe{nfe}{suffix}"
 
     # ------------------------------------------------------------------ config and run.json
-    def read_config(self) -> dict | None:
+    def read_config(self) -> dict[str, Any] | None:
         """config.json as written; None if there is none. One that is not a JSON object raises ``UsageError``
         naming the file."""
         return read_json_object(self.config_path, "a valid run config", fix="Restore it, or delete it (training "
                                 "then checks its command against the newest checkpoint's config and writes it again)")
 
-    def write_config(self, config: dict, normalize: Callable[[dict], dict] | None = None,
-                     accept: Callable[[dict, list[str]], bool] | None = None) -> None:
+    def write_config(self, config: dict[str, Any], normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                     accept: Callable[[dict[str, Any], list[str]], bool] | None = None) -> None:
         """Write config.json, or check it matches the one already there (a resume must not change the run).
 
         ``normalize`` maps the stored dict to today's form before comparing (the trainer passes the config's
@@ -134,7 +132,7 @@ class RunFolder:
             except ValueError:
                 pass  # not a config today's schema reads: compared as stored, so the difference is reported
         diff = sorted(_flat_diff(existing, config)) if existing is not None and existing != config else []
-        if diff and not (accept is not None and accept(existing, diff)):
+        if diff and existing is not None and not (accept is not None and accept(existing, diff)):
             raise ValueError(f"{self.config_path} holds a different config; resuming would mix two runs. "
                              f"Differing keys: {', '.join(diff[:10])}. Use another --out, or delete the folder.")
         if existing is None or diff:
@@ -393,7 +391,7 @@ def init_checkpoint(source: str | Path, *, seed: int | None = None, root: Path |
     raise ValueError(f"train.init_from={str(source)!r} does not exist (expected a run folder or a checkpoint .pt file)")
 
 
-def load_weights(path: Path, key: str) -> tuple[dict, dict]:
+def load_weights(path: Path, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(state dict ``key``, data statistics) of a checkpoint, read on the CPU and checked against its checksums;
     the rest (the other weights, Adam's moments: two thirds of an XL/2 checkpoint's 10.8 GB) is dropped first."""
     ckpt = read_checkpoint(path, sections=(key, "data_stats"))

@@ -5,11 +5,15 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from alphaflow.run.files import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def to_uint8(images: Tensor, low: float = -1.0, high: float = 1.0) -> Tensor:
@@ -64,7 +68,7 @@ def save_scatter_png(points: Tensor, path: str | Path, *, size: int = 256, exten
                      "sample scatter plot")
 
 
-def _save_png(image, path: Path, what: str) -> Path:  # noqa: ANN001 (a PIL image)
+def _save_png(image: Image.Image, path: Path, what: str) -> Path:
     """Encode ``image`` as PNG in memory (a grid is small) and write it atomically (``WriteFailed`` on error)."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

@@ -9,17 +9,19 @@ batch independently.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, cast
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
+
+from alphaflow.data.base import TrainData
 
 
 class EpochBatches:
     """Batch number → (raw [b, ...], labels [b]) for one rank. Picklable (DataLoader workers)."""
 
-    def __init__(self, data, *, global_batch: int, seed: int, rank: int = 0, world_size: int = 1,
+    def __init__(self, data: TrainData, *, global_batch: int, seed: int, rank: int = 0, world_size: int = 1,
                  pin_memory: bool = False) -> None:
         if global_batch % world_size:
             raise ValueError(f"train.batch_size={global_batch} must be divisible by the number of processes ({world_size})")
@@ -48,7 +50,10 @@ class EpochBatches:
         if workers <= 0:
             if not self.pin_memory:
                 return (self[j] for j in range(start, stop))
-            return (tuple(t.pin_memory() for t in self[j]) for j in range(start, stop))
-        loader = DataLoader(self, batch_size=None, sampler=range(start, stop), num_workers=workers,
-                            persistent_workers=False, prefetch_factor=2, pin_memory=self.pin_memory)
+            pinned = (tuple(t.pin_memory() for t in self[j]) for j in range(start, stop))
+            return cast(Iterator[tuple[Tensor, Tensor]], pinned)  # each batch still (raw, labels)
+        # DataLoader takes any map-style dataset (here: batch number → batch), not only ``Dataset`` subclasses
+        loader = DataLoader(cast("Dataset[tuple[Tensor, Tensor]]", self), batch_size=None, sampler=range(start, stop),
+                            num_workers=workers, persistent_workers=False, prefetch_factor=2,
+                            pin_memory=self.pin_memory)
         return iter(loader)

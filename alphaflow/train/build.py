@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from alphaflow.models import MODELS, build_for_data, check_model_name, model_opt
 from alphaflow.run.folder import RunFolder, init_checkpoint, load_weights, select_checkpoints
 from alphaflow.metrics.choice import WEIGHTS_SOURCES, parse_metrics, weights_path
 from alphaflow.objectives import OBJECTIVES, Objective, objective_from_options
+from alphaflow.objectives.imf import ImprovedMeanFlowOptions
 
 
 def preflight(cfg: Config) -> Objective:
@@ -35,7 +37,8 @@ def preflight(cfg: Config) -> Objective:
                           "model.aux_head_depth=K (0: a second final layer on the trunk; the official B/2 forks 8 of "
                           "its 12 blocks)")
     if getattr(objective, "guides", False) and not cfg.model.guidance_embed:
-        raise ConfigError(f"objective.omega_max={cfg.objective.omega_max} trains guidance as a conditioning input: "
+        omega_max = cast(ImprovedMeanFlowOptions, cfg.objective).omega_max  # only iMF's objective guides
+        raise ConfigError(f"objective.omega_max={omega_max} trains guidance as a conditioning input: "
                           "set model.guidance_embed=true")
     if cfg.train.init_from:
         init_checkpoint(cfg.train.init_from)  # the source exists and holds a checkpoint (it names the input)

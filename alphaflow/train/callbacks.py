@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from alphaflow.config import Config
+from alphaflow.data.base import TrainData
 from alphaflow.objectives import Objective
 from alphaflow.train.probes import probe_gradients, probe_sample
 from alphaflow.train import distributed as D
@@ -35,7 +36,7 @@ class LogContext:
     ema: nn.Module
     objective: Objective
     info: D.DistInfo
-    data: Any = None  # the run's TrainData
+    data: TrainData | None = None  # the run's training data
 
 
 class Callback:
@@ -102,6 +103,7 @@ class OnlineProbe(Callback):
         gen = torch.Generator(device=ctx.x.device).manual_seed(seed)
         rows = [self._probe(ctx, ctx.x, ctx.y, gen)]
         if p.online_batches > 1:
+            assert ctx.data is not None  # the trainer's contexts carry its data
             picks = torch.Generator().manual_seed(seed)
             for _ in range(p.online_batches - 1):
                 raw, labels = ctx.data.get(torch.randint(len(ctx.data), (ctx.x.shape[0],), generator=picks))

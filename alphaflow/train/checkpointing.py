@@ -68,7 +68,7 @@ class PinnedArena:
                 self.chunks.append(self._alloc(nbytes))
             chunk = self.chunks[self._index]
             if self._offset + nbytes <= chunk.nbytes():
-                out = chunk[self._offset:self._offset + nbytes]
+                out: torch.UntypedStorage = chunk[self._offset:self._offset + nbytes]
                 self._offset += -(-nbytes // self.ALIGN) * self.ALIGN
                 return out
             if self._offset == 0:  # too small even empty: a chunk for this size instead

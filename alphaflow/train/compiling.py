@@ -20,6 +20,7 @@ trainer puts ``compiled_graphs`` in each metrics row and says when a tick compil
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -38,8 +39,8 @@ def compile_for_training(net: nn.Module, model: nn.Module) -> nn.Module:
     torch.compiler.reset()
     from torch._dynamo.utils import counters
     counters.clear()  # CompileCount counts this run's graphs
-    compiled = torch.compile(model)
-    route_target_passes(compiled, compiled if model is net else torch.compile(net))
+    compiled = cast(nn.Module, torch.compile(model))  # a module compiles to a module (OptimizedModule)
+    route_target_passes(compiled, compiled if model is net else cast(nn.Module, torch.compile(net)))
     return compiled
 
 

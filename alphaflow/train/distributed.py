@@ -158,7 +158,7 @@ def _set_timeout(timeout: datetime.timedelta) -> None:
     """
     c10d = dist.distributed_c10d
     c10d._set_pg_timeout(timeout)
-    store = c10d._get_default_store()
+    store: dist.Store | None = c10d._get_default_store()
     while store is not None:  # the PrefixStore and the TCPStore under it
         store.set_timeout(timeout)
         store = getattr(store, "underlying_store", None)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from alphaflow.data.base import TrainData
 from alphaflow.run.files import read_checkpoint
 from alphaflow.run.folder import init_checkpoint
 from alphaflow.train.optim import EMA
@@ -22,7 +23,7 @@ from alphaflow.train.optim import EMA
 NEW_HEADS = ("logvar_head.",)  # the log-variance head of model.logvar=true (Decoupled MeanFlow from a fm run)
 
 
-def _load(module: nn.Module, state: dict, what: str, source: str) -> list[str]:
+def _load(module: nn.Module, state: dict[str, Any], what: str, source: str) -> list[str]:
     """``module.load_state_dict(state)``, refused with the mismatching keys named instead of torch's wall of text;
     keys of ``NEW_HEADS`` that the source lacks keep their initialisation. Returns those keys."""
     own = module.state_dict()
@@ -38,7 +39,7 @@ def _load(module: nn.Module, state: dict, what: str, source: str) -> list[str]:
     return new
 
 
-def initialise_from(source: str, net: nn.Module, ema: EMA, data: Any, say: Callable[[str], None], *,
+def initialise_from(source: str, net: nn.Module, ema: EMA, data: TrainData, say: Callable[[str], None], *,
                     seed: int | None = None, root: Path | None = None) -> dict[str, Any]:
     """Load ``source``'s newest checkpoint (a finished run folder) or the checkpoint file itself into ``net``,
     ``ema`` and ``data``; ``{seed}`` and ``{root}`` in ``source`` are this run's seed and parent folder

@@ -319,8 +319,9 @@ def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def _save(run: RunFolder, cfg: Config, state: LoopState, net, ema: EMA, opt, data, gen, info: D.DistInfo, *,
-          keep: bool, writer: AsyncCheckpointer | None = None) -> None:
+def _save(run: RunFolder, cfg: Config, state: LoopState, net: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer,
+          data: TrainData, gen: torch.Generator, info: D.DistInfo, *, keep: bool,
+          writer: AsyncCheckpointer | None = None) -> None:
     """Rank 0 checkpoints the run: through ``writer`` (a snapshot, written in the background; it first raises
     the error of the write before, if any), else synchronously. The RNG gather across ranks stays synchronous."""
     rngs = D.gather_objects(_rng_state(gen, info.device), info)  # every rank's RNGs, for an exact resume
@@ -331,8 +332,8 @@ def _save(run: RunFolder, cfg: Config, state: LoopState, net, ema: EMA, opt, dat
          "state": state.to_checkpoint(), "rng": rngs}, state.step, keep=keep))
 
 
-def _restore(ckpt: dict, net, ema: EMA, opt, data, gen: torch.Generator, info: D.DistInfo,
-             say: Callable[[str], None]) -> LoopState:
+def _restore(ckpt: dict[str, Any], net: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer, data: TrainData,
+             gen: torch.Generator, info: D.DistInfo, say: Callable[[str], None]) -> LoopState:
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint format {ckpt.get('format')!r} is not {CHECKPOINT_FORMAT}; cannot resume")
     net.load_state_dict(ckpt["net"])

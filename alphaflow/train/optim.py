@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 
-def build_optimizer(params, *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
-                    fused: bool | None = None) -> torch.optim.Optimizer:
+def build_optimizer(params: Iterable[nn.Parameter], *, lr: float, betas: tuple[float, float], eps: float,
+                    weight_decay: float, fused: bool | None = None) -> torch.optim.Optimizer:
     """Adam (not AdamW), β = (0.9, 0.95) in the paper.
 
     ``fused`` (None: when the parameters are on CUDA): one fused kernel for the whole update instead of the
@@ -99,8 +101,8 @@ class EMA:
             else:
                 dst.copy_(src)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return self.model.state_dict()
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state)

@@ -38,13 +38,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence, TypedDict, cast
 
 import torch
 from torch import Tensor, nn
 
 from alphaflow.core.jvp import unwrap
 from alphaflow.objectives import FlowMatching, Guidance, MeanFlow, Objective, Sample, draw_sample
+
+if TYPE_CHECKING:
+    from typing import Unpack  # Python 3.11; annotations only
 
 EXTRA_TERMS = ("d", "lv", "aux")  # the third parts some objectives have (Terms.extra, Terms.extra_unweighted)
 TERMS = ("tfm", "fmb", "tcc", "mf", "loss", *EXTRA_TERMS)
@@ -70,6 +73,14 @@ def probe_sample(x: Tensor, labels: Tensor | None, objective: Objective, *, rati
     guidance, the first ⌊B·ratio_fm⌋ rows at r = t (0: r < t on every row, so L_TCC is defined everywhere)."""
     return draw_sample(x, labels, ratio_fm=ratio_fm, time_sampler=objective.time_sampler,
                        guidance=objective.guidance, generator=generator, fm_time=objective.fm_time)
+
+
+class TermOptions(TypedDict, total=False):
+    """The keyword arguments of ``term_losses`` that ``chunked_term_gradients`` passes on."""
+
+    guidance: Guidance | None
+    training: Objective | None
+    step: int
 
 
 def term_losses(net: nn.Module, x: Tensor, sample: Sample, *, guidance: Guidance | None = None,
@@ -119,11 +130,11 @@ def gram_from_gradients(grads: dict[str, list[Tensor]], params: Sequence[tuple[s
     for j, name in enumerate(names):
         stacked = torch.stack([grads[k][j].reshape(-1).double() for k in terms])  # [T, n_j]
         per_param[name] = stacked @ stacked.T
-    out = {"all": sum(per_param.values())}
+    out = {"all": cast(Tensor, sum(per_param.values()))}  # the int 0 only when params is empty
     for group, members in (groups or {}).items():
         present = [per_param[m] for m in members if m in per_param]
         if present:
-            out[group] = sum(present)
+            out[group] = cast(Tensor, sum(present))  # a sum of tensors (present is not empty)
     return out
 
 
@@ -136,7 +147,7 @@ def gram_matrices(terms: dict[str, Tensor], params: Sequence[tuple[str, nn.Param
 def sample_rows(sample: Sample, rows: slice) -> Sample:
     """The rows ``rows`` (a slice of the batch) of a sample: every [B, ...] tensor sliced, and a count of
     leading r = t rows (``num_fm``, where the sample carries one) shifted and clamped to the slice."""
-    changes = {}
+    changes: dict[str, Any] = {}  # field → its rows: tensors, and num_fm an int
     for f in dataclasses.fields(sample):
         value = getattr(sample, f.name)
         if isinstance(value, Tensor):
@@ -148,7 +159,8 @@ def sample_rows(sample: Sample, rows: slice) -> Sample:
 
 
 def chunked_term_gradients(module: nn.Module, x: Tensor, sample: Sample, params: Sequence[tuple[str, nn.Parameter]],
-                           chunk_size: int, **term_kwargs) -> tuple[dict[str, float], dict[str, list[Tensor]]]:
+                           chunk_size: int, **term_kwargs: Unpack[TermOptions],
+                           ) -> tuple[dict[str, float], dict[str, list[Tensor]]]:
     """(term values, term gradients) of the whole batch x [B, ...], computed ``chunk_size`` rows at a time.
 
     Chunk c of n_c rows adds (n_c/B)·∇mean_c(term) to each gradient and (n_c/B)·mean_c(term) to each value,

@@ -36,8 +36,8 @@ __all__ = ["FREE_ON_RESUME", "check_resumed_config", "config_changes"]
 FREE_ON_RESUME = frozenset({"train.threads", "data.workers", "train.async_ckpt", "train.dist_timeout_min"})
 
 
-def check_resumed_config(saved: Any, current: dict, checkpoint: Path,
-                         normalize: Callable[[Mapping], dict] | None = None) -> list[str]:
+def check_resumed_config(saved: Any, current: dict[str, Any], checkpoint: Path,
+                         normalize: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None) -> list[str]:
     """Raise ``UsageError`` (one line) when ``current`` (``to_dict`` of the run's config) differs from ``saved``,
     the config stored in ``checkpoint``, in a key outside ``FREE_ON_RESUME``; it lists each differing key as
     ``dotted.key: old → new``. Returns the changes of free keys in that form (the caller says them).
@@ -61,13 +61,13 @@ def check_resumed_config(saved: Any, current: dict, checkpoint: Path,
     return [_line(c) for c in changes]
 
 
-def config_changes(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
     """``key: old → new`` for every leaf where two nested config dicts differ, by dotted key, sorted; a key
     missing on one side shows as ``(absent)``."""
     return [_line(c) for c in _leaves(old, new, prefix)]
 
 
-def _leaves(old: Mapping, new: Mapping, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+def _leaves(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
     """(dotted key, old, new) of each differing leaf, sorted by key."""
     for key in sorted(set(old) | set(new), key=str):
         a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)

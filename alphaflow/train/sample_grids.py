@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -11,6 +13,7 @@ from alphaflow.run.images import save_grid_png, save_scatter_png
 from alphaflow.objectives import Objective
 from alphaflow.run.folder import RunFolder
 from alphaflow.core.sampling import generate
+from alphaflow.data.base import TrainData
 
 
 def sampler_for(objective: Objective, sampler: str) -> str:
@@ -20,14 +23,15 @@ def sampler_for(objective: Objective, sampler: str) -> str:
 
 
 @torch.no_grad()
-def write_samples(run: RunFolder, model: nn.Module, data, cfg: Config, step: int, objective: Objective) -> list:
+def write_samples(run: RunFolder, model: nn.Module, data: TrainData, cfg: Config, step: int,
+                  objective: Objective) -> list[Path]:
     """Draw cfg.sample.num samples with ``model`` (the EMA) at each cfg.sample.nfe; returns the files written."""
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.sample.seed)
     noise = torch.randn(cfg.sample.num, *data.shape, generator=gen).to(device)
     labels = (torch.arange(cfg.sample.num) % data.num_classes).to(device) if data.num_classes > 0 else None
     sampler = sampler_for(objective, cfg.sample.sampler)
-    written = []
+    written: list[Path] = []
     for nfe in cfg.sample.nfe:
         out = generate(model, noise, labels, nfe=nfe, sampler=sampler, t_mid=cfg.sample.t_mid,
                        generator=torch.Generator(device=device).manual_seed(cfg.sample.seed + 1))

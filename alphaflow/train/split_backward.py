@@ -25,7 +25,7 @@ g_TFM and g_TCC, as without micro-batches.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -33,11 +33,21 @@ from torch.nn.parallel import DistributedDataParallel
 
 from alphaflow.config.schema import ConflictConfig
 from alphaflow.core.conflict import coefficients, conflict_stats
+from alphaflow.objectives.base import Terms
 from alphaflow.train.probes import parameter_groups
 from alphaflow.train import distributed as D
 
+Coefficients = Tensor | list[list[float]]  # [K, 2]: on the device, or as a checkpoint holds them
 
-def _mean(terms: Any, name: str, *, weighted: bool = True) -> Tensor:
+
+class CoefficientState(Protocol):
+    """Where the reused coefficients live: the trainer's ``alphaflow.train.step.LoopState`` (which imports this
+    module, so it is named by what it holds)."""
+
+    conflict_coef: Coefficients | None
+
+
+def _mean(terms: Terms, name: str, *, weighted: bool = True) -> Tensor:
     """mean_i(w_i·c_i) of component ``name`` (mean_i(c_i) unweighted), 0-dim, at least fp32 (bf16 parts are
     promoted, as the trainer's loss is)."""
     part = terms.components[name]
@@ -46,7 +56,7 @@ def _mean(terms: Any, name: str, *, weighted: bool = True) -> Tensor:
     return ((w.to(part.dtype) if isinstance(w, Tensor) else w) * part).mean()
 
 
-def weighted_parts(terms: Any) -> tuple[Tensor, Tensor]:
+def weighted_parts(terms: Terms) -> tuple[Tensor, Tensor]:
     """(L_TFM^w, L_TCC^w): their gradients sum to that of ``terms.loss.mean()`` (with ``weighted_extra``'s)."""
     if "tfm" not in terms.components or "tcc" not in terms.components:
         raise ValueError("conflict.mode needs an objective whose terms carry the tfm and tcc components "
@@ -54,7 +64,7 @@ def weighted_parts(terms: Any) -> tuple[Tensor, Tensor]:
     return _mean(terms, "tfm"), _mean(terms, "tcc")
 
 
-def weighted_extra(terms: Any) -> Tensor | None:
+def weighted_extra(terms: Terms) -> Tensor | None:
     """mean_i(w_i · Σ_e e_i + Σ_f f_i) over ``terms.extra`` (e) and ``terms.extra_unweighted`` (f): a loss's
     third part (Modular MeanFlow's L_D; Decoupled MeanFlow's log-variance), or None. Its gradient completes
     ∇L_TFM^w + ∇L_TCC^w to the loss's, and the rules leave it unchanged."""
@@ -63,7 +73,7 @@ def weighted_extra(terms: Any) -> Tensor | None:
     return sum(parts[1:], parts[0]) if parts else None
 
 
-def no_sync(model: nn.Module) -> contextlib.AbstractContextManager:
+def no_sync(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     """DDP's ``no_sync()`` for ``model`` (plain, DDP, or a compiled DDP); a null context without DDP."""
     inner = getattr(model, "_orig_mod", model)
     return inner.no_sync() if isinstance(inner, DistributedDataParallel) else contextlib.nullcontext()
@@ -80,7 +90,7 @@ class ConflictCombiner:
     def __init__(self, cfg: ConflictConfig, net: nn.Module, params: list[nn.Parameter], info: D.DistInfo) -> None:
         self.cfg, self.params, self.info = cfg, params, info
         self._pending: Tensor | None = None
-        self._coef: Any = None               # a reuse step's coefficients (begin); None on an exact step
+        self._coef: Coefficients | None = None  # a reuse step's coefficients (begin); None on an exact step
         self._sums: list[list[Tensor]] = []  # an exact step's summed g_TFM, g_TCC (and third part's) so far
         index = {id(p): i for i, p in enumerate(params)}
         named = dict(net.named_parameters())
@@ -91,23 +101,23 @@ class ConflictCombiner:
             group_of[members] = k
         self.group_of = group_of.to(params[0].device if params else "cpu")
 
-    def exact(self, step: int, state: Any) -> bool:
+    def exact(self, step: int, state: CoefficientState) -> bool:
         """Whether ``step`` computes both gradients (else it reuses ``state.conflict_coef``)."""
         return self.cfg.every == 1 or step % self.cfg.every == 0 or state.conflict_coef is None
 
-    def backward(self, terms: Any, step: int, state: Any) -> dict[str, Tensor]:
+    def backward(self, terms: Terms, step: int, state: CoefficientState) -> dict[str, Tensor]:
         """Fill every ``p.grad`` with the combined gradient of one whole batch's terms; returns this step's
         ``conflict_*`` scalars (0-dim device tensors; none on a reuse step)."""
         self.begin(step, state)
         self.add(terms, 1.0)
         return self.finish()
 
-    def begin(self, step: int, state: Any) -> None:
+    def begin(self, step: int, state: CoefficientState) -> None:
         """Start a step whose batch comes in ``add``-ed parts (micro-batches) and ends with ``finish``."""
         self._coef = None if self.exact(step, state) else state.conflict_coef
         self._sums = []
 
-    def add(self, terms: Any, share: float) -> None:
+    def add(self, terms: Terms, share: float) -> None:
         """The gradients of one micro-batch's parts, weighted by ``share`` (its rows / the batch's): on an exact
         step g_TFM, g_TCC (and the third part's) are summed apart; on a reuse step one backward of
         a·L_TFM^w + b·L_TCC^w accumulates into ``p.grad`` (DDP reduces it unless the caller holds ``no_sync``)."""
@@ -125,15 +135,15 @@ class ConflictCombiner:
         if not self._sums:
             self._sums = grads
         else:
-            for total, part in zip(self._sums, grads):
-                torch._foreach_add_(total, part)
+            for summed, part in zip(self._sums, grads):
+                torch._foreach_add_(summed, part)
 
     def finish(self) -> dict[str, Tensor]:
         """Combine the summed gradients by the rule into every ``p.grad`` (exact steps); the step's scalars."""
         if self._coef is not None:
             return {}
-        g_tfm, g_tcc, *g_extra = self._sums
-        g_extra = g_extra[0] if g_extra else []
+        g_tfm, g_tcc, *third = self._sums
+        g_extra = third[0] if third else []
         self._sums = []
         if self.info.distributed:
             g_tfm, g_tcc, g_extra = self._average_over_ranks(g_tfm, g_tcc, g_extra)
@@ -151,7 +161,7 @@ class ConflictCombiner:
         self._pending = coef.detach() if self.cfg.every > 1 else None
         return {f"conflict_{name}": value for name, value in conflict_stats(gram, coef).items()}
 
-    def commit(self, state: Any) -> None:
+    def commit(self, state: CoefficientState) -> None:
         """After a finite step: keep its coefficients for the reuse steps (a skipped step's are dropped)."""
         if self._pending is not None:
             state.conflict_coef = self._pending

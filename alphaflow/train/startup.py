@@ -97,7 +97,7 @@ def record_config(run: RunFolder, cfg: Config, say: Say, *, unless_checkpointed:
         return
     current = to_dict(cfg)
 
-    def accept(stored: dict, keys: list[str]) -> bool:
+    def accept(stored: dict[str, Any], keys: list[str]) -> bool:
         if not set(keys) - FREE_ON_RESUME:
             say(f"{run.config_path}: changed keys (config.json → now): {'; '.join(config_changes(stored, current))}; "
                 f"{_FREE_NOTE}")
@@ -111,7 +111,7 @@ def record_config(run: RunFolder, cfg: Config, say: Say, *, unless_checkpointed:
     run.write_config(current, normalize=_today, accept=accept)
 
 
-def _today(stored: Any) -> dict:
+def _today(stored: Any) -> dict[str, Any]:
     """A stored config in today's form: fields added since take their defaults, an earlier layout is upgraded."""
     return to_dict(from_dict(stored))
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +29,7 @@ from torch.profiler import record_function
 from alphaflow.objectives import Objective, Sample
 from alphaflow.objectives.base import Terms
 from alphaflow.train import distributed as D
-from alphaflow.train.split_backward import ConflictCombiner, no_sync
+from alphaflow.train.split_backward import Coefficients, ConflictCombiner, no_sync
 from alphaflow.train.optim import EMA, gradient_norm, sanitize_and_clip
 from alphaflow.train.spikes import remember_norm, spike_flag
 
@@ -59,8 +59,8 @@ class LoopState:
     wall: float = 0.0  # seconds of training (maintenance excluded)
     nonfinite: int = 0  # consecutive non-finite steps
     tick: Tick = field(default_factory=Tick)
-    conflict_coef: Tensor | list | None = None  # conflict.every > 1: the reused coefficients, [K, 2]
-    grad_norms: Tensor | list | None = None  # train.spike_guard: the window of recent norms, [n ≤ 100], oldest first
+    conflict_coef: Coefficients | None = None  # conflict.every > 1: the reused coefficients, [K, 2]
+    grad_norms: Tensor | list[float] | None = None  # train.spike_guard: the window of recent norms, [n ≤ 100], oldest first
 
     def to_checkpoint(self) -> dict[str, Any]:
         """Host values only (the tick's device sums and maxima as floats: float64 → float is exact; the norms'
@@ -237,8 +237,8 @@ def _detached(terms: Terms) -> Terms:
 def _concatenated(parts: list[Terms], sample: Sample) -> Terms:
     """One ``Terms`` for the whole batch from the micro-batches' (per-row fields concatenated)."""
     first = parts[0]
-    weight = (torch.cat([t.weight for t in parts]) if isinstance(first.weight, Tensor)  # type: ignore[misc]
-              else first.weight)
+    weight = (torch.cat([cast(Tensor, t.weight) for t in parts])  # one objective: a tensor in every part, then
+              if isinstance(first.weight, Tensor) else first.weight)
     return dataclasses.replace(first, loss=torch.cat([t.loss for t in parts]), pred=torch.cat([t.pred for t in parts]),
                                target=torch.cat([t.target for t in parts]), sample=sample, weight=weight,
                                components={k: torch.cat([t.components[k] for t in parts]) for k in first.components},
@@ -250,6 +250,6 @@ def _concatenated_logs(parts: list[Terms]) -> dict[str, Tensor | float]:
     batch: concatenated, NaN on the rows of a micro-batch that did not log it (e.g. one without r < t rows)."""
     logs = dict(parts[-1].logs)
     for key in sorted({k for t in parts for k, v in t.logs.items() if isinstance(v, Tensor) and v.ndim == 1}):
-        logs[key] = torch.cat([t.logs[key] if key in t.logs else t.loss.new_full(t.loss.shape, float("nan"),
-                                                                                 dtype=torch.float32) for t in parts])
+        logs[key] = torch.cat([cast(Tensor, t.logs[key]) if key in t.logs  # a per-row log: a tensor where logged
+                               else t.loss.new_full(t.loss.shape, float("nan"), dtype=torch.float32) for t in parts])
     return logs

@@ -42,7 +42,8 @@ def accumulate(tick: Tick, out: StepOutput) -> None:
                 high if isinstance(high, Tensor) else value.new_tensor(high), value)
 
 
-def log_row(state: LoopState, lr: float, logs: dict, info: D.DistInfo, batch_size: int) -> dict[str, Any]:
+def log_row(state: LoopState, lr: float, logs: dict[str, Tensor | float], info: D.DistInfo,
+            batch_size: int) -> dict[str, Any]:
     """The metrics row of the tick that ends here (means over its steps, averaged over ranks; maxima over its
     steps and ranks); starts a new tick."""
     tick = state.tick

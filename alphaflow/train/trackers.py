@@ -22,7 +22,7 @@ import re
 import secrets
 import string
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal, cast
 
 import numpy as np
 import torch
@@ -34,7 +34,12 @@ from alphaflow.run.folder import RunFolder
 from alphaflow.train import distributed as D
 from alphaflow.train.callbacks import Callback
 
+if TYPE_CHECKING:  # the trackers' packages are imported on use
+    from torch.utils.tensorboard import SummaryWriter
+    from wandb import Run
+
 _GRID = re.compile(r"^step-(\d+)-nfe(\d+)\.png$")
+_WandbMode = Literal["disabled", "offline", "online"]  # log.wandb's values (config.schema.WANDB_MODES)
 WANDB_ID = "wandb_id.txt"  # in the run folder: the wandb run a resumed or requeued run continues
 
 
@@ -95,10 +100,10 @@ class TensorBoardTracker(Callback):
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
-        self.writer = None
+        self.writer: SummaryWriter | None = None
         self.logged: set[str] = set()  # sample grids already written as images
 
-    def _open(self, purge_step: int | None):
+    def _open(self, purge_step: int | None) -> SummaryWriter:
         """The writer, made on first use; ``purge_step``: drop an earlier attempt's events from this step on."""
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (check_trackers)
@@ -114,7 +119,7 @@ class TensorBoardTracker(Callback):
         self._add_grids(writer)
         writer.flush()
 
-    def _add_grids(self, writer) -> None:
+    def _add_grids(self, writer: SummaryWriter) -> None:
         for step, nfe, array in new_grids(self.run_dir, self.logged):
             writer.add_image(f"samples/nfe{nfe}", array, step, dataformats="HWC")
 
@@ -145,7 +150,7 @@ class WandbTracker(Callback):
     def __init__(self, cfg: Config, run_dir: str | Path) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.run = None
+        self.run: Run | None = None
         self.logged: set[str] = set()
 
     def run_id(self) -> str:
@@ -157,7 +162,7 @@ class WandbTracker(Callback):
         atomic_write_bytes(path, (run_id + "\n").encode(), what="the wandb run id")
         return run_id
 
-    def _open(self):
+    def _open(self) -> Run:
         if self.run is None:
             import wandb
 
@@ -165,8 +170,8 @@ class WandbTracker(Callback):
 
             log = self.cfg.log
             self.run = wandb.init(project=log.wandb_project, entity=log.wandb_entity, id=self.run_id(),
-                                  resume="allow", mode=log.wandb, dir=str(self.run_dir), name=self.run_dir.name,
-                                  config=to_dict(self.cfg))
+                                  resume="allow", mode=cast(_WandbMode, log.wandb), dir=str(self.run_dir),
+                                  name=self.run_dir.name, config=to_dict(self.cfg))
         return self.run
 
     def on_row(self, row: dict[str, Any]) -> None:

@@ -48,7 +48,7 @@ SECTION_FUNCTIONS: dict[str, str] = {
 }
 
 
-def section_function(name: str) -> Callable[[Settings, dict], None]:
+def section_function(name: str) -> Callable[[Settings, Results], None]:
     """The function of section ``name`` (imports its module, and torch)."""
     module, func = SECTION_FUNCTIONS[name].split(":")
     return getattr(importlib.import_module(f"alphaflow.perf.gpucheck.{module}"), func)
@@ -61,7 +61,7 @@ def run_section(name: str, settings: Settings, out: str | Path | None = None,
     included, becomes status "fail" with its text and the numbers measured so far."""
     start = time.perf_counter()
 
-    def entry_of(results: dict, status: str, **extra: Any) -> dict[str, Any]:
+    def entry_of(results: dict[str, Any], status: str, **extra: Any) -> dict[str, Any]:
         return {"status": status, "error": None, "reason": None, "traceback": None, **extra,
                 "seconds": round(time.perf_counter() - start, 3), "results": jsonable(dict(results))}
 
@@ -105,7 +105,7 @@ def default_out() -> str:
     return os.environ.get("OUT") or "gpu_check"
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``doctor`` subcommand of ``alphaflow`` (alphaflow/cli/main.py)."""
     p = sub.add_parser("doctor", help="check the whole CUDA path (trainer, bench ratios, JVP kernel, tangent, "
                                       "precision, compile, DDP) and write a JSON and a markdown report",
@@ -166,6 +166,7 @@ def main_from_args(args: argparse.Namespace) -> int:
     path = report_path(args.out or default_out())
     if args.record_fail or args.record_skip:
         status, message = ("fail", args.record_fail) if args.record_fail else ("skipped", args.record_skip)
+        assert only is not None  # --record-fail / --record-skip came with --only (checked above)
         record(path, settings, only, status, message, args.seconds)
         return 0
     set_deadline(args.deadline if args.deadline is not None else deadline_from_env())

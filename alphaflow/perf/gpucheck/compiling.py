@@ -16,14 +16,14 @@ import torch
 import torch._dynamo
 
 from alphaflow.perf.gpucheck.helpers import cleanup, device_of, scratch_root
-from alphaflow.perf.gpucheck.live import attempt, time_left
+from alphaflow.perf.gpucheck.live import Results, attempt, time_left
 from alphaflow.perf.gpucheck.settings import Settings, Skip, TrainerRun
 from alphaflow.perf.gpucheck.trainer import train_once, write_latents
 
 NEED_S = {"cuda": 60.0, "cpu": 0.0}  # least time worth starting a compiled run with
 
 
-def _frame_compiles() -> dict:
+def _frame_compiles() -> dict[Any, int]:  # keys: torch's opaque frame ids
     """TorchDynamo's compiles per frame so far (``convert_frame.FRAME_COMPILE_COUNTER``: frame id → compiles; a
     private counter, so {} where this torch has none)."""
     try:
@@ -33,7 +33,7 @@ def _frame_compiles() -> dict:
     return dict(FRAME_COMPILE_COUNTER)
 
 
-def _dynamo_counts(before: dict | None = None) -> dict[str, int | None]:
+def _dynamo_counts(before: dict[Any, int] | None = None) -> dict[str, int | None]:
     """Graphs, frames, graph breaks and recompiles since ``counters.clear()``. A recompile is a frame compiled again
     after its first compile (``before``: ``_frame_compiles()`` at the start); the prediction and the no-grad target
     pass are two frames, each compiled once when nothing recompiles. None where the per-frame counter is missing."""
@@ -63,7 +63,7 @@ def _compiled(s: Settings, run: TrainerRun, data: Path, folder: Path) -> dict[st
     return result
 
 
-def compile_check(s: Settings, out: dict) -> None:
+def compile_check(s: Settings, out: Results) -> None:
     """For each of the mode's ``compile_runs`` (B/2 with guidance at α = 1, the plain forward, and α = 0, the
     tangent-mode graph): the trainer with ``train.compile=true`` for ``compile_steps``: the compile time (the
     first log tick less its steps at the compiled speed), images/s after it, graphs, frames compiled, graph breaks

@@ -16,7 +16,7 @@ from alphaflow.perf.gpucheck.helpers import check_finite, device_of
 from alphaflow.perf.gpucheck.settings import Settings, Skip
 
 
-def ddp(s: Settings, out: dict) -> None:
+def ddp(s: Settings, out: dict[str, Any]) -> None:
     """A 2-rank NCCL DDP run of the project's trainer (``alphaflow.train.loop.train``) on the embedded digits:
     ``ddp_steps`` steps, a log tick and an online probe every half; the run's metrics rows (loss, images/s,
     the probe's cosines averaged over ranks), its wall time and its DONE marker. Needs >= 2 GPUs."""

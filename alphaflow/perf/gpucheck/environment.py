@@ -10,11 +10,11 @@ from typing import Any
 import torch
 
 from alphaflow.perf.gpucheck.helpers import config_has, device_of, reference_peak, time_ms
-from alphaflow.perf.gpucheck.live import attempt
+from alphaflow.perf.gpucheck.live import Results, attempt
 from alphaflow.perf.gpucheck.settings import Settings
 
 
-def environment(s: Settings, out: dict) -> None:
+def environment(s: Settings, out: Results) -> None:
     """Versions (torch, CUDA, cuDNN, NCCL, Triton when importable), the GPUs (name, memory, SMs, capability),
     the SDPA backend switches, which features this tree has (``model.attention``, ``train.micro_batch``), then two
     measured ceilings: an n×n×n bf16 matmul in TFLOP/s (what MFU is read against) and a device-to-device copy in

@@ -155,8 +155,8 @@ def stock_linear() -> Iterator[None]:
     from alphaflow.models.tangent import Linear
 
     saved = Linear.forward
-    Linear.forward = nn.Linear.forward
+    setattr(Linear, "forward", nn.Linear.forward)  # a method swapped for the block (setattr: mypy allows it)
     try:
         yield
     finally:
-        Linear.forward = saved
+        setattr(Linear, "forward", saved)

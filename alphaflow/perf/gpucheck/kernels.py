@@ -7,7 +7,8 @@ section's own process) at tiny shapes, so the code path is exercised; its times 
 from __future__ import annotations
 
 import os
-from typing import Any
+from types import ModuleType
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -16,13 +17,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from alphaflow.perf.gpucheck.helpers import (TOLERANCE, check_finite, cleanup, config_has, device_of, max_abs, model,
                                              rel, stock_linear, tf32, time_ms)
-from alphaflow.perf.gpucheck.live import attempt
+from alphaflow.perf.gpucheck.live import Results, attempt
 from alphaflow.perf.gpucheck.settings import Settings, Skip
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def _kernel_module(s: Settings):
+def _kernel_module(s: Settings) -> ModuleType:
     """``alphaflow.models.jvp_attention``, or Skip naming what is missing (the module, Triton)."""
     try:
         from alphaflow.models import jvp_attention
@@ -42,7 +43,8 @@ def _inputs(G: int, N: int, d: int, dtype: torch.dtype, dev: torch.device, seed:
     return [torch.randn(G, N, d, generator=g, device=dev).to(dtype) for _ in range(6)]
 
 
-def _accuracy(jvp_attention, s: Settings, G: int, N: int, d: int, dtype: str, dev: torch.device) -> dict[str, Any]:
+def _accuracy(jvp_attention: ModuleType, s: Settings, G: int, N: int, d: int, dtype: str,
+              dev: torch.device) -> dict[str, Any]:
     """The kernel's (o, ȯ) against float64 math attention and its tangent (``attention_jvp``)."""
     from alphaflow.models.tangent import attention_jvp
 
@@ -59,7 +61,7 @@ def _accuracy(jvp_attention, s: Settings, G: int, N: int, d: int, dtype: str, de
     return row
 
 
-def _timing(jvp_attention, s: Settings, G: int, N: int, d: int, dev: torch.device) -> dict[str, Any]:
+def _timing(jvp_attention: ModuleType, s: Settings, G: int, N: int, d: int, dev: torch.device) -> dict[str, Any]:
     """bf16: the kernel's (o, ȯ) against what the DiT runs without it, SDPA for o plus math ``attention_jvp``."""
     from alphaflow.models.tangent import attention_jvp
 
@@ -77,7 +79,7 @@ def _timing(jvp_attention, s: Settings, G: int, N: int, d: int, dev: torch.devic
             "kernel_tflops": flops / (kernel / 1e3) / 1e12}
 
 
-def kernel(s: Settings, out: dict) -> None:
+def kernel(s: Settings, out: Results) -> None:
     """The Triton kernel ``attention_with_tangent(q, k, v, dq, dk, dv) -> (o, ȯ)`` against math attention in
     float64, in bf16 and fp32: max abs and relative errors of o and ȯ; on CUDA the bf16 times of the kernel, of
     SDPA (o alone) and of the math tangent, at the shapes of B/2 (G = 32·12 heads, N = 256, d = 64) and XL/2
@@ -130,8 +132,9 @@ def _tangent_rows(net: nn.Module, ref: nn.Module, dev: torch.device, B: int, s: 
             dz = torch.randn(P, *s.shape, generator=g, device=dev)
             dr, dt = torch.zeros(P, device=dev), torch.ones(P, device=dev)
             with sdpa_kernel([SDPBackend.MATH]), stock_linear():
-                ref_u, ref_du = torch.func.jvp(lambda a, b, c: ref(a, b, c, y[idx]), (z[idx], r[idx], t[idx]),
-                                               (dz, dr, dt))
+                ref_u, ref_du = cast(tuple[Tensor, Tensor],  # jvp without has_aux: (output, tangent output)
+                                     torch.func.jvp(lambda a, b, c: ref(a, b, c, y[idx]), (z[idx], r[idx], t[idx]),
+                                                    (dz, dr, dt)))
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 u, du = net(z, r, t, y, tangent=(rows, dz, dr, dt))
             row = {"rows": P, "u_rel": rel(u[idx], ref_u), "du_max_abs": max_abs(du, ref_du), "du_rel": rel(du, ref_du),
@@ -142,7 +145,7 @@ def _tangent_rows(net: nn.Module, ref: nn.Module, dev: torch.device, B: int, s: 
     return result
 
 
-def tangent(s: Settings, out: dict) -> None:
+def tangent(s: Settings, out: Results) -> None:
     """The DiT's tangent mode ``net(z, r, t, y, tangent=(rows, dz, dr, dt))`` against stock ``torch.func.jvp``
     (MATH attention, true fp32) at each model of the mode (B/2, XL/2), in fp32 and under bf16 autocast; with
     ``model.attention`` in this tree, once per attention choice (math, triton): relative errors of u and du."""
@@ -165,7 +168,7 @@ def tangent(s: Settings, out: dict) -> None:
         for attention in choices:
             label = attention or "default"
 
-            def case(bf16: bool, attention=attention) -> dict[str, Any]:
+            def case(bf16: bool, attention: str | None = attention) -> dict[str, Any]:
                 net = ref if attention in (None, "math") else _attention_model(name, s, attention, init).to(dev)
                 return _tangent_rows(net, ref, dev, B, s, bf16)
 

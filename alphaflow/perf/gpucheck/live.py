@@ -45,10 +45,10 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:500]
 
 
-class Results(dict):
+class Results(dict[str, Any]):
     """A section's results; ``flush()`` writes what is there so far (set up by ``run_section``)."""
 
-    def __init__(self, flush: Callable[["Results"], None] | None = None) -> None:
+    def __init__(self, flush: Callable[["Results"], object] | None = None) -> None:
         super().__init__()
         self._flush = flush
         self.failures: list[str] = []
@@ -62,7 +62,7 @@ class Results(dict):
                 traceback.print_exc()
 
 
-def attempt(out: dict, key: str, fn: Callable[[], Any], *, need_s: float = 0.0,
+def attempt(out: dict[str, Any], key: str, fn: Callable[[], Any], *, need_s: float = 0.0,
             cleanup: Callable[[], None] | None = None, log: Callable[[str], None] = print) -> Any:
     """``out[key] = fn()`` (a dict gains ``status`` "ok" and ``seconds``), or a skipped / failed entry.
 
@@ -105,6 +105,6 @@ def attempt(out: dict, key: str, fn: Callable[[], Any], *, need_s: float = 0.0,
     return value
 
 
-def _flush(out: dict) -> None:
+def _flush(out: dict[str, Any]) -> None:
     if isinstance(out, Results):
         out.flush()

@@ -15,7 +15,7 @@ from alphaflow.perf.gpucheck.settings import H100_BF16_PEAK, MFU_GOAL, RATIO_GOA
 GIB = 2 ** 30
 
 
-def _results(report: dict, section: str) -> dict:
+def _results(report: dict[str, Any], section: str) -> dict[str, Any]:
     return (report.get("sections", {}).get(section) or {}).get("results") or {}
 
 
@@ -28,7 +28,7 @@ def _base_key(key: str) -> str:
     return key[:-len("_math")] if key.endswith("_math") else key
 
 
-def _run_row(key: str, run: dict, plans: dict, peak: float) -> dict[str, Any]:
+def _run_row(key: str, run: dict[str, Any], plans: dict[str, Any], peak: float) -> dict[str, Any]:
     base = _base_key(key)
     flops, memory = plans.get("flops") or {}, plans.get("memory") or {}
     worst = _num(((plans.get("plan_memory") or {}).get(base) or {}).get("peak_bytes"))
@@ -47,7 +47,7 @@ def _run_row(key: str, run: dict, plans: dict, peak: float) -> dict[str, Any]:
             "loss_finite": run.get("finite"), "error": run.get("error") or run.get("reason")}
 
 
-def headline(report: dict) -> dict[str, Any]:
+def headline(report: dict[str, Any]) -> dict[str, Any]:
     """The numbers worth reading first, joined across sections (see the module docstring)."""
     env, plans = _results(report, "environment"), _results(report, "plans")
     peak = _num(env.get("bf16_peak_flops_reference")) or H100_BF16_PEAK
@@ -118,11 +118,11 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def _status(row: dict) -> str:
+def _status(row: dict[str, Any]) -> str:
     return _f(row.get("status")) + (f": {str(row['error'])[:80]}" if row.get("error") else "")
 
 
-def _cells(row: dict, spec: tuple[tuple[str, str], ...]) -> list[str]:
+def _cells(row: dict[str, Any], spec: tuple[tuple[str, str], ...]) -> list[str]:
     return [_f(row.get(key), fmt) for key, fmt in spec]
 
 
@@ -134,7 +134,7 @@ COMPILE_COLUMNS = (("compile_s", "{:.0f}"), ("images_per_s", "{:.0f}"), ("speedu
                    ("graph_breaks", "{}"))
 
 
-def render(report: dict) -> str:
+def render(report: dict[str, Any]) -> str:
     """``gpu_check.md``: the sections' status, then the headline numbers as tables."""
     meta, h = report.get("meta", {}), report.get("headline") or headline(report)
     seconds = _f(report.get("summary", {}).get("seconds"), "{:.0f}")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from alphaflow.perf.gpucheck.helpers import GIB
-from alphaflow.perf.gpucheck.live import attempt
+from alphaflow.perf.gpucheck.live import Results, attempt
 from alphaflow.perf.gpucheck.settings import Settings, Skip, TrainerRun
 from alphaflow.perf.gpucheck.trainer import run_config
 
@@ -96,7 +96,7 @@ def plan_memory_train(s: Settings, run: TrainerRun) -> dict[str, Any]:
             "parts_gib": {k: v / GIB for k, v in train.parts.items()}}
 
 
-def plans(s: Settings, out: dict) -> None:
+def plans(s: Settings, out: Results) -> None:
     """For every trainer run (and xl128), cheapest first so that a kill keeps the most: its FLOPs per trainer step
     (census), its own step's peak memory (same α and micro-batch), then ``alphaflow plan``'s train phase (the worst
     α) once per recipe, model and batch. CPU only, one thread."""
@@ -107,7 +107,7 @@ def plans(s: Settings, out: dict) -> None:
         for run in plan_runs(s):
             attempt(out[group], run.key, lambda: measure(s, run))
             out.flush()
-    done: dict[tuple, str] = {}
+    done: dict[tuple[str, str, int, int], str] = {}
     for run in plan_runs(s):
         same = (run.recipe, run.model, run.batch, run.micro_batch)
         if same in done and out["plan_memory"].get(done[same], {}).get("status") == "ok":

@@ -5,16 +5,19 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from alphaflow.perf.gpucheck.helpers import TOLERANCE, cleanup, device_of, model, sync, tf32
-from alphaflow.perf.gpucheck.live import attempt
+from alphaflow.perf.gpucheck.live import Results, attempt
 from alphaflow.perf.gpucheck.settings import Settings
 
+if TYPE_CHECKING:
+    from alphaflow.objectives import Objective
 
-def _objective(overrides: tuple[str, ...], steps: int):
+
+def _objective(overrides: tuple[str, ...], steps: int) -> Objective:
     """An objective exactly as a run with these ``objective.*`` overrides builds it."""
     from alphaflow.config import load_config
     from alphaflow.objectives import objective_from_options
@@ -22,7 +25,8 @@ def _objective(overrides: tuple[str, ...], steps: int):
     return objective_from_options(load_config(None, [*overrides, f"train.steps={steps}"]).objective, steps)
 
 
-def _run(s: Settings, dev: torch.device, init: dict, objective, *, bf16: bool) -> dict[str, Any]:
+def _run(s: Settings, dev: torch.device, init: dict[str, torch.Tensor], objective: Objective, *,
+         bf16: bool) -> dict[str, Any]:
     """``precision_steps`` steps of ``training_step`` (the trainer's step: autocast objective, backward, the flag
     reduction, clipping, Adam; no EMA) from ``init`` with fixed seeds: per step the loss, the mse and the time."""
     from alphaflow.train.distributed import DistInfo
@@ -53,7 +57,8 @@ def _run(s: Settings, dev: torch.device, init: dict, objective, *, bf16: bool) -
     return {"loss": losses, "mse": mses, "step_ms": statistics.median(ms[1:] or ms), "all_finite": all(finite)}
 
 
-def _compare(s: Settings, dev: torch.device, init: dict, overrides: tuple[str, ...]) -> dict[str, Any]:
+def _compare(s: Settings, dev: torch.device, init: dict[str, torch.Tensor],
+             overrides: tuple[str, ...]) -> dict[str, Any]:
     objective = _objective(overrides, s.precision_steps)
     runs = {}
     for precision in ("bf16", "fp32"):
@@ -79,7 +84,7 @@ def _compare(s: Settings, dev: torch.device, init: dict, overrides: tuple[str, .
     return row
 
 
-def precision(s: Settings, out: dict) -> None:
+def precision(s: Settings, out: Results) -> None:
     """Each of the mode's objectives (α-Flow at α = 0, i.e. MeanFlow's tangent, and at α = ½; MeanFlow) for
     ``precision_steps`` trainer steps at the mode's model and batch, once in bf16 autocast (TF32 on, as training)
     and once in true fp32 (TF32 off), same initial weights (nudged off DiT's zero init, whose zero output would hide

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from alphaflow.perf.gpucheck.helpers import cleanup, device_of, reference_peak
-from alphaflow.perf.gpucheck.live import attempt
+from alphaflow.perf.gpucheck.live import Results, attempt
 from alphaflow.perf.gpucheck.settings import H100_BF16_PEAK, RATIO_GOALS, Settings
 
 
@@ -21,7 +21,7 @@ def _bench(s: Settings, variants: tuple[str, ...], peak: float) -> dict[str, Any
     return {"variants": res, "precision": meta["precision"], "rounds": meta["rounds"]}
 
 
-def ratios(s: Settings, out: dict) -> None:
+def ratios(s: Settings, out: Results) -> None:
     """``alphaflow.perf.bench.run_bench`` at DiT-B/2 × 32 (the recipe's per-GPU batch), in groups that each hold
     fm, so one failing variant (e.g. the official pattern out of memory) keeps the other groups: per variant ms,
     images/s, MFU (FLOPs counted by torch), peak memory and the time ratio to fm measured in its own group's

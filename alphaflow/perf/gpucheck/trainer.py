@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from alphaflow.perf.gpucheck.helpers import GIB, cleanup, config_has, device_of, peak_allocated, scratch_root
-from alphaflow.perf.gpucheck.live import attempt
+from alphaflow.perf.gpucheck.live import Results, attempt
 from alphaflow.perf.gpucheck.settings import Settings, Skip, TrainerRun
 
 if TYPE_CHECKING:
@@ -138,19 +138,24 @@ def resume_once(s: Settings, run: TrainerRun, data_path: Path, folder: Path) -> 
 
     cfg = run_config(s, run, data_path)
     logs: list[str] = []
+
+    def say(msg: str) -> None:
+        logs.append(msg)
+        print(f"    [resume] {msg}", flush=True)
+
     start = time.perf_counter()
-    result = train(cfg, folder, log=lambda m: (logs.append(m), print(f"    [resume] {m}", flush=True)))
+    result = train(cfg, folder, log=say)
     wall = time.perf_counter() - start
     rows = [r for r in result.run.read_metrics() if int(r["step"]) > int(run.stop_at or 0)]
     said = [m for m in logs if m.startswith("resuming")]
     match = re.search(r"\(step (\d+)\)", said[0]) if said else None
-    out = {"resumed_from_step": int(match.group(1)) if match else None, "expected_from_step": run.stop_at,
-           "final_step": result.step, "finished": result.finished,
-           "steps_after_resume": result.step - (run.stop_at or 0),
-           "rows_after_resume": [int(r["step"]) for r in rows], "wall_s": wall, "log": said[:1]}
+    out: dict[str, Any] = {"resumed_from_step": int(match.group(1)) if match else None,
+                           "expected_from_step": run.stop_at, "final_step": result.step, "finished": result.finished,
+                           "steps_after_resume": result.step - (run.stop_at or 0),
+                           "rows_after_resume": [int(r["step"]) for r in rows], "wall_s": wall, "log": said[:1]}
     del result
     out.update(losses(rows))
-    problems = []
+    problems: list[str] = []
     if out["resumed_from_step"] != run.stop_at:
         problems.append(f"resumed from step {out['resumed_from_step']}, expected {run.stop_at} ({said or logs[-3:]})")
     if not out["finished"] or out["final_step"] != run.steps:
@@ -162,7 +167,7 @@ def resume_once(s: Settings, run: TrainerRun, data_path: Path, folder: Path) -> 
     return out
 
 
-def trainer(s: Settings, out: dict) -> None:
+def trainer(s: Settings, out: Results) -> None:
     """The real trainer for each of the mode's ``trainer_runs``: B/2 with guidance at α = 1 (stopped with a
     checkpoint, then resumed for 5 steps) and at α = 0 at 32 per GPU, XL/2 with guidance at 32, B/2 flow matching at
     256; with ``model.attention`` in this tree, B/2 at α = 0 once more with math attention. Per run: images/s and
@@ -191,7 +196,7 @@ def trainer(s: Settings, out: dict) -> None:
             shutil.rmtree(folder, ignore_errors=True)  # an XL/2 checkpoint is 11 GB
 
 
-def xl128(s: Settings, out: dict) -> None:
+def xl128(s: Settings, out: Results) -> None:
     """XL/2 with guidance at 128 per GPU (the recipe's global batch of 256 on two GPUs) in micro-batches of 32
     (``train.micro_batch``): images/s, losses and peak memory, joined with its memory plan in the report."""
     device_of(s)
