@@ -121,3 +121,27 @@ def test_more_bad_inputs_get_one_line(tmp_path, capsys):
         line = one_line(capsys.readouterr().err)
         assert line.startswith(f"alphaflow {argv[0]}: {expected}"), (argv, line)
     assert not (tmp_path / "runs").exists() and a_file.read_text() == ""
+
+
+def test_a_ctrl_c_that_a_callback_swallows_still_stops_the_run_at_the_next_step(tmp_path, capsys, monkeypatch):
+    """Python raises KeyboardInterrupt wherever the main thread is; inside a weakref or GC callback it is printed
+    as "Exception ignored" and lost, and training went on (seen once in CI). The handler also sets the flag the
+    loop polls after every step, so the run stops there with a checkpoint and the command exits 130."""
+    polled: list[bool] = []
+
+    def fake_train(cfg, out, *, objective, should_stop):  # noqa: ANN001, ANN202
+        handler = signal.getsignal(signal.SIGINT)
+        assert handler is not signal.default_int_handler and callable(handler)
+        assert not should_stop()
+        try:
+            handler(signal.SIGINT, None)  # the signal arrives inside a callback ...
+        except KeyboardInterrupt:
+            pass  # ... that swallows it
+        polled.append(should_stop())  # the loop's next step boundary
+        RunFolder(out).root.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr("alphaflow.launch.training.train_run", fake_train)
+    assert main(["train", "--out", str(tmp_path / "run"), *TINY]) == 130
+    assert polled == [True]
+    assert one_line(capsys.readouterr().err).startswith("alphaflow train: interrupted: ")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is put back"

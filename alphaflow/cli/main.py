@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from importlib.metadata import entry_points
 from pathlib import Path
+from types import FrameType
 from typing import Callable, Sequence
 
 from alphaflow.run.errors import Interrupted, UsageError, run_command
@@ -48,10 +51,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     from alphaflow.launch.training import train_run as train
 
+    asked: list[int] = []  # a Ctrl-C seen: the loop also stops at its next step boundary, with a checkpoint
+
+    def on_interrupt(signum: int, frame: FrameType | None) -> None:
+        asked.append(signum)
+        raise KeyboardInterrupt  # it can land in a callback that swallows it (a weakref's): the flag stays
+
+    ours = (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # an ignored SIGINT stays ignored
+    if ours:
+        signal.signal(signal.SIGINT, on_interrupt)
     try:
-        train(cfg, args.out, objective=objective)
+        train(cfg, args.out, objective=objective, should_stop=lambda: bool(asked))
     except KeyboardInterrupt:
         raise Interrupted(resume_hint(args.out)) from None
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    if asked:
+        raise Interrupted(resume_hint(args.out))
     return 0
 
 
