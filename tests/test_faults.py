@@ -94,15 +94,17 @@ def test_ctrl_c_ends_with_130_and_says_where_to_resume(tmp_path):
     assert line.endswith("the same command resumes from there")
 
 
-@pytest.mark.parametrize("command", [["eval"], ["sample", "--out", "grid.png"], ["probe"]])
-def test_a_run_without_checkpoints_says_to_train_it_first(command, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("command,verb", [(["eval"], "evaluate"), (["sample", "--out", "grid.png"], "sample"),
+                                          (["probe"], "probe")])
+def test_a_run_without_checkpoints_says_to_train_it_first(command, verb, tmp_path, capsys, monkeypatch):
     from alphaflow.config import Config, to_dict
 
     monkeypatch.chdir(tmp_path)
     RunFolder(tmp_path / "run").write_config(to_dict(Config()))
     assert main([command[0], str(tmp_path / "run"), *command[1:]]) == 2
     line = one_line(capsys.readouterr().err)
-    assert line.startswith(f"alphaflow {command[0]}: {tmp_path / 'run'} has no checkpoint") and "yet" in line
+    assert line.startswith(f"alphaflow {command[0]}: {tmp_path / 'run'} has no checkpoint to {verb} yet: ")
+    assert line.endswith(f"then {verb} it")
     assert "train.ckpt_every" in line and "keep_every" not in line and "the same `alphaflow train` resumes it" in line
 
 

@@ -149,7 +149,7 @@ def test_latents_are_decoded_in_chunks_with_the_same_images(latents):
 
 
 def test_commands_load_one_state_dict_on_the_cpu(tmp_path):
-    from alphaflow.run.folder import load_weights
+    from alphaflow.run.checkpoints import load_weights
 
     path = tmp_path / "c.pt"
     torch.save({"format": 1, "step": 3, "config": {}, "net": {"w": torch.ones(2)}, "ema": {"w": torch.zeros(2)},

@@ -75,7 +75,7 @@ def test_the_option_at_its_default_leaves_run_names_unchanged():
 
 
 def test_a_sweep_names_the_same_seed_of_another_variant_and_an_unfinished_source_is_refused(source, tmp_path):
-    from alphaflow.run.folder import init_checkpoint
+    from alphaflow.run.checkpoints import init_checkpoint
 
     root = source.parent
     (root / "fm-s0-0123456789").mkdir(exist_ok=True)

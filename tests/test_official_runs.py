@@ -63,7 +63,7 @@ def test_eval_writes_the_samples_as_the_adm_suite_reads_them(tmp_path):
                              "train.ckpt_every=2", "train.sample_every=0", "train.threads=1"]), out, log=lambda _: None)
     assert main(["eval", str(out), "--nfe", "1", "2", "--num-samples", "12", "--save-npz", str(tmp_path / "s.npz"),
                  "--device", "cpu", "--cache", str(tmp_path / "cache")]) == 0
-    net, raw = alphaflow.load_model(out), alphaflow.load_model(out, "net")
+    net, raw = alphaflow.load_model(out), alphaflow.load_model(out, "raw")
     ckpt = read_checkpoint(RunFolder(out).checkpoints()[0][1])
     assert not net.training and all(torch.equal(v, ckpt["ema"][k]) for k, v in net.state_dict().items())
     assert all(torch.equal(v, ckpt["net"][k]) for k, v in raw.state_dict().items())

@@ -9,7 +9,8 @@ import torch
 
 from alphaflow.cli.main import main
 from alphaflow.config import load_config
-from alphaflow.run.folder import RunFolder, load_weights, read_checkpoint
+from alphaflow.run.checkpoints import load_weights
+from alphaflow.run.folder import RunFolder, read_checkpoint
 from alphaflow.train.loop import train
 
 TINY = ["model.name=DiT-N/2", "train.steps=2", "train.log_every=1", "train.ckpt_every=2", "train.batch_size=8",

@@ -44,15 +44,13 @@ def weights_choice(value: str) -> str:
     return "raw" if value == "net" else value
 
 
-def require_checkpoint(run_dir: str, what: str) -> None:
-    """Refuse ``eval``/``sample`` of a run folder that holds no checkpoint yet, saying when a run writes one."""
+def require_checkpoint(run_dir: str, purpose: str) -> None:
+    """Refuse ``eval``/``sample`` of a run folder without a checkpoint before any model or reference loads
+    (``select_checkpoints`` says what to do)."""
+    from alphaflow.run.checkpoints import select_checkpoints
     from alphaflow.run.folder import RunFolder
 
-    run = RunFolder(run_dir)
-    if run.config_path.exists() and not run.checkpoints():
-        raise ValueError(f"{run_dir} has no checkpoint to {what} yet: a run writes one every train.ckpt_every steps "
-                         "and at its last step; train it further (the same `alphaflow train` resumes it), then "
-                         f"{what} it")
+    select_checkpoints(RunFolder(run_dir), "all", purpose)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -182,8 +180,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from alphaflow.evaluate.sample_run import sample_run
 
     require_checkpoint(args.run_dir, "sample")
-    weights = "net" if args.weights == "raw" else args.weights  # the library's name of the raw weights
-    sample_run(args.run_dir, args.out, nfe=args.nfe, num=args.num, weights=weights, sampler=args.sampler,
+    sample_run(args.run_dir, args.out, nfe=args.nfe, num=args.num, weights=args.weights, sampler=args.sampler,
                t_mid=args.t_mid, seed=args.seed, checkpoint=args.checkpoint, device=args.device)
     return 0
 
@@ -192,8 +189,7 @@ def _cmd_import_official(args: argparse.Namespace) -> int:
     checked_path("--out", args.out)
     from alphaflow.official import import_official
 
-    weights = "net" if args.weights == "raw" else args.weights  # the snapshot's name of the raw weights
-    import_official(args.snapshot, args.out, weights=weights, model=args.model, num_classes=args.num_classes,
+    import_official(args.snapshot, args.out, weights=args.weights, model=args.model, num_classes=args.num_classes,
                     latent_stats=args.latent_stats, vae_path=args.vae_path,
                     data_path=args.data_path)
     return 0

@@ -22,7 +22,7 @@ from alphaflow.train.build import open_run
 from alphaflow.objectives import objective_from_options
 from alphaflow.train.distributed import resolve_device, set_tf32
 from alphaflow.train.probes import probe_gradients, probe_sample
-from alphaflow.run.folder import load_weights, select_checkpoints
+from alphaflow.run.checkpoints import load_weights, select_checkpoints
 
 SETTINGS = ("weights", "batches", "batch_size", "seed", "parts")  # chunk_size is not one: it changes no number
 
@@ -66,12 +66,12 @@ def probe_run(run_dir: str | Path, *, batches: int | None = None, batch_size: in
     objective = objective_from_options(cfg.objective, cfg.train.steps)
     settings = {"weights": weights, "batches": batches, "batch_size": batch_size, "seed": seed, "parts": parts}
     done = {r["step"] for r in run.read_probes() if all(r.get(k) == v for k, v in settings.items())}
-    for step, path in select_checkpoints(run, checkpoints):
+    for step, path in select_checkpoints(run, checkpoints, "probe"):
         if step in done:
             log(f"step {step}: already probed with these settings, skipped")
             continue
         start = time.perf_counter()
-        state, stats = load_weights(path, "net" if weights == "raw" else "ema")
+        state, stats = load_weights(path, weights)
         net.load_state_dict(state)  # copies onto the device; the host copy is freed below
         data.load_state_dict(stats)
         del state

@@ -41,7 +41,8 @@ from alphaflow.metrics.choice import LATENT_REFERENCE, METRICS, extractor_for, p
 from alphaflow.metrics.features import default_cache_dir
 from alphaflow.run.files import atomic_write_bytes
 from alphaflow.run.images import to_uint8
-from alphaflow.run.folder import append_jsonl, load_weights, select_checkpoints
+from alphaflow.run.checkpoints import load_weights, select_checkpoints
+from alphaflow.run.folder import append_jsonl
 
 from alphaflow.train.sample_grids import sampler_for
 from alphaflow.core.sampling import generate
@@ -314,7 +315,7 @@ def evaluate_run(run_dir: str | Path, request: EvalRequest | None = None, refs: 
     req = request or EvalRequest.from_config(cfg)
     req.check()
     set_tf32(cfg.train.tf32, dev)
-    chosen = select_checkpoints(run, str(req.checkpoint))
+    chosen = select_checkpoints(run, str(req.checkpoint), "evaluate")
     if len(chosen) != 1:
         raise ValueError(f"--checkpoint takes last or one step, got {req.checkpoint!r}")
     ((step, path),) = chosen
@@ -330,7 +331,7 @@ def evaluate_run(run_dir: str | Path, request: EvalRequest | None = None, refs: 
         if cfg.data.vae_path is None:
             raise ValueError("a latent run needs data.vae_path (the VAE folder) to decode samples for evaluation")
         data.attach_decoder(cfg.data.vae_path, dev, batch_size=req.decode_batch_size)
-    state, stats = load_weights(path, "ema" if req.weights == "ema" else "net")  # on the CPU, one state dict kept
+    state, stats = load_weights(path, req.weights)  # on the CPU, one state dict kept
     net.load_state_dict(state)
     data.load_state_dict(stats)
     del state

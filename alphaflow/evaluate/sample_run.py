@@ -11,7 +11,7 @@ from alphaflow.train.build import open_run
 from alphaflow.evaluate.quality import per_nfe_paths
 from alphaflow.run.images import save_grid_png
 from alphaflow.objectives import objective_from_options
-from alphaflow.run.folder import load_weights, select_checkpoints
+from alphaflow.run.checkpoints import check_weights, load_weights, select_checkpoints
 from alphaflow.core.sampling import generate
 from alphaflow.train.distributed import resolve_device
 from alphaflow.train.sample_grids import sampler_for
@@ -25,12 +25,11 @@ def sample_run(run_dir: str | Path, out: str | Path, *, nfe: Sequence[int] = (1,
     every NFE) and write each NFE's grid; returns the files. A latent run decodes with its data.vae_path."""
     if num < 1 or any(k < 1 for k in nfe):
         raise ValueError(f"--num and --nfe must be positive, got num={num}, nfe={list(nfe)}")
-    if weights not in ("ema", "net"):
-        raise ValueError(f"--weights must be ema or net, got {weights!r}")
+    check_weights(weights)
     paths = per_nfe_paths(out, nfe, ".png", "--out")
     dev = resolve_device(device)
     run, cfg, data, net = open_run(run_dir, dev)
-    ((step, path),) = select_checkpoints(run, str(checkpoint))
+    ((step, path),) = select_checkpoints(run, str(checkpoint), "sample")
     state, stats = load_weights(path, weights)
     net.load_state_dict(state)
     data.load_state_dict(stats)

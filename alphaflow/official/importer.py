@@ -142,13 +142,13 @@ def import_official(snapshot: str | Path, out: str | Path, *, weights: str = "em
     """Write the run folder ``out`` from ``snapshot`` (module docstring); returns its path. ``out`` must not hold
     anything yet: nothing already there is overwritten. ``data_path``: a latents folder of the same shape and
     classes to record as the run's data (for probing it), instead of the metadata-only folder."""
-    if weights not in ("ema", "net"):
-        raise ValueError(f"--weights must be ema or net, got {weights!r}")
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"--weights must be ema or raw (the training weights), got {weights!r}")
     run = RunFolder(out)
     if run.root.exists() and any(run.root.iterdir()):
         raise ValueError(f"--out {run.root} is not empty; import into a new folder")
     snap = read_snapshot(snapshot)
-    state = snap.get(weights)
+    state = snap.get({"ema": "ema", "raw": "net"}[weights])  # the official snapshot keeps the raw weights as net
     if not isinstance(state, dict):
         have = [k for k in ("net", "ema") if isinstance(snap.get(k), dict)]
         raise ValueError(f"the snapshot has no {weights!r} state dict (it has {have or 'neither net nor ema'})")

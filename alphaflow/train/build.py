@@ -14,7 +14,8 @@ from alphaflow.config import Config, ConfigError, from_dict
 from alphaflow.config.extras import check_trackers
 from alphaflow.data import TrainData, check_data_options, dataset_class, dataset_from_config
 from alphaflow.models import MODELS, build_for_data, check_model_name, model_options
-from alphaflow.run.folder import RunFolder, init_checkpoint, load_weights, select_checkpoints
+from alphaflow.run.checkpoints import check_weights, init_checkpoint, load_weights, select_checkpoints
+from alphaflow.run.folder import RunFolder
 from alphaflow.metrics.choice import WEIGHTS_SOURCES, parse_metrics, weights_path
 from alphaflow.objectives import OBJECTIVES, Objective, objective_from_options
 from alphaflow.objectives.imf import ImprovedMeanFlowOptions
@@ -128,13 +129,12 @@ def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunFolder, Conf
 
 def load_model(run_dir: str | Path, weights: str = "ema", *, checkpoint: str = "last",
                device: str | torch.device = "cpu") -> nn.Module:
-    """The network of ``run_dir`` with its ``weights`` ("ema" or "net", the raw weights) at ``checkpoint`` ("last"
+    """The network of ``run_dir`` with its ``weights`` ("ema" or "raw", the training weights) at ``checkpoint`` ("last"
     or a step), in eval mode on ``device``: ``u = net(z, r, t, labels)`` with z [B, C, H, W], r, t [B] and labels
     [B] int64 (or None), u the average velocity over [r, t] (docs/conventions.md). Built from the run's config.json
     and sized by its data (an imported run's latents-meta), so the run's data must be readable here; in the
     precision its weights were saved in."""
-    if weights not in ("ema", "net"):
-        raise ValueError(f"weights must be 'ema' or 'net' (the raw weights), got {weights!r}")
+    check_weights(weights)
     run, _, _, net = open_run(run_dir, torch.device(device))
     ((_, path),) = select_checkpoints(run, str(checkpoint))
     state, _ = load_weights(path, weights)

@@ -15,7 +15,7 @@ from torch import nn
 
 from alphaflow.data.base import TrainData
 from alphaflow.run.files import read_checkpoint
-from alphaflow.run.folder import init_checkpoint
+from alphaflow.run.checkpoints import init_checkpoint
 from alphaflow.train.optim import EMA
 
 
@@ -43,7 +43,7 @@ def initialise_from(source: str, net: nn.Module, ema: EMA, data: TrainData, say:
                     seed: int | None = None, root: Path | None = None) -> dict[str, Any]:
     """Load ``source``'s newest checkpoint (a finished run folder) or the checkpoint file itself into ``net``,
     ``ema`` and ``data``; ``{seed}`` and ``{root}`` in ``source`` are this run's seed and parent folder
-    (``runfolder.init_checkpoint``). Returns the record for ``init.json`` (source, checkpoint path, its step)."""
+    (``alphaflow.run.checkpoints.init_checkpoint``). Returns the record for ``init.json`` (source, checkpoint path, its step)."""
     path = init_checkpoint(source, seed=seed, root=root)
     ckpt = read_checkpoint(path)
     new = _load(net, ckpt["net"], "network", source)
