@@ -104,7 +104,10 @@ def _cos_axes(ax: Axes) -> None:
 
 def _new_axes(ax: Axes | None, size: tuple[float, float] = (5.5, 3.8)) -> tuple[Figure, Axes]:
     if ax is not None:
-        return cast(Figure, ax.figure), ax  # an axes of a top-level Figure (a SubFigure's would give the SubFigure)
+        fig = ax.figure
+        while not isinstance(fig, Figure):  # an axes of a SubFigure: the figure that saves is the one at the top
+            fig = fig.figure
+        return fig, ax
     fig = Figure(figsize=size, layout="constrained")
     return fig, fig.add_subplot()
 

@@ -182,6 +182,15 @@ def test_fig2a_lines_and_bands(sweep):
     assert len(fig2a(load_probes(sweep)).axes[0].lines) == 2 * 3 + 1
 
 
+def test_a_figure_drawn_into_an_axes_of_a_subfigure_saves_the_whole_figure(sweep, tmp_path):
+    top = Figure()
+    left, _ = top.subfigures(1, 2)
+    ax = left.add_subplot()
+    fig = fig2a(load_probes(sweep, weights="raw"), ax=ax, path=tmp_path / "f.png")
+    assert fig is top and (tmp_path / "f.png").stat().st_size > 0
+    assert len(ax.lines) == 2 * 2 + 1
+
+
 def test_fig2bc_and_fig6(sweep):
     df = load_probes(sweep, weights="raw")
     for make in (fig2b, fig2c):
