@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -130,6 +132,7 @@ def test_failed_run_is_reported_and_retried_only_when_asked(tmp_path, capsys):
     assert len(jobs) == 1
 
 
+@pytest.mark.fast
 def test_dry_run_prints_the_slurm_batch_script(tmp_path, capsys):
     path = tmp_path / "s.yaml"
     path.write_text("name: big\nvariants: {a: {seed: 1}, b: {seed: 2}}\nresources: {timeout_min: 600, gpus_per_node: 8, "
@@ -142,6 +145,10 @@ def test_dry_run_prints_the_slurm_batch_script(tmp_path, capsys):
                  "#SBATCH --constraint=h100", "#SBATCH --time=600", "#SBATCH --signal=USR2@"):
         assert line in out, line
     assert not (tmp_path / "r").exists(), "a dry run submits and writes nothing"
+    # the job runs this interpreter (the cluster must see the same path), on the sweep's .submitit folder
+    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(tmp_path / 'r' / '.submitit'))}"
+    (srun,) = [line for line in out.splitlines() if line.startswith("srun ")]
+    assert srun.endswith(" " + command), srun
 
 
 def test_unknown_resources_are_refused_before_submission(tmp_path, capsys):

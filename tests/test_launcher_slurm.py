@@ -40,6 +40,10 @@ def test_sweep_array_on_slurm_with_a_preemption(slurm_env, tmp_path):
     jobs = launcher.submit(sweep.runs, root, executor="slurm", resources=sweep.resources, name=sweep.name,
                            log=lambda _: None)
     assert len({j.job_id.split("_")[0] for j in jobs}) == 1, "one job array"
+    # what --dry-run --executor slurm prints is the script submitit submitted, apart from the requeue comment
+    dry = launcher.sbatch_script(root, sweep.resources, sweep.name, len(sweep.runs)).splitlines()
+    assert [line for line in dry if not line.startswith("# requeued")] == \
+        Path(jobs[0].paths.submission_file).read_text().splitlines()
     mf_job, mf_run = next((j, RunFolder(root / r.name)) for j, r in zip(jobs, sweep.runs) if r.name.startswith("mf"))
     wait(lambda: mf_run.read_metrics() and mf_run.read_metrics()[-1]["step"] >= 20, 120, "the mf job to train")
     slurm_env.run("scancel", "--signal=USR2", mf_job.job_id)  # what SLURM sends before a time limit or preemption

@@ -124,7 +124,7 @@ def smoke_command(args: argparse.Namespace, real: Sweep) -> int:
     print(smoke.describe(args.file, sweep, shrunk, root, steps))
     if made_up:
         print(describe_made_up(made_up))
-    print(resources_summary(real, Path(f"runs/{real.name}")), flush=True)
+    print(resources_summary(real, Path(f"runs/{real.name}")), flush=True)  # the real sweep's default root
     if args.dry_run:
         return listing(args, sweep, root, "inline")
     make_root(root)
@@ -144,4 +144,5 @@ def resources_summary(real: Sweep, root: Path) -> str:
     header = [line for line in script.splitlines() if line.startswith(("#SBATCH", "# requeued"))]
     given = " ".join(f"{k}={v}" for k, v in resources.items())
     return "\n".join([f"resources (checked, not used here): {given or '(defaults)'}",
-                      "the real submission's batch script (--executor slurm):", *(f"  {h}" for h in header)])
+                      f"the real submission's batch script (--executor slurm, --root {root}):",
+                      *(f"  {h}" for h in header)])

@@ -200,7 +200,8 @@ def sbatch_script(root: Path, resources: dict[str, Any], name: str, count: int) 
 
     Written by submitit itself (its SLURM executor's private script writer) from the parameters ``make_executor``
     gives AutoExecutor, translated as AutoExecutor translates them (generic names → SLURM's, ``slurm_*`` → as
-    they are), so it is the real thing.
+    they are), so it is the real thing: byte for byte the script submitit submits, with one comment line added
+    (the requeue budget).
     """
     slurm = _ScriptOnlySlurm(root / ".submitit", max_num_timeout=max_num_timeout(resources))
     params = {"name": name, **executor_parameters(resources)}
@@ -208,7 +209,8 @@ def sbatch_script(root: Path, resources: dict[str, Any], name: str, count: int) 
     slurm.update_parameters(**slurm._convert_parameters({k: v for k, v in params.items() if not k.startswith("slurm_")}),
                             **own)
     slurm.parameters["map_count"] = count
-    lines = slurm._make_submission_file_text("python -u -m submitit.core._submit <folder>", "<uid>").split("\n")
+    # the command submitit puts in the script: this interpreter (shlex-quoted) running submitit on ROOT/.submitit
+    lines = slurm._make_submission_file_text(slurm._submitit_command_str, "<uid>").split("\n")
     last = max((i for i, line in enumerate(lines) if line.startswith("#SBATCH")), default=0)
     note = (f"# requeued after a time limit at most {slurm.max_num_timeout} times (resources.max_num_timeout; "
             "submitit counts them)")
