@@ -179,13 +179,23 @@ def test_the_next_trainer_removes_the_temporaries_of_dead_writers_only(run_copy)
         left.write_bytes(bytes(2 << 20))
         config_tmp = run_copy.root / f".config.json.tmp{int(dead.stdout)}"
         config_tmp.write_text("{")
+        init_tmp = run_copy.root / f".init.json.tmp{int(dead.stdout)}"
+        init_tmp.write_text("{")
+        run_copy.samples_dir.mkdir(exist_ok=True)
+        grid_tmp = run_copy.samples_dir / f".step-00000006-nfe1.png.tmp{int(dead.stdout)}"
+        grid_tmp.write_bytes(bytes(1000))
         writing = run_copy.checkpoint_dir / f".latest-00000006.pt.tmp{live.pid}"
         writing.write_bytes(bytes(1000))
+        not_ours = run_copy.root / f".notes.txt.tmp{int(dead.stdout)}"  # a user's file beside the run's: not touched
+        not_ours.write_text("x")
         messages: list[str] = []
         assert train(load_config(None, TINY), run_copy.root, log=messages.append).finished
-        assert messages[0] == (f"removed 2 temporary files of writes cut short in {run_copy.root} ({left.name}, "
-                               f"{config_tmp.name}; 2.0 MiB): their writers are no longer running"), messages
-        assert not left.exists() and not config_tmp.exists() and writing.exists(), "a live writer's file is kept"
+        assert messages[0] == (f"removed 4 temporary files of writes cut short in {run_copy.root} ({left.name}, "
+                               f"{grid_tmp.name}, {config_tmp.name}, {init_tmp.name}; 2.0 MiB): their writers are no "
+                               "longer running"), messages
+        assert not any(p.exists() for p in (left, config_tmp, init_tmp, grid_tmp))
+        assert writing.exists(), "a live writer's file is kept"
+        assert not_ours.exists(), "only the run's own files' temporaries are removed"
     finally:
         live.kill()
         live.wait()

@@ -214,15 +214,20 @@ def keep_damaged_lines(path: Path, keep: Path) -> list[int]:
 _TMP = re.compile(r"^\.(.+)\.tmp(\d+)$")  # ``_tmp_name``: .NAME.tmpPID
 
 
-def stale_temporaries(folder: Path, names: Collection[str] | None = None) -> list[tuple[Path, int]]:
-    """(path, writer's pid) of the temporaries (``_tmp_name``) in ``folder``, sorted: of the files ``names``, or
-    of checkpoints (``latest-*.pt``, ``step-*.pt``) if None. Whether their writer still runs is the caller's."""
+def stale_temporaries(folder: Path, names: Collection[str] | None = None, *,
+                      every: bool = False) -> list[tuple[Path, int]]:
+    """(path, writer's pid) of the temporaries (``_tmp_name``) in ``folder``, sorted: of the files ``names``, of
+    checkpoints (``latest-*.pt``, ``step-*.pt``) if None, or of any file if ``every`` (a folder that only the run
+    writes, such as its samples/). Whether their writer still runs is the caller's."""
     if not folder.is_dir():
         return []
     found = []
     for p in folder.iterdir():
         m = _TMP.match(p.name)
-        if m and (m.group(1) in names if names is not None else re.fullmatch(r"(latest|step)-\d{8}\.pt", m.group(1))):
+        if not m:
+            continue
+        target = m.group(1)
+        if every or (target in names if names is not None else re.fullmatch(r"(latest|step)-\d{8}\.pt", target)):
             found.append((p, int(m.group(2))))
     return sorted(found)
 

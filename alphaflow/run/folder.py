@@ -14,6 +14,7 @@
       eval.jsonl             ``alphaflow eval``: one row per (step, NFE, sampler, metric)
       job.json               {"job_id", "executor", "submitted"} of the latest submission
       init.json              {"init_from", "checkpoint", "step"}: a run started from train.init_from's weights
+      wandb_id.txt           the wandb run this folder logs to (train.trackers with wandb)
       error.txt              the traceback tail of a failed attempt
       DONE                   written last, holds a short JSON summary
       .lock                  held by the one process training the run (``alphaflow.run.lock``)
@@ -61,6 +62,7 @@ from alphaflow.run.lock import lock_holder, process_alive
 
 CONFIG, METRICS, CHECKPOINTS, SAMPLES, DONE = "config.json", "metrics.jsonl", "checkpoints", "samples", "DONE"
 INIT = "init.json"  # where a run started from train.init_from came from (alphaflow.train.initialise)
+WANDB_ID = "wandb_id.txt"  # the wandb run a resumed or requeued run continues (alphaflow.train.trackers)
 PROBES, EVAL, JOB, ERROR, RUN_INFO = "probes.jsonl", "eval.jsonl", "job.json", "error.txt", "run.json"
 FILES = (CONFIG, RUN_INFO, METRICS, PROBES, EVAL, JOB, ERROR, DONE)  # every file of a run folder (not the folders)
 _CKPT = re.compile(r"^(latest|step)-(\d{8})\.pt$")

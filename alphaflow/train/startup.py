@@ -26,7 +26,7 @@ from typing import Any, Callable
 from alphaflow.config import Config, from_dict, to_dict
 from alphaflow.run.errors import UsageError, format_bytes
 from alphaflow.run.files import keep_damaged_lines, stale_temporaries
-from alphaflow.run.folder import FILES, RunFolder
+from alphaflow.run.folder import FILES, INIT, WANDB_ID, RunFolder
 from alphaflow.run.lock import FileLock, process_alive
 from alphaflow.train.resume import FREE_ON_RESUME, check_resumed_config, config_changes
 
@@ -52,11 +52,14 @@ def take_folder(lock: FileLock | None, run: RunFolder, say: Say) -> bool:
 
 
 def remove_dead_temporaries(run: RunFolder, say: Say) -> list[Path]:
-    """Remove the temporaries in ``run``'s checkpoints/ and beside its files whose writer (the pid in the name)
-    does not run on this host; one line through ``say`` if any. Returns their paths."""
+    """Remove the temporaries in ``run``'s checkpoints/ and samples/ and beside its files (``FILES``, init.json,
+    the wandb id) whose writer (the pid in the name) does not run on this host; one line through ``say`` if any.
+    Returns their paths."""
     removed: list[Path] = []
     size = 0
-    for path, pid in stale_temporaries(run.checkpoint_dir) + stale_temporaries(run.root, FILES):
+    found = (stale_temporaries(run.checkpoint_dir) + stale_temporaries(run.samples_dir, every=True)
+             + stale_temporaries(run.root, (*FILES, INIT, WANDB_ID)))
+    for path, pid in found:
         if process_alive(pid):
             continue
         with contextlib.suppress(OSError):  # gone meanwhile, or a read-only folder: left as it is

@@ -30,7 +30,7 @@ import torch
 from alphaflow.config import Config
 from alphaflow.config.extras import check_trackers
 from alphaflow.run.files import atomic_write_bytes, read_jsonl
-from alphaflow.run.folder import RunFolder
+from alphaflow.run.folder import WANDB_ID, RunFolder
 from alphaflow.train import distributed as D
 from alphaflow.train.callbacks import Callback
 
@@ -40,7 +40,6 @@ if TYPE_CHECKING:  # the trackers' packages are imported on use
 
 _GRID = re.compile(r"^step-(\d+)-nfe(\d+)\.png$")
 _WandbMode = Literal["disabled", "offline", "online"]  # log.wandb's values (config.schema.WANDB_MODES)
-WANDB_ID = "wandb_id.txt"  # in the run folder: the wandb run a resumed or requeued run continues
 
 
 def tracker_callbacks(cfg: Config, run_dir: str | Path) -> list[Callback]:
