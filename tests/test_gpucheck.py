@@ -53,10 +53,29 @@ def run_script(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess
 
 # ----------------------------------------------------------------------------- the whole script, rehearsed
 
+# The check must run on a bare GPU image (PyTorch, Triton, NumPy, PyYAML, Pillow, tqdm): it imports the training
+# path only, never the launcher's, the analysis', the trackers' or the evaluation models' packages. The rehearsal
+# runs with those made unimportable (a sitecustomize puts None in sys.modules, which `import` refuses).
+ABSENT = ("submitit", "pandas", "matplotlib", "seaborn", "scipy", "sklearn", "wandb", "tensorboard", "diffusers",
+          "transformers")
+
+
+def without_packages(folder: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """The environment of an interpreter to which the packages ``names`` look absent (checked here)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text("import sys\n" + "".join(f"sys.modules[{n!r}] = None\n" for n in names))
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+    probe = subprocess.run([sys.executable, "-c", f"import {names[0]}"], env={**os.environ, **env},
+                           capture_output=True, text=True)
+    assert probe.returncode == 1 and "ModuleNotFoundError" in probe.stderr, probe.stderr
+    return env
+
+
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, dict]:
-    out = tmp_path_factory.mktemp("gpucheck") / "out"
-    proc = run_script(out, "--rehearse")
+    base = tmp_path_factory.mktemp("gpucheck")
+    out = base / "out"
+    proc = run_script(out, "--rehearse", **without_packages(base / "absent", ABSENT))
     return proc, out, json.loads((out / "gpu_check.json").read_text())  # strict JSON: allow_nan=False when written
 
 
