@@ -43,7 +43,8 @@ if TYPE_CHECKING:  # names the kernel's source uses; at run time they live in th
     import triton.language as tl
     _row_max, _row_sum = tl.max, tl.sum
 
-__all__ = ["triton_available", "attention_with_tangent", "attention_tangent", "ATTENTION_IMPLS", "use_fused_tangent"]
+__all__ = ["triton_available", "interpreter_problem", "attention_with_tangent", "attention_tangent", "ATTENTION_IMPLS",
+           "use_fused_tangent"]
 
 ATTENTION_IMPLS = ("auto", "math", "triton")  # model.attention: how the DiT computes the attention tangent
 
@@ -70,6 +71,26 @@ def triton_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+@functools.cache
+def interpreter_problem() -> str | None:
+    """Why Triton's interpreter cannot run the kernel here, or None. Triton 3.6's interpreter evaluates the loop
+    bound ``range(0, N, BLOCK_N)`` as ``int()`` of a one-element array, which NumPy ≥ 2.4 refuses ("only
+    0-dimensional arrays can be converted to Python scalars"). Measured: Triton 3.6 fails with NumPy 2.4 and runs
+    with NumPy 2.3; Triton 3.7, 3.8 and 3.9 run with NumPy 2.4. Older Triton is assumed to behave as 3.6. The
+    compiled kernel on a GPU is not affected. Imports triton and numpy."""
+    import numpy
+    import triton
+
+    def version(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in text.split("+")[0].split(".")[:2] if part.isdigit())
+
+    if version(triton.__version__) < (3, 7) and version(numpy.__version__) >= (2, 4):
+        return (f"Triton {triton.__version__}'s interpreter cannot run with NumPy {numpy.__version__} (it converts "
+                "one-element arrays to ints, which NumPy 2.4 refuses): use Triton >= 3.7 or NumPy < 2.4 for the "
+                "kernel on CPU; the compiled kernel on a GPU is not affected")
+    return None
 
 
 def _interpreting() -> bool:
@@ -213,6 +234,8 @@ def _launch(q: Tensor, k: Tensor, v: Tensor, dq: Tensor, dk: Tensor, dv: Tensor,
     if q.device.type == "cpu" and not interpret:
         raise RuntimeError("attention_with_tangent runs on CPU tensors only under Triton's interpreter "
                            "(set TRITON_INTERPRET=1); use a CUDA device, or the math attention_jvp on CPU")
+    if interpret and (problem := interpreter_problem()):
+        raise RuntimeError(problem)
     B, H, N, d = q.shape
     o, do = q.new_empty(B, N, H, d), dq.new_empty(B, N, H, d)
     if o.numel() == 0:
@@ -265,7 +288,8 @@ def attention_with_tangent(q: Tensor, k: Tensor, v: Tensor, dq: Tensor, dk: Tens
     stop-gradient target) and the tangents get none. Not for use inside ``torch.func`` transforms. block_m,
     block_n (powers of two ≥ 16) override the tiles (fast tests under the interpreter). CUDA tensors run the
     compiled kernel, CPU tensors only under ``TRITON_INTERPRET=1``. Raises ValueError for bad inputs,
-    RuntimeError without triton or on CPU without the interpreter.
+    RuntimeError without triton, on CPU without the interpreter, or with an interpreter that cannot run it
+    (``interpreter_problem``).
     """
     _check({"q": q, "k": k, "v": v, "dq": dq, "dk": dk, "dv": dv}, {"block_m": block_m, "block_n": block_n})
     return _AttentionWithTangent.apply(q, k, v, dq, dk, dv, block_m, block_n)

@@ -34,6 +34,8 @@ def _kernel_module(s: Settings) -> ModuleType:
     if not jvp_attention.triton_available():
         raise Skip("triton is not importable, so the fused JVP-attention kernel cannot run")
     if s.device == "cpu":
+        if problem := jvp_attention.interpreter_problem():
+            raise Skip(problem)
         os.environ["TRITON_INTERPRET"] = "1"  # this process only: CPU tensors run under Triton's interpreter
     return jvp_attention
 
@@ -169,6 +171,10 @@ def tangent(s: Settings, out: Results) -> None:
             label = attention or "default"
 
             def case(bf16: bool, attention: str | None = attention) -> dict[str, Any]:
+                if attention == "triton" and s.device == "cpu":
+                    from alphaflow.models.jvp_attention import interpreter_problem
+                    if problem := interpreter_problem():
+                        raise Skip(problem)
                 net = ref if attention in (None, "math") else _attention_model(name, s, attention, init).to(dev)
                 return _tangent_rows(net, ref, dev, B, s, bf16)
 
