@@ -285,7 +285,7 @@ class DiT(nn.Module):
             raise ValueError(f"tangent must be a tuple (rows, dz, dr, dt), got {type(tangent).__name__}")
         rows, dz, dr, dt = tangent
         if isinstance(rows, slice):
-            P = len(range(*rows.indices(batch)))
+            P = len(range(batch)[rows])  # not slice.indices: TorchDynamo before torch 2.13 breaks the graph on it
         elif rows is None or (isinstance(rows, Tensor) and rows.ndim == 1 and rows.dtype == torch.long):
             P = batch if rows is None else rows.shape[0]
         else:

@@ -79,7 +79,10 @@ def interpreter_problem() -> str | None:
     bound ``range(0, N, BLOCK_N)`` as ``int()`` of a one-element array, which NumPy ≥ 2.4 refuses ("only
     0-dimensional arrays can be converted to Python scalars"). Measured: Triton 3.6 fails with NumPy 2.4 and runs
     with NumPy 2.3; Triton 3.7, 3.8 and 3.9 run with NumPy 2.4. Older Triton is assumed to behave as 3.6. The
-    compiled kernel on a GPU is not affected. Imports triton and numpy."""
+    compiled kernel on a GPU is not affected. None without triton (``triton_available`` says that). Imports triton
+    and numpy."""
+    if not triton_available():
+        return None
     import numpy
     import triton
 
