@@ -24,7 +24,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def _kernel_module(s: Settings) -> ModuleType:
-    """``alphaflow.models.jvp_attention``, or Skip naming what is missing (the module, Triton)."""
+    """``alphaflow.models.jvp_attention``, or Skip naming what is missing (the module, Triton, on the CPU an
+    interpreter that can run it: ``interpreter_problem``)."""
     try:
         from alphaflow.models import jvp_attention
     except ModuleNotFoundError as exc:
@@ -171,10 +172,8 @@ def tangent(s: Settings, out: Results) -> None:
             label = attention or "default"
 
             def case(bf16: bool, attention: str | None = attention) -> dict[str, Any]:
-                if attention == "triton" and s.device == "cpu":
-                    from alphaflow.models.jvp_attention import interpreter_problem
-                    if problem := interpreter_problem():
-                        raise Skip(problem)
+                if attention == "triton":
+                    _kernel_module(s)  # Skip, with the reason, where the kernel cannot run here
                 net = ref if attention in (None, "math") else _attention_model(name, s, attention, init).to(dev)
                 return _tangent_rows(net, ref, dev, B, s, bf16)
 
